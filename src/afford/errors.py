@@ -1,0 +1,26 @@
+"""User-facing errors.
+
+Anything a user can cause (a bad path, a misspelt class, a checkpoint of the wrong method)
+raises :class:`AffordError` with a one-line message naming the file/field and what was
+expected. The CLI prints it without a traceback and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class AffordError(Exception):
+    """An error caused by user input, reported as one line by the CLI."""
+
+
+def closest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
+    """Return up to ``n`` close matches of ``name`` among ``choices`` (for 'did you mean')."""
+    return difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """A ' (did you mean: a, b?)' suffix, or '' when nothing is close."""
+    m = closest(name, choices)
+    return f" (did you mean: {', '.join(m)}?)" if m else ""

@@ -1,0 +1,244 @@
+"""Read official weight files and rename their keys to the transformers modules we build on.
+
+Supported sources (checkpoints/locate.md §3.1, wsma.md §3.2, selectivecl.md §3.2):
+
+* DINO ``*_pretrain.pth`` (facebookresearch/dino names: ``cls_token``, ``pos_embed``,
+  ``patch_embed.proj``, ``blocks.N.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}``,
+  ``norm``) -> ``transformers.ViTModel``. The fused ``qkv`` rows are q | k | v, each head-major,
+  which is exactly the layout of the separate q/k/v Linears, so a row split suffices.
+* OpenAI CLIP ``.pt`` (TorchScript archive or plain state dict; fp16 values are up-cast) ->
+  ``CLIPVisionModelWithProjection`` (``visual.*``) and ``CLIPTextModelWithProjection`` (root
+  text keys). ``in_proj_weight`` is split into q/k/v; ``proj``/``text_projection`` are used as
+  ``x @ W`` upstream, hence transposed into a Linear weight.
+
+Loading is strict: any difference is reported as ONE :class:`AffordError` listing the missing,
+unexpected and wrongly shaped keys, because a silently half-loaded backbone (LoopTrans'
+``strict=False``, methods.md §9 #9) produces plausible-looking but wrong maps.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from afford.errors import AffordError
+
+StateDict = dict[str, Tensor]
+
+#: Entries of an OpenAI archive that are metadata, not parameters of either tower.
+OPENAI_META_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+def load_checkpoint_file(path: str | os.PathLike[str]) -> StateDict:
+    """Load a weight file into a flat ``{name: float tensor}`` dict on the CPU.
+
+    Accepts safetensors, plain ``torch.save`` dicts (optionally wrapped under ``state_dict``,
+    ``model`` or DINO's ``teacher``, with ``module.``/``backbone.`` prefixes as written by
+    DDP/DINO training) and TorchScript archives such as OpenAI's ``ViT-B-16.pt``.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise AffordError(f"{p}: weight file not found")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return _floatify(load_file(str(p)))
+    try:
+        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as load_err:  # TorchScript archives refuse torch.load
+        try:
+            obj = torch.jit.load(str(p), map_location="cpu").state_dict()
+        except Exception:
+            raise AffordError(f"{p}: not a readable torch/TorchScript/safetensors file ({load_err})") from None
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if not isinstance(obj, Mapping):
+        raise AffordError(f"{p}: expected a state dict, got {type(obj).__name__}")
+    for wrapper in ("teacher", "state_dict", "model"):
+        if wrapper in obj and isinstance(obj[wrapper], Mapping):
+            obj = obj[wrapper]
+            break
+    sd = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+    for prefix in ("module.", "backbone."):
+        if sd and all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    return _floatify(sd)
+
+
+def _floatify(sd: Mapping[str, Tensor]) -> StateDict:
+    """Up-cast half-precision entries (OpenAI ships fp16) so parity checks run in float32."""
+    return {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
+
+
+def strip_prefix(sd: Mapping[str, Tensor], prefix: str) -> StateDict:
+    """Keep the entries under ``prefix`` (e.g. ``vit_model.`` in a LOCATE file), renamed."""
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+# ----------------------------------------------------------------------------- format detection
+def is_dino_official(sd: Mapping[str, Tensor]) -> bool:
+    """True for facebookresearch/dino ViT names."""
+    return "cls_token" in sd and any(k.startswith("blocks.") for k in sd)
+
+
+def is_openai_clip(sd: Mapping[str, Tensor]) -> bool:
+    """True for OpenAI CLIP names (either tower)."""
+    return "visual.conv1.weight" in sd or "positional_embedding" in sd or "visual.class_embedding" in sd
+
+
+# ----------------------------------------------------------------------------- DINO -> ViTModel
+_DINO_BLOCK = {
+    "norm1": "layernorm_before",
+    "norm2": "layernorm_after",
+    "attn.proj": "attention.o_proj",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+}
+
+
+def dino_to_hf_vit(sd: Mapping[str, Tensor]) -> StateDict:
+    """Rename an official DINO ViT state dict to ``transformers.ViTModel`` names.
+
+    Unknown entries (e.g. a projection head) are passed through unchanged so the strict load
+    reports them as unexpected instead of dropping them silently.
+    """
+    out: StateDict = {}
+    block = re.compile(r"blocks\.(\d+)\.(.+)\.(weight|bias)$")
+    for k, v in sd.items():
+        if k == "cls_token":
+            out["embeddings.cls_token"] = v
+        elif k == "pos_embed":
+            out["embeddings.position_embeddings"] = v
+        elif k.startswith("patch_embed.proj."):
+            out["embeddings.patch_embeddings.projection." + k.rsplit(".", 1)[1]] = v
+        elif k.startswith("norm."):
+            out["layernorm." + k.rsplit(".", 1)[1]] = v
+        elif (m := block.match(k)) is not None:
+            i, mod, kind = m.groups()
+            base = f"layers.{i}."
+            if mod == "attn.qkv":
+                for name, part in zip(("q_proj", "k_proj", "v_proj"), v.chunk(3, dim=0), strict=True):
+                    out[f"{base}attention.{name}.{kind}"] = part.clone()
+            elif mod in _DINO_BLOCK:
+                out[f"{base}{_DINO_BLOCK[mod]}.{kind}"] = v
+            else:
+                out[k] = v
+        else:
+            out[k] = v
+    return out
+
+
+# ----------------------------------------------------------------------------- OpenAI CLIP
+def _openai_resblocks(sd: Mapping[str, Tensor], src: str, dst: str) -> tuple[StateDict, set[str]]:
+    """Convert ``{src}N.*`` residual blocks to HF ``{dst}N.*``; return (converted, used keys)."""
+    out: StateDict = {}
+    used: set[str] = set()
+    names = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj",
+             "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
+    pat = re.compile(re.escape(src) + r"(\d+)\.(.+)$")
+    for k, v in sd.items():
+        m = pat.match(k)
+        if m is None:
+            continue
+        i, rest = m.groups()
+        base = f"{dst}{i}."
+        if rest in ("attn.in_proj_weight", "attn.in_proj_bias"):
+            kind = "weight" if rest.endswith("weight") else "bias"
+            for name, part in zip(("q_proj", "k_proj", "v_proj"), v.chunk(3, dim=0), strict=True):
+                out[f"{base}self_attn.{name}.{kind}"] = part.clone()
+            used.add(k)
+        else:
+            mod, kind = rest.rsplit(".", 1)
+            if mod in names:
+                out[f"{base}{names[mod]}.{kind}"] = v
+                used.add(k)
+    return out, used
+
+
+def openai_visual_to_hf(sd: Mapping[str, Tensor]) -> StateDict:
+    """OpenAI ``visual.*`` (ViT) entries -> ``CLIPVisionModelWithProjection`` names.
+
+    Text-tower and metadata entries are ignored (a full CLIP file holds both towers); any other
+    ``visual.*`` entry is passed through so the strict load reports it.
+    """
+    out, used = _openai_resblocks(sd, "visual.transformer.resblocks.", "vision_model.encoder.layers.")
+    simple = {
+        "visual.class_embedding": "vision_model.embeddings.class_embedding",
+        "visual.positional_embedding": "vision_model.embeddings.position_embedding.weight",
+        "visual.conv1.weight": "vision_model.embeddings.patch_embedding.weight",
+    }
+    for k, v in sd.items():
+        if k in used or not k.startswith("visual."):
+            continue
+        if k in simple:
+            out[simple[k]] = v
+        elif k == "visual.proj":
+            out["visual_projection.weight"] = v.t().contiguous()
+        elif k.startswith(("visual.ln_pre.", "visual.ln_post.")):
+            mod = "pre_layrnorm" if "ln_pre" in k else "post_layernorm"
+            out[f"vision_model.{mod}.{k.rsplit('.', 1)[1]}"] = v
+        else:
+            out[k] = v
+    return out
+
+
+def openai_text_to_hf(sd: Mapping[str, Tensor]) -> tuple[StateDict, Tensor | None]:
+    """OpenAI root text entries -> ``CLIPTextModelWithProjection`` names, plus ``logit_scale``.
+
+    ``visual.*`` and archive metadata are ignored; other unknown root entries are passed through
+    so the strict load reports them (e.g. a whole WSMA checkpoint given by mistake).
+    """
+    out, used = _openai_resblocks(sd, "transformer.resblocks.", "text_model.encoder.layers.")
+    simple = {
+        "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
+        "positional_embedding": "text_model.embeddings.position_embedding.weight",
+        "ln_final.weight": "text_model.final_layer_norm.weight",
+        "ln_final.bias": "text_model.final_layer_norm.bias",
+    }
+    logit_scale = sd.get("logit_scale")
+    for k, v in sd.items():
+        if k in used or k.startswith("visual.") or k in OPENAI_META_KEYS or k == "logit_scale":
+            continue
+        if k in simple:
+            out[simple[k]] = v
+        elif k == "text_projection":
+            out["text_projection.weight"] = v.t().contiguous()
+        else:
+            out[k] = v
+    return out, logit_scale
+
+
+# ----------------------------------------------------------------------------- strict loading
+def load_strict(module: nn.Module, sd: Mapping[str, Tensor], source: str) -> None:
+    """Load ``sd`` into ``module`` or raise ONE AffordError naming every mismatch.
+
+    ``source`` names the file in the message. Non-persistent buffers are not expected.
+    """
+    own = module.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shapes = sorted(
+        f"{k} {tuple(sd[k].shape)} != {tuple(own[k].shape)}" for k in set(own) & set(sd) if sd[k].shape != own[k].shape
+    )
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_short(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_short(unexpected)}")
+        if shapes:
+            parts.append(f"shape mismatches {_short(shapes)}")
+        raise AffordError(f"{source}: state dict does not match the model: " + "; ".join(parts))
+    module.load_state_dict(dict(sd), strict=True)
+
+
+def _short(items: list[str], limit: int = 12) -> str:
+    """Render a key list on one line, eliding the tail of very long lists."""
+    shown = ", ".join(items[:limit])
+    more = f", ... (+{len(items) - limit} more)" if len(items) > limit else ""
+    return f"({len(items)}): [{shown}{more}]"

@@ -1,0 +1,187 @@
+"""Run directories: save and load ``{weights, config, classes, step}``.
+
+Layout::
+
+    RUN/run.json                      method, resolved config, class list, split, selection
+    RUN/model.safetensors             the weights a user evaluates (selected epoch)
+    RUN/checkpoints/epoch_003/        model.safetensors + state.pt (optimizer, scheduler, RNG)
+    RUN/log.jsonl                     one JSON object per logged step / epoch
+
+Inference never imports training code: this module depends on the factory only.
+Every write is atomic (temporary name, then ``os.replace``), so a run killed at any moment
+leaves either the previous or the new checkpoint, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from afford.config import RunConfig, config_from_dict
+from afford.errors import AffordError
+from afford.methods.base import Method
+
+RUN_FILE = "run.json"
+WEIGHTS = "model.safetensors"
+STATE = "state.pt"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_weights(module: torch.nn.Module, path: Path) -> None:
+    """State dict as safetensors (contiguous CPU copies; shared tensors de-duplicated)."""
+    sd = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(sd, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_weights(module: torch.nn.Module, path: Path, what: str = "checkpoint") -> None:
+    """Strict load with one clear error listing missing and unexpected keys (defect #9)."""
+    try:
+        sd = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise AffordError(f"{path}: cannot read {what} weights ({e})") from None
+    own = module.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    bad_shape = sorted(k for k in set(own) & set(sd) if own[k].shape != sd[k].shape)
+    if missing or unexpected or bad_shape:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys (e.g. {', '.join(unexpected[:3])})")
+        if bad_shape:
+            k = bad_shape[0]
+            parts.append(f"{len(bad_shape)} shape mismatches (e.g. {k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)})")
+        raise AffordError(f"{path}: {what} does not fit the model: " + "; ".join(parts))
+    module.load_state_dict(sd, strict=True)
+
+
+def write_run_info(run_dir: Path, cfg: RunConfig, classes: tuple[str, ...], extra: dict[str, Any] | None = None) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    info = {"format": "afford-run/1", "method": cfg.method, "classes": list(classes), "config": cfg.to_dict()}
+    info.update(extra or {})
+    atomic_write_text(run_dir / RUN_FILE, json.dumps(info, indent=2))
+
+
+def read_run_info(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / RUN_FILE
+    if not path.is_file():
+        raise AffordError(f"{run_dir}: not an afford run directory (no {RUN_FILE})")
+    try:
+        info = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise AffordError(f"{path}: corrupt run file ({e})") from None
+    for key in ("method", "classes", "config"):
+        if key not in info:
+            raise AffordError(f"{path}: missing field '{key}'")
+    return info
+
+
+def update_run_info(run_dir: Path, **fields: Any) -> None:
+    info = read_run_info(run_dir)
+    info.update(fields)
+    atomic_write_text(run_dir / RUN_FILE, json.dumps(info, indent=2))
+
+
+# -- per-epoch checkpoints -------------------------------------------------------------------
+def epoch_dir(run_dir: Path, epoch: int) -> Path:
+    return run_dir / "checkpoints" / f"epoch_{epoch:03d}"
+
+
+def save_epoch_checkpoint(run_dir: Path, epoch: int, method: torch.nn.Module, state: dict[str, Any],
+                          keep: int = 2, protect: tuple[int, ...] = ()) -> Path:
+    """Write ``checkpoints/epoch_NNN`` atomically (a temp dir renamed into place)."""
+    final = epoch_dir(run_dir, epoch)
+    tmp = final.with_name(final.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_weights(method, tmp / WEIGHTS)
+    torch.save(state, tmp / STATE)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    if keep > 0:
+        done = completed_epochs(run_dir)
+        for e in done[:-keep]:
+            if e not in protect:
+                shutil.rmtree(epoch_dir(run_dir, e), ignore_errors=True)
+    return final
+
+
+def completed_epochs(run_dir: Path) -> list[int]:
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    out = []
+    for p in root.iterdir():
+        if p.is_dir() and p.name.startswith("epoch_") and not p.name.endswith(".tmp"):
+            if (p / WEIGHTS).is_file() and (p / STATE).is_file():
+                out.append(int(p.name.split("_")[1]))
+    return sorted(out)
+
+
+# -- loading a run for inference ----------------------------------------------------------------
+@dataclass
+class LoadedRun:
+    method: Method
+    classes: tuple[str, ...]
+    config: RunConfig
+    info: dict[str, Any]
+    path: Path
+
+
+def resolve_weights(run_dir: Path) -> Path:
+    if (run_dir / WEIGHTS).is_file():
+        return run_dir / WEIGHTS
+    done = completed_epochs(run_dir)
+    if not done:
+        raise AffordError(f"{run_dir}: run has no weights yet ({WEIGHTS} or checkpoints/epoch_*/)")
+    return epoch_dir(run_dir, done[-1]) / WEIGHTS
+
+
+def load_run(path: str | Path, device: str | torch.device = "cpu", expect_method: str | None = None,
+             expect_classes: tuple[str, ...] | None = None) -> LoadedRun:
+    """Build the run's method from run.json and load its weights strictly; eval mode."""
+    from afford.factory import create_method
+
+    run_dir = Path(path)
+    if run_dir.is_file():
+        raise AffordError(f"{run_dir}: expected a run directory (made by 'afford train' or 'afford import')")
+    info = read_run_info(run_dir)
+    if expect_method and info["method"] != expect_method:
+        raise AffordError(f"{run_dir}: checkpoint of method '{info['method']}', expected '{expect_method}'")
+    classes = tuple(info["classes"])
+    if expect_classes is not None and classes != tuple(expect_classes):
+        raise AffordError(
+            f"{run_dir}: checkpoint has {len(classes)} classes, the dataset has {len(expect_classes)}"
+            + ("" if len(classes) != len(expect_classes) else " in a different order")
+        )
+    cfg = config_from_dict(info["config"])
+    # The run's weights include the backbone, so never re-read the original pretrained files
+    # (they may not exist on this machine): build every ``*_weights`` source randomly initialised.
+    build_cfg = copy.deepcopy(cfg.model)
+    for f in dataclasses.fields(build_cfg):
+        if f.name.endswith("_weights"):
+            setattr(build_cfg, f.name, None)
+    method = create_method(cfg.method, build_cfg, classes)
+    load_weights(method, resolve_weights(run_dir))
+    method.to(device).eval()
+    return LoadedRun(method=method, classes=classes, config=cfg, info=info, path=run_dir)

@@ -1,0 +1,202 @@
+"""Configuration: dataclass defaults <- YAML preset <- ``key=value`` overrides, type-checked.
+
+A config has four sections. ``model`` is the method's own dataclass (its defaults are the
+paper's); ``data``, ``train`` and ``eval`` are shared by every method. Unknown keys are errors
+that name the key and the valid choices, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from afford.errors import AffordError, did_you_mean
+
+
+@dataclass
+class DataConfig:
+    """Where the AGD20K-format data lives and how images are prepared."""
+
+    root: str = "data/AGD20K"
+    split: str = "Seen"
+    resize: int = 256  # short side (or square side when square_resize) before the random crop
+    crop: int = 224
+    square_resize: bool = False  # LoopTrans uses a square Resize((256, 256))
+    test_size: int = 224
+    n_exo: int = 3
+    sampling: str = "locate"  # "locate" | "wsma"
+    num_workers: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """Shared optimisation recipe (methods.md §0.3); method presets change what differs."""
+
+    epochs: int = 15
+    batch_size: int = 16
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = True
+    scheduler: str = "step"  # "step" | "none"
+    step_size: int = 5
+    gamma: float = 0.1
+    seed: int = 0
+    bf16: bool = False
+    device: str = "auto"
+    log_every: int = 10
+    max_steps_per_epoch: int = 0  # 0 = full epoch; >0 caps the epoch (demo, smoke tests)
+    select: str = "last"  # "last" | "best-on-test" (the literature's choice, protocol.md §5)
+    keep_checkpoints: int = 2
+    grad_clip: float = 0.0  # 0 = off (the references do not clip)
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation protocol (protocol.md §3); ``exact`` reproduces the reference NaN behaviour."""
+
+    protocol: str = "standard"
+    exact: bool = False
+    batch_size: int = 16
+
+
+@dataclass
+class RunConfig:
+    method: str
+    model: Any
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "model": dataclasses.asdict(self.model),
+            "data": dataclasses.asdict(self.data),
+            "train": dataclasses.asdict(self.train),
+            "eval": dataclasses.asdict(self.eval),
+        }
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Coerce a YAML/CLI value to the annotated field type, or raise naming ``where``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _convert(value, a, where)
+            except AffordError:
+                continue
+        raise AffordError(f"{where}: cannot use {value!r} as {tp}")
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            value = yaml.safe_load(value if value.startswith("[") else f"[{value}]")
+        if not isinstance(value, (list, tuple)):
+            raise AffordError(f"{where}: expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        items = [_convert(v, inner, where) for v in value]
+        return tuple(items) if origin is tuple else items
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise AffordError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise AffordError(f"{where}: expected an integer, got {value!r}")
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            raise AffordError(f"{where}: expected an integer, got {value!r}") from None
+        if f != int(f):
+            raise AffordError(f"{where}: expected an integer, got {value!r}")
+        return int(f)
+    if tp is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise AffordError(f"{where}: expected a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise AffordError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _apply(obj: Any, values: dict[str, Any], section: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in fields(obj)]
+    for key, value in values.items():
+        if key not in names:
+            raise AffordError(f"unknown config key '{section}.{key}'{did_you_mean(key, names)}")
+        setattr(obj, key, _convert(value, hints[key], f"{section}.{key}"))
+
+
+SECTIONS = ("model", "data", "train", "eval")
+
+
+def build_config(method: str, preset: dict[str, Any] | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Method defaults <- preset dict (parsed YAML) <- ``section.key=value`` overrides."""
+    from afford.factory import method_entry
+
+    _, model_cls = method_entry(method)
+    cfg = RunConfig(method=method, model=model_cls())
+    preset = dict(preset or {})
+    preset.pop("method", None)
+    for section, values in preset.items():
+        if section not in SECTIONS:
+            raise AffordError(f"unknown config section '{section}'{did_you_mean(section, SECTIONS)}")
+        if not isinstance(values, dict):
+            raise AffordError(f"config section '{section}' must be a mapping of key: value")
+        _apply(getattr(cfg, section), values, section)
+    for item in overrides:
+        if "=" not in item:
+            raise AffordError(f"--set expects key=value, got '{item}'")
+        dotted, raw = item.split("=", 1)
+        parts = dotted.strip().split(".")
+        if len(parts) != 2 or parts[0] not in SECTIONS:
+            raise AffordError(
+                f"unknown config key '{dotted}': use section.key with section in {', '.join(SECTIONS)}"
+            )
+        _apply(getattr(cfg, parts[0]), {parts[1]: yaml.safe_load(raw) if raw.strip() else ""}, parts[0])
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Load a YAML preset (``method:`` names the method) and apply ``key=value`` overrides."""
+    p = Path(path)
+    if not p.is_file():
+        from afford.factory import packaged_config
+
+        packaged = packaged_config(str(path))
+        if packaged is None:
+            raise AffordError(f"{path}: config file not found")
+        p = packaged
+    try:
+        preset = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise AffordError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(preset, dict) or "method" not in preset:
+        raise AffordError(f"{p}: a config must be a mapping with a 'method:' key")
+    return build_config(str(preset["method"]), preset, overrides)
+
+
+def config_from_dict(d: dict[str, Any]) -> RunConfig:
+    """Rebuild a RunConfig from ``RunConfig.to_dict()`` output (run.json)."""
+    return build_config(d["method"], {k: v for k, v in d.items() if k in SECTIONS})

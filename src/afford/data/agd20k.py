@@ -1,0 +1,281 @@
+"""AGD20K-format splits and the train/test datasets built on them (protocol.md §1, §2).
+
+Any tree in the AGD20K layout works: AGD20K Seen/Unseen, HICO-IIF and SynthAGD. A split is
+opened once with :func:`open_split`, which resolves the folder, fixes the class list (index order
+= CAM channel order) and refuses a tree whose folders are not in that list, so a misspelt folder
+fails at start-up instead of silently becoming a new class.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from afford.data.gt_cache import GTCache, load_gt
+from afford.data.layout import (
+    SUBTREES,
+    Group,
+    Scan,
+    folder_objects,
+    read_class_list,
+    resolve_split_root,
+    scan_subtree,
+    subtree_path,
+    unknown_folders,
+)
+from afford.data.sampling import SAMPLINGS, locate_exo_indices, sample_generator, wsma_exo_indices
+from afford.data.transforms import IMAGENET_MEAN, IMAGENET_STD, TrainTransform, load_rgb, test_transform
+from afford.errors import AffordError, did_you_mean
+
+__all__ = [
+    "AffordanceTestSet", "AffordanceTrainSet", "GTCache", "Split", "TestItem", "load_gt", "open_split",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TestItem:
+    """One evaluated egocentric test image and its GT heatmap."""
+
+    affordance: str
+    object: str
+    name: str  # file stem, shared by the image and its GT png
+    image: Path
+    gt: Path
+
+    @property
+    def key(self) -> str:
+        """The reference GT-cache key ``<aff>_<obj>_<name>.png`` (protocol.md §1.6)."""
+        return f"{self.affordance}_{self.object}_{self.name}.png"
+
+
+@dataclass
+class Split:
+    """One opened split: its folder, class list and (cached, sorted) directory listings."""
+
+    root: Path
+    name: str
+    affordances: tuple[str, ...]
+    objects: tuple[str, ...]
+    class_source: str = "built-in"
+    test_folder: str = "testset"
+    _scans: dict[str, Scan] = field(default_factory=dict, repr=False, compare=False)
+
+    def scan(self, subtree: str) -> Scan:
+        """Listing of 'exocentric', 'egocentric', 'test_egocentric' or 'GT' (read once)."""
+        if subtree not in self._scans:
+            self._scans[subtree] = scan_subtree(subtree_path(self.root, subtree, self.test_folder))
+        return self._scans[subtree]
+
+    def _groups(self, subtree: str) -> dict[Group, list[Path]]:
+        return {k: list(v) for k, v in self.scan(subtree).groups.items() if v}
+
+    def exo_groups(self) -> dict[Group, list[Path]]:
+        """(aff, obj) -> sorted exocentric training images."""
+        return self._groups("exocentric")
+
+    def ego_groups(self) -> dict[Group, list[Path]]:
+        """(aff, obj) -> sorted egocentric training images."""
+        return self._groups("egocentric")
+
+    def label(self, affordance: str) -> int:
+        """Class index of an affordance (its CAM channel)."""
+        try:
+            return self.affordances.index(affordance)
+        except ValueError:
+            raise AffordError(f"{self.name}: unknown affordance '{affordance}'"
+                              + did_you_mean(affordance, self.affordances)) from None
+
+    def test_items(self) -> list[TestItem]:
+        """Sorted egocentric test images that have ``GT/<aff>/<obj>/<stem>.png``.
+
+        Images without GT are skipped, as LOCATE's test loader does, and counted in the log.
+        """
+        gt_files = {p for files in self.scan("GT").groups.values() for p in files}
+        gt_root = subtree_path(self.root, "GT", self.test_folder)
+        items, missing = [], 0
+        for (aff, obj), images in self.scan("test_egocentric").groups.items():
+            for img in images:
+                gt = gt_root / aff / obj / f"{img.stem}.png"
+                if gt in gt_files:
+                    items.append(TestItem(aff, obj, img.stem, img, gt))
+                else:
+                    missing += 1
+        if missing:
+            log.info("%s: %d of %d egocentric test images have no GT png and are skipped",
+                     self.name, missing, missing + len(items))
+        n_gt = sum(len(v) for v in self.scan("GT").groups.values())
+        if n_gt != len(items):
+            log.info("%s: %d GT files, %d test images with GT", self.name, n_gt, len(items))
+        return items
+
+    def _extras_mask(self, item: TestItem, kind: str) -> Path | None:
+        p = self.root.parent / "extras" / self.root.name / "masks" / item.affordance / item.object
+        p = p / f"{item.name}_{kind}.png"
+        return p if p.is_file() else None
+
+    def object_mask(self, item: TestItem) -> Path | None:
+        """SynthAGD's object mask for a test image (for the whole-object baseline), if any."""
+        return self._extras_mask(item, "object")
+
+    def part_mask(self, item: TestItem) -> Path | None:
+        """SynthAGD's affordance-part mask for a test image, if any."""
+        return self._extras_mask(item, "part")
+
+
+def open_split(data_root: str | Path, split: str | None = None, test_folder: str = "testset") -> Split:
+    """Open ``data_root/<split>`` (or ``data_root`` itself) and check it against its class list.
+
+    ``split`` is Seen, Unseen, HICO-IIF/HICO or any folder name; ``test_folder='testsetv2'``
+    selects Cross-View-AG+'s second test set (protocol.md §1.7).
+    """
+    root, name = resolve_split_root(data_root, split)
+    scans = {s: scan_subtree(subtree_path(root, s, test_folder)) for s in SUBTREES}
+    for scan in scans.values():
+        if scan.unreadable:
+            path, err = scan.unreadable[0]
+            raise AffordError(f"{path}: folder not readable ({err})")
+    classes = read_class_list(root, name, scans)
+    unknown = unknown_folders(scans, classes)
+    if unknown:
+        path, msg = unknown[0]
+        more = f"; {len(unknown) - 1} more, run `afford data check`" if len(unknown) > 1 else ""
+        raise AffordError(f"{path}: {msg}{more}")
+    objects = classes.objects if classes.objects is not None else folder_objects(scans)
+    n_skipped = sum(len(s.non_images) for s in scans.values())
+    log.info(
+        "%s (%s): %d affordances (%s class list), %d objects; images: %d exocentric, %d egocentric "
+        "train, %d egocentric test, %d GT%s", name, root, len(classes.affordances), classes.source,
+        len(objects), scans["exocentric"].n_images, scans["egocentric"].n_images,
+        scans["test_egocentric"].n_images, scans["GT"].n_images,
+        f"; {n_skipped} non-image files skipped" if n_skipped else "",
+    )
+    return Split(root, name, classes.affordances, objects, classes.source, test_folder, scans)
+
+
+class AffordanceTrainSet(Dataset):
+    """Exocentric training samples with exocentric and egocentric partners.
+
+    Length = number of exocentric images whose (aff, obj) also has egocentric training images
+    (protocol.md §1.1); the others are skipped and counted. Item::
+
+        {"exo": (n_exo, 3, S, S) float32, "ego": (3, S, S) float32,
+         "label": int64 scalar (affordance index), "object": str}
+
+    ``sampling='locate'`` puts the anchor first, then distinct partners from its folder
+    (methods.md §1.4); ``'wsma'`` takes ``n_exo`` consecutive files from a random start (§2.3).
+    Each item's draws (partners, egocentric image, crops, flips) come from a generator seeded by
+    (seed, epoch, index): call :meth:`set_epoch` before each epoch. DataLoader workers hold copies
+    of the dataset, so use ``persistent_workers=False`` (the default) for the epoch to reach them.
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        n_exo: int = 3,
+        transform: TrainTransform | None = None,
+        sampling: str = "locate",
+        seed: int = 0,
+    ) -> None:
+        if sampling not in SAMPLINGS:
+            raise AffordError(f"sampling: expected one of {', '.join(SAMPLINGS)}, got '{sampling}'"
+                              + did_you_mean(sampling, SAMPLINGS))
+        if n_exo < 1:
+            raise AffordError(f"n_exo: expected a positive number of exocentric images, got {n_exo}")
+        self.split, self.n_exo, self.sampling, self.seed = split, n_exo, sampling, seed
+        self.transform = transform if transform is not None else TrainTransform()
+        self.epoch = 0
+        ego = split.ego_groups()
+        self._exo: list[list[Path]] = []
+        self._ego: list[list[Path]] = []
+        self._group_info: list[tuple[int, str]] = []  # (label, object) per group
+        self._samples: list[tuple[int, int]] = []  # (group id, position in group)
+        skipped = 0
+        for (aff, obj), files in split.exo_groups().items():
+            if (aff, obj) not in ego:
+                skipped += len(files)
+                continue
+            gid = len(self._exo)
+            self._exo.append(files)
+            self._ego.append(ego[(aff, obj)])
+            self._group_info.append((split.label(aff), obj))
+            self._samples += [(gid, i) for i in range(len(files))]
+        self.labels: list[int] = [self._group_info[g][0] for g, _ in self._samples]
+        if skipped:
+            log.info("%s: %d exocentric images skipped (no egocentric training images for their "
+                     "affordance/object)", split.name, skipped)
+        if not self._samples:
+            raise AffordError(f"{split.root / 'trainset'}: no exocentric image has egocentric "
+                              "training images of the same affordance/object")
+        log.info("%s train set: %d samples in %d affordance/object groups, %s sampling, %d exo each",
+                 split.name, len(self._samples), len(self._exo), sampling, n_exo)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose draws ``__getitem__`` reproduces."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    def exo_paths(self, index: int) -> list[Path]:
+        """The exocentric files sample ``index`` uses in the current epoch (for inspection)."""
+        return self._draw(index)[0]
+
+    def _draw(self, index: int) -> tuple[list[Path], Path, torch.Generator]:
+        gid, pos = self._samples[index]
+        g = sample_generator(self.seed, self.epoch, index)
+        files = self._exo[gid]
+        if self.sampling == "locate":
+            idx = locate_exo_indices(len(files), pos, self.n_exo, g)
+        else:
+            idx = wsma_exo_indices(len(files), self.n_exo, g)
+        egos = self._ego[gid]
+        ego = egos[int(torch.randint(0, len(egos), (1,), generator=g).item())]
+        return [files[i] for i in idx], ego, g
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self._samples):
+            raise IndexError(index)
+        exo_files, ego_file, g = self._draw(index)
+        exo = torch.stack([self.transform(load_rgb(p), g) for p in exo_files])
+        ego = self.transform(load_rgb(ego_file), g)
+        label, obj = self._group_info[self._samples[index][0]]
+        return {"exo": exo, "ego": ego, "label": torch.tensor(label, dtype=torch.int64), "object": obj}
+
+
+class AffordanceTestSet(Dataset):
+    """Egocentric test images with GT, square-resized. Item::
+
+        {"image": (3, S, S) float32, "label": int64 scalar, "index": int}
+
+    ``index`` points into :attr:`items` (the TestItem, hence the GT) so that batches can be
+    scored against native-resolution GT from a :class:`GTCache`.
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        size: int = 224,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        self.split, self.size, self.mean, self.std = split, size, tuple(mean), tuple(std)
+        self.items: list[TestItem] = split.test_items()
+        self.labels: list[int] = [split.label(it.affordance) for it in self.items]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self.items):
+            raise IndexError(index)
+        image = test_transform(load_rgb(self.items[index].image), self.size, self.mean, self.std)
+        return {"image": image, "label": torch.tensor(self.labels[index], dtype=torch.int64),
+                "index": index}

@@ -1,0 +1,62 @@
+"""Which exocentric images go with a training sample (methods.md §1.4, §2.3, §9).
+
+Pure functions of (group size, anchor position, generator), so they can be tested exhaustively
+and so the reference crash on a folder of exactly 3 images (CVAG ``randint(0, -1)``,
+methods.md §5.3) cannot come back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+SAMPLINGS: tuple[str, ...] = ("locate", "wsma")
+
+
+def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """A generator seeded from (seed, epoch, index) only.
+
+    Hashing (rather than seed + index) keeps neighbouring samples and epochs decorrelated, and
+    because nothing depends on which worker loads a sample, or in which order, a resumed run
+    redraws exactly the same crops and partners.
+    """
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
+    g = torch.Generator()
+    g.manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
+    return g
+
+
+def locate_exo_indices(n: int, anchor: int, n_exo: int, generator: torch.Generator) -> list[int]:
+    """LOCATE: the anchor plus ``n_exo - 1`` other images of its folder.
+
+    Partners are distinct from each other and from the anchor when the folder has enough images
+    (``n >= n_exo``); otherwise they are drawn with replacement from the whole folder, which is
+    the only sane choice for a folder of 1 or 2 images.
+    """
+    if not 0 <= anchor < n:
+        raise IndexError(f"anchor {anchor} outside a folder of {n} images")
+    k = n_exo - 1
+    if k <= 0:
+        return [anchor]
+    if n - 1 >= k:
+        others = torch.randperm(n - 1, generator=generator)[:k].tolist()
+        partners = [o + (o >= anchor) for o in others]  # skip over the anchor's position
+    else:
+        partners = torch.randint(0, n, (k,), generator=generator).tolist()
+    return [anchor, *partners]
+
+
+def wsma_exo_indices(n: int, n_exo: int, generator: torch.Generator) -> list[int]:
+    """WSMA: ``n_exo`` consecutive files (sorted order) from a random start.
+
+    The start is drawn so that the window fits; a folder with fewer than ``n_exo`` images is
+    used whole and padded by cycling through it again ([0, 1] -> [0, 1, 0]). The anchor is not
+    necessarily in the window, as in the reference.
+    """
+    if n <= 0:
+        raise IndexError("empty exocentric folder")
+    if n < n_exo:
+        return [i % n for i in range(n_exo)]
+    start = int(torch.randint(0, n - n_exo + 1, (1,), generator=generator).item())
+    return list(range(start, start + n_exo))

@@ -1,0 +1,120 @@
+"""Image loading and the train/test transforms of the LOCATE lineage (methods.md §0.3).
+
+torchvision is not a dependency, so the few transforms the methods use are written here with PIL
+and torch. They follow torchvision's arithmetic (short-side size rounding, crop offsets drawn with
+``torch.randint``, PIL bilinear resampling) so that results match the reference pipelines. Every
+random draw comes from a caller-supplied ``torch.Generator``: the dataset seeds one per sample from
+(seed, epoch, index), which makes an interrupted run resume bit-exactly whatever the worker count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from afford.errors import AffordError
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+# Errors PIL raises for a file that exists but does not decode (truncated, not an image, bomb).
+DECODE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError,
+)
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Fully decode ``path`` as an RGB image.
+
+    The decode happens here (not lazily inside a DataLoader worker) so that a broken file is
+    reported by name instead of as a worker traceback.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AffordError(f"{path}: file not found (expected an image)")
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except DECODE_ERRORS as e:
+        raise AffordError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """PIL RGB image -> (3, H, W) float32 in [0, 1]."""
+    arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).to(torch.float32).div_(255.0)
+
+
+def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Per-channel ``(x - mean) / std`` for a (3, H, W) tensor."""
+    m = torch.tensor(mean, dtype=x.dtype).view(-1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype).view(-1, 1, 1)
+    return (x - m) / s
+
+
+def test_transform(
+    img: Image.Image,
+    size: int = 224,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> torch.Tensor:
+    """Square resize to ``size`` (PIL bilinear, as every reference test loader) -> (3, S, S)."""
+    return normalize(to_tensor(img.convert("RGB").resize((size, size), Image.BILINEAR)), mean, std)
+
+
+test_transform.__test__ = False  # type: ignore[attr-defined]  # its name must not look like a test to pytest
+
+
+def short_side_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(w, h) after resizing the short side to ``size``, with torchvision's truncation rule."""
+    if width <= height:
+        return size, int(size * height / width)
+    return int(size * width / height), size
+
+
+class TrainTransform:
+    """Resize -> RandomCrop -> RandomHorizontalFlip -> normalise (methods.md §0.3).
+
+    ``square=False`` is LOCATE/WSMA's ``Resize(resize)`` on the short side; ``square=True`` is
+    LoopTrans's ``Resize((resize, resize))``. Call as ``t(img, generator)``; the draws are, in
+    order, crop row, crop column, flip, so a given generator state fixes the output.
+    """
+
+    def __init__(
+        self,
+        resize: int = 256,
+        crop: int = 224,
+        flip: bool = True,
+        square: bool = False,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        if crop > resize:
+            raise AffordError(f"TrainTransform: crop ({crop}) must not exceed resize ({resize})")
+        self.resize, self.crop, self.flip, self.square = resize, crop, flip, square
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def __repr__(self) -> str:
+        return (f"TrainTransform(resize={self.resize}, crop={self.crop}, flip={self.flip}, "
+                f"square={self.square})")
+
+    def __call__(self, img: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(3, crop, crop) float32; ``generator=None`` falls back to torch's global RNG."""
+        img = img.convert("RGB")
+        if self.square:
+            w, h = self.resize, self.resize
+        else:
+            w, h = short_side_size(img.width, img.height, self.resize)
+        img = img.resize((w, h), Image.BILINEAR)
+        top = int(torch.randint(0, h - self.crop + 1, (1,), generator=generator).item())
+        left = int(torch.randint(0, w - self.crop + 1, (1,), generator=generator).item())
+        x = to_tensor(img.crop((left, top, left + self.crop, top + self.crop)))
+        if self.flip and bool(torch.rand(1, generator=generator).item() < 0.5):
+            x = x.flip(-1)
+        return normalize(x, self.mean, self.std)

@@ -1,0 +1,254 @@
+"""One plain training loop shared by every method.
+
+Exact resume: every source of randomness is derived from ``(seed, epoch, step)`` — the epoch's
+sample order, each sample's augmentation (the dataset), the global torch RNG and the k-means
+initialisation — so re-running an epoch after a kill reproduces it bit for bit. A checkpoint is
+written atomically after every epoch; a kill mid-epoch resumes from the last complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from afford import checkpoint as ckpt
+from afford.config import RunConfig, config_from_dict
+from afford.data.agd20k import AffordanceTrainSet, Split, open_split
+from afford.data.transforms import TrainTransform
+from afford.engine.evaluator import evaluate_method
+from afford.errors import AffordError
+from afford.factory import create_method
+from afford.modules.param_groups import describe_groups
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (SplitMix64 mixing), stable across platforms."""
+    x = 0x9E3779B97F4A7C15
+    for p in parts:
+        x = (x ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 31
+    return x & 0x7FFFFFFFFFFFFFFF
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise AffordError(f"train.device: unknown device '{name}' (use auto, cpu, cuda, cuda:0)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise AffordError("train.device: CUDA requested but not available on this machine")
+    return dev
+
+
+class JsonlLogger:
+    """Append-only JSONL log (+ TensorBoard scalars when the package is installed)."""
+
+    def __init__(self, path: Path, tensorboard: bool = True) -> None:
+        self.path = path
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(path.parent / "tb"))
+            except Exception:  # tensorboard is optional
+                self.tb = None
+
+    def log(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None and "step" in record:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("step", "epoch"):
+                    self.tb.add_scalar(f"{record.get('kind', 'train')}/{k}", v, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epochs_done: int
+    selection: dict[str, Any]
+    history: list[dict[str, Any]]
+
+
+def _build_optimizer(method: torch.nn.Module, cfg: RunConfig) -> tuple[torch.optim.Optimizer, list[dict]]:
+    groups = method.param_groups()
+    t = cfg.train
+    opt = torch.optim.SGD(
+        [{"params": g.params, "lr": t.lr * g.lr_mult, "name": g.name} for g in groups],
+        lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=t.nesterov and t.momentum > 0,
+    )
+    return opt, describe_groups(groups, t.lr)
+
+
+def _build_scheduler(opt: torch.optim.Optimizer, cfg: RunConfig) -> torch.optim.lr_scheduler.LRScheduler | None:
+    t = cfg.train
+    if t.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=t.step_size, gamma=t.gamma)
+    if t.scheduler == "none":
+        return None
+    raise AffordError(f"train.scheduler: expected 'step' or 'none', got '{t.scheduler}'")
+
+
+def _check_resume(run_dir: Path, cfg: RunConfig) -> None:
+    stored = config_from_dict(ckpt.read_run_info(run_dir)["config"]).to_dict()
+    now = cfg.to_dict()
+    diffs = [
+        f"{s}.{k}: run has {stored[s][k]!r}, now {now[s][k]!r}"
+        for s in ("model", "data", "train", "eval") for k in now[s]
+        if stored[s].get(k) != now[s][k] and not (s == "train" and k == "epochs")
+    ]
+    if diffs:
+        raise AffordError(f"{run_dir}: --resume with a different config ({'; '.join(diffs[:3])})")
+
+
+def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
+          split: Split | None = None) -> TrainResult:
+    """Train ``cfg.method`` on ``cfg.data`` into ``run_dir``; resume from its last checkpoint."""
+    run_dir = Path(run_dir)
+    t = cfg.train
+    if t.select not in ("last", "best-on-test"):
+        raise AffordError(f"train.select: expected 'last' or 'best-on-test', got '{t.select}'")
+    done = ckpt.completed_epochs(run_dir)
+    if (run_dir / ckpt.RUN_FILE).exists():
+        if not resume:
+            raise AffordError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out")
+        _check_resume(run_dir, cfg)
+    elif resume and not done:
+        resume = False  # nothing to resume: start fresh
+
+    device = resolve_device(t.device)
+    split = split or open_split(cfg.data.root, cfg.data.split)
+    classes = split.affordances
+    seed_everything(t.seed)
+    method = create_method(cfg.method, cfg.model, classes).to(device)
+    optimizer, group_rows = _build_optimizer(method, cfg)
+    scheduler = _build_scheduler(optimizer, cfg)
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if resume and done:
+        last = done[-1]
+        ckpt.load_weights(method, ckpt.epoch_dir(run_dir, last) / ckpt.WEIGHTS)
+        state = torch.load(ckpt.epoch_dir(run_dir, last) / ckpt.STATE, map_location="cpu", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        history = state.get("history", [])
+        start_epoch = last + 1
+    else:
+        ckpt.write_run_info(run_dir, cfg, classes, {"split": split.name, "data_root": str(split.root)})
+
+    logger = JsonlLogger(run_dir / "log.jsonl")
+    if start_epoch == 0:
+        logger.log({"kind": "start", "method": cfg.method, "n_classes": len(classes), "param_groups": group_rows,
+                    "device": str(device), "config": cfg.to_dict()})
+    dataset = AffordanceTrainSet(
+        split, n_exo=cfg.data.n_exo, sampling=cfg.data.sampling, seed=t.seed,
+        transform=TrainTransform(resize=cfg.data.resize, crop=cfg.data.crop, flip=True, square=cfg.data.square_resize),
+    )
+    if len(dataset) < t.batch_size:
+        raise AffordError(f"{split.root}: {len(dataset)} training samples, fewer than train.batch_size={t.batch_size}")
+    steps_per_epoch = len(dataset) // t.batch_size  # drop_last: BatchNorm needs > 1 sample
+    if t.max_steps_per_epoch > 0:
+        steps_per_epoch = min(steps_per_epoch, t.max_steps_per_epoch)
+
+    best = min((h for h in history if "test" in h), key=lambda h: h["test"]["KLD"], default=None)
+    for epoch in range(start_epoch, t.epochs):
+        method.train()
+        dataset.set_epoch(epoch)
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(derive_seed(t.seed, epoch)))
+        batches = [order[i * t.batch_size:(i + 1) * t.batch_size].tolist() for i in range(steps_per_epoch)]
+        loader = DataLoader(dataset, batch_sampler=batches, num_workers=cfg.data.num_workers)
+        sums: dict[str, float] = {}
+        t0 = time.perf_counter()
+        bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not progress)
+        for step, batch in enumerate(bar):
+            global_step = epoch * steps_per_epoch + step
+            torch.manual_seed(derive_seed(t.seed, epoch, step))
+            if hasattr(method, "seed_kmeans"):
+                method.seed_kmeans(derive_seed(t.seed, epoch, step, 1))
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.bf16):
+                losses = method.forward_train(batch, epoch)
+            loss = losses["loss"].float()
+            if not torch.isfinite(loss):
+                last_good = ckpt.completed_epochs(run_dir)
+                where = ckpt.epoch_dir(run_dir, last_good[-1]) if last_good else "none (first epoch)"
+                logger.log({"kind": "error", "epoch": epoch, "step": global_step, "loss": float(loss)})
+                raise AffordError(
+                    f"training stopped: non-finite loss ({float(loss)}) at epoch {epoch + 1} step {step + 1}; "
+                    f"last good checkpoint: {where}"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if t.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(method.parameters(), t.grad_clip)
+            optimizer.step()
+            vals = {k: float(v.detach()) for k, v in losses.items()}
+            for k, v in vals.items():
+                sums[k] = sums.get(k, 0.0) + v
+            rate = (step + 1) * t.batch_size / max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix(loss=f"{vals['loss']:.3f}", img_s=f"{rate:.1f}")
+            if step % max(t.log_every, 1) == 0 or step == steps_per_epoch - 1:
+                logger.log({"kind": "train", "epoch": epoch, "step": global_step, **vals,
+                            "lr": optimizer.param_groups[0]["lr"], "samples_per_s": rate})
+        if scheduler is not None:
+            scheduler.step()
+        record: dict[str, Any] = {"epoch": epoch, "seconds": time.perf_counter() - t0,
+                                  **{k: v / max(steps_per_epoch, 1) for k, v in sums.items()}}
+        if t.select == "best-on-test":
+            summary = evaluate_method(method, split, cfg.eval, device, size=cfg.data.test_size, progress=progress)
+            record["test"] = {k: summary[k] for k in ("KLD", "SIM", "NSS", "n_images")}
+            if best is None or summary["KLD"] < best["test"]["KLD"]:
+                best = record
+        history.append(record)
+        state = {"epoch": epoch, "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                 "history": history, "torch_rng": torch.get_rng_state()}
+        protect = (best["epoch"],) if best is not None else ()
+        ckpt.save_epoch_checkpoint(run_dir, epoch, method, state, keep=t.keep_checkpoints, protect=protect)
+        logger.log({"kind": "epoch", "step": (epoch + 1) * steps_per_epoch, **{k: v for k, v in record.items() if k != "test"},
+                    **({f"test_{k}": v for k, v in record["test"].items()} if "test" in record else {})})
+
+    logger.close()
+    return _finalize(run_dir, t.select, t.epochs, history, best)
+
+
+def _finalize(run_dir: Path, rule: str, epochs: int, history: list[dict], best: dict | None) -> TrainResult:
+    """Copy the selected epoch's weights to ``RUN/model.safetensors`` and record the rule."""
+    if rule == "best-on-test" and best is not None:
+        chosen = best["epoch"]
+        selection = {"rule": "best-epoch-on-test", "epoch": chosen + 1, "test": best["test"],
+                     "note": "selected on the test set, as the literature does (protocol.md §5)"}
+    else:
+        chosen = epochs - 1
+        selection = {"rule": "last-epoch", "epoch": chosen + 1}
+    src = ckpt.epoch_dir(run_dir, chosen) / ckpt.WEIGHTS
+    tmp = run_dir / (ckpt.WEIGHTS + ".tmp")
+    shutil.copyfile(src, tmp)
+    tmp.replace(run_dir / ckpt.WEIGHTS)
+    ckpt.update_run_info(run_dir, selection=selection, epochs_done=len(history))
+    return TrainResult(run_dir=run_dir, epochs_done=len(history), selection=selection, history=history)

@@ -1,0 +1,137 @@
+"""LOCATE (Li et al., CVPR 2023): part prototypes transferred from exocentric to egocentric views.
+
+Composition (methods.md §1): frozen DINO keys -> residual ``aff_proj`` Mlp -> per-view conv stacks
+-> a shared 1x1 ``aff_fc`` classifier giving class CAMs. Exocentric CAMs pick confident regions,
+k-means over their DINO descriptors proposes parts, PartIoU against the DINO saliency chooses the
+part prototype, and the egocentric CAM is pulled towards it. Attribute names equal the official
+checkpoint's (checkpoints/locate.md) so released weights load without renaming.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from afford.backbones import create_backbone
+from afford.losses.concentration import concentration_loss
+from afford.losses.prototype import prototype_loss
+from afford.methods.base import Method, ParamGroup
+from afford.modules.heads import Mlp, conv_bn_relu_stack, map_to_tokens, tokens_to_map
+from afford.modules.param_groups import groups_from_rules
+from afford.modules.prototypes import select_part_prototypes
+
+
+@dataclass
+class LOCATEConfig:
+    """Paper/reference defaults (``models/locate.py``, ``train.py``)."""
+
+    backbone: str = "dino_vits16"
+    backbone_weights: str | None = None
+    # The paper freezes DINO. Offline (no pretrained weights) the demo trains a tiny ViT jointly.
+    train_backbone: bool = False
+    aff_cam_thd: float = 0.6
+    part_iou_thd: float = 0.6
+    cel_margin: float = 0.5
+    cluster_num: int = 3
+    kmeans_iters: int = 300
+    warm_epoch: int = 0  # L_proto applies when epoch > warm_epoch (0-based), i.e. from the 2nd epoch
+    proto_weight: float = 1.0
+    con_weight: float = 0.07
+
+
+class LOCATE(Method):
+    """LOCATE with the official module names: ``backbone``, ``aff_proj``, ``aff_*_proj``, ``aff_fc``."""
+
+    name = "locate"
+
+    def __init__(self, cfg: LOCATEConfig, classnames: Sequence[str]) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.classnames = tuple(classnames)
+        self.backbone = create_backbone(
+            cfg.backbone, weights=cfg.backbone_weights, layers=(-1,), trainable=cfg.train_backbone
+        )
+        dim = self.backbone.embed_dim
+        self.aff_proj = Mlp(dim, 4 * dim)
+        self.aff_ego_proj = conv_bn_relu_stack(dim, 2)
+        self.aff_exo_proj = conv_bn_relu_stack(dim, 2)
+        self.aff_fc = nn.Conv2d(dim, len(self.classnames), 1)
+        self._kmeans_gen = torch.Generator()
+
+    # -- features -------------------------------------------------------------------------
+    def _descriptors(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Last-block DINO keys ``(B, D, h, w)`` and the binary DINO saliency ``(B, h, w)``."""
+        feats = self.backbone(images)
+        desc = feats.keys[0]
+        if not self.cfg.train_backbone:
+            desc = desc.detach()
+        return desc, feats.saliency
+
+    def _project(self, desc: torch.Tensor) -> torch.Tensor:
+        """Residual ``aff_proj`` on the descriptor tokens, back to a ``(B, D, h, w)`` map."""
+        b, d, h, w = desc.shape
+        tokens = map_to_tokens(desc)
+        return tokens_to_map(tokens + self.aff_proj(tokens), h, w)
+
+    # -- training ---------------------------------------------------------------------------
+    def forward_train(self, batch: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
+        ego, exo, y = batch["ego"], batch["exo"], batch["label"]
+        b, n = exo.shape[:2]
+        desc, sal = self._descriptors(torch.cat([ego, exo.flatten(0, 1)]))
+        ego_desc, exo_desc = desc[:b], desc[b:]
+        ego_sal = sal[:b]
+
+        proj = self._project(desc)
+        ego_cam = self.aff_fc(self.aff_ego_proj(proj[:b]))  # (B, C, h, w)
+        exo_cam = self.aff_fc(self.aff_exo_proj(proj[b:]))  # (B*N, C, h, w)
+        ego_logits = ego_cam.mean((2, 3))
+        exo_logits = exo_cam.mean((2, 3))
+
+        l_cls = F.cross_entropy(ego_logits, y) + F.cross_entropy(exo_logits, y.repeat_interleave(n))
+        # The reference sums the N exocentric CEs and divides by N: equal to the mean CE above.
+
+        h, w = ego_cam.shape[-2:]
+        idx = torch.arange(b, device=y.device)
+        exo_cam_y = exo_cam.view(b, n, -1, h, w)[idx, :, y]  # (B, N, h, w)
+        ego_cam_y = ego_cam[idx, y]  # (B, h, w)
+        losses: dict[str, torch.Tensor] = {"cls": l_cls}
+
+        if epoch > self.cfg.warm_epoch:
+            with torch.no_grad():
+                protos, valid = select_part_prototypes(
+                    exo_cam_y.detach().float(), exo_desc.detach().float().view(b, n, *exo_desc.shape[1:]),
+                    ego_desc.detach().float(), ego_sal.bool(),
+                    cam_thd=self.cfg.aff_cam_thd, iou_thd=self.cfg.part_iou_thd, k=self.cfg.cluster_num,
+                    generator=self._kmeans_gen,
+                )
+            losses["proto"] = prototype_loss(
+                ego_cam_y, ego_desc.detach(), protos, valid, margin=self.cfg.cel_margin
+            )
+            losses["n_proto"] = valid.float().sum().detach()
+        else:
+            losses["proto"] = ego_cam_y.new_zeros(())
+        losses["con"] = concentration_loss(ego_cam)
+        losses["loss"] = l_cls + self.cfg.proto_weight * losses["proto"] + self.cfg.con_weight * losses["con"]
+        return losses
+
+    def seed_kmeans(self, seed: int) -> None:
+        """Seed the k-means initialisation (the engine calls this per step for exact resume)."""
+        self._kmeans_gen.manual_seed(seed)
+
+    # -- inference ---------------------------------------------------------------------------
+    def predict(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Raw CAM of ``labels`` at feature resolution (checkpoints/locate.md §4), ``(B, h, w)``."""
+        desc, _ = self._descriptors(images)
+        cam = self.aff_fc(self.aff_ego_proj(self._project(desc)))
+        return cam[torch.arange(cam.shape[0], device=cam.device), labels]
+
+    def param_groups(self) -> list[ParamGroup]:
+        """Reference groups: weights x1, biases x2; ``aff_proj.fc1/fc2`` and ``aff_fc`` x10/x20."""
+        rules = [("aff_proj.fc1", 10.0, 20.0), ("aff_proj.fc2", 10.0, 20.0), ("aff_fc", 10.0, 20.0)]
+        if self.cfg.train_backbone:
+            rules.insert(0, ("backbone", 1.0, 1.0))  # not in the paper: the backbone is frozen there
+        return groups_from_rules(self, rules)

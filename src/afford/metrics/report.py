@@ -1,0 +1,123 @@
+"""Dataset-level aggregation of per-image scores (protocol.md §3.4).
+
+The dataset score is the plain mean over **all** test images (no per-class averaging), so a
+single nan NSS (reference mode, constant prediction) makes the dataset NSS nan, exactly as in
+LOCATE. The summary therefore also counts nan images and gives the mean over finite values
+(``NSS_finite``) so a reader sees both. Per-affordance / per-object breakdowns are diagnostics
+only; the headline numbers never average over classes. Per-image values are kept at full
+precision so any variant can be recomputed offline.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+
+METRICS: tuple[str, ...] = ("KLD", "SIM", "NSS")
+
+
+def _mean(values: Sequence[float]) -> float:
+    """sum/len like the reference; nan propagates; nan for an empty list."""
+    return sum(values) / len(values) if values else math.nan
+
+
+def _group_summary(rows: Sequence[dict]) -> dict:
+    out: dict = {"n": len(rows)}
+    for m in METRICS:
+        out[m] = _mean([r[m] for r in rows])
+    return out
+
+
+class MetricAccumulator:
+    """Collects per-image scores batch by batch and summarises them.
+
+    ``protocol_info`` (from :func:`afford.metrics.saliency.protocol_info`) is copied into the
+    summary, so every number is labelled with the protocol and NSS mode that produced it.
+    """
+
+    def __init__(self, protocol_info: Mapping | None = None) -> None:
+        self.protocol_info = dict(protocol_info or {"protocol": "standard", "nss": "ooal_eps"})
+        self._rows: list[dict] = []
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def add(
+        self,
+        scores: Mapping[str, torch.Tensor],
+        affordances: Sequence[str],
+        objects: Sequence[str],
+        names: Sequence[str],
+    ) -> None:
+        """Append one batch: ``scores[m]`` is ``(B,)`` for m in KLD/SIM/NSS, optional bool
+        ``(B,)`` flags ``constant_pred`` / ``empty_gt``; the three lists have length B."""
+        n = len(names)
+        if not (len(affordances) == len(objects) == n):
+            raise ValueError("add: affordances, objects and names must have the same length")
+        cols = {m: torch.as_tensor(scores[m], dtype=torch.float64).reshape(-1).tolist() for m in METRICS}
+        for m, v in cols.items():
+            if len(v) != n:
+                raise ValueError(f"add: scores[{m!r}] has {len(v)} values for {n} images")
+        flags = {
+            f: torch.as_tensor(scores[f]).reshape(-1).bool().tolist() if f in scores else [False] * n
+            for f in ("constant_pred", "empty_gt")
+        }
+        for i in range(n):
+            self._rows.append(
+                {
+                    "affordance": affordances[i],
+                    "object": objects[i],
+                    "name": names[i],
+                    **{m: cols[m][i] for m in METRICS},
+                    **{f: flags[f][i] for f in flags},
+                }
+            )
+
+    def per_image(self) -> list[dict]:
+        """One dict per image, full precision, in insertion order (for JSON storage)."""
+        return [dict(r) for r in self._rows]
+
+    def summary(self) -> dict:
+        """Headline means over all images, degenerate-image counts, per-class breakdowns."""
+        rows = self._rows
+        nss_finite = [r["NSS"] for r in rows if not math.isnan(r["NSS"])]
+        out: dict = {
+            **self.protocol_info,
+            "n_images": len(rows),
+            **{m: _mean([r[m] for r in rows]) for m in METRICS},
+            "NSS_finite": _mean(nss_finite),
+            "n_nan_nss": len(rows) - len(nss_finite),
+            "n_constant_pred": sum(r["constant_pred"] for r in rows),
+            "n_empty_gt": sum(r["empty_gt"] for r in rows),
+            "constant_pred_images": [_key(r) for r in rows if r["constant_pred"]],
+        }
+        for field, key in (("per_affordance", "affordance"), ("per_object", "object")):
+            groups: dict[str, list[dict]] = {}
+            for r in rows:
+                groups.setdefault(r[key], []).append(r)
+            out[field] = {k: _group_summary(v) for k, v in sorted(groups.items())}
+        return out
+
+
+def _key(row: Mapping) -> str:
+    return f"{row['affordance']}/{row['object']}/{row['name']}"
+
+
+def _fmt(x: float) -> str:
+    return "nan" if math.isnan(x) else f"{x:.3f}"
+
+
+def format_table(rows: Mapping[str, Mapping]) -> str:
+    """Markdown table, one line per named summary, 3 decimals (the literature's precision)."""
+    lines = [
+        "| name | protocol | nss | n | KLD ↓ | SIM ↑ | NSS ↑ | nan NSS |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, s in rows.items():
+        lines.append(
+            f"| {name} | {s.get('protocol', '?')} | {s.get('nss', '?')} | {s.get('n_images', 0)} | "
+            f"{_fmt(s['KLD'])} | {_fmt(s['SIM'])} | {_fmt(s['NSS'])} | {s.get('n_nan_nss', 0)} |"
+        )
+    return "\n".join(lines)

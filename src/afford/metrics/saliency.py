@@ -1,0 +1,275 @@
+"""KLD / SIM / NSS exactly as the WSAG literature computes them (protocol.md §3-§4).
+
+Everything is float64 and batched over ``B`` maps. Maps of different native sizes are accepted
+as a list; they are grouped by shape so each group is resized in one call. Bilinear resizing is
+``torch.nn.functional.interpolate(mode="bilinear", align_corners=False, antialias=False)``, which
+is the same half-pixel formula as OpenCV ``INTER_LINEAR`` on float input (§3.2), so no OpenCV.
+
+Two things are selectable and must be reported with every number (see :func:`protocol_info`):
+
+* ``protocol``: ``standard`` (LOCATE reference), the variants ``cvag_test``, ``cvag_epoch_eval``,
+  ``cvag_plus`` (§3.5) and ``plsp`` (§4; input = logits, not a CAM).
+* ``exact``: ``False`` (afford default) adds ε = 1e-12 to the NSS std (the OOAL fix, recorded as
+  ``nss="ooal_eps"``), so a constant prediction scores NSS 0 instead of nan; ``True`` reproduces
+  the reference to the bit, nan included (``nss="reference"``). Either way constant predictions
+  are flagged per image so a report can count them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from afford.errors import AffordError, did_you_mean
+
+EPS = 1e-12  # the metric epsilon of §3.3
+MINMAX_EPS = 1e-10  # LOCATE normalize_map
+PLSP_EPS = 1e-10  # added to P inside the PLSP KLD log
+PROTOCOLS: tuple[str, ...] = ("standard", "cvag_test", "cvag_epoch_eval", "cvag_plus", "plsp")
+
+MapLike = np.ndarray | torch.Tensor
+Maps = MapLike | Sequence[MapLike]
+
+
+def check_protocol(protocol: str) -> str:
+    """Validate a protocol name; the error names the field and the valid choices."""
+    if protocol not in PROTOCOLS:
+        raise AffordError(
+            f"protocol: expected one of {', '.join(PROTOCOLS)}, got {protocol!r}"
+            + did_you_mean(protocol, PROTOCOLS)
+        )
+    return protocol
+
+
+def protocol_info(protocol: str = "standard", exact: bool = False, minmax: bool = True) -> dict:
+    """What a report must state next to its numbers so they can be reproduced."""
+    check_protocol(protocol)
+    return {
+        "protocol": protocol,
+        "nss": "reference" if exact else "ooal_eps",
+        "exact": exact,
+        "prediction_minmax": minmax if protocol != "plsp" else False,
+    }
+
+
+# ----------------------------------------------------------------------------- batching helpers
+def _to_tensor(x: MapLike) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
+    return t.detach().to("cpu")
+
+
+def to_list(maps: Maps) -> list[torch.Tensor]:
+    """(h, w), (B, h, w) or a sequence of (h_i, w_i) -> list of 2-D tensors (dtype kept)."""
+    if isinstance(maps, (np.ndarray, torch.Tensor)):
+        t = _to_tensor(maps)
+        if t.dim() == 2:
+            return [t]
+        if t.dim() == 3:
+            return list(t.unbind(0))
+        raise ValueError(f"maps: expected (h, w) or (B, h, w), got shape {tuple(t.shape)}")
+    out = [_to_tensor(m) for m in maps]
+    for m in out:
+        if m.dim() != 2:
+            raise ValueError(f"maps: every map must be 2-D (h, w), got shape {tuple(m.shape)}")
+    return out
+
+
+def _grouped(maps: list[torch.Tensor], fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Apply ``fn`` ((b, h, w) -> (b, H, W)) to same-shaped groups and restore input order."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, m in enumerate(maps):
+        groups.setdefault(tuple(m.shape), []).append(i)  # type: ignore[arg-type]
+    out: torch.Tensor | None = None
+    for idx in groups.values():
+        res = fn(torch.stack([maps[i] for i in idx]).to(torch.float64))
+        if out is None:
+            out = res.new_empty((len(maps), *res.shape[1:]))
+        out[idx] = res
+    assert out is not None, "empty batch"
+    return out
+
+
+def _size2(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def resize_bilinear(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """OpenCV-INTER_LINEAR-equivalent resize of ``(B, h, w)`` to ``(B, H, W)`` in float64."""
+    x = x.to(torch.float64)
+    hw = _size2(size)
+    if tuple(x.shape[-2:]) == hw:
+        return x.clone()
+    return F.interpolate(x[:, None], size=hw, mode="bilinear", align_corners=False, antialias=False)[:, 0]
+
+
+def minmax(x: torch.Tensor, eps: float = MINMAX_EPS) -> torch.Tensor:
+    """Per-map ``(x - min) / (max - min + eps)`` over the last two dims of ``(B, H, W)``."""
+    lo = x.amin(dim=(-2, -1), keepdim=True)
+    hi = x.amax(dim=(-2, -1), keepdim=True)
+    return (x - lo) / (hi - lo + eps)
+
+
+def is_constant(maps: Maps) -> torch.Tensor:
+    """``(B,)`` bool: the raw map has max == min (min-max turns it into all zeros)."""
+    return torch.stack([m.max() == m.min() for m in to_list(maps)])
+
+
+# ----------------------------------------------------------------------------- pre-processing
+def prepare_prediction(
+    cams: Maps,
+    size: int | tuple[int, int] = 224,
+    protocol: str = "standard",
+    exact: bool = False,
+    minmax_pred: bool = True,
+) -> torch.Tensor:
+    """Raw CAMs ``(B, h, w)`` (or a list of any sizes) -> protocol-ready maps ``(B, S, S)``.
+
+    ``standard``: resize, then min-max with +1e-10. ``cvag_test``: resize, min-max without ε
+    (a constant map is 0/0 = nan when ``exact``, else 0). ``cvag_epoch_eval``: min-max +1e-10
+    first, then resize. ``cvag_plus``: resize to ``size`` = the GT's native (H, W), min-max
+    +1e-12. ``plsp``: logits resized, then softmax over all pixels. ``minmax_pred=False`` skips
+    the min-max (used for already-normalised maps such as the uniform baseline).
+    """
+    check_protocol(protocol)
+    maps = to_list(cams)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        if protocol == "plsp":
+            y = resize_bilinear(x, size)
+            return torch.softmax(y.flatten(1), dim=1).view_as(y)
+        if not minmax_pred:
+            return resize_bilinear(x, size)
+        if protocol == "standard":
+            return minmax(resize_bilinear(x, size), MINMAX_EPS)
+        if protocol == "cvag_epoch_eval":
+            return resize_bilinear(minmax(x, MINMAX_EPS), size)
+        if protocol == "cvag_plus":
+            return minmax(resize_bilinear(x, size), EPS)
+        y = resize_bilinear(x, size)  # cvag_test
+        if exact:
+            return minmax(y, 0.0)
+        rng = y.amax(dim=(-2, -1), keepdim=True) - y.amin(dim=(-2, -1), keepdim=True)
+        return minmax(y, 0.0).where(rng > 0, torch.zeros_like(y))
+
+    return _grouped(maps, run)
+
+
+def prepare_gt(
+    gts: Maps, size: int | tuple[int, int] | None = 224, protocol: str = "standard"
+) -> torch.Tensor:
+    """GT heatmaps -> ``(B, S, S)`` float64: /255 (uint8 input), then bilinear resize.
+
+    Float input is used as is: every metric is invariant to a positive GT scale, so a GT in
+    [0, 1] and one in [0, 255] score the same. ``size=None`` keeps the native size (all GTs must
+    then share it; ``cvag_plus``). ``plsp``: an all-zero GT becomes uniform and the map is
+    sum-normalised (§4).
+    """
+    check_protocol(protocol)
+    maps = [
+        m.to(torch.float64) / 255.0 if m.dtype == torch.uint8 else m.to(torch.float64) for m in to_list(gts)
+    ]
+    if size is None:
+        if len({tuple(m.shape) for m in maps}) != 1:
+            raise ValueError("prepare_gt(size=None) needs GTs of one shape; group them first")
+        out = torch.stack(maps)
+    else:
+        out = _grouped(maps, lambda x: resize_bilinear(x, size))
+    if protocol == "plsp":
+        empty = out.amax(dim=(-2, -1), keepdim=True) == 0
+        out = torch.where(empty, torch.ones_like(out), out)
+        out = out / out.sum(dim=(-2, -1), keepdim=True)
+    return out
+
+
+# ----------------------------------------------------------------------------- metrics (§3.3)
+def _sum_norm(x: torch.Tensor) -> torch.Tensor:
+    return x / (x.sum(dim=(-2, -1), keepdim=True) + EPS)
+
+
+def kld(P: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` Σ G' ln(G'/(P'+ε) + ε); ε inside the log as in the reference, lower is better."""
+    Pn, Gn = _sum_norm(P.to(torch.float64)), _sum_norm(G.to(torch.float64))
+    return (Gn * torch.log(Gn / (Pn + EPS) + EPS)).sum(dim=(-2, -1))
+
+
+def sim(P: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` histogram intersection Σ min(P', G') of the sum-normalised maps."""
+    Pn, Gn = _sum_norm(P.to(torch.float64)), _sum_norm(G.to(torch.float64))
+    return torch.minimum(Pn, Gn).sum(dim=(-2, -1))
+
+
+def nss(P: torch.Tensor, G: torch.Tensor, std_eps: float = EPS, single_eps: bool = False) -> torch.Tensor:
+    """``(B,)`` mean z-scored prediction over GT pixels with min-max(G) > 0.1 (strict).
+
+    ``std_eps=0`` is the reference (nan for a constant P); the default 1e-12 is the OOAL fix.
+    The denominator is Σ(F + 1e-12) per pixel, or ΣF + 1e-12 with ``single_eps`` (cvag_plus).
+    """
+    P, G = P.to(torch.float64), G.to(torch.float64)
+    mean = P.mean(dim=(-2, -1), keepdim=True)
+    std = P.std(dim=(-2, -1), correction=0, keepdim=True)
+    s = (P - mean) / (std + std_eps)
+    lo, hi = G.amin(dim=(-2, -1), keepdim=True), G.amax(dim=(-2, -1), keepdim=True)
+    fix = ((G - lo) / (hi - lo + EPS) > 0.1).to(torch.float64)
+    den = fix.sum(dim=(-2, -1)) + EPS if single_eps else (fix + EPS).sum(dim=(-2, -1))
+    return (s * fix).sum(dim=(-2, -1)) / den
+
+
+# ----------------------------------------------------------------------------- PLSP (§4)
+def plsp_kld(P: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` KL(G ‖ P + 1e-10) with 0·ln 0 = 0; P softmax probabilities, G sum-normalised."""
+    P, G = P.to(torch.float64), G.to(torch.float64)
+    return (torch.xlogy(G, G) - G * torch.log(P + PLSP_EPS)).sum(dim=(-2, -1))
+
+
+def plsp_nss(P: torch.Tensor, G: torch.Tensor, std_eps: float = EPS) -> torch.Tensor:
+    """``(B,)`` PLSP NSS: max-normalised maps, unbiased std (ddof 1), threshold ``g >= 0.1``."""
+    P, G = P.to(torch.float64), G.to(torch.float64)
+    p = P / P.amax(dim=(-2, -1), keepdim=True)
+    g = G / G.amax(dim=(-2, -1), keepdim=True)
+    s = (p - p.mean(dim=(-2, -1), keepdim=True)) / (p.std(dim=(-2, -1), correction=1, keepdim=True) + std_eps)
+    fix = (g >= 0.1).to(torch.float64)
+    return (s * fix).sum(dim=(-2, -1)) / (fix.sum(dim=(-2, -1)) + EPS)
+
+
+# ----------------------------------------------------------------------------- one call
+def score(
+    cams: Maps,
+    gts: Maps,
+    protocol: str = "standard",
+    exact: bool = False,
+    size: int = 224,
+    minmax_pred: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Score raw CAMs (any sizes) against uint8 GTs (any sizes) under one protocol.
+
+    Returns ``{"KLD", "SIM", "NSS"}`` as ``(B,)`` float64 plus ``"constant_pred"`` and
+    ``"empty_gt"`` as ``(B,)`` bool, so a report can count degenerate images.
+    """
+    check_protocol(protocol)
+    cam_list, gt_list = to_list(cams), to_list(gts)
+    if len(cam_list) != len(gt_list):
+        raise ValueError(f"score: {len(cam_list)} predictions but {len(gt_list)} GTs")
+    std_eps = 0.0 if exact else EPS
+    flags = {
+        "constant_pred": is_constant(cam_list),
+        "empty_gt": torch.stack([g.max() == 0 for g in gt_list]),
+    }
+    if protocol == "cvag_plus":  # prediction goes to the GT's native size; group by that size
+        out = {k: torch.empty(len(gt_list), dtype=torch.float64) for k in ("KLD", "SIM", "NSS")}
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, g in enumerate(gt_list):
+            groups.setdefault(tuple(g.shape), []).append(i)  # type: ignore[arg-type]
+        for hw, idx in groups.items():
+            P = prepare_prediction([cam_list[i] for i in idx], hw, protocol, exact, minmax_pred)
+            G = prepare_gt([gt_list[i] for i in idx], None, protocol)
+            out["KLD"][idx], out["SIM"][idx] = kld(P, G), sim(P, G)
+            out["NSS"][idx] = nss(P, G, std_eps, single_eps=True)
+        return {**out, **flags}
+    P = prepare_prediction(cam_list, size, protocol, exact, minmax_pred)
+    G = prepare_gt(gt_list, size, protocol)
+    if protocol == "plsp":
+        return {"KLD": plsp_kld(P, G), "SIM": sim(P, G), "NSS": plsp_nss(P, G, std_eps), **flags}
+    return {"KLD": kld(P, G), "SIM": sim(P, G), "NSS": nss(P, G, std_eps), **flags}

@@ -1,0 +1,27 @@
+"""Shared fixtures: a tiny SynthAGD tree generated once per session, CPU threads capped."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Keep GT caches out of the user's home directory during tests."""
+    os.environ["AFFORD_CACHE"] = str(tmp_path_factory.mktemp("afford_cache"))
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small SynthAGD Seen split (64 px) shared by engine/CLI tests."""
+    from afford.data.synth import generate
+
+    root = tmp_path_factory.mktemp("synth")
+    generate(root, split="seen", seed=0, size=64, n_exo=4, n_ego=2, n_test=1)
+    return root

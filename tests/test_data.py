@@ -1,0 +1,336 @@
+"""Tests for afford.data: transforms, split opening, GT cache, train/test datasets, sampling."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import afford.data.gt_cache as gt_cache_mod
+from afford.data.agd20k import AffordanceTestSet, AffordanceTrainSet, GTCache, open_split
+from afford.data.classes import SEEN_AFFORDANCES
+from afford.data.sampling import locate_exo_indices, sample_generator, wsma_exo_indices
+from afford.data.transforms import (
+    CLIP_MEAN,
+    CLIP_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TrainTransform,
+    load_rgb,
+    short_side_size,
+    test_transform,
+)
+from afford.errors import AffordError
+
+# (aff, obj) -> number of exocentric images: folders of 1, 2, 3 and 5 images.
+EXO_COUNTS = {("cut_with", "knife"): 1, ("hold", "knife"): 2, ("hold", "bottle"): 3, ("open", "bottle"): 5}
+
+
+def _img(path: Path, color: tuple[int, int, int], size: tuple[int, int] = (40, 30)) -> None:
+    """A colour plus a diagonal ramp, so that different crops and flips give different tensors."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0 : size[1], 0 : size[0]]
+    arr = (np.array(color)[None, None] + (3 * xx + yy)[..., None]) % 256
+    Image.fromarray(arr.astype(np.uint8)).save(path)
+
+
+def _gt(path: Path, size: tuple[int, int] = (40, 30), peak: int = 255) -> np.ndarray:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0 : size[1], 0 : size[0]]
+    arr = (peak * np.exp(-((xx - 10) ** 2 + (yy - 8) ** 2) / 30.0)).astype(np.uint8)
+    Image.fromarray(arr, mode="L").save(path)
+    return arr
+
+
+def make_tree(root: Path, split: str = "Seen", n_test: int = 2, no_ego: tuple[str, str] | None = None) -> Path:
+    """A tiny AGD20K split; each file gets its own colour so tests can tell files apart."""
+    s = root / split
+    c = 0
+    for (aff, obj), n in EXO_COUNTS.items():
+        for i in range(n):
+            c += 1
+            _img(s / "trainset/exocentric" / aff / obj / f"{obj}_{i:03d}.jpg", (c * 7 % 256, 50, 90))
+        if (aff, obj) != no_ego:
+            for i in range(2):
+                c += 1
+                _img(s / "trainset/egocentric" / aff / obj / f"{obj}_{i:03d}.jpg", (10, c * 11 % 256, 30))
+        for i in range(n_test):
+            _img(s / "testset/egocentric" / aff / obj / f"{obj}_{i:03d}.jpg", (200, 100, c % 256))
+            _gt(s / "testset/GT" / aff / obj / f"{obj}_{i:03d}.png")
+    return root
+
+
+# --- transforms -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mean,std", [(IMAGENET_MEAN, IMAGENET_STD), (CLIP_MEAN, CLIP_STD)])
+def test_test_transform_normalises_a_constant_image(mean, std):
+    rgb = (124, 116, 104)
+    x = test_transform(Image.new("RGB", (50, 30), rgb), size=16, mean=mean, std=std)
+    assert x.shape == (3, 16, 16) and x.dtype == torch.float32
+    for ch in range(3):
+        expected = (rgb[ch] / 255 - mean[ch]) / std[ch]
+        assert torch.allclose(x[ch], torch.full((16, 16), expected), atol=1e-6)
+
+
+def test_short_side_size_follows_torchvision_truncation():
+    assert short_side_size(60, 40, 32) == (48, 32)
+    assert short_side_size(40, 60, 32) == (32, 48)
+    assert short_side_size(100, 30, 32) == (106, 32)  # int(32 * 100 / 30) = 106
+
+
+def _ramp(w: int = 60, h: int = 40) -> Image.Image:
+    row = np.linspace(0, 255, w).astype(np.uint8)
+    return Image.fromarray(np.repeat(np.tile(row, (h, 1))[..., None], 3, axis=2))
+
+
+def test_train_transform_is_deterministic_and_flips_by_generator():
+    t = TrainTransform(resize=32, crop=24)
+    kinds = set()
+    for seed in range(24):
+        a = t(_ramp(), torch.Generator().manual_seed(seed))
+        b = t(_ramp(), torch.Generator().manual_seed(seed))
+        assert a.shape == (3, 24, 24) and torch.equal(a, b)
+        d = a[0, 12].diff()
+        assert bool((d > 0).all()) or bool((d < 0).all())  # a ramp, possibly mirrored
+        kinds.add(bool((d > 0).all()))
+    assert kinds == {True, False}  # both flipped and unflipped crops occur
+    no_flip = TrainTransform(resize=32, crop=24, flip=False)
+    for seed in range(8):
+        assert bool((no_flip(_ramp(), torch.Generator().manual_seed(seed))[0, 5].diff() > 0).all())
+
+
+def test_square_train_transform_with_full_crop_equals_test_transform():
+    img = Image.new("RGB", (60, 40), (30, 60, 90))
+    img.paste((250, 0, 0), (0, 0, 20, 10))
+    t = TrainTransform(resize=32, crop=32, flip=False, square=True)
+    assert torch.allclose(t(img, torch.Generator().manual_seed(3)), test_transform(img, 32))
+    with pytest.raises(AffordError, match="crop"):
+        TrainTransform(resize=100, crop=112)
+
+
+def test_load_rgb_converts_and_names_broken_files(tmp_path):
+    Image.new("L", (8, 8), 7).save(tmp_path / "g.png")
+    assert load_rgb(tmp_path / "g.png").mode == "RGB"
+    _img(tmp_path / "ok.jpg", (1, 2, 3), (64, 64))
+    data = (tmp_path / "ok.jpg").read_bytes()
+    (tmp_path / "bad.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(AffordError, match="bad.jpg"):
+        load_rgb(tmp_path / "bad.jpg")
+    with pytest.raises(AffordError, match="missing.jpg"):
+        load_rgb(tmp_path / "missing.jpg")
+
+
+# --- open_split and class lists -----------------------------------------------------------------
+
+
+def test_open_split_resolves_folders_and_builtin_classes(tmp_path):
+    make_tree(tmp_path)
+    s = open_split(tmp_path, "seen")
+    assert s.root == tmp_path / "Seen" and s.name == "Seen" and s.affordances == SEEN_AFFORDANCES
+    assert s.label("cut_with") == 6 and s.class_source == "built-in"
+    assert open_split(tmp_path / "Seen", "Seen").root == tmp_path / "Seen"  # root is the split
+    assert list(s.exo_groups()) == sorted(EXO_COUNTS)
+    with pytest.raises(AffordError, match="Unseen"):
+        open_split(tmp_path, "Unseen")
+    with pytest.raises(AffordError, match="Unseen"):  # a Seen folder is not silently used as Unseen
+        open_split(tmp_path / "Seen", "Unseen")
+
+
+def test_hico_accepts_both_names(tmp_path):
+    make_tree(tmp_path, split="HICO")
+    for name in ("HICO-IIF", "HICO", "hico-iif"):
+        s = open_split(tmp_path, name)
+        assert s.name == "HICO-IIF" and s.root == tmp_path / "HICO"
+        assert s.affordances[0] == "cut_with" and len(s.affordances) == 10
+        assert s.objects == ("bottle", "knife")  # HICO-IIF objects come from disk
+
+
+def test_class_file_and_folder_fallback(tmp_path, caplog):
+    make_tree(tmp_path, split="Custom")
+    with caplog.at_level(logging.INFO):
+        s = open_split(tmp_path, "Custom")
+    assert s.affordances == ("cut_with", "hold", "open") and s.class_source == "folders"
+    assert "sorted affordance folder names" in caplog.text
+    (tmp_path / "Custom/afford_classes.json").write_text(
+        json.dumps({"affordances": ["open", "hold", "cut_with", "pour"], "objects": ["knife", "bottle", "cup"]}))
+    s = open_split(tmp_path, "Custom")
+    assert s.label("open") == 0 and s.objects == ("knife", "bottle", "cup") and s.class_source == "file"
+    (tmp_path / "Custom/afford_classes.json").write_text('{"affordances": "hold"}')
+    with pytest.raises(AffordError, match="afford_classes.json: field 'affordances'"):
+        open_split(tmp_path, "Custom")
+
+
+def test_misspelt_class_folder_is_refused_with_suggestion(tmp_path):
+    make_tree(tmp_path)
+    exo = tmp_path / "Seen/trainset/exocentric"
+    (exo / "cut_with").rename(exo / "cut_wiht")
+    with pytest.raises(AffordError, match=r"cut_wiht.*did you mean: cut_with"):
+        open_split(tmp_path, "Seen")
+    (exo / "cut_wiht").rename(exo / "cut_with")
+    (exo / "hold/knife").rename(exo / "hold/kinfe")
+    with pytest.raises(AffordError, match=r"kinfe.*did you mean: knife"):
+        open_split(tmp_path, "Seen")
+
+
+# --- test items and GT cache ----------------------------------------------------------------------
+
+
+def test_test_items_skip_missing_gt_and_non_images(tmp_path, caplog):
+    make_tree(tmp_path)
+    (tmp_path / "Seen/testset/GT/hold/bottle/bottle_001.png").unlink()
+    (tmp_path / "Seen/testset/egocentric/hold/bottle/bottle_001.json").write_text("{}")
+    (tmp_path / "Seen/testset/egocentric/open/bottle/extra.JPG").write_bytes(b"")  # image suffix, no GT
+    with caplog.at_level(logging.INFO):
+        items = open_split(tmp_path, "Seen").test_items()
+    assert len(items) == 2 * len(EXO_COUNTS) - 1
+    assert "2 of 9 egocentric test images have no GT" in caplog.text
+    assert [(i.affordance, i.object, i.name) for i in items] == sorted((i.affordance, i.object, i.name) for i in items)
+    it = items[0]
+    assert it.key == f"{it.affordance}_{it.object}_{it.name}.png" and it.gt.name == f"{it.name}.png"
+
+
+def test_gt_cache_is_built_once_and_reused(tmp_path, monkeypatch, caplog):
+    make_tree(tmp_path)
+    _gt(tmp_path / "Seen/testset/GT/open/bottle/bottle_000.png", size=(20, 30))  # size mismatch
+    split = open_split(tmp_path, "Seen")
+    calls = []
+    real = gt_cache_mod.load_gt
+    monkeypatch.setattr(gt_cache_mod, "load_gt", lambda p: calls.append(p) or real(p))
+    with caplog.at_level(logging.WARNING):
+        first = GTCache(split, cache_dir=tmp_path / "cache")
+    assert len(calls) == len(first) == 8 and not first.from_disk
+    assert "GT is 20x30 but its image bottle_000.jpg is 40x30" in caplog.text
+    item = first.items[0]
+    assert first[item].dtype == np.uint8 and np.array_equal(first[item], real(item.gt))
+    assert np.array_equal(first[item.key], first[item])
+
+    calls.clear()
+    second = GTCache(open_split(tmp_path, "Seen"), cache_dir=tmp_path / "cache")
+    assert calls == [] and second.from_disk and len(list((tmp_path / "cache").iterdir())) == 1
+    for it in second:
+        assert np.array_equal(second[it], first[it])
+
+    _gt(item.gt, peak=100)  # an edited GT must not be served from the old cache
+    third = GTCache(open_split(tmp_path, "Seen"), cache_dir=tmp_path / "cache")
+    assert not third.from_disk and third[item].max() == 100
+
+
+def test_gt_cache_honours_afford_cache_env(tmp_path, monkeypatch):
+    make_tree(tmp_path, n_test=1)
+    monkeypatch.setenv("AFFORD_CACHE", str(tmp_path / "envcache"))
+    cache = GTCache(open_split(tmp_path, "Seen"))
+    assert cache.path.parent == tmp_path / "envcache" and cache.path.is_file()
+
+
+# --- sampling -----------------------------------------------------------------------------------------
+
+
+def test_locate_indices_exhaustive():
+    for n in range(1, 7):
+        for anchor in range(n):
+            seen = set()
+            for seed in range(30):
+                idx = locate_exo_indices(n, anchor, 3, torch.Generator().manual_seed(seed))
+                assert len(idx) == 3 and idx[0] == anchor and all(0 <= i < n for i in idx)
+                if n >= 3:
+                    assert len(set(idx)) == 3
+                seen.update(idx[1:])
+            if n >= 3:
+                assert seen == set(range(n)) - {anchor}  # every other image can be a partner
+    assert locate_exo_indices(1, 0, 3, torch.Generator()) == [0, 0, 0]
+
+
+def test_wsma_indices_are_consecutive_windows():
+    starts = set()
+    for seed in range(40):
+        idx = wsma_exo_indices(5, 3, torch.Generator().manual_seed(seed))
+        assert idx == list(range(idx[0], idx[0] + 3))
+        starts.add(idx[0])
+    assert starts == {0, 1, 2}
+    assert wsma_exo_indices(3, 3, torch.Generator()) == [0, 1, 2]
+    assert wsma_exo_indices(2, 3, torch.Generator()) == [0, 1, 0]
+    assert wsma_exo_indices(1, 3, torch.Generator()) == [0, 0, 0]
+
+
+def test_sample_generator_depends_on_seed_epoch_index_only():
+    def draw(*key):
+        return torch.rand(4, generator=sample_generator(*key))
+
+    assert torch.equal(draw(0, 1, 2), draw(0, 1, 2))
+    assert not torch.equal(draw(0, 1, 2), draw(0, 2, 1))
+    assert not torch.equal(draw(0, 1, 2), draw(1, 1, 2))
+
+
+# --- datasets --------------------------------------------------------------------------------------------
+
+
+def test_train_set_items_and_locate_sampling(tmp_path, caplog):
+    make_tree(tmp_path, no_ego=("cut_with", "knife"))
+    split = open_split(tmp_path, "Seen")
+    with caplog.at_level(logging.INFO):
+        ds = AffordanceTrainSet(split, transform=TrainTransform(resize=32, crop=24), seed=0)
+    assert len(ds) == 2 + 3 + 5  # the 1-image cut_with/knife folder has no egocentric partner
+    assert "1 exocentric images skipped" in caplog.text
+    assert ds.labels == [SEEN_AFFORDANCES.index("hold")] * 5 + [SEEN_AFFORDANCES.index("open")] * 5
+    item = ds[0]
+    assert item["exo"].shape == (3, 3, 24, 24) and item["exo"].dtype == torch.float32
+    assert item["ego"].shape == (3, 24, 24) and item["label"].dtype == torch.int64
+    assert item["object"] == "bottle" and int(item["label"]) == SEEN_AFFORDANCES.index("hold")
+    groups = split.exo_groups()
+    for index in range(len(ds)):
+        paths = ds.exo_paths(index)
+        gid, pos = ds._samples[index]
+        folder = ds._exo[gid]
+        assert paths[0] == folder[pos]  # the anchor comes first
+        assert set(paths) <= set(groups[(paths[0].parts[-3], paths[0].parts[-2])])
+        if len(folder) >= 3:
+            assert len(set(paths)) == 3
+
+
+def test_train_set_is_deterministic_and_epoch_dependent(tmp_path):
+    make_tree(tmp_path)
+    t = TrainTransform(resize=32, crop=24)
+    a = AffordanceTrainSet(open_split(tmp_path, "Seen"), transform=t, seed=5)
+    b = AffordanceTrainSet(open_split(tmp_path, "Seen"), transform=t, seed=5)
+    forward = [a[i] for i in range(len(a))]
+    backward = [b[i] for i in reversed(range(len(b)))][::-1]  # other order, other instance
+    for x, y in zip(forward, backward, strict=True):
+        assert torch.equal(x["exo"], y["exo"]) and torch.equal(x["ego"], y["ego"])
+    a.set_epoch(1)
+    changed = [not torch.equal(a[i]["exo"], forward[i]["exo"]) for i in range(len(a))]
+    assert all(changed)  # fresh crops/flips/partners
+    a.set_epoch(0)
+    assert torch.equal(a[7]["exo"], forward[7]["exo"])
+    c = AffordanceTrainSet(open_split(tmp_path, "Seen"), transform=t, seed=6)
+    assert not torch.equal(c[7]["exo"], forward[7]["exo"])
+
+
+def test_train_set_wsma_sampling_and_bad_args(tmp_path):
+    make_tree(tmp_path)
+    split = open_split(tmp_path, "Seen")
+    ds = AffordanceTrainSet(split, transform=TrainTransform(resize=32, crop=24), sampling="wsma")
+    for index in range(len(ds)):
+        gid, _ = ds._samples[index]
+        folder = ds._exo[gid]
+        pos = [folder.index(p) for p in ds.exo_paths(index)]
+        assert pos == ([0, 0, 0] if len(folder) == 1 else [0, 1, 0] if len(folder) == 2
+                       else list(range(pos[0], pos[0] + 3)))
+    with pytest.raises(AffordError, match="did you mean: locate"):
+        AffordanceTrainSet(split, sampling="locat")
+
+
+def test_test_set_items(tmp_path):
+    make_tree(tmp_path)
+    ds = AffordanceTestSet(open_split(tmp_path, "Seen"), size=16)
+    assert len(ds) == 8 and len(ds.items) == 8
+    item = ds[3]
+    assert item["image"].shape == (3, 16, 16) and item["index"] == 3
+    assert int(item["label"]) == SEEN_AFFORDANCES.index(ds.items[3].affordance)
+    expected = test_transform(Image.open(ds.items[3].image), 16)
+    assert torch.allclose(item["image"], expected)

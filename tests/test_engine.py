@@ -1,0 +1,141 @@
+"""Engine: exact resume after a kill, non-finite loss handling, model selection, run loading."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from afford import checkpoint as ckpt
+from afford.config import build_config
+from afford.engine.trainer import train
+from afford.errors import AffordError
+
+TINY = ["model.backbone=tiny_vit", "model.train_backbone=true", "data.resize=64", "data.crop=56",
+        "data.test_size=56", "train.batch_size=4", "train.lr=0.01", "train.log_every=1"]
+
+
+def tiny_cfg(root: Path, *extra: str):
+    return build_config("locate", overrides=[f"data.root={root}", *TINY, *extra])
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / ckpt.WEIGHTS))
+
+
+def test_train_writes_run_and_loads(synth_root, tmp_path):
+    run = tmp_path / "run"
+    res = train(tiny_cfg(synth_root, "train.epochs=2", "train.max_steps_per_epoch=2"), run, progress=False)
+    assert res.epochs_done == 2 and res.selection == {"rule": "last-epoch", "epoch": 2}
+    info = json.loads((run / "run.json").read_text())
+    assert info["method"] == "locate" and info["selection"]["rule"] == "last-epoch"
+    lines = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert lines[0]["kind"] == "start" and any(r["kind"] == "epoch" for r in lines)
+    groups = {g["group"]: g["lr"] for g in lines[0]["param_groups"]}
+    assert groups["aff_fc:weight"] == pytest.approx(0.1) and groups["aff_fc:bias"] == pytest.approx(0.2)
+    assert groups["default:bias"] == pytest.approx(0.02)
+    # the final weights equal the last epoch's checkpoint
+    last = load_file(str(ckpt.epoch_dir(run, 1) / ckpt.WEIGHTS))
+    assert all(torch.equal(v, last[k]) for k, v in weights(run).items())
+    loaded = ckpt.load_run(run)
+    cams = loaded.method.predict(torch.zeros(2, 3, 56, 56), torch.tensor([0, 1]))
+    assert cams.shape[0] == 2 and torch.isfinite(cams).all()
+
+
+def test_same_seed_same_weights_and_resume_refuses_other_config(synth_root, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    cfg = tiny_cfg(synth_root, "train.epochs=1", "train.max_steps_per_epoch=2")
+    train(cfg, a, progress=False)
+    train(cfg, b, progress=False)
+    wa, wb = weights(a), weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    with pytest.raises(AffordError, match="already holds a run"):
+        train(cfg, a, progress=False)
+    with pytest.raises(AffordError, match="different config"):
+        train(tiny_cfg(synth_root, "train.epochs=1", "train.max_steps_per_epoch=2", "train.lr=0.5"), a,
+              resume=True, progress=False)
+
+
+_CHILD = """
+import sys
+from afford.config import build_config
+from afford.engine.trainer import train
+cfg = build_config("locate", overrides=sys.argv[3:])
+train(cfg, sys.argv[1], resume=sys.argv[2] == "1", progress=False)
+"""
+
+
+def test_kill_mid_epoch_then_resume_gives_identical_weights(synth_root, tmp_path):
+    """SIGKILL a training process in its 2nd epoch, resume, compare with an uninterrupted run."""
+    args = [f"data.root={synth_root}", *TINY, "train.epochs=3", "train.max_steps_per_epoch=3"]
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    subprocess.run([sys.executable, "-c", _CHILD, str(ref), "0", *args], check=True, env=env)
+
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(killed), "0", *args], env=env)
+    log = killed / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and any(
+            r.get("kind") == "train" and r.get("epoch") == 1 for r in map(json.loads, log.read_text().splitlines())
+        ):
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed mid-epoch"
+    assert ckpt.completed_epochs(killed) == [0]  # epoch 1 was in progress
+    assert not (killed / ckpt.WEIGHTS).exists()
+
+    subprocess.run([sys.executable, "-c", _CHILD, str(killed), "1", *args], check=True, env=env)
+    wr, wk = weights(ref), weights(killed)
+    assert wr.keys() == wk.keys()
+    assert all(torch.equal(wr[k], wk[k]) for k in wr)
+
+
+def test_non_finite_loss_stops_with_clear_message(synth_root, tmp_path, monkeypatch):
+    from afford.methods.locate import LOCATE
+
+    real = LOCATE.forward_train
+
+    def poisoned(self, batch, epoch):
+        out = real(self, batch, epoch)
+        if epoch == 1:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(LOCATE, "forward_train", poisoned)
+    run = tmp_path / "nan"
+    with pytest.raises(AffordError, match=r"non-finite loss \(nan\) at epoch 2 step 1; last good checkpoint: .*epoch_000"):
+        train(tiny_cfg(synth_root, "train.epochs=3", "train.max_steps_per_epoch=2"), run, progress=False)
+    assert ckpt.completed_epochs(run) == [0]
+    assert json.loads((run / "log.jsonl").read_text().splitlines()[-1])["kind"] == "error"
+
+
+def test_best_on_test_selection_is_labelled(synth_root, tmp_path):
+    run = tmp_path / "best"
+    res = train(tiny_cfg(synth_root, "train.epochs=2", "train.max_steps_per_epoch=1", "train.select=best-on-test"),
+                run, progress=False)
+    sel = res.selection
+    assert sel["rule"] == "best-epoch-on-test" and "test set" in sel["note"]
+    kl = [h["test"]["KLD"] for h in res.history]
+    assert sel["test"]["KLD"] == min(kl) and sel["epoch"] == kl.index(min(kl)) + 1
+
+
+def test_load_run_rejects_wrong_method_and_classes(synth_root, tmp_path):
+    run = tmp_path / "r"
+    train(tiny_cfg(synth_root, "train.epochs=1", "train.max_steps_per_epoch=1"), run, progress=False)
+    with pytest.raises(AffordError, match="method 'locate', expected 'wsma'"):
+        ckpt.load_run(run, expect_method="wsma")
+    with pytest.raises(AffordError, match="classes"):
+        ckpt.load_run(run, expect_classes=("a", "b"))
+    with pytest.raises(AffordError, match="not an afford run directory"):
+        ckpt.load_run(tmp_path)

@@ -1,0 +1,254 @@
+"""Metrics against the spec's sanity vectors (protocol.md §3.6-§3.7) and an independent,
+per-image numpy float64 reference written here from the formulas (not from afford's code)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from afford.errors import AffordError
+from afford.metrics import (
+    MetricAccumulator,
+    format_table,
+    kld,
+    nss,
+    prepare_gt,
+    prepare_prediction,
+    score,
+    sim,
+)
+from afford.metrics.saliency import protocol_info, resize_bilinear
+
+TOL = 1e-4
+
+
+# ------------------------------------------------------------------ independent numpy reference
+def np_resize(x: np.ndarray, H: int, W: int) -> np.ndarray:
+    """Half-pixel bilinear (OpenCV INTER_LINEAR on float), written from the §3.2 formula."""
+    h, w = x.shape
+
+    def axis(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+        src = np.maximum(src, 0.0)
+        i0 = np.floor(src).astype(int)
+        i0 = np.minimum(i0, n_in - 1)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        return i0, i1, src - i0
+
+    r0, r1, fr = axis(H, h)
+    c0, c1, fc = axis(W, w)
+    out = np.empty((H, W))
+    for i in range(H):
+        top = x[r0[i], c0] * (1 - fc) + x[r0[i], c1] * fc
+        bot = x[r1[i], c0] * (1 - fc) + x[r1[i], c1] * fc
+        out[i] = top * (1 - fr[i]) + bot * fr[i]
+    return out
+
+
+def np_metrics(cam: np.ndarray, gt: np.ndarray, exact: bool = True) -> tuple[float, float, float]:
+    """One image, loops and numpy only, the LOCATE pipeline."""
+    p = np_resize(cam.astype(np.float64), 224, 224)
+    p = (p - p.min()) / (p.max() - p.min() + 1e-10)
+    g = np_resize(gt.astype(np.float64) / 255.0, 224, 224)
+    e = 1e-12
+    pn, gn = p / (p.sum() + e), g / (g.sum() + e)
+    k = float(np.sum(gn * np.log(gn / (pn + e) + e)))
+    s = float(np.sum(np.minimum(pn, gn)))
+    pp = p / 255.0
+    z = (pp - pp.mean()) / (pp.std() + (0.0 if exact else e))
+    gg = g / 255.0
+    f = (gg - gg.min()) / (gg.max() - gg.min() + e)
+    fix = (f > 0.1).astype(np.float64)
+    n = float(np.sum(z * fix) / np.sum(fix + e))
+    return k, s, n
+
+
+# ------------------------------------------------------------------ §3.7 inputs
+def gauss(h: int, w: int, r0: float, c0: float, sigma: float) -> np.ndarray:
+    r, c = np.mgrid[0:h, 0:w].astype(np.float64)
+    return np.exp(-((r - r0) ** 2 + (c - c0) ** 2) / (2 * sigma**2))
+
+
+@pytest.fixture(scope="module")
+def gt() -> np.ndarray:
+    return (gauss(480, 640, 200, 300, 40) * 255).astype(np.uint8)  # truncation, as in §3.7
+
+
+CAM = gauss(14, 14, 6, 7, 2.5)
+
+
+def vals(s: dict) -> list[float]:
+    return [float(s[k][0]) for k in ("KLD", "SIM", "NSS")]
+
+
+# ------------------------------------------------------------------ resize
+@pytest.mark.parametrize(
+    "shape,out",
+    [
+        ((14, 14), (224, 224)),
+        ((7, 9), (224, 224)),
+        ((480, 640), (224, 224)),
+        ((100, 120), (224, 224)),
+        ((14, 14), (480, 640)),
+        ((5, 3), (4, 11)),
+    ],
+)
+def test_bilinear_matches_half_pixel_formula(shape, out):
+    x = np.random.default_rng(0).random(shape)
+    got = resize_bilinear(torch.from_numpy(x)[None], out)[0].numpy()
+    assert np.abs(got - np_resize(x, *out)).max() < 1e-13
+
+
+# ------------------------------------------------------------------ §3.7 sanity vectors
+@pytest.mark.parametrize("protocol", ["standard", "cvag_test", "cvag_epoch_eval"])
+def test_sanity_gaussian(gt, protocol):
+    assert vals(score(CAM, gt, protocol, exact=True)) == pytest.approx([1.1289, 0.3708, 2.2678], abs=TOL)
+    assert vals(score(CAM, gt, protocol)) == pytest.approx([1.1289, 0.3708, 2.2678], abs=TOL)
+
+
+def test_sanity_cvag_plus(gt):
+    assert vals(score(CAM, gt, "cvag_plus", exact=True)) == pytest.approx([1.1291, 0.3708, 2.2685], abs=TOL)
+
+
+def test_sanity_uniform_not_minmaxed(gt):
+    G = prepare_gt(gt)
+    P = torch.ones(1, 224, 224, dtype=torch.float64)
+    assert float(kld(P, G)[0]) == pytest.approx(2.4638, abs=TOL)
+    assert float(sim(P, G)[0]) == pytest.approx(0.1372, abs=TOL)
+    assert math.isnan(float(nss(P, G, std_eps=0.0)[0]))  # reference
+    assert float(nss(P, G)[0]) == 0.0  # ooal_eps default
+    s = score(np.ones((224, 224)), gt, minmax_pred=False)
+    assert vals(s) == pytest.approx([2.4638, 0.1372, 0.0], abs=TOL)
+
+
+def test_constant_prediction_after_minmax(gt):
+    ref = score(np.full((14, 14), 3.0), gt, exact=True)
+    k, s, n = vals(ref)
+    assert k == pytest.approx(19.2715, abs=TOL) and s == 0.0 and math.isnan(n)
+    assert bool(ref["constant_pred"][0])
+    safe = score(np.full((14, 14), 3.0), gt)
+    assert vals(safe) == pytest.approx([19.2715, 0.0, 0.0], abs=TOL)
+    # cvag_test has no min-max epsilon: 0/0 in the reference, guarded to 0 by default.
+    assert all(math.isnan(v) for v in vals(score(np.ones((14, 14)), gt, "cvag_test", exact=True)))
+    assert vals(score(np.ones((14, 14)), gt, "cvag_test")) == pytest.approx([19.2715, 0.0, 0.0], abs=TOL)
+
+
+def test_prediction_equals_gt(gt):
+    G = prepare_gt(gt)
+    assert float(kld(G, G)[0]) == pytest.approx(-9.19e-9, abs=2e-10)
+    assert float(sim(G, G)[0]) == pytest.approx(1.0, abs=1e-14)
+
+
+def test_all_zero_gt_scores_zero():
+    s = score(CAM, np.zeros((60, 80), np.uint8), exact=True)
+    assert vals(s) == [0.0, 0.0, 0.0] and bool(s["empty_gt"][0])
+
+
+def test_negative_checks_rounded_gt_and_swapped_centre(gt):
+    rounded = np.round(gauss(480, 640, 200, 300, 40) * 255).astype(np.uint8)
+    r = vals(score(CAM, rounded, exact=True))
+    assert r == pytest.approx([1.1010, 0.3782, 2.2650], abs=TOL)
+    assert abs(r[0] - 1.1289) > 0.01  # rounding vs truncation is visible
+    swapped = vals(score(gauss(14, 14, 7, 6, 2.5), gt, exact=True))
+    assert swapped == pytest.approx([1.2420, 0.3424, 2.0236], abs=TOL)
+
+
+def test_gt_positive_rescaling_invariance(gt):
+    G = prepare_gt(gt)
+    P = prepare_prediction(CAM)
+    for f in (1 / 255.0, 3.7, 1000.0):
+        for fn in (kld, sim, nss):
+            assert float(fn(P, G * f)[0]) == pytest.approx(float(fn(P, G)[0]), rel=1e-9)
+
+
+# ------------------------------------------------------------------ batched path vs reference
+def test_batched_matches_per_image_numpy_reference():
+    rng = np.random.default_rng(1)
+    cams = [rng.normal(size=s) for s in [(14, 14), (7, 9), (224, 224), (14, 14), (7, 9)]]
+    gts = [
+        (rng.random(s) ** 3 * 255).astype(np.uint8)
+        for s in [(480, 640), (100, 120), (100, 120), (100, 120), (480, 640)]
+    ]
+    for exact in (True, False):
+        s = score(cams, gts, exact=exact)
+        for i, (c, g) in enumerate(zip(cams, gts, strict=True)):
+            ref = np_metrics(c, g, exact=exact)
+            got = [float(s[k][i]) for k in ("KLD", "SIM", "NSS")]
+            assert got == pytest.approx(list(ref), rel=1e-10, abs=1e-10)  # NSS sums cancelling z-scores
+
+
+def test_tensor_batch_equals_list():
+    rng = np.random.default_rng(2)
+    cams = torch.from_numpy(rng.normal(size=(3, 14, 14)))
+    gts = torch.from_numpy((rng.random((3, 50, 40)) * 255).astype(np.uint8))
+    a, b = score(cams, gts), score(list(cams), list(gts))
+    for k in ("KLD", "SIM", "NSS"):
+        assert torch.equal(a[k], b[k])
+
+
+# ------------------------------------------------------------------ PLSP (§4)
+def test_plsp_against_hand_reference():
+    rng = np.random.default_rng(3)
+    logit = rng.normal(size=(14, 14))
+    gt = (gauss(60, 80, 20, 30, 8) * 255).astype(np.uint8)
+    s = vals(score(logit, gt, "plsp"))
+    z = np_resize(logit, 224, 224).ravel()
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    g = np_resize(gt / 255.0, 224, 224).ravel()
+    g = g / g.sum()
+    nz = g > 0
+    k = float(np.sum(g[nz] * np.log(g[nz] / (p[nz] + 1e-10))))
+    e = 1e-12
+    sm = float(np.sum(np.minimum(p / (p.sum() + e), g / (g.sum() + e))))
+    pp, gg = p / p.max(), g / g.max()
+    zz = (pp - pp.mean()) / pp.std(ddof=1)
+    fix = (gg >= 0.1).astype(float)
+    n = float(np.sum(zz * fix) / (fix.sum() + e))
+    assert s == pytest.approx([k, sm, n], rel=1e-8)
+    # all-zero GT becomes uniform: KLD = KL(uniform || P) > 0, NSS = mean z-score = 0
+    e_s = vals(score(logit, np.zeros((30, 30), np.uint8), "plsp"))
+    assert e_s[0] == pytest.approx(float(np.sum(np.log((1 / p.size) / (p + 1e-10)) / p.size)), rel=1e-8)
+    assert e_s[2] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_unknown_protocol_is_a_user_error():
+    with pytest.raises(AffordError, match=r"protocol: .*did you mean: standard"):
+        score(CAM, np.zeros((4, 4), np.uint8), "standrd")
+    assert protocol_info("standard", exact=True)["nss"] == "reference"
+    assert protocol_info("standard")["nss"] == "ooal_eps"
+
+
+# ------------------------------------------------------------------ aggregation
+def test_accumulator_means_counts_and_table():
+    acc = MetricAccumulator(protocol_info("standard", exact=True))
+    acc.add(
+        {
+            "KLD": torch.tensor([1.0, 2.0]),
+            "SIM": torch.tensor([0.5, 0.3]),
+            "NSS": torch.tensor([1.0, math.nan]),
+            "constant_pred": torch.tensor([False, True]),
+        },
+        ["hold", "cut"],
+        ["cup", "knife"],
+        ["a.png", "b.png"],
+    )
+    acc.add(
+        {"KLD": torch.tensor([4.0]), "SIM": torch.tensor([0.1]), "NSS": torch.tensor([2.0])},
+        ["hold"],
+        ["knife"],
+        ["c.png"],
+    )
+    s = acc.summary()
+    assert s["protocol"] == "standard" and s["nss"] == "reference" and s["n_images"] == 3
+    assert s["KLD"] == pytest.approx(7 / 3) and s["SIM"] == pytest.approx(0.3)
+    assert math.isnan(s["NSS"]) and s["NSS_finite"] == pytest.approx(1.5) and s["n_nan_nss"] == 1
+    assert s["n_constant_pred"] == 1 and s["constant_pred_images"] == ["cut/knife/b.png"]
+    assert s["per_affordance"]["hold"] == {"n": 2, "KLD": 2.5, "SIM": pytest.approx(0.3), "NSS": 1.5}
+    assert s["per_object"]["knife"]["n"] == 2 and s["per_object"]["knife"]["KLD"] == 3.0
+    assert acc.per_image()[2]["KLD"] == 4.0 and len(acc) == 3
+    table = format_table({"mine": s})
+    assert "| mine | standard | reference | 3 | 2.333 | 0.300 | nan | 1 |" in table

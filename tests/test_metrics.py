@@ -218,6 +218,11 @@ def test_plsp_against_hand_reference():
 def test_unknown_protocol_is_a_user_error():
     with pytest.raises(AffordError, match=r"protocol: .*did you mean: standard"):
         score(CAM, np.zeros((4, 4), np.uint8), "standrd")
+    with pytest.raises(AffordError, match=r"nss: .*did you mean: reference"):
+        score(CAM, np.zeros((4, 4), np.uint8), nss="referenc")
+    ones = np.ones((4, 4))
+    assert math.isnan(float(score(ones, ones, nss="reference")["NSS"][0]))
+    assert float(score(ones, ones, exact=True, nss="safe")["NSS"][0]) == 0.0
     assert protocol_info("standard", exact=True)["nss"] == "reference"
     assert protocol_info("standard")["nss"] == "ooal_eps"
 

@@ -14,11 +14,24 @@ from pathlib import Path
 from afford.errors import AffordError
 
 
+def _json_safe(obj):
+    """nan/inf -> null so the file is strict JSON (counts of nan images are reported separately)."""
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def _write_json(path: str | None, obj: dict) -> None:
     if path:
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(obj, indent=2, default=float))
+        p.write_text(json.dumps(_json_safe(obj), indent=2, default=float))
 
 
 def _print_summary(title: str, s: dict) -> None:
@@ -37,7 +50,7 @@ def cmd_data_synth(a: argparse.Namespace) -> int:
     from afford.data.synth import generate
 
     info = generate(Path(a.out), split=a.split, seed=a.seed, size=a.size, n_exo=a.n_exo, n_ego=a.n_ego,
-                    n_test=a.n_test, progress=not a.quiet)
+                    n_test=a.n_test, difficulty=a.difficulty, overwrite=a.overwrite, progress=not a.quiet)
     print(json.dumps(info, indent=2, default=str))
     return 0
 
@@ -92,12 +105,14 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if a.pred:
         from afford.evaluate import evaluate_prediction_dir
 
-        summary = evaluate_prediction_dir(a.pred, split, protocol=a.protocol, exact=a.exact)
+        summary = evaluate_prediction_dir(a.pred, split, protocol=a.protocol, exact=a.exact,
+                                          exclude_empty_gt=a.exclude_empty_gt, progress=True)
         title = f"predictions {a.pred}"
     elif a.baseline:
         from afford.evaluate import evaluate_baseline
 
-        summary = evaluate_baseline(a.baseline, split, protocol=a.protocol, exact=a.exact)
+        summary = evaluate_baseline(a.baseline, split, protocol=a.protocol, exact=a.exact,
+                                    exclude_empty_gt=a.exclude_empty_gt)
         title = f"baseline {a.baseline}"
     else:
         from afford.checkpoint import load_run
@@ -113,7 +128,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
             def fn(images, labels):  # noqa: F811 - refinement wraps the raw maps
                 return refine(base_fn(images, labels), images)
-        summary = evaluate_fn(fn, split, ecfg, size=run.config.data.test_size, keep_maps=bool(a.viz))
+        summary = evaluate_fn(fn, split, ecfg, size=run.config.data.test_size, keep_maps=bool(a.viz),
+                              exclude_empty_gt=a.exclude_empty_gt)
         summary["selection"] = run.info.get("selection", {"rule": "unknown"})
         summary["refine"] = a.refine or "none"
         title = f"{run.info['method']} {a.checkpoint}"
@@ -212,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-exo", type=int, default=40)
     s.add_argument("--n-ego", type=int, default=10)
     s.add_argument("--n-test", type=int, default=5)
+    s.add_argument("--difficulty", type=float, default=1.0, help="0..1 clutter/pose realism (1 = spec)")
+    s.add_argument("--overwrite", action="store_true")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_data_synth)
     c = data.add_parser("check", help="validate an AGD20K-format tree")
@@ -235,8 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--pred")
     e.add_argument("--baseline", choices=("uniform", "center", "object"))
     e.add_argument("--checkpoint")
-    e.add_argument("--protocol", default="standard")
+    e.add_argument("--protocol", default="standard",
+                   choices=("standard", "cvag_test", "cvag_epoch_eval", "cvag_plus", "plsp"))
     e.add_argument("--exact", action="store_true", help="reference NaN behaviour for constant maps")
+    e.add_argument("--exclude-empty-gt", action="store_true",
+                   help="drop all-zero GT images (kept by default, as in the literature)")
     e.add_argument("--refine", choices=("affinity",), default=None)
     e.add_argument("--json")
     e.add_argument("--viz", help="write overlays to this folder")

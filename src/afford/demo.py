@@ -35,7 +35,7 @@ class DemoPlan:
     methods: tuple[str, ...]
 
 
-FULL = DemoPlan(size=128, n_exo=16, n_ego=6, n_test=4, epochs=6, max_steps=0, methods=("locate", "wsma"))
+FULL = DemoPlan(size=128, n_exo=16, n_ego=6, n_test=4, epochs=6, max_steps=0, methods=("locate",))
 QUICK = DemoPlan(size=64, n_exo=4, n_ego=2, n_test=1, epochs=1, max_steps=4, methods=("locate",))
 
 

@@ -122,3 +122,34 @@ def save_grid(
         path.parent.mkdir(parents=True, exist_ok=True)
         canvas.save(path)
     return canvas
+
+
+def save_eval_overlays(
+    split: object, maps: Sequence[np.ndarray | torch.Tensor], out_dir: str | Path, per_affordance: int = 4,
+    cell: int = 160,
+) -> list[Path]:
+    """One grid per affordance: [image+prediction, image+GT] pairs for its first test images.
+
+    ``maps`` are index-aligned with ``split.test_items()`` (as the evaluators return them).
+    """
+    from afford.data.agd20k import load_gt  # data sits below visualisation; imported lazily
+    from afford.data.transforms import load_rgb
+
+    items = split.test_items()  # type: ignore[attr-defined]
+    if len(items) != len(maps):
+        raise ValueError(f"save_eval_overlays: {len(maps)} maps for {len(items)} test items")
+    groups: dict[str, list[int]] = {}
+    for i, it in enumerate(items):
+        groups.setdefault(it.affordance, []).append(i)
+    out_dir = Path(out_dir)
+    written = []
+    for aff, idx in sorted(groups.items()):
+        tiles: list[tuple[ImageLike, str]] = []
+        for i in idx[:per_affordance]:
+            it = items[i]
+            img = load_rgb(it.image).resize((cell, cell), Image.BILINEAR)
+            tiles.append((overlay(img, maps[i]), f"{it.object} pred"))
+            tiles.append((overlay(img, load_gt(it.gt).astype(np.float64)), f"{it.object} GT"))
+        written.append(out_dir / f"{aff}.png")
+        save_grid(tiles, written[-1], cols=4)
+    return written

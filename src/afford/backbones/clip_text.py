@@ -85,6 +85,21 @@ class CLIPTextEncoder(nn.Module):
         """Write the transformers model; reload with ``create_text_encoder(name, weights=path)``."""
         self.model.save_pretrained(str(path))
 
+    def load_official_state_dict(self, sd: dict[str, Tensor], source: str) -> None:
+        """Strictly load OpenAI-named (e.g. WSMA's root text keys) or transformers-named weights.
+
+        ``logit_scale`` is taken when present. Raises one AffordError listing every mismatch.
+        """
+        from afford.backbones.convert import is_openai_clip, load_strict, openai_text_to_hf
+
+        scale = None
+        if is_openai_clip(sd):
+            sd, scale = openai_text_to_hf(sd)
+        load_strict(self.model, sd, source)
+        if scale is not None:
+            with torch.no_grad():
+                self.logit_scale.copy_(scale.reshape(()))
+
     # ------------------------------------------------------------------ encoding
     def tokenize(self, texts: str | Sequence[str]) -> Tensor:
         """Texts -> ``(N, context_length)`` ids: SOT, tokens, EOT, zero padding."""

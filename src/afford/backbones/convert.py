@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -49,12 +51,15 @@ def load_checkpoint_file(path: str | os.PathLike[str]) -> StateDict:
 
         return _floatify(load_file(str(p)))
     try:
-        obj = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as load_err:  # TorchScript archives refuse torch.load
-        try:
-            obj = torch.jit.load(str(p), map_location="cpu").state_dict()
-        except Exception:
-            raise AffordError(f"{p}: not a readable torch/TorchScript/safetensors file ({load_err})") from None
+        if _is_torchscript(p):  # OpenAI's CLIP .pt files
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                obj = torch.jit.load(str(p), map_location="cpu").state_dict()
+        else:
+            obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AffordError(f"{p}: not a readable torch/TorchScript/safetensors weight file ({msg})") from None
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
     if not isinstance(obj, Mapping):
@@ -64,10 +69,20 @@ def load_checkpoint_file(path: str | os.PathLike[str]) -> StateDict:
             obj = obj[wrapper]
             break
     sd = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
-    for prefix in ("module.", "backbone."):
-        if sd and all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = strip_prefix(sd, "module.")
+    if any(k.startswith("backbone.") for k in sd):
+        # DINO training checkpoints: keep the ViT, drop the projection head (``head.*``).
+        sd = strip_prefix(sd, "backbone.")
     return _floatify(sd)
+
+
+def _is_torchscript(p: Path) -> bool:
+    """TorchScript archives are zip files carrying serialized ``code/`` next to the data."""
+    if not zipfile.is_zipfile(p):
+        return False
+    with zipfile.ZipFile(p) as z:
+        return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
 
 
 def _floatify(sd: Mapping[str, Tensor]) -> StateDict:
@@ -213,6 +228,15 @@ def openai_text_to_hf(sd: Mapping[str, Tensor]) -> tuple[StateDict, Tensor | Non
     return out, logit_scale
 
 
+def convert_vision_state_dict(sd: Mapping[str, Tensor]) -> StateDict:
+    """Detect DINO / OpenAI-visual naming and convert; transformers names pass unchanged."""
+    if is_dino_official(sd):
+        return dino_to_hf_vit(sd)
+    if "visual.conv1.weight" in sd or "visual.class_embedding" in sd:
+        return openai_visual_to_hf(sd)
+    return dict(sd)
+
+
 # ----------------------------------------------------------------------------- strict loading
 def load_strict(module: nn.Module, sd: Mapping[str, Tensor], source: str) -> None:
     """Load ``sd`` into ``module`` or raise ONE AffordError naming every mismatch.
@@ -237,7 +261,7 @@ def load_strict(module: nn.Module, sd: Mapping[str, Tensor], source: str) -> Non
     module.load_state_dict(dict(sd), strict=True)
 
 
-def _short(items: list[str], limit: int = 12) -> str:
+def _short(items: list[str], limit: int = 20) -> str:
     """Render a key list on one line, eliding the tail of very long lists."""
     shown = ", ".join(items[:limit])
     more = f", ... (+{len(items) - limit} more)" if len(items) > limit else ""

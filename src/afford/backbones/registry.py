@@ -31,13 +31,11 @@ from transformers import (
 from afford.backbones.clip_text import CLIPTextEncoder, resolve_tokenizer
 from afford.backbones.clip_vision import CLIPViT
 from afford.backbones.convert import (
-    dino_to_hf_vit,
-    is_dino_official,
+    convert_vision_state_dict,
     is_openai_clip,
     load_checkpoint_file,
     load_strict,
     openai_text_to_hf,
-    openai_visual_to_hf,
 )
 from afford.backbones.dinov2 import DinoV2ViT
 from afford.backbones.vit import DinoViT, VisionBackbone
@@ -146,11 +144,7 @@ def _build(family: Family, cfg_kwargs: dict[str, Any], weights: Any, name: str, 
         return _from_pretrained(family.model_cls, where, {**extra, **user_cfg, **family.model_kwargs})
     model = family.model_cls(family.config_cls(**cfg_kwargs), **family.model_kwargs)
     if kind == "file":
-        sd = load_checkpoint_file(where)
-        if family is _DINO and is_dino_official(sd):
-            sd = dino_to_hf_vit(sd)
-        elif family is _CLIP and is_openai_clip(sd):
-            sd = openai_visual_to_hf(sd)
+        sd = convert_vision_state_dict(load_checkpoint_file(where))
         load_strict(model, sd, f"{where} (as {name})")
     return model
 
@@ -242,6 +236,6 @@ def create_text_encoder(
             sd = load_checkpoint_file(where)
             if is_openai_clip(sd):
                 sd, logit_scale = openai_text_to_hf(sd)
-            load_strict(model, sd, f"{where} (as {name})")
+            load_strict(model, sd, f"{where} (as {name})")  # method files: see load_official_state_dict
     tok = resolve_tokenizer(name, tokenizer, kind, where, int(model.config.max_position_embeddings))
     return CLIPTextEncoder(model, tok, name, trainable=trainable, logit_scale=logit_scale)

@@ -136,6 +136,16 @@ class VisionBackbone(nn.Module):
         """Write the transformers model (config + safetensors); reload with ``weights=path``."""
         self.model.save_pretrained(str(path))
 
+    def load_official_state_dict(self, sd: dict[str, Tensor], source: str) -> None:
+        """Strictly load a state dict in official (DINO / OpenAI) or transformers naming.
+
+        For method-checkpoint importers: e.g. ``strip_prefix(sd, "vit_model.")`` of a LOCATE
+        file. Raises one AffordError naming ``source`` and every mismatched key.
+        """
+        from afford.backbones.convert import convert_vision_state_dict, load_strict
+
+        load_strict(self.model, convert_vision_state_dict(sd), source)
+
     def extra_repr(self) -> str:
         return f"name={self.name!r}, layers={self.layers}, trainable={self.trainable}"
 

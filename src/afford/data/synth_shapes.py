@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -31,17 +32,25 @@ def ellipse(cx: float, cy: float, rx: float, ry: float, n: int = 28,
     return np.stack([cx + rx * np.cos(t), cy + ry * np.sin(t)], axis=1)
 
 
+@lru_cache(maxsize=32)
+def _half_circle(n: int) -> np.ndarray:
+    t = np.linspace(-math.pi / 2, math.pi / 2, n + 1)
+    return np.stack([np.cos(t), np.sin(t)], axis=1)
+
+
 def capsule(p0: Sequence[float], p1: Sequence[float], r: float, n: int = 8) -> np.ndarray:
-    """Rounded bar of radius ``r`` between two points: handles, fingers, limbs ``(2n+2, 2)``."""
+    """Rounded bar of radius ``r`` between two points: handles, fingers, limbs ``(2n+2, 2)``.
+
+    Built from a cached half circle turned by one 2×2 matrix: actors are rebuilt several times per
+    image by the occlusion fit, so this is on the hot path.
+    """
     a = np.asarray(p0, dtype=np.float64)
     b = np.asarray(p1, dtype=np.float64)
-    d = b - a
-    ang = math.atan2(d[1], d[0]) if np.hypot(*d) > 1e-12 else 0.0
-    t1 = np.linspace(ang - math.pi / 2, ang + math.pi / 2, n + 1)
-    t0 = t1 + math.pi
-    cap1 = b + r * np.stack([np.cos(t1), np.sin(t1)], axis=1)
-    cap0 = a + r * np.stack([np.cos(t0), np.sin(t0)], axis=1)
-    return np.concatenate([cap1, cap0], axis=0)
+    dx, dy = float(b[0] - a[0]), float(b[1] - a[1])
+    ln = math.hypot(dx, dy)
+    c, s = (dx / ln, dy / ln) if ln > 1e-12 else (1.0, 0.0)
+    arc = _half_circle(n) @ np.array([[c, s], [-s, c]]) * r
+    return np.concatenate([b + arc, a - arc], axis=0)
 
 
 def ring(cx: float, cy: float, rx: float, ry: float, t: float, n: int = 32) -> list[Shape]:

@@ -61,7 +61,8 @@ class Use:
     push. ``grip``: the part the hand holds when it is not the affordance part (tool, mouth).
     ``target``: what the working part touches (tool). ``contact``: canonical direction from the
     affordance part towards the target / head / approaching hand. ``tilt``: exocentric rotation
-    range in degrees (a random sign is applied for pour and mouth actions).
+    range in degrees, applied with a random sign (set for pour and mouth actions, which tilt the
+    object towards the target or face). ``hands``: 1, or 2 for typing.
     """
 
     parts: tuple[str, ...]

@@ -10,9 +10,7 @@ from tqdm import tqdm
 
 from afford.config import EvalConfig
 from afford.data.agd20k import AffordanceTestSet, Split
-from afford.data.gt_cache import GTCache
-from afford.metrics.report import MetricAccumulator
-from afford.metrics.saliency import protocol_info, score
+from afford.evaluate import evaluate_maps
 
 # (images (B,3,S,S), labels (B,)) -> maps (B,h,w)
 MapFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -31,29 +29,26 @@ def method_map_fn(method: torch.nn.Module, device: torch.device, bf16: bool = Fa
 
 def evaluate_fn(
     map_fn: MapFn, split: Split, eval_cfg: EvalConfig, size: int = 224, progress: bool = True,
-    keep_maps: bool = False, desc: str = "eval",
+    keep_maps: bool = False, exclude_empty_gt: bool = False,
 ) -> dict:
-    """Mean KLD/SIM/NSS over every test image with GT, plus per-class breakdowns.
+    """Run ``map_fn`` batched over the test images, then score with :func:`evaluate_maps`.
 
-    With ``keep_maps`` the raw maps are returned under ``"_maps"`` (index-aligned with the
-    split's test items) so callers can draw overlays without a second forward pass.
+    Scoring goes through the same function as prediction folders and baselines, so every row of a
+    report is computed identically. With ``keep_maps`` the raw maps are returned under ``"_maps"``
+    (index-aligned with ``split.test_items()``) for overlays.
     """
     ds = AffordanceTestSet(split, size=size)
-    gts = GTCache(split)
-    acc = MetricAccumulator(protocol_info(eval_cfg.protocol, eval_cfg.exact))
     loader = DataLoader(ds, batch_size=eval_cfg.batch_size, shuffle=False, num_workers=0)
-    maps: list[torch.Tensor] = []
-    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+    maps: list[torch.Tensor] = [torch.empty(0)] * len(ds)
+    for batch in tqdm(loader, desc=f"predict {split.name}", disable=not progress, leave=False):
         cams = map_fn(batch["image"], batch["label"])
-        items = [ds.items[int(i)] for i in batch["index"]]
-        scores = score(list(cams.double()), [gts[it] for it in items], protocol=eval_cfg.protocol, exact=eval_cfg.exact)
-        acc.add(scores, [it.affordance for it in items], [it.object for it in items], [it.name for it in items])
-        if keep_maps:
-            maps.extend(cams)
-    out = acc.summary()
-    out["split"] = split.name
+        for i, cam in zip(batch["index"].tolist(), cams):
+            maps[i] = cam.double()
+    by_key = {it.key: maps[i] for i, it in enumerate(ds.items)}
+    out = evaluate_maps(split, lambda it: by_key[it.key], protocol=eval_cfg.protocol, exact=eval_cfg.exact,
+                        progress=False, exclude_empty_gt=exclude_empty_gt)
     if keep_maps:
-        out["_maps"] = maps
+        out["_maps"] = [by_key[it.key] for it in split.test_items()]
     return out
 
 

@@ -197,9 +197,9 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
             if not torch.isfinite(loss):
                 last_good = ckpt.completed_epochs(run_dir)
                 where = ckpt.epoch_dir(run_dir, last_good[-1]) if last_good else "none (first epoch)"
-                logger.log({"kind": "error", "epoch": epoch, "step": global_step, "loss": float(loss)})
+                logger.log({"kind": "error", "epoch": epoch, "step": global_step, "loss": float(loss.detach())})
                 raise AffordError(
-                    f"training stopped: non-finite loss ({float(loss)}) at epoch {epoch + 1} step {step + 1}; "
+                    f"training stopped: non-finite loss ({float(loss.detach())}) at epoch {epoch + 1} step {step + 1}; "
                     f"last good checkpoint: {where}"
                 )
             optimizer.zero_grad(set_to_none=True)

@@ -29,6 +29,7 @@ EPS = 1e-12  # the metric epsilon of §3.3
 MINMAX_EPS = 1e-10  # LOCATE normalize_map
 PLSP_EPS = 1e-10  # added to P inside the PLSP KLD log
 PROTOCOLS: tuple[str, ...] = ("standard", "cvag_test", "cvag_epoch_eval", "cvag_plus", "plsp")
+NSS_MODES: tuple[str, ...] = ("safe", "ooal_eps", "reference")  # "safe" = "ooal_eps"
 
 MapLike = np.ndarray | torch.Tensor
 Maps = MapLike | Sequence[MapLike]
@@ -42,6 +43,17 @@ def check_protocol(protocol: str) -> str:
             + did_you_mean(protocol, PROTOCOLS)
         )
     return protocol
+
+
+def resolve_exact(exact: bool, nss: str | None) -> bool:
+    """``nss`` (the ARCHITECTURE.md spelling) overrides ``exact`` when given."""
+    if nss is None:
+        return exact
+    if nss not in NSS_MODES:
+        raise AffordError(
+            f"nss: expected one of {', '.join(NSS_MODES)}, got {nss!r}" + did_you_mean(nss, NSS_MODES)
+        )
+    return nss == "reference"
 
 
 def protocol_info(protocol: str = "standard", exact: bool = False, minmax: bool = True) -> dict:
@@ -217,6 +229,9 @@ def nss(P: torch.Tensor, G: torch.Tensor, std_eps: float = EPS, single_eps: bool
     return (s * fix).sum(dim=(-2, -1)) / den
 
 
+_nss_metric = nss  # score() has an ``nss`` mode argument that shadows the function name
+
+
 # ----------------------------------------------------------------------------- PLSP (§4)
 def plsp_kld(P: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
     """``(B,)`` KL(G ‖ P + 1e-10) with 0·ln 0 = 0; P softmax probabilities, G sum-normalised."""
@@ -242,13 +257,17 @@ def score(
     exact: bool = False,
     size: int = 224,
     minmax_pred: bool = True,
+    nss: str | None = None,
 ) -> dict[str, torch.Tensor]:
     """Score raw CAMs (any sizes) against uint8 GTs (any sizes) under one protocol.
 
-    Returns ``{"KLD", "SIM", "NSS"}`` as ``(B,)`` float64 plus ``"constant_pred"`` and
-    ``"empty_gt"`` as ``(B,)`` bool, so a report can count degenerate images.
+    ``exact=True`` (or ``nss="reference"``) reproduces the reference NSS, nan included; the
+    default (``nss="safe"`` = ``"ooal_eps"``) adds 1e-12 to the NSS std. Returns
+    ``{"KLD", "SIM", "NSS"}`` as ``(B,)`` float64 plus ``"constant_pred"`` and ``"empty_gt"``
+    as ``(B,)`` bool, so a report can count degenerate images.
     """
     check_protocol(protocol)
+    exact = resolve_exact(exact, nss)
     cam_list, gt_list = to_list(cams), to_list(gts)
     if len(cam_list) != len(gt_list):
         raise ValueError(f"score: {len(cam_list)} predictions but {len(gt_list)} GTs")
@@ -266,10 +285,10 @@ def score(
             P = prepare_prediction([cam_list[i] for i in idx], hw, protocol, exact, minmax_pred)
             G = prepare_gt([gt_list[i] for i in idx], None, protocol)
             out["KLD"][idx], out["SIM"][idx] = kld(P, G), sim(P, G)
-            out["NSS"][idx] = nss(P, G, std_eps, single_eps=True)
+            out["NSS"][idx] = _nss_metric(P, G, std_eps, single_eps=True)
         return {**out, **flags}
     P = prepare_prediction(cam_list, size, protocol, exact, minmax_pred)
     G = prepare_gt(gt_list, size, protocol)
     if protocol == "plsp":
         return {"KLD": plsp_kld(P, G), "SIM": sim(P, G), "NSS": plsp_nss(P, G, std_eps), **flags}
-    return {"KLD": kld(P, G), "SIM": sim(P, G), "NSS": nss(P, G, std_eps), **flags}
+    return {"KLD": kld(P, G), "SIM": sim(P, G), "NSS": _nss_metric(P, G, std_eps), **flags}

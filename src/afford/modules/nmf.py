@@ -105,11 +105,12 @@ class Hamburger(nn.Module):
         b = bn // self.n
         # (B·n, D, h, w) -> (B, D, n·h·w): all positions of the n images form one matrix.
         x = z.view(b, self.n, d, h * w).permute(0, 2, 1, 3).reshape(b, d, self.n * h * w)
-        x = x.float()
-        bases = self.bases.unsqueeze(0).expand(b, -1, -1).contiguous()
         steps = self.train_steps if self.training else self.eval_steps
-        bases, coef = nmf(x, bases, steps)
-        recon = torch.bmm(bases, coef.transpose(1, 2))  # (B, D, n·h·w)
+        # Multiplicative updates divide by small numbers: keep them in float32 under autocast.
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            bases = self.bases.unsqueeze(0).expand(b, -1, -1).contiguous()
+            bases, coef = nmf(x.float(), bases, steps)
+            recon = torch.bmm(bases, coef.transpose(1, 2))  # (B, D, n·h·w)
         if self.training:
             self._online_update(bases)
         return recon.view(b, d, self.n, h * w).permute(0, 2, 1, 3).reshape(bn, d, h, w).to(z.dtype)

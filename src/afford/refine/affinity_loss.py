@@ -25,6 +25,7 @@ def affinity_loss(
         raise AffordError(
             f"affinity loss: affinities {tuple(aff.shape)} and masks {tuple(bg_pos.shape)} must have one shape"
         )
+    bg_pos, fg_pos, neg = (m.to(aff.dtype) for m in (bg_pos, fg_pos, neg))
     log_pos = torch.log(aff + EPS)
     bg = -(bg_pos * log_pos).sum() / (bg_pos.sum() + EPS)
     fg = -(fg_pos * log_pos).sum() / (fg_pos.sum() + EPS)

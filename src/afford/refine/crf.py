@@ -36,6 +36,7 @@ starting point, unverified); at 224 px the bilateral sxy 80 becomes 35.8 and the
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -45,6 +46,8 @@ from afford.errors import AffordError
 
 UNARY_CLIP = 1e-5  # pydensecrf's unary_from_softmax clips probabilities here before −log
 BRUTEFORCE_MAX_PIXELS = 4096  # N×N kernels: 4096² doubles = 128 MiB per kernel
+
+Message = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,7 @@ def effective_sxy(params: CRFParams, height: int, width: int) -> tuple[float, fl
     return params.gaussian_sxy * scale, params.bilateral_sxy * scale
 
 
-def _mean_field(unary: torch.Tensor, message, iterations: int) -> torch.Tensor:
+def _mean_field(unary: torch.Tensor, message: Message, iterations: int) -> torch.Tensor:
     """Shared loop: ``unary`` (B, L, N) energies, ``message(Q) -> (B, L, N)`` = Σ_m w_m K̃_m Q."""
     q = torch.softmax(-unary, dim=1)
     for _ in range(iterations):
@@ -166,7 +169,12 @@ def _full_solve(probs: torch.Tensor, image: torch.Tensor, params: CRFParams, sxy
     return torch.cat(outs)
 
 
-def _run(probs: torch.Tensor, image: torch.Tensor, params: CRFParams, solver) -> torch.Tensor:
+def _run(
+    probs: torch.Tensor,
+    image: torch.Tensor,
+    params: CRFParams,
+    solver: Callable[[torch.Tensor, torch.Tensor, CRFParams, float, float], torch.Tensor],
+) -> torch.Tensor:
     _check(probs, image, params)
     h, w = probs.shape[-2:]
     sxy_g, sxy_b = effective_sxy(params, h, w)

@@ -143,7 +143,15 @@ class AffinityRefiner:
             raise AffordError(f"{path}: not valid JSON ({e.msg})") from None
         if config.get("format") != FORMAT:
             raise AffordError(f"{path}: format: expected {FORMAT!r}, got {config.get('format')!r}")
-        p = config["params"]
+        try:
+            p = config["params"]
+            kwargs: dict[str, object] = {
+                "beta": p["beta"], "steps": p["t"], "radius": p["gamma"], "blend": p["lambda"],
+                "alpha_low": p["alpha_low"], "alpha_high": p["alpha_high"], "kind": p["kind"],
+                "scale": p["scale"], "dense_limit": p["dense_limit"],
+            }
+        except (KeyError, TypeError) as e:
+            raise AffordError(f"{path}: params: missing or malformed entry {e}") from None
         head = None
         if config.get("head") is not None:
             weights = Path(directory) / WEIGHTS_NAME
@@ -154,11 +162,6 @@ class AffinityRefiner:
                 head.load_state_dict(load_file(str(weights)))
             except RuntimeError as e:
                 raise AffordError(f"{weights}: does not match the head in {CONFIG_NAME} ({str(e).splitlines()[0]})") from None
-        kwargs: dict[str, object] = {
-            "beta": p["beta"], "steps": p["t"], "radius": p["gamma"], "blend": p["lambda"],
-            "alpha_low": p["alpha_low"], "alpha_high": p["alpha_high"], "kind": p["kind"],
-            "scale": p["scale"], "dense_limit": p["dense_limit"],
-        }
         unknown = set(overrides) - set(kwargs)
         if unknown:
             raise AffordError(f"refine override: unknown parameter {sorted(unknown)[0]!r}, expected one of {sorted(kwargs)}")

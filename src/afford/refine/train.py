@@ -151,7 +151,7 @@ def train_affinity_head(
             losses["loss"].backward()
             optimizer.step()
             if log_fn is not None:
-                log_fn(step, {**{k: float(v) for k, v in losses.items()}, "lr": lr})
+                log_fn(step, {**{k: float(v.detach()) for k, v in losses.items()}, "lr": lr})
             step += 1
             if step >= total:
                 return head.eval()

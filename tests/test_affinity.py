@@ -1,0 +1,206 @@
+"""Affinity head, pair neighbourhoods, the §5 loss, training loop and the refiner."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from afford.errors import AffordError
+from afford.refine.affinity_head import (
+    AffinityHead,
+    disc_affinity,
+    full_disc_offsets,
+    half_disc_offsets,
+    pair_affinity,
+    pair_labels,
+)
+from afford.refine.affinity_loss import affinity_loss
+from afford.refine.refiner import AffinityRefiner
+from afford.refine.train import AffinityTrainConfig, train_affinity_head
+
+
+def test_half_disc_has_34_offsets_for_radius_5() -> None:
+    offs = half_disc_offsets(5)
+    assert len(offs) == 34
+    assert [sum(1 for dy, _ in offs if dy == r) for r in range(5)] == [4, 9, 9, 7, 5]
+    assert len(set(offs)) == 34 and (0, 0) not in offs
+    assert not any((-dy, -dx) in offs for dy, dx in offs)  # each unordered pair once
+    assert all(dy * dy + dx * dx < 25 for dy, dx in offs)
+    full = full_disc_offsets(5)
+    assert full[0] == (0, 0) and len(full) == 69 and set(full) == {(-dy, -dx) for dy, dx in full}
+    # every in-disc offset is present
+    assert len(full) == sum(1 for dy in range(-4, 5) for dx in range(-4, 5) if dy * dy + dx * dx < 25)
+
+
+def test_pair_affinity_matches_a_loop() -> None:
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(2, 5, 7, 9, generator=g, dtype=torch.float64)
+    r = 3
+    aff = pair_affinity(f, r)
+    offs = half_disc_offsets(r)
+    froms = [(y, x) for y in range(0, 7 - (r - 1)) for x in range(r - 1, 9 - (r - 1))]
+    assert aff.shape == (2, len(offs), len(froms))
+    for b in range(2):
+        for p, (dy, dx) in enumerate(offs):
+            for n, (y, x) in enumerate(froms):
+                d = sum(abs(float(f[b, ch, y, x] - f[b, ch, y + dy, x + dx])) for ch in range(5)) / 5
+                assert float(aff[b, p, n]) == pytest.approx(math.exp(-d), abs=1e-12)
+
+
+LABELS = torch.tensor([[[0, 0, 1, 1], [0, 255, 1, 1], [0, 0, 1, 255]]])
+
+
+def test_pair_labels_hand_computed() -> None:
+    # radius 2: offsets (0,1), (1,-1), (1,0), (1,1); "from" cells (0,1), (0,2), (1,1), (1,2)
+    assert half_disc_offsets(2) == [(0, 1), (1, -1), (1, 0), (1, 1)]
+    bg, fg, neg = pair_labels(LABELS, 2)
+
+    def cells(mask: torch.Tensor) -> set[tuple[int, int]]:
+        return {(int(p), int(n)) for p, n in mask[0].nonzero().tolist()}
+
+    assert cells(bg) == {(1, 0)}  # (0,1)=0 -> (1,0)=0
+    assert cells(fg) == {(0, 1), (2, 1), (3, 1), (0, 3), (2, 3)}
+    assert cells(neg) == {(0, 0), (3, 0), (1, 3)}
+    assert float(bg.sum() + fg.sum() + neg.sum()) == 9  # the 7 pairs touching 255 are ignored
+
+
+def test_affinity_loss_hand_computed() -> None:
+    bg, fg, neg = pair_labels(LABELS, 2)
+    aff = torch.tensor([[[0.1 * (p + 1) + 0.05 * n for n in range(4)] for p in range(4)]], dtype=torch.float64)
+    out = affinity_loss(aff, bg, fg, neg)
+    a = aff[0].tolist()
+    e = 1e-5
+    l_bg = -math.log(a[1][0] + e) / (1 + e)
+    l_fg = -sum(math.log(a[p][n] + e) for p, n in [(0, 1), (2, 1), (3, 1), (0, 3), (2, 3)]) / (5 + e)
+    l_neg = -sum(math.log(1 + e - a[p][n]) for p, n in [(0, 0), (3, 0), (1, 3)]) / (3 + e)
+    assert float(out["bg_pos"]) == pytest.approx(l_bg, rel=1e-12)
+    assert float(out["fg_pos"]) == pytest.approx(l_fg, rel=1e-12)
+    assert float(out["neg"]) == pytest.approx(l_neg, rel=1e-12)
+    assert float(out["loss"]) == pytest.approx(l_bg / 4 + l_fg / 4 + l_neg / 2, rel=1e-12)
+    empty = affinity_loss(aff, torch.zeros_like(bg), fg, neg)
+    assert float(empty["bg_pos"]) == 0.0  # the 1e-5 in the denominator keeps an empty set finite
+
+
+def test_disc_affinity_is_symmetric_with_unit_diagonal() -> None:
+    f = torch.randn(1, 6, 6, 7, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    w = disc_affinity(f, 3).to_dense()[0]
+    n = 42
+    assert torch.equal(w, w.t()) and torch.equal(w.diagonal(), torch.ones(n, dtype=w.dtype))
+    flat = f[0].reshape(6, -1)
+    for i in range(n):
+        for j in range(n):
+            (yi, xi), (yj, xj) = divmod(i, 7), divmod(j, 7)
+            inside = (yi - yj) ** 2 + (xi - xj) ** 2 < 9
+            expected = math.exp(-float((flat[:, i] - flat[:, j]).abs().mean())) if inside else 0.0
+            assert float(w[i, j]) == pytest.approx(expected, abs=1e-12)
+    cos = disc_affinity(f, 3, kind="cosine").to_dense()[0]
+    assert (cos >= 0).all() and torch.allclose(cos, cos.t())
+
+
+def test_head_forward_matches_manual_computation() -> None:
+    torch.manual_seed(0)
+    head = AffinityHead([16, 32])
+    assert head.widths == [8, 8] and head.out_dim == 16
+    assert all(m.bias is None for m in [*head.reducers, head.fuse])
+    f1, f2 = torch.randn(2, 16, 5, 5), torch.randn(2, 32, 10, 10)  # second level at another resolution
+    out = head([f1, f2])
+    f2r = F.interpolate(f2, size=(5, 5), mode="bilinear", align_corners=False)
+    z = [F.elu(torch.einsum("oi,bihw->bohw", conv.weight[:, :, 0, 0], f)) for conv, f in zip(head.reducers, [f1, f2r], strict=True)]
+    manual = F.elu(torch.einsum("oi,bihw->bohw", head.fuse.weight[:, :, 0, 0], torch.cat(z, 1)))
+    assert out.shape == (2, 16, 5, 5) and torch.allclose(out, manual, atol=1e-5)
+    with pytest.raises(AffordError, match="channels"):
+        head([f1, torch.randn(2, 31, 5, 5)])
+
+
+def _synthetic(n_batches: int = 4, seed: int = 0) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], object, object]:
+    """Images whose left/right halves differ; features = a fixed random lift of the image means
+    plus noise; the 'method' CAM is a soft left-half map with noise."""
+    g = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(n_batches):
+        img = torch.randn(2, 3, 32, 32, generator=g) * 0.1
+        img[..., :16] += 1.0
+        batches.append((img, torch.zeros(2, dtype=torch.long)))
+    lift = torch.randn(8, 3, generator=torch.Generator().manual_seed(99))
+
+    def feature_fn(images: torch.Tensor) -> list[torch.Tensor]:
+        pooled = F.avg_pool2d(images, 4)  # (B, 3, 8, 8)
+        return [torch.einsum("dc,bchw->bdhw", lift, pooled)]
+
+    def cam_fn(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(images, 4).mean(1) + 0.05 * labels[:, None, None]
+
+    return batches, feature_fn, cam_fn
+
+
+def test_training_decreases_the_loss_and_is_seeded() -> None:
+    batches, feature_fn, cam_fn = _synthetic()
+    cfg = AffinityTrainConfig(radius=3, epochs=5, lr=0.1)
+    losses: list[float] = []
+    head = train_affinity_head(batches, cam_fn, feature_fn, cfg, log_fn=lambda s, d: losses.append(d["loss"]))
+    assert len(losses) == 20
+    assert sum(losses[-4:]) / 4 < 0.5 * losses[0]
+    short = AffinityTrainConfig(radius=3, max_steps=2, seed=7)
+    one, two = (train_affinity_head(batches, cam_fn, feature_fn, short) for _ in range(2))
+    assert all(torch.equal(a, b) for a, b in zip(one.state_dict().values(), two.state_dict().values(), strict=True))
+    # the learnt affinity separates the halves more than within them
+    emb = head(feature_fn(batches[0][0]))
+    w = disc_affinity(emb, 3).weights[0]  # (K, 8, 8); offset index of (0, 1) in the full disc is 1
+    across, within = w[1, :, 3].mean(), w[1, :, 0].mean()
+    assert across < 0.5 * within
+
+
+def test_training_with_crf_and_dict_batches() -> None:
+    batches, feature_fn, cam_fn = _synthetic(n_batches=1)
+    dict_batches = [{"ego": img, "label": lab} for img, lab in batches]
+    cfg = AffinityTrainConfig(radius=3, crf=True, max_steps=2, optimizer="adam", lr=1e-2)
+    losses: list[float] = []
+    train_affinity_head(dict_batches, cam_fn, feature_fn, cfg, log_fn=lambda s, d: losses.append(d["loss"]))
+    assert len(losses) == 2 and all(math.isfinite(v) and v > 0 for v in losses)
+    with pytest.raises(AffordError, match="batch"):
+        train_affinity_head([{"image": batches[0][0]}], cam_fn, feature_fn, cfg)
+
+
+def test_refiner_save_load_roundtrip(tmp_path) -> None:
+    batches, feature_fn, cam_fn = _synthetic(n_batches=1)
+    head = train_affinity_head(batches, cam_fn, feature_fn, AffinityTrainConfig(radius=3, max_steps=3))
+    refiner = AffinityRefiner(head, radius=3, steps=4, blend=0.5)
+    images = batches[0][0]
+    cams = cam_fn(images, batches[0][1])
+    out = refiner(cams, feature_fn(images))
+    loaded = AffinityRefiner.load(refiner.save(tmp_path / "r"))
+    assert loaded.params == refiner.params and loaded.params["affinity"] == "trained_head"
+    assert torch.equal(loaded(cams, feature_fn(images)), out)
+    free = AffinityRefiner(steps=16, radius=3)
+    again = AffinityRefiner.load(free.save(tmp_path / "f"), steps=2)
+    assert again.head is None and again.params["t"] == 2
+    with pytest.raises(AffordError, match="refiner.json"):
+        AffinityRefiner.load(tmp_path / "missing")
+    with pytest.raises(AffordError, match="unknown parameter"):
+        AffinityRefiner.load(tmp_path / "f", gamma=3)
+
+
+def test_training_free_refiner_spreads_within_the_region_only() -> None:
+    """Two feature regions far apart; a CAM peak inside the left one fills the left region only."""
+    feats = torch.ones(1, 4, 10, 10)
+    feats[:, 0, :, 5:] = -1.0  # right half: another direction after L2 normalisation
+    feats[:, :, :, :5] += 0.01 * torch.randn(1, 4, 10, 5, generator=torch.Generator().manual_seed(0))
+    cams = torch.zeros(1, 20, 20)  # CAM at twice the feature resolution: resized and back
+    cams[0, 8:12, 2:6] = 1.0
+    refiner = AffinityRefiner(radius=3, steps=64, scale=50.0, beta=8)
+    out = refiner(cams, [feats])
+    assert out.shape == (1, 20, 20)
+    assert out[0, :, :8].min() > 0.5  # whole left region lit
+    assert out[0, :, 12:].max() < 1e-3  # right region untouched
+
+
+def test_disc_affinity_same_with_and_without_autograd() -> None:
+    f = torch.randn(1, 5, 6, 6, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        fast = disc_affinity(f, 3).weights
+    slow = disc_affinity(f.clone().requires_grad_(), 3).weights
+    assert slow.requires_grad and torch.allclose(fast, slow.detach(), atol=1e-7)
+    assert torch.allclose(disc_affinity(f, 3, kind="cosine").weights, disc_affinity(f.requires_grad_(), 3, kind="cosine").weights.detach())

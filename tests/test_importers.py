@@ -1,0 +1,342 @@
+"""Importing official LOCATE/WSMA files: key tables, conversion, parity with the official path.
+
+The official-layout state dicts are built here from the spec's key tables (checkpoints/locate.md
+§7, wsma.md §6) with random values; the expected maps are computed by an independent
+re-implementation of the official inference paths (locate.md §4, wsma.md §4) on those raw
+official tensors, so a wrong rename, q/k/v split or channel order shows up as a value error.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Iterator
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from afford.backbones.tokenizer import ClipBPETokenizer
+from afford.checkpoint import load_run
+from afford.data.classes import HICO_IIF_AFFORDANCES, SEEN_AFFORDANCES
+from afford.errors import AffordError
+from afford.importers import import_official, official_keys, to_afford_names
+from afford.methods.locate import LOCATE, LOCATEConfig
+from afford.methods.wsma import WSMA, WSMAConfig
+
+T = torch.Tensor
+
+
+def _vit(sd: dict, g: torch.Generator, dim: int, depth: int, patch: int, empty: bool) -> None:
+    def r(*shape: int, scale: float = 0.05, base: float = 0.0) -> T:
+        return torch.empty(shape) if empty else base + scale * torch.randn(shape, generator=g)
+
+    p = "vit_model."
+    sd[p + "cls_token"], sd[p + "pos_embed"] = r(1, 1, dim, scale=0.5), r(1, 197, dim, scale=0.5)
+    sd[p + "patch_embed.proj.weight"], sd[p + "patch_embed.proj.bias"] = r(dim, 3, patch, patch), r(dim)
+    for i in range(depth):
+        b = f"{p}blocks.{i}."
+        for name, (out_dim, in_dim) in {"attn.qkv": (3 * dim, dim), "attn.proj": (dim, dim),
+                                        "mlp.fc1": (4 * dim, dim), "mlp.fc2": (dim, 4 * dim)}.items():
+            if name == "mlp.fc1":
+                sd[b + "norm2.weight"], sd[b + "norm2.bias"] = r(dim, base=1.0), r(dim)
+            if name == "attn.qkv":
+                sd[b + "norm1.weight"], sd[b + "norm1.bias"] = r(dim, base=1.0), r(dim)
+            sd[b + name + ".weight"], sd[b + name + ".bias"] = r(out_dim, in_dim, scale=in_dim**-0.5), r(out_dim)
+    sd[p + "norm.weight"], sd[p + "norm.bias"] = r(dim, base=1.0), r(dim)
+
+
+def _conv_bn(sd: dict, g: torch.Generator, prefix: str, dim: int, depth: int, empty: bool) -> None:
+    for j in range(depth):
+        c, n = f"{prefix}{3 * j}.", f"{prefix}{3 * j + 1}."
+        if empty:
+            sd[c + "weight"], sd[c + "bias"] = torch.empty(dim, dim, 3, 3), torch.empty(dim)
+        else:
+            sd[c + "weight"], sd[c + "bias"] = torch.randn(dim, dim, 3, 3, generator=g) / (3 * dim**0.5), 0.1 * torch.randn(dim, generator=g)
+        sd[n + "weight"], sd[n + "bias"] = 1 + 0.1 * torch.randn(dim, generator=g), 0.1 * torch.randn(dim, generator=g)
+        sd[n + "running_mean"], sd[n + "running_var"] = 0.1 * torch.randn(dim, generator=g), 0.5 + torch.rand(dim, generator=g)
+        sd[n + "num_batches_tracked"] = torch.tensor(1000)
+
+
+def official_locate(c: int = 36, dim: int = 384, depth: int = 12, patch: int = 16, seed: int = 0, empty: bool = False) -> dict:
+    """A LOCATE file as in locate.md §7 (file order), random values."""
+    g = torch.Generator().manual_seed(seed)
+    sd: dict = OrderedDict()
+    _vit(sd, g, dim, depth, patch, empty)
+    sd.update({"aff_proj.norm.weight": 1 + 0.1 * torch.randn(dim, generator=g), "aff_proj.norm.bias": torch.zeros(dim),
+               "aff_proj.fc1.weight": torch.randn(4 * dim, dim, generator=g) / dim**0.5, "aff_proj.fc1.bias": torch.zeros(4 * dim),
+               "aff_proj.fc2.weight": torch.randn(dim, 4 * dim, generator=g) / (2 * dim**0.5), "aff_proj.fc2.bias": torch.zeros(dim)})
+    _conv_bn(sd, g, "aff_ego_proj.", dim, 2, empty)
+    _conv_bn(sd, g, "aff_exo_proj.", dim, 2, empty)
+    sd["aff_fc.weight"], sd["aff_fc.bias"] = torch.randn(c, dim, 1, 1, generator=g) / dim**0.5, torch.randn(c, generator=g)
+    return sd
+
+
+def official_wsma(c: int = 36, dim: int = 384, depth: int = 12, patch: int = 16, width: int = 512, text_depth: int = 12,
+                  vocab: int = 49408, proj: int = 1024, nmf: int = 512, seed: int = 0, empty: bool = False) -> dict:
+    """A WSMA file as in wsma.md §6 (file order), random values."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape: int, scale: float = 0.05, base: float = 0.0) -> T:
+        return torch.empty(shape) if empty else base + scale * torch.randn(shape, generator=g)
+
+    sd: dict = OrderedDict(logit_scale=torch.tensor(math.log(100.0)), positional_embedding=r(77, width, scale=0.01),
+                           text_projection=r(width, proj, scale=width**-0.5))
+    for i in range(text_depth):
+        b = f"transformer.resblocks.{i}."
+        sd.update({b + "attn.in_proj_weight": r(3 * width, width, scale=width**-0.5), b + "attn.in_proj_bias": r(3 * width),
+                   b + "attn.out_proj.weight": r(width, width, scale=width**-0.5), b + "attn.out_proj.bias": r(width),
+                   b + "ln_1.weight": r(width, base=1.0), b + "ln_1.bias": r(width),
+                   b + "mlp.c_fc.weight": r(4 * width, width, scale=width**-0.5), b + "mlp.c_fc.bias": r(4 * width),
+                   b + "mlp.c_proj.weight": r(width, 4 * width, scale=(4 * width) ** -0.5), b + "mlp.c_proj.bias": r(width),
+                   b + "ln_2.weight": r(width, base=1.0), b + "ln_2.bias": r(width)})
+    sd.update({"token_embedding.weight": r(vocab, width, scale=0.02), "ln_final.weight": r(width, base=1.0),
+               "ln_final.bias": r(width)})
+    sd.update({"Hamburger.lower_bread.0.weight": r(nmf, dim, 1, 1), "Hamburger.lower_bread.0.bias": r(nmf),
+               "Hamburger.upper_bread.0.weight": r(dim, nmf, 1, 1), "Hamburger.upper_bread.1.weight": r(dim, base=1.0),
+               "Hamburger.upper_bread.1.bias": r(dim), "Hamburger.upper_bread.1.running_mean": r(dim),
+               "Hamburger.upper_bread.1.running_var": r(dim, base=1.0), "Hamburger.upper_bread.1.num_batches_tracked": torch.tensor(7)})
+    _vit(sd, g, dim, depth, patch, empty)
+    sd.update({"aff_proj.norm.weight": r(2 * dim, base=1.0), "aff_proj.norm.bias": r(2 * dim),
+               "aff_proj.fc1.weight": r(2 * dim, 2 * dim, scale=(2 * dim) ** -0.5), "aff_proj.fc1.bias": r(2 * dim),
+               "aff_proj.fc2.weight": r(dim, 2 * dim, scale=(2 * dim) ** -0.5), "aff_proj.fc2.bias": r(dim)})
+    _conv_bn(sd, g, "aff_ego_proj.", dim, 1, empty)
+    _conv_bn(sd, g, "aff_exo_proj.", dim, 1, empty)
+    sd["attnpool.positional_embedding"] = r(197, dim, scale=0.5)
+    for name in "kqv":  # sharp random attention, so the refinement matters
+        sd[f"attnpool.{name}_proj.weight"], sd[f"attnpool.{name}_proj.bias"] = r(dim, dim, scale=3 * dim**-0.5), r(dim)
+    sd["attnpool.c_proj.weight"], sd["attnpool.c_proj.bias"] = r(proj, dim, scale=dim**-0.5), r(proj)
+    sd.update({"prompt_learner.ctx": r(16, width, scale=0.02), "prompt_learner.token_prefix": r(c, 1, width, scale=0.02),
+               "prompt_learner.token_suffix": r(c, 60, width, scale=0.02), "fc.weight": r(c, dim, scale=dim**-0.5),
+               "fc.bias": r(c)})
+    return sd
+
+
+TINY_WSMA = dict(dim=96, depth=4, patch=8, width=64, text_depth=2, vocab=514, proj=64)
+TINY_WSMA_OVERRIDES = {"backbone": "tiny_vit", "text_encoder": "tiny_clip", "attnpool_heads": 8}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny models are dominated by per-op overhead: on a loaded 2-core machine two intra-op
+    threads spin against each other and make these tests ~10x slower than one thread."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+# ----------------------------------------------------------------------------- independent reference paths
+def ref_dino_keys(sd: dict, x: T, blocks: list[int], heads: int, patch: int) -> dict[int, T]:
+    """Official DINO forward on raw ``vit_model.*`` tensors; descriptor ``[B, T, 6d + h]`` per block."""
+    p = "vit_model."
+    t = F.conv2d(x, sd[p + "patch_embed.proj.weight"], sd[p + "patch_embed.proj.bias"], stride=patch)
+    t = t.flatten(2).transpose(1, 2)
+    b, _, dim = t.shape
+    t = torch.cat([sd[p + "cls_token"].expand(b, -1, -1), t], 1) + sd[p + "pos_embed"]
+    hd = dim // heads
+    out = {}
+    for i in range(max(blocks) + 1):
+        q_ = f"{p}blocks.{i}."
+        y = F.layer_norm(t, (dim,), sd[q_ + "norm1.weight"], sd[q_ + "norm1.bias"], eps=1e-6)
+        q, k, v = (y @ sd[q_ + "attn.qkv.weight"].t() + sd[q_ + "attn.qkv.bias"]).chunk(3, dim=-1)
+        q, k, v = (z.reshape(b, -1, heads, hd).transpose(1, 2) for z in (q, k, v))  # (B, H, T, d)
+        if i in blocks:
+            out[i] = k.permute(0, 2, 3, 1).reshape(b, -1, dim)  # desc[b, t, d*H + h] = K[b, h, t, d]
+        a = (q @ k.transpose(-1, -2) * hd**-0.5).softmax(-1)
+        t = t + (a @ v).transpose(1, 2).reshape(b, -1, dim) @ sd[q_ + "attn.proj.weight"].t() + sd[q_ + "attn.proj.bias"]
+        y = F.layer_norm(t, (dim,), sd[q_ + "norm2.weight"], sd[q_ + "norm2.bias"], eps=1e-6)
+        y = F.gelu(y @ sd[q_ + "mlp.fc1.weight"].t() + sd[q_ + "mlp.fc1.bias"])
+        t = t + y @ sd[q_ + "mlp.fc2.weight"].t() + sd[q_ + "mlp.fc2.bias"]
+    return out
+
+
+def ref_mlp(sd: dict, x: T) -> T:
+    y = F.layer_norm(x, x.shape[-1:], sd["aff_proj.norm.weight"], sd["aff_proj.norm.bias"], eps=1e-5)
+    y = F.gelu(y @ sd["aff_proj.fc1.weight"].t() + sd["aff_proj.fc1.bias"])
+    return y @ sd["aff_proj.fc2.weight"].t() + sd["aff_proj.fc2.bias"]
+
+
+def ref_conv_bn(sd: dict, prefix: str, x: T, depth: int) -> T:
+    for j in range(depth):
+        c, n = f"{prefix}{3 * j}.", f"{prefix}{3 * j + 1}."
+        x = F.conv2d(x, sd[c + "weight"], sd[c + "bias"], padding=1)
+        x = (x - sd[n + "running_mean"][:, None, None]) / torch.sqrt(sd[n + "running_var"][:, None, None] + 1e-5)
+        x = F.relu(x * sd[n + "weight"][:, None, None] + sd[n + "bias"][:, None, None])
+    return x
+
+
+def ref_locate(sd: dict, x: T, labels: T, heads: int = 6, depth: int = 12, patch: int = 16) -> T:
+    """locate.md §4: raw CAM_y at 14x14."""
+    desc = ref_dino_keys(sd, x, [depth - 1], heads, patch)[depth - 1][:, 1:]
+    p = (desc + ref_mlp(sd, desc)).transpose(1, 2).reshape(x.shape[0], -1, 14, 14)
+    cam = F.conv2d(ref_conv_bn(sd, "aff_ego_proj.", p, 2), sd["aff_fc.weight"], sd["aff_fc.bias"])
+    return cam[torch.arange(x.shape[0]), labels]
+
+
+def ref_text(sd: dict, ids: T, heads: int) -> T:
+    """wsma.md §4 step 3: (prefix | ctx | suffix) + token_embedding[ids] + positions -> T (C, E)."""
+    c = ids.shape[0]
+    x = torch.cat([sd["prompt_learner.token_prefix"], sd["prompt_learner.ctx"].expand(c, -1, -1),
+                   sd["prompt_learner.token_suffix"]], 1)
+    x = x + sd["token_embedding.weight"][ids] + sd["positional_embedding"]
+    w = x.shape[-1]
+    mask = torch.full((77, 77), float("-inf")).triu(1)
+    i = 0
+    while f"transformer.resblocks.{i}.ln_1.weight" in sd:
+        b = f"transformer.resblocks.{i}."
+        y = F.layer_norm(x, (w,), sd[b + "ln_1.weight"], sd[b + "ln_1.bias"], eps=1e-5)
+        q, k, v = (y @ sd[b + "attn.in_proj_weight"].t() + sd[b + "attn.in_proj_bias"]).chunk(3, -1)
+        q, k, v = (z.reshape(c, 77, heads, -1).transpose(1, 2) for z in (q, k, v))
+        a = (q @ k.transpose(-1, -2) / math.sqrt(w // heads) + mask).softmax(-1)
+        x = x + (a @ v).transpose(1, 2).reshape(c, 77, w) @ sd[b + "attn.out_proj.weight"].t() + sd[b + "attn.out_proj.bias"]
+        y = F.layer_norm(x, (w,), sd[b + "ln_2.weight"], sd[b + "ln_2.bias"], eps=1e-5)
+        y = y @ sd[b + "mlp.c_fc.weight"].t() + sd[b + "mlp.c_fc.bias"]
+        x = x + (y * torch.sigmoid(1.702 * y)) @ sd[b + "mlp.c_proj.weight"].t() + sd[b + "mlp.c_proj.bias"]
+        i += 1
+    x = F.layer_norm(x, (w,), sd["ln_final.weight"], sd["ln_final.bias"], eps=1e-5)
+    return F.normalize(x[torch.arange(c), ids.argmax(-1)] @ sd["text_projection"], dim=-1)
+
+
+def ref_wsma_one(sd: dict, x: T, label: int, text: T, vit_heads: int, pool_heads: int, depth: int, patch: int) -> T:
+    """wsma.md §4 steps 1-11 for ONE image (test.py runs batch 1)."""
+    keys = ref_dino_keys(sd, x[None], [depth - 2, depth - 1], vit_heads, patch)
+    desc = torch.cat([keys[depth - 2], keys[depth - 1]], -1)[:, 1:]
+    p = ref_mlp(sd, desc)[0]  # (196, D)
+    dim = p.shape[-1]
+    seq = torch.cat([p.mean(0, keepdim=True), p]) + sd["attnpool.positional_embedding"]
+    q, k, v = (seq @ sd[f"attnpool.{n}_proj.weight"].t() + sd[f"attnpool.{n}_proj.bias"] for n in "qkv")
+    hd = dim // pool_heads
+    q, k, v = (z.reshape(197, pool_heads, hd).transpose(0, 1) for z in (q, k, v))
+    a = (q @ k.transpose(-1, -2) * hd**-0.5).softmax(-1)
+    out = (a @ v).transpose(0, 1).reshape(197, dim) @ sd["attnpool.c_proj.weight"].t() + sd["attnpool.c_proj.bias"]
+    vn = out[1:] / out[1:].abs()  # batch-axis L2 norm at batch 1 = sign
+    s = vn @ text[label]
+    gate = torch.sigmoid(s / s.norm())
+    pm = p.t().reshape(1, dim, 14, 14)
+    e = ref_conv_bn(sd, "aff_ego_proj.", gate.reshape(1, 1, 14, 14) * pm + pm, 1)[0]
+    cam = (sd["fc.weight"][label][:, None, None] * e).mean(0)
+    att = a.mean(0)[1:, 1:]
+    for _ in range(3):
+        att = att / att.sum(0, keepdim=True)
+        att = att / att.sum(1, keepdim=True)
+    att = (att + att.t()) / 2
+    cam1 = (att @ att @ cam.reshape(196)).reshape(14, 14)
+
+    def mm(z: T) -> T:
+        return (z - z.min()) / (z.max() - z.min() + 1e-10)
+
+    cam, cam1 = mm(cam), mm(cam1)
+    cam1 = torch.where(cam < 0.2, torch.zeros_like(cam1), cam1)
+    return mm(cam + cam1)
+
+
+# ----------------------------------------------------------------------------- tests
+def test_key_tables_match_the_spec_counts() -> None:
+    assert len(official_keys("locate")) == 186 and len(official_keys("wsma")) == 342
+    for method, builder, sizes in (("locate", official_locate, (28_177_960, 28_173_725)),
+                                   ("wsma", official_wsma, (91_356_456, 91_008_669))):
+        for c, n in zip((36, 25), sizes, strict=True):
+            sd = builder(c=c, empty=True)
+            assert list(sd) == official_keys(method)  # same keys, same file order
+            assert sum(v.numel() for v in sd.values()) == n
+
+
+def test_real_size_mappings_cover_the_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At the released sizes, the renamed official keys and shapes are exactly the model's."""
+    monkeypatch.delenv("AFFORD_CLIP_BPE", raising=False)
+    wsma = WSMA(WSMAConfig(), HICO_IIF_AFFORDANCES)  # no vocabulary: placeholder ids
+    own = {k: tuple(v.shape) for k, v in wsma.state_dict().items() if k != "prompt_ids"}
+    conv = {k: tuple(v.shape) for k, v in to_afford_names(official_wsma(c=10, empty=True), "wsma").items()}
+    assert conv == own
+    locate = LOCATE(LOCATEConfig(), SEEN_AFFORDANCES)
+    own = {k: tuple(v.shape) for k, v in locate.state_dict().items()}
+    conv = {k: tuple(v.shape) for k, v in to_afford_names(official_locate(c=36, empty=True), "locate").items()}
+    assert conv == own
+
+
+def test_import_locate_matches_official_inference(tmp_path) -> None:
+    sd = official_locate(c=25, dim=96, depth=4, patch=8)
+    torch.save(sd, tmp_path / "best_model_9_1.405_0.372_1.157.pth")
+    run_dir = import_official("locate", tmp_path / "best_model_9_1.405_0.372_1.157.pth", tmp_path / "run",
+                              model_overrides={"backbone": "tiny_vit"})
+    run = load_run(run_dir)
+    assert run.info["split"] == "Unseen" and run.classes[0] == "carry" and len(run.classes) == 25
+    x, labels = torch.randn(3, 3, 112, 112, generator=torch.Generator().manual_seed(1)), torch.tensor([4, 0, 24])
+    cams = run.method.predict(x, labels)
+    torch.testing.assert_close(cams, ref_locate(sd, x, labels, heads=4, depth=4, patch=8), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(cams, run.method.predict(x, labels), atol=0, rtol=0)
+    torch.testing.assert_close(cams[2:], run.method.predict(x[2:], labels[2:]), atol=1e-5, rtol=1e-5)
+
+
+def test_import_wsma_matches_official_inference(tmp_path) -> None:
+    sd = official_wsma(c=10, **TINY_WSMA)
+    torch.save(sd, tmp_path / "best_model.pth.tar")
+    run_dir = import_official("wsma", tmp_path / "best_model.pth.tar", tmp_path / "run", model_overrides=TINY_WSMA_OVERRIDES)
+    run = load_run(run_dir)
+    assert run.info["split"] == "HICO-IIF" and run.config.model.faithful and run.config.model.tokenizer is None
+    assert run.config.train.epochs == 13 and run.config.train.scheduler == "none"
+    g = torch.Generator().manual_seed(2)
+    x, labels = torch.randn(3, 3, 112, 112, generator=g), torch.tensor([0, 7, 7])
+    maps = run.method.predict(x, labels)
+    prompts = [" ".join(["X"] * 16) + " " + c.replace("_", " ") + "." for c in HICO_IIF_AFFORDANCES]
+    ids = ClipBPETokenizer.char_level()(prompts)
+    text = ref_text(sd, ids, heads=4)
+    for i in range(3):
+        expected = ref_wsma_one(sd, x[i], int(labels[i]), text, vit_heads=4, pool_heads=8, depth=4, patch=8)
+        torch.testing.assert_close(maps[i], expected, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(maps[i : i + 1], run.method.predict(x[i : i + 1], labels[i : i + 1]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(maps, run.method.predict(x, labels), atol=0, rtol=0)
+
+
+def test_unreadable_and_wrong_files_are_rejected(tmp_path) -> None:
+    loc = official_locate(c=10, dim=96, depth=4, patch=8)
+    torch.save(loc, tmp_path / "locate.pth")
+    data = (tmp_path / "locate.pth").read_bytes()
+    (tmp_path / "truncated.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(AffordError, match=r"truncated\.pth: cannot read the checkpoint"):
+        import_official("locate", tmp_path / "truncated.pth", tmp_path / "r1")
+    with pytest.raises(AffordError, match=r"official LOCATE checkpoint \(it has 'aff_fc.weight'\).*--method locate"):
+        import_official("wsma", tmp_path / "locate.pth", tmp_path / "r2")
+    torch.save(official_wsma(c=10, **TINY_WSMA), tmp_path / "wsma.pth")
+    with pytest.raises(AffordError, match=r"official WSMA checkpoint.*--method wsma"):
+        import_official("locate", tmp_path / "wsma.pth", tmp_path / "r3")
+    with pytest.raises(AffordError, match="not found"):
+        import_official("locate", tmp_path / "nope.pth", tmp_path / "r4")
+    assert not any((tmp_path / r).exists() for r in ("r1", "r2", "r3", "r4"))
+
+
+def test_key_class_count_shape_and_vocabulary_errors(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    over = {"backbone": "tiny_vit"}
+    bad = official_locate(c=10, dim=96, depth=4, patch=8)
+    del bad["aff_proj.fc1.bias"]
+    bad["aff_proj.extra.weight"] = torch.zeros(1)
+    torch.save(bad, tmp_path / "keys.pth")
+    with pytest.raises(AffordError) as e:
+        import_official("locate", tmp_path / "keys.pth", tmp_path / "r", model_overrides=over)
+    msg = str(e.value)
+    assert "missing keys (1) [aff_proj.fc1.bias]" in msg and "unexpected keys (1) [aff_proj.extra.weight]" in msg
+    assert "\n" not in msg
+    torch.save(official_locate(c=7, dim=96, depth=4, patch=8), tmp_path / "seven.pth")
+    with pytest.raises(AffordError, match="has 7 classes"):
+        import_official("locate", tmp_path / "seven.pth", tmp_path / "r", model_overrides=over)
+    # Any class list works when given explicitly.
+    run_dir = import_official("locate", tmp_path / "seven.pth", tmp_path / "r7", model_overrides=over,
+                              classnames=[f"a{i}" for i in range(7)])
+    assert load_run(run_dir).classes == tuple(f"a{i}" for i in range(7))
+    with pytest.raises(AffordError, match="already holds a run"):
+        import_official("locate", tmp_path / "seven.pth", tmp_path / "r7", model_overrides=over,
+                        classnames=[f"a{i}" for i in range(7)])
+    wrong = official_locate(c=10, dim=96, depth=4, patch=8)
+    wrong["aff_fc.weight"] = torch.zeros(10, 96, 3, 3)
+    torch.save(wrong, tmp_path / "shape.pth")
+    with pytest.raises(AffordError, match="shape"):
+        import_official("locate", tmp_path / "shape.pth", tmp_path / "r", model_overrides=over)
+    # WSMA needs the CLIP vocabulary once, to tokenise the prompts.
+    monkeypatch.delenv("AFFORD_CLIP_BPE", raising=False)
+    torch.save(official_wsma(c=10, **{**TINY_WSMA, "text_depth": 12}, empty=True), tmp_path / "rn50.pth")
+    with pytest.raises(AffordError, match="needs the CLIP BPE vocabulary.*--tokenizer"):
+        import_official("wsma", tmp_path / "rn50.pth", tmp_path / "r",
+                        model_overrides={**TINY_WSMA_OVERRIDES, "text_encoder": "clip_rn50"})
+    with pytest.raises(AffordError, match="expected 'locate' or 'wsma'"):
+        import_official("loop", tmp_path / "shape.pth", tmp_path / "r")

@@ -1,0 +1,102 @@
+"""Affinity labels from one affordance map (affinity.md §3.3, §12.1)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from afford.errors import AffordError
+from afford.refine.crf import CRFParams
+from afford.refine.labels import (
+    IGNORE,
+    affinity_labels,
+    alpha_threshold,
+    background_score,
+    denormalize,
+    minmax,
+)
+
+
+@pytest.mark.parametrize(("alpha", "t"), [(4, 0.2755), (16, 0.1228), (24, 0.0939), (32, 0.0770)])
+def test_alpha_threshold_table(alpha: float, t: float) -> None:
+    got = alpha_threshold(alpha)
+    assert got == pytest.approx(t, abs=1e-4)
+    assert (1 - got) ** alpha == pytest.approx(got, abs=1e-9)
+
+
+def _row(values: list[float]) -> torch.Tensor:
+    """A 1×len CAM with known min-max levels, given as raw scores (×7 + 3) to exercise minmax."""
+    return torch.tensor(values).view(1, 1, -1) * 7.0 + 3.0
+
+
+def test_alpha_mode_hand_made_cam() -> None:
+    c = [0.0, 0.05, 0.076, 0.078, 0.2, 0.275, 0.276, 0.5, 1.0]
+    labels = affinity_labels(_row(c))
+    #        bg  bg  bg  ign  ign  ign  fg fg fg   (bg ⇔ c ≤ 0.0770, fg ⇔ c > 0.2755)
+    assert labels.flatten().tolist() == [0, 0, 0, IGNORE, IGNORE, IGNORE, 1, 1, 1]
+    assert labels.dtype == torch.long
+
+
+def test_alpha_mode_is_argmax_of_background_pairs() -> None:
+    cams = torch.rand(2, 9, 11, generator=torch.Generator().manual_seed(0))
+    c = minmax(cams)
+    labels = affinity_labels(cams, alpha_low=4, alpha_high=32)
+    la = torch.stack([background_score(c, 4), c], 1).argmax(1)
+    ha = torch.stack([background_score(c, 32), c], 1).argmax(1)
+    expected = torch.where(ha == 0, 0, torch.where(la == 1, 1, IGNORE))
+    assert torch.equal(labels, expected)
+    assert (labels == 0).any() and (labels == 1).any() and (labels == IGNORE).any()
+
+
+def test_fixed_mode_thresholds() -> None:
+    c = [0.0, 0.049, 0.051, 0.299, 0.301, 1.0]
+    labels = affinity_labels(_row(c), mode="fixed")
+    assert labels.flatten().tolist() == [0, 0, IGNORE, IGNORE, 1, 1]
+
+
+def test_size_resamples_the_map() -> None:
+    cams = torch.zeros(1, 4, 4)
+    cams[:, :2] = 1.0  # top half foreground
+    labels = affinity_labels(cams, size=(8, 8))
+    assert labels.shape == (1, 8, 8)
+    assert (labels[0, :3] == 1).all() and (labels[0, 5:] == 0).all()
+
+
+def test_crf_pulls_labels_to_the_colour_edge() -> None:
+    """A CAM that spills 2 px over an object's edge: without CRF the spill is foreground; the
+    bilateral term sees the spill has background colour, so low-α CRF no longer calls it fg."""
+    image = torch.full((1, 3, 32, 32), 30.0)
+    image[:, :, 10:22, 10:22] = 200.0
+    cams = torch.zeros(1, 32, 32)
+    cams[:, 8:24, 8:24] = 0.5
+    cams[:, 10:22, 10:22] = 1.0
+    ring = torch.zeros(32, 32, dtype=torch.bool)
+    ring[8:24, 8:24] = True
+    ring[10:22, 10:22] = False
+    plain = affinity_labels(cams)[0]
+    crf = affinity_labels(cams, image=image, crf=CRFParams(reference_size=None, window=31, downsample=1))[0]
+    assert (plain[ring] == 1).all()
+    assert (crf[ring] != 1).all()
+    assert (crf[12:20, 12:20] == 1).all() and (crf[:6] == 0).all()
+
+
+def test_fixed_mode_with_label_crf_keeps_clean_regions() -> None:
+    image = torch.full((1, 3, 16, 16), 30.0)
+    image[:, :, 4:12, 4:12] = 220.0
+    cams = torch.zeros(1, 16, 16)
+    cams[:, 4:12, 4:12] = 1.0
+    labels = affinity_labels(cams, mode="fixed", image=image, crf=CRFParams(reference_size=None, window=15, downsample=1))
+    assert (labels[0, 4:12, 4:12] == 1).all() and (labels[0, :3] == 0).all()
+
+
+def test_errors_and_denormalize() -> None:
+    with pytest.raises(AffordError, match="mode"):
+        affinity_labels(torch.rand(1, 4, 4), mode="otsu")
+    with pytest.raises(AffordError, match="image"):
+        affinity_labels(torch.rand(1, 4, 4), crf=CRFParams())
+    with pytest.raises(AffordError, match="cams"):
+        affinity_labels(torch.rand(4, 4))
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    rgb = torch.rand(1, 3, 2, 2) * 255
+    x = (rgb / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    assert torch.allclose(denormalize(x, mean, std), rgb, atol=1e-3)

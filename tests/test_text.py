@@ -1,0 +1,190 @@
+"""CLIP text tower, tokenizers and prompts, against an independent OpenAI-format reference."""
+
+from __future__ import annotations
+
+import gzip
+from collections import OrderedDict
+
+import pytest
+import torch
+from torch import nn
+
+from afford.backbones import ClipBPETokenizer, PromptLearner, create_text_encoder, plain_prompts
+from afford.backbones.tokenizer import bytes_to_unicode
+from afford.errors import AffordError
+
+torch.manual_seed(0)
+
+
+class RefTextCLIP(nn.Module):
+    """OpenAI CLIP text tower with its state-dict names (wsma.md §3.2), plain torch.
+
+    Pre-LN blocks with ``nn.MultiheadAttention`` (fused ``in_proj``), causal mask, QuickGELU,
+    ``ln_final``, EOT pooling at the largest id, ``x @ text_projection``.
+    """
+
+    def __init__(self, vocab: int = 514, width: int = 64, heads: int = 4, layers: int = 2, out: int = 64) -> None:
+        super().__init__()
+        self.token_embedding = nn.Embedding(vocab, width)
+        self.positional_embedding = nn.Parameter(torch.randn(77, width) * 0.1)
+        self.transformer = nn.Module()
+        self.transformer.resblocks = nn.ModuleList()
+        for _ in range(layers):
+            blk = nn.Module()
+            blk.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+            blk.ln_1, blk.ln_2 = nn.LayerNorm(width), nn.LayerNorm(width)
+            blk.mlp = nn.Sequential(OrderedDict(c_fc=nn.Linear(width, 4 * width), c_proj=nn.Linear(4 * width, width)))
+            self.transformer.resblocks.append(blk)
+        self.ln_final = nn.LayerNorm(width)
+        self.text_projection = nn.Parameter(torch.randn(width, out) * width**-0.5)
+        self.logit_scale = nn.Parameter(torch.tensor(3.0))
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if "ln_" in name:
+                    p.copy_(torch.randn_like(p) * 0.2 + (1.0 if name.endswith("weight") else 0.0))
+                elif name.endswith("bias"):
+                    p.normal_(0, 0.1)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.token_embedding(ids) + self.positional_embedding
+        mask = torch.full((77, 77), float("-inf")).triu(1)
+        for blk in self.transformer.resblocks:
+            y = blk.ln_1(x)
+            x = x + blk.attn(y, y, y, attn_mask=mask, need_weights=False)[0]
+            h = blk.mlp.c_fc(blk.ln_2(x))
+            x = x + blk.mlp.c_proj(h * torch.sigmoid(1.702 * h))
+        x = self.ln_final(x)
+        return x[torch.arange(ids.shape[0]), ids.argmax(-1)] @ self.text_projection
+
+
+TEXTS = ["an item to cut with", "a person hold an item", "X X X X sit on."]
+
+
+def test_openai_plain_state_dict_matches_reference(tmp_path) -> None:
+    ref = RefTextCLIP().eval()
+    sd = dict(ref.state_dict())
+    sd.update({"visual.conv1.weight": torch.zeros(1), "context_length": torch.tensor(77)})  # ignored
+    path = tmp_path / "RN50_tiny.pt"
+    torch.save({k: v.half() if k.startswith("transformer.") else v for k, v in sd.items()}, path)  # fp16 like OpenAI
+    ref.load_state_dict({k: v.half().float() if k.startswith("transformer.") else v for k, v in ref.state_dict().items()})
+    enc = create_text_encoder("tiny_clip", weights=path)
+    ids = enc.tokenize(TEXTS)
+    with torch.no_grad():
+        want = ref(ids)
+    torch.testing.assert_close(enc.encode_text(TEXTS), want, atol=1e-5, rtol=1e-5)
+    assert enc.logit_scale.item() == pytest.approx(3.0)
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning")
+def test_openai_torchscript_archive_matches_reference(tmp_path) -> None:
+    ref = RefTextCLIP().eval()
+    ids = create_text_encoder("tiny_clip").tokenize(TEXTS)
+    path = tmp_path / "tiny_clip_jit.pt"
+    torch.jit.save(torch.jit.trace(ref, (ids,), check_trace=False), str(path))
+    enc = create_text_encoder("tiny_clip", weights=path)
+    with torch.no_grad():
+        want = ref(ids)
+    torch.testing.assert_close(enc.encode_text(TEXTS), want, atol=1e-5, rtol=1e-5)
+
+
+def test_truncated_text_state_dict_gives_one_error(tmp_path) -> None:
+    sd = {k: v for k, v in RefTextCLIP().state_dict().items() if "resblocks.1." not in k}
+    sd["prompt_learner.ctx"] = torch.zeros(16, 64)
+    torch.save(sd, tmp_path / "bad.pt")
+    with pytest.raises(AffordError) as err:
+        create_text_encoder("tiny_clip", weights=tmp_path / "bad.pt")
+    msg = str(err.value)
+    assert "missing keys" in msg and "text_model.encoder.layers.1.self_attn.q_proj.weight" in msg
+    assert "unexpected keys" in msg and "prompt_learner.ctx" in msg and "\n" not in msg
+
+
+def test_encode_prompt_embeddings_equals_encode_text_and_is_causal() -> None:
+    enc = create_text_encoder("tiny_clip")
+    ids = enc.tokenize(TEXTS)
+    emb = enc.token_embedding(ids)
+    torch.testing.assert_close(enc.encode_prompt_embeddings(emb, ids), enc.encode_text(TEXTS))
+    # causality: changing padding after EOT must not change the pooled feature
+    noisy = emb.clone()
+    noisy[:, -5:] += torch.randn_like(noisy[:, -5:])
+    torch.testing.assert_close(enc.encode_prompt_embeddings(noisy, ids), enc.encode_text(TEXTS))
+
+
+def test_char_level_tokenizer_layout() -> None:
+    tok = ClipBPETokenizer.char_level()
+    assert tok.vocab_size == 514 and (tok.sot_id, tok.eot_id) == (512, 513)
+    order = list(bytes_to_unicode())
+    ids = tok(["Hi X"])[0]
+    assert ids[:5].tolist() == [512, order.index(ord("h")), 256 + order.index(ord("i")), 256 + order.index(ord("x")), 513]
+    assert ids[5:].abs().sum() == 0
+    long = tok(["word " * 100])[0]
+    assert long.shape == (77,) and long[-1] == 513 and long.argmax() == 76
+
+
+def test_bpe_matches_transformers_clip_tokenizer(tmp_path) -> None:
+    from transformers import CLIPTokenizer
+
+    merges = [("t", "h"), ("th", "e</w>"), ("a", "n"), ("i", "t"), ("c", "u"), ("cu", "t</w>"), ("w", "i"),
+              ("t", "h</w>"), ("wi", "th</w>"), ("o", "n</w>"), ("h", "o"), ("ho", "l"), ("hol", "d</w>")]
+    gz = tmp_path / "bpe.txt.gz"
+    with gzip.open(gz, "wt", encoding="utf-8") as f:
+        f.write("#version: test\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
+    mine = ClipBPETokenizer.from_openai_gz(gz)
+    hf = CLIPTokenizer(vocab=mine.encoder, merges=merges)
+    for text in ["The cat sat on the mat", "an item to cut_with!", "hold  it, 42 it's"]:
+        want = hf(text)["input_ids"]  # SOT ... EOT
+        got = mine([text])[0]
+        assert got[: len(want)].tolist() == want and got[len(want):].abs().sum() == 0
+    assert mine.encode("the")[0] == mine.encoder["the</w>"]
+
+
+def test_prompt_learner_shapes_gradients_and_value() -> None:
+    enc = create_text_encoder("tiny_clip")
+    pl = PromptLearner(enc, ["cut_with", "sit_on", "hold"], n_ctx=4)
+    assert set(pl.state_dict()) == {"ctx", "token_prefix", "token_suffix"}
+    assert pl.ctx.shape == (4, 64) and pl.token_prefix.shape == (3, 1, 64) and pl.token_suffix.shape == (3, 72, 64)
+    assert pl.ctx.std().item() == pytest.approx(0.02, rel=0.3)
+    out = pl()
+    assert out.shape == (3, 64)
+    out.pow(2).sum().backward()
+    assert pl.ctx.grad is not None and pl.ctx.grad.abs().sum() > 0
+    assert all(p.grad is None for p in enc.parameters())
+    # with ctx set to the embedding of "x", the learner reproduces the plain prompt
+    x_id = enc.tokenize(["x"])[0, 1]
+    with torch.no_grad():
+        pl.ctx.copy_(enc.token_embedding.weight[x_id].expand(4, -1))
+    torch.testing.assert_close(pl(), enc.encode_text(["X X X X cut with.", "X X X X sit on.", "X X X X hold."]))
+
+
+def test_plain_prompts_selectivecl_rule() -> None:
+    assert plain_prompts(["hold", "cut_with", "drink_with"]) == [
+        "an item to hold with", "an item to cut_with", "an item to drink_with"]
+    assert plain_prompts(["cut_with"], "a person {aff} an item") == ["a person cut_with an item"]
+
+
+def test_real_size_towers_without_vocabulary(monkeypatch) -> None:
+    monkeypatch.delenv("AFFORD_CLIP_BPE", raising=False)
+    enc = create_text_encoder("clip_rn50", num_hidden_layers=1)
+    assert (enc.width, enc.embed_dim, enc.context_length) == (512, 1024, 77)
+    assert enc.model.config.num_attention_heads == 8
+    with pytest.raises(AffordError, match="bpe_simple_vocab_16e6.txt.gz"):
+        enc.tokenize(["hold"])
+    ids = torch.zeros(1, 77, dtype=torch.long)
+    ids[0, :3] = torch.tensor([49406, 320, 49407])
+    assert enc.encode_prompt_embeddings(enc.token_embedding(ids), ids).shape == (1, 1024)
+
+
+def test_save_pretrained_round_trip(tmp_path) -> None:
+    enc = create_text_encoder("tiny_clip")
+    enc.save_pretrained(tmp_path / "t")
+    again = create_text_encoder("tiny_clip", weights=tmp_path / "t")
+    torch.testing.assert_close(again.encode_text(TEXTS), enc.encode_text(TEXTS), atol=0, rtol=0)
+
+
+def test_load_official_state_dict_into_existing_encoder() -> None:
+    ref = RefTextCLIP().eval()
+    enc = create_text_encoder("tiny_clip", trainable=True)
+    enc.load_official_state_dict(dict(ref.state_dict()), "wsma_root_keys")
+    assert enc.logit_scale.item() == pytest.approx(3.0) and enc.logit_scale.requires_grad
+    with torch.no_grad():
+        want = ref(enc.tokenize(TEXTS))
+    torch.testing.assert_close(enc.encode_text(TEXTS), want, atol=1e-5, rtol=1e-5)

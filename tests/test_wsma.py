@@ -1,0 +1,203 @@
+"""WSMA method on tiny models: losses and gradients, inference modes, LR groups."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from afford.errors import AffordError
+from afford.methods.wsma import WSMA, WSMA_RECIPE, WSMAConfig
+from afford.modules.attention_refine import refine_cam
+
+CLASSES = ("hold", "cut_with", "sit_on")
+SIZE = 32  # tiny_vit has patch 8 -> a 4x4 grid
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny models are dominated by per-op overhead: on a loaded 2-core machine two intra-op
+    threads spin against each other and make these tests ~10x slower than one thread."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+def tiny_cfg(**kw: object) -> WSMAConfig:
+    base = dict(backbone="tiny_vit", text_encoder="tiny_clip", attnpool_heads=8, n_ctx=4, grid=4,
+                nmf_dim=16, nmf_rank=4)
+    return WSMAConfig(**{**base, **kw})
+
+
+def tiny_wsma(seed: int = 0, **kw: object) -> WSMA:
+    torch.manual_seed(seed)
+    m = WSMA(tiny_cfg(**kw), CLASSES)
+    with torch.no_grad():
+        # A random attention pool is nearly uniform, so A²·cam is nearly constant and its min-max
+        # only amplifies float noise; sharper attention gives the refinement something to do.
+        m.attnpool.q_proj.weight.mul_(8)
+        m.attnpool.k_proj.weight.mul_(8)
+    return m
+
+
+def batch(b: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"ego": torch.randn(b, 3, SIZE, SIZE, generator=g), "exo": torch.randn(b, 3, 3, SIZE, SIZE, generator=g),
+            "label": torch.arange(b) % len(CLASSES)}
+
+
+def test_defaults_are_the_papers() -> None:
+    cfg = WSMAConfig()
+    assert (cfg.backbone, cfg.key_layers, cfg.text_encoder, cfg.n_ctx, cfg.ctx_init_std) == (
+        "dino_vits16", (-2, -1), "clip_rn50", 16, 0.02)
+    assert (cfg.nmf_rank, cfg.nmf_dim, cfg.nmf_train_steps, cfg.nmf_eval_steps, cfg.nmf_eta, cfg.nmf_bn_momentum) == (
+        64, 512, 6, 7, 0.9, 3e-4)
+    assert (cfg.attnpool_heads, cfg.grid, cfg.refine_threshold, cfg.refine_rounds) == (64, 14, 0.2, 3)
+    assert (cfg.cls_weight, cfg.clip_weight, cfg.d_weight, cfg.lrela_weight) == (1.0, 1.0, 0.5, 0.5)
+    assert (cfg.faithful, cfg.normalize_gate, cfg.train_backbone, cfg.train_text) == (False, "channel", False, True)
+    assert WSMA_RECIPE["train"]["epochs"] == 13 and WSMA_RECIPE["train"]["batch_size"] == 10
+    assert WSMA_RECIPE["train"]["scheduler"] == "none" and WSMA_RECIPE["data"]["sampling"] == "wsma"
+
+
+@pytest.mark.parametrize("faithful", [False, True])
+def test_forward_train_losses_and_gradients(faithful: bool) -> None:
+    m = tiny_wsma(faithful=faithful).train()
+    out = m.forward_train(batch(), epoch=0)
+    assert set(out) == {"cls", "clip", "d", "lrela", "loss"}
+    assert all(torch.isfinite(v) for v in out.values())
+    assert torch.allclose(out["loss"], out["cls"] + out["clip"] + out["d"] + out["lrela"])
+    out["loss"].backward()
+    for name in ("prompt_learner.ctx", "aff_proj.fc1.weight", "Hamburger.lower_bread.0.weight",
+                 "aff_exo_proj.0.weight", "aff_ego_proj.0.weight", "attnpool.q_proj.weight",
+                 "attnpool.positional_embedding", "fc.weight", "text_encoder.logit_scale",
+                 "text_encoder.model.text_projection.weight"):
+        grad = m.get_parameter(name).grad
+        assert grad is not None and grad.abs().sum() > 0, name
+    assert all(p.grad is None for p in m.backbone.parameters())  # frozen DINO
+
+
+def test_cam_is_channel_mean_of_class_weighted_features() -> None:
+    m = tiny_wsma()
+    feat = torch.randn(2, m.backbone.embed_dim, 4, 4)
+    labels = torch.tensor([2, 0])
+    cam = m._cam(feat, labels)
+    for b in range(2):
+        w = m.fc.weight[labels[b]]
+        expected = sum(w[c] * feat[b, c] for c in range(feat.shape[1])) / feat.shape[1]
+        assert torch.allclose(cam[b], expected, atol=1e-5)
+
+
+def _gate_reference(feat: torch.Tensor, patches: torch.Tensor, text: torch.Tensor, axis: str) -> torch.Tensor:
+    """Loop reference of the pixel-text gate in the reference's sequence-first view."""
+    b, n, e = patches.shape
+    out = torch.empty_like(feat)
+    for i in range(b):
+        t = text[i] / text[i].norm()
+        s = torch.empty(n)
+        for j in range(n):
+            if axis == "batch":  # unit norm across the batch for each (token, channel)
+                v = patches[i, j] / patches[:, j].norm(dim=0)
+            else:
+                v = patches[i, j] / patches[i, j].norm()
+            s[j] = (v * t).sum()
+        g = torch.sigmoid(s / s.norm()).view(1, *feat.shape[-2:])
+        out[i] = g * feat[i] + feat[i]
+    return out
+
+
+@pytest.mark.parametrize("axis", ["channel", "batch"])
+def test_gate_matches_loop_reference(axis: str) -> None:
+    m = tiny_wsma(normalize_gate=axis)
+    g = torch.Generator().manual_seed(1)
+    feat, patches, text = torch.randn(3, 5, 2, 2, generator=g), torch.randn(3, 4, 6, generator=g), torch.randn(3, 6, generator=g)
+    assert torch.allclose(m._gate(feat, patches, text), _gate_reference(feat, patches, text, axis), atol=1e-5)
+
+
+def test_predict_deterministic_batch_independent_and_refined() -> None:
+    m = tiny_wsma().eval()
+    x = batch(4, seed=3)["ego"]
+    labels = torch.tensor([0, 2, 1, 2])
+    full = m.predict(x, labels)
+    assert full.shape == (4, 4, 4) and torch.equal(full, m.predict(x, labels))
+    assert float(full.min()) >= 0 and float(full.max()) <= 1
+    for i in range(4):
+        assert torch.allclose(full[i], m.predict(x[i : i + 1], labels[i : i + 1])[0], atol=1e-5)
+    cam, attn = m.raw_cam(x, labels)
+    assert torch.allclose(full, refine_cam(cam, attn, 0.2), atol=1e-6)
+    other = m.predict(x, torch.tensor([1, 0, 0, 0]))  # the label matters
+    assert not torch.allclose(full[0], other[0])
+
+
+def test_faithful_mode_reproduces_reference_quirks() -> None:
+    m = tiny_wsma(faithful=True).eval()
+    # Text: prompt embeddings + token_embedding[ids] go through the tower.
+    pl, enc, ids = m.prompt_learner, m.text_encoder, m.prompt_ids
+    expected = enc.encode_prompt_embeddings(pl.prompt_embeddings() + enc.token_embedding(ids), ids)
+    assert torch.allclose(m.text_features(), expected, atol=1e-6)
+    # Test time: one image at a time, so the patch embeddings become sign vectors.
+    x, labels = batch(3, seed=4)["ego"], torch.tensor([0, 1, 2])
+    cam, _ = m.raw_cam(x, labels)
+    proj = m._project(x)
+    pooled = m.attnpool(proj)
+    t = F.normalize(m.text_features()[labels], dim=-1)
+    s = (torch.sign(pooled.patch_embed) * t[:, None]).sum(-1)
+    gate = torch.sigmoid(F.normalize(s, dim=1)).view(3, 1, 4, 4)
+    assert torch.allclose(cam, m._cam(m.aff_ego_proj(gate * proj + proj), labels), atol=1e-5)
+    # ... which keeps faithful predictions batch-size independent as well.
+    full = m.predict(x, labels)
+    assert torch.allclose(full[1], m.predict(x[1:2], labels[1:2])[0], atol=1e-5)
+    # The default mode is a different model function on the same weights.
+    m.cfg = dataclasses.replace(m.cfg, faithful=False)
+    m.gate_axis = "channel"
+    assert not torch.allclose(m.predict(x, labels), full, atol=1e-3)
+
+
+def test_param_groups_follow_the_table() -> None:
+    m = tiny_wsma()
+    mult = {id(p): g.lr_mult for g in m.param_groups() for p in g.params}
+    named = dict(m.named_parameters())
+    expected = {
+        "aff_proj.norm.weight": 1.0, "aff_proj.norm.bias": 2.0,
+        "aff_proj.fc1.weight": 10.0, "aff_proj.fc1.bias": 20.0, "aff_proj.fc2.weight": 10.0,
+        "fc.weight": 10.0, "fc.bias": 20.0,
+        "Hamburger.lower_bread.0.weight": 1.0, "Hamburger.lower_bread.0.bias": 2.0,
+        "Hamburger.upper_bread.1.weight": 1.0, "aff_ego_proj.0.bias": 2.0,
+        "attnpool.c_proj.weight": 1.0, "attnpool.positional_embedding": 2.0, "prompt_learner.ctx": 2.0,
+        "text_encoder.logit_scale": 2.0, "text_encoder.model.text_projection.weight": 2.0,
+        # the text tower's MLP is named fc1 but is a CLIP text parameter: x2, not x10
+        "text_encoder.model.text_model.encoder.layers.0.mlp.fc1.weight": 2.0,
+        "text_encoder.model.text_model.encoder.layers.0.mlp.fc1.bias": 2.0,
+    }
+    for name, m_expected in expected.items():
+        assert mult[id(named[name])] == m_expected, name
+    assert not any(id(p) in mult for p in m.backbone.parameters())  # frozen: not optimised
+    assert len(mult) == sum(1 for p in m.parameters() if p.requires_grad)
+
+
+def test_invalid_gate_and_grid_are_user_errors() -> None:
+    with pytest.raises(AffordError, match="normalize_gate"):
+        tiny_wsma(normalize_gate="rows")
+    with pytest.raises(AffordError, match="attnpool_heads"):
+        tiny_wsma(attnpool_heads=64)  # 96 channels
+    m = tiny_wsma().eval()
+    with pytest.raises(AffordError, match="model.grid"):
+        m.predict(torch.randn(1, 3, 48, 48), torch.tensor([0]))
+
+
+def test_prompt_ids_travel_with_the_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a vocabulary the model refuses to run until a state dict brings the ids."""
+    monkeypatch.delenv("AFFORD_CLIP_BPE", raising=False)
+    m = tiny_wsma(text_encoder="clip_rn50", n_ctx=2).eval()
+    with pytest.raises(AffordError, match="vocabulary"):
+        m.predict(batch(1)["ego"], torch.tensor([0]))
+    sd = m.state_dict()
+    ids = torch.zeros_like(sd["prompt_ids"])
+    ids[:, 0], ids[:, 1:3], ids[:, 3], ids[:, 4] = 49406, 343, 500 + torch.arange(3), 49407
+    sd["prompt_ids"] = ids
+    m.load_state_dict(sd)
+    out = m.predict(batch(1)["ego"], torch.tensor([0]))
+    assert torch.isfinite(out).all() and torch.equal(m.prompt_ids, ids)

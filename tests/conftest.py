@@ -25,3 +25,18 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synth")
     generate(root, split="seen", seed=0, size=64, n_exo=4, n_ego=2, n_test=1)
     return root
+
+
+TINY_OVERRIDES = ["model.backbone=tiny_vit", "model.train_backbone=true", "data.resize=64", "data.crop=56",
+                  "data.test_size=56", "train.batch_size=4", "train.epochs=1", "train.max_steps_per_epoch=2"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LOCATE run (tiny ViT, 2 steps) on ``synth_root``, shared by CLI/refine tests."""
+    from afford.config import build_config
+    from afford.engine.trainer import train
+
+    out = tmp_path_factory.mktemp("runs") / "locate"
+    train(build_config("locate", overrides=[f"data.root={synth_root}", *TINY_OVERRIDES]), out, progress=False)
+    return out

@@ -174,6 +174,9 @@ def load_run(path: str | Path, device: str | torch.device = "cpu", expect_method
             f"{run_dir}: checkpoint has {len(classes)} classes, the dataset has {len(expect_classes)}"
             + ("" if len(classes) != len(expect_classes) else " in a different order")
         )
+    if info["config"].get("method") != info["method"]:
+        raise AffordError(f"{run_dir / RUN_FILE}: 'method' is {info['method']!r} but the config is for "
+                          f"{info['config'].get('method')!r}")
     cfg = config_from_dict(info["config"])
     # The run's weights include the backbone, so never re-read the original pretrained files
     # (they may not exist on this machine): build every ``*_weights`` source randomly initialised.

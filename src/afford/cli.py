@@ -88,7 +88,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 def _refiner(a: argparse.Namespace, run):
     if not getattr(a, "refine", None):
         return None
-    from afford.refine.refiner import refiner_for_run
+    from afford.refine.runs import refiner_for_run
 
     return refiner_for_run(run, a.refine)
 
@@ -131,7 +131,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
         summary = evaluate_fn(fn, split, ecfg, size=run.config.data.test_size, keep_maps=bool(a.viz),
                               exclude_empty_gt=a.exclude_empty_gt)
         summary["selection"] = run.info.get("selection", {"rule": "unknown"})
-        summary["refine"] = a.refine or "none"
+        summary["refine"] = refine.params if refine is not None else "none"
         title = f"{run.info['method']} {a.checkpoint}"
         if a.viz:
             from afford.visualize import save_eval_overlays
@@ -181,7 +181,7 @@ def cmd_import(a: argparse.Namespace) -> int:
 
 
 def cmd_refine_train(a: argparse.Namespace) -> int:
-    from afford.refine.train import train_refiner_for_run
+    from afford.refine.runs import train_refiner_for_run
 
     out = train_refiner_for_run(a.checkpoint, data_root=a.data, split=a.split, epochs=a.epochs, seed=a.seed,
                                 progress=not a.quiet)

@@ -40,6 +40,7 @@ class TrainConfig:
 
     epochs: int = 15
     batch_size: int = 16
+    optimizer: str = "sgd"  # "sgd" (every reference) | "adamw" (demo: tiny ViT from scratch)
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 5e-4

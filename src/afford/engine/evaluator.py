@@ -42,7 +42,7 @@ def evaluate_fn(
     maps: list[torch.Tensor] = [torch.empty(0)] * len(ds)
     for batch in tqdm(loader, desc=f"predict {split.name}", disable=not progress, leave=False):
         cams = map_fn(batch["image"], batch["label"])
-        for i, cam in zip(batch["index"].tolist(), cams):
+        for i, cam in zip(batch["index"].tolist(), cams, strict=True):
             maps[i] = cam.double()
     by_key = {it.key: maps[i] for i, it in enumerate(ds.items)}
     out = evaluate_maps(split, lambda it: by_key[it.key], protocol=eval_cfg.protocol, exact=eval_cfg.exact,

@@ -9,7 +9,6 @@ written atomically after every epoch; a kill mid-epoch resumes from the last com
 from __future__ import annotations
 
 import json
-import math
 import random
 import shutil
 import time
@@ -97,10 +96,15 @@ class TrainResult:
 def _build_optimizer(method: torch.nn.Module, cfg: RunConfig) -> tuple[torch.optim.Optimizer, list[dict]]:
     groups = method.param_groups()
     t = cfg.train
-    opt = torch.optim.SGD(
-        [{"params": g.params, "lr": t.lr * g.lr_mult, "name": g.name} for g in groups],
-        lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=t.nesterov and t.momentum > 0,
-    )
+    spec = [{"params": g.params, "lr": t.lr * g.lr_mult, "name": g.name} for g in groups]
+    if t.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            spec, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=t.nesterov and t.momentum > 0
+        )
+    elif t.optimizer == "adamw":
+        opt = torch.optim.AdamW(spec, lr=t.lr, weight_decay=t.weight_decay)
+    else:
+        raise AffordError(f"train.optimizer: expected 'sgd' or 'adamw', got '{t.optimizer}'")
     return opt, describe_groups(groups, t.lr)
 
 

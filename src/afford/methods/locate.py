@@ -20,7 +20,8 @@ from afford.backbones import create_backbone
 from afford.losses.concentration import concentration_loss
 from afford.losses.prototype import prototype_loss
 from afford.methods.base import Method, ParamGroup
-from afford.modules.heads import Mlp, conv_bn_relu_stack, map_to_tokens, tokens_to_map
+from afford.errors import AffordError
+from afford.modules.heads import Mlp, conv_bn_relu_stack, map_to_tokens, minmax, tokens_to_map
 from afford.modules.param_groups import groups_from_rules
 from afford.modules.prototypes import select_part_prototypes
 
@@ -31,6 +32,7 @@ class LOCATEConfig:
 
     backbone: str = "dino_vits16"
     backbone_weights: str | None = None
+    key_layer: int = -1  # block whose attention keys are the descriptor (paper: the last)
     # The paper freezes DINO. Offline (no pretrained weights) the demo trains a tiny ViT jointly.
     train_backbone: bool = False
     aff_cam_thd: float = 0.6
@@ -41,6 +43,18 @@ class LOCATEConfig:
     warm_epoch: int = 0  # L_proto applies when epoch > warm_epoch (0-based), i.e. from the 2nd epoch
     proto_weight: float = 1.0
     con_weight: float = 0.07
+    # PartIoU's saliency: "dino" = the CLS-attention saliency of methods.md §0.2 (the paper).
+    # "cam" = the class-agnostic egocentric CAM (max over classes, min-max, > mean), for backbones
+    # whose CLS token never learned to attend to objects (the offline demo's tiny ViT has no
+    # self-supervised pretraining, so its CLS attention is noise). Not in the paper.
+    saliency: str = "dino"
+
+
+def cam_saliency(cams: torch.Tensor) -> torch.Tensor:
+    """Class-agnostic object mask ``(B, h, w)`` from CAMs ``(B, C, h, w)``: max over classes,
+    min-max, then ``> mean`` (the same binarisation as the DINO saliency of methods.md §0.2)."""
+    m = minmax(cams.max(1).values)
+    return m > m.flatten(1).mean(1)[:, None, None]
 
 
 class LOCATE(Method):
@@ -53,7 +67,8 @@ class LOCATE(Method):
         self.cfg = cfg
         self.classnames = tuple(classnames)
         self.backbone = create_backbone(
-            cfg.backbone, weights=cfg.backbone_weights, layers=(-1,), trainable=cfg.train_backbone
+            cfg.backbone, weights=cfg.backbone_weights, layers=(cfg.key_layer,), trainable=cfg.train_backbone,
+            return_tokens=False,  # LOCATE reads only the last block's keys, not its output
         )
         dim = self.backbone.embed_dim
         self.aff_proj = Mlp(dim, 4 * dim)
@@ -101,6 +116,10 @@ class LOCATE(Method):
         losses: dict[str, torch.Tensor] = {"cls": l_cls}
 
         if epoch > self.cfg.warm_epoch:
+            if self.cfg.saliency == "cam":
+                ego_sal = cam_saliency(ego_cam.detach())
+            elif self.cfg.saliency != "dino":
+                raise AffordError(f"model.saliency: expected 'dino' or 'cam', got '{self.cfg.saliency}'")
             with torch.no_grad():
                 protos, valid = select_part_prototypes(
                     exo_cam_y.detach().float(), exo_desc.detach().float().view(b, n, *exo_desc.shape[1:]),

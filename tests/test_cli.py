@@ -1,0 +1,126 @@
+"""CLI: the user-facing verbs end to end, and one-line errors with non-zero exits for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from afford.cli import main
+
+TINY = ["--set", "model.backbone=tiny_vit", "--set", "model.train_backbone=true", "--set", "data.resize=64",
+        "--set", "data.crop=56", "--set", "data.test_size=56", "--set", "train.batch_size=4",
+        "--set", "train.epochs=1", "--set", "train.max_steps_per_epoch=2"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(synth_root, tmp_path_factory) -> Path:
+    """Trained through the CLI verb itself, from a packaged preset with overrides."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "locate_synthagd_demo", "--out", str(out), "--set", f"data.root={synth_root}",
+                 *TINY, "--quiet"]) == 0
+    return out
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("afford: error: "), err
+    return err[0]
+
+
+def test_eval_checkpoint_and_baseline_json_schema(run_dir, synth_root, tmp_path, capsys):
+    out = tmp_path / "m.json"
+    assert main(["eval", "--checkpoint", str(run_dir), "--data", str(synth_root), "--split", "Seen",
+                 "--json", str(out), "--viz", str(tmp_path / "viz")]) == 0
+    m = json.loads(out.read_text())
+    for key in ("protocol", "split", "n_images", "KLD", "SIM", "NSS", "per_affordance", "per_object"):
+        assert key in m
+    assert m["protocol"] == "standard" and m["split"] == "Seen" and m["selection"]["rule"] == "last-epoch"
+    assert m["n_images"] == sum(v["n"] for v in m["per_affordance"].values())
+    assert list((tmp_path / "viz").glob("*.png"))
+    b = tmp_path / "b.json"
+    assert main(["eval", "--baseline", "object", "--data", str(synth_root), "--split", "Seen", "--json", str(b)]) == 0
+    assert json.loads(b.read_text())["n_images"] == m["n_images"]
+
+
+def test_predict_writes_npy_png_overlay(run_dir, synth_root, tmp_path):
+    img = next((synth_root / "Seen" / "testset" / "egocentric").rglob("*.jpg"))
+    out = tmp_path / "pred"
+    assert main(["predict", str(img), "--checkpoint", str(run_dir), "--affordance", "hold", "--out", str(out)]) == 0
+    m = np.load(out / f"{img.stem}_hold.npy")
+    w, h = Image.open(img).size
+    assert m.dtype == np.float32 and m.shape == (h, w)
+    assert m.min() >= 0 and m.max() <= 1 and m.max() > 0.99  # min-max normalised like the protocol
+    assert (out / f"{img.stem}_hold.png").is_file() and (out / f"{img.stem}_hold_overlay.png").is_file()
+    # all affordances when none is given
+    out2 = tmp_path / "pred_all"
+    assert main(["predict", str(img), "--checkpoint", str(run_dir), "--out", str(out2)]) == 0
+    classes = json.loads((run_dir / "run.json").read_text())["classes"]
+    assert len(list(out2.glob("*.npy"))) == len(classes)
+
+
+def test_bad_inputs_are_one_line_errors(run_dir, synth_root, tmp_path, capsys):
+    img = next((synth_root / "Seen" / "testset" / "egocentric").rglob("*.jpg"))
+    assert main(["predict", str(img), "--checkpoint", str(run_dir), "--affordance", "cut_wth", "--out", str(tmp_path)]) == 2
+    assert "unknown affordance 'cut_wth'" in (line := one_line_error(capsys)) and "cut_with" in line
+
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    assert main(["predict", str(bad), "--checkpoint", str(run_dir), "--out", str(tmp_path)]) == 2
+    assert "broken.jpg" in one_line_error(capsys)
+
+    assert main(["train", "locate_synthagd_demo", "--out", str(tmp_path / "x"), "--set", "train.epoch=1"]) == 2
+    assert "unknown config key 'train.epoch'" in one_line_error(capsys)
+
+    # a checkpoint of another class count: evaluate a Seen run on a split with other classes
+    other = tmp_path / "other"
+    for aff in ("hold", "cut_with"):
+        d = other / "trainset" / "exocentric" / aff / "knife"
+        d.mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(d / "a.jpg")
+    assert main(["eval", "--checkpoint", str(run_dir), "--data", str(other), "--split", "other"]) == 2
+    assert "classes" in one_line_error(capsys)
+
+    # weights of another method: a WSMA run directory holding LOCATE weights
+    from afford.config import build_config
+
+    info = json.loads((run_dir / "run.json").read_text())
+    wsma_cfg = build_config("wsma", overrides=["model.backbone=tiny_vit", "model.text_encoder=tiny_clip",
+                                               "model.attnpool_heads=8", "data.test_size=56", "model.grid=7"])
+    fake = tmp_path / "fake_run"
+    fake.mkdir()
+    (fake / "run.json").write_text(json.dumps({**info, "method": "wsma", "config": wsma_cfg.to_dict()}))
+    (fake / "model.safetensors").write_bytes((run_dir / "model.safetensors").read_bytes())
+    assert main(["eval", "--checkpoint", str(fake), "--data", str(synth_root), "--split", "Seen"]) == 2
+    line = one_line_error(capsys)
+    assert "does not fit the model" in line and "missing" in line and "unexpected" in line
+    # run.json whose two method fields disagree
+    (fake / "run.json").write_text(json.dumps({**info, "method": "wsma"}))
+    assert main(["eval", "--checkpoint", str(fake), "--data", str(synth_root), "--split", "Seen"]) == 2
+    assert "config is for 'locate'" in one_line_error(capsys)
+
+
+def test_data_check_and_synth_cli(tmp_path, capsys):
+    root = tmp_path / "s"
+    assert main(["data", "synth", "--out", str(root), "--split", "seen", "--seed", "1", "--size", "48",
+                 "--n-exo", "2", "--n-ego", "1", "--n-test", "1", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["data", "check", str(root), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is True
+    # break it: corrupt one test image -> non-zero exit, the file is named
+    jpg = next((root / "Seen" / "testset" / "egocentric").rglob("*.jpg"))
+    jpg.write_bytes(jpg.read_bytes()[:40])
+    assert main(["data", "check", str(root)]) == 1
+    assert jpg.name in capsys.readouterr().out
+
+
+def test_console_script_runs_and_reports_errors_in_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "afford.cli", "eval", "--data", str(tmp_path), "--baseline", "center"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr

@@ -15,7 +15,7 @@ from afford.refine.runs import REFINER_DIR, refiner_for_run
 
 def test_training_free_refiner_changes_maps_and_keeps_constants(tiny_run):
     run = load_run(tiny_run)
-    fn = refiner_for_run(run)
+    fn = refiner_for_run(run, radius=2)  # the 56 px test run has a 7x7 grid
     assert fn.params["affinity"] == "training_free"
     images = torch.randn(2, 3, 56, 56)
     cams = run.method.predict(images, torch.tensor([0, 1]))
@@ -30,7 +30,7 @@ def test_training_free_refiner_changes_maps_and_keeps_constants(tiny_run):
 def test_refine_train_then_eval_and_predict(tiny_run, synth_root, tmp_path):
     run_copy = tmp_path / "run"
     shutil.copytree(tiny_run, run_copy)
-    assert main(["refine", "train", "--checkpoint", str(run_copy), "--epochs", "1", "--quiet"]) == 0
+    assert main(["refine", "train", "--checkpoint", str(run_copy), "--epochs", "1", "--radius", "2", "--quiet"]) == 0
     saved = run_copy / REFINER_DIR
     assert (saved / "refiner.json").is_file()
     losses = [json.loads(x)["loss"] for x in (saved / "log.jsonl").read_text().splitlines()]

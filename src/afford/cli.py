@@ -184,7 +184,7 @@ def cmd_refine_train(a: argparse.Namespace) -> int:
     from afford.refine.runs import train_refiner_for_run
 
     out = train_refiner_for_run(a.checkpoint, data_root=a.data, split=a.split, epochs=a.epochs, seed=a.seed,
-                                progress=not a.quiet)
+                                progress=not a.quiet, steps=a.steps, blend=a.blend, radius=a.radius)
     print(f"affinity refiner trained -> {out}")
     return 0
 
@@ -289,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--split", default=None)
     rt.add_argument("--epochs", type=int, default=3)
     rt.add_argument("--seed", type=int, default=0)
+    rt.add_argument("--steps", type=int, default=16, help="random-walk steps t")
+    rt.add_argument("--blend", type=float, default=0.5, help="lambda: weight of the unrefined map")
+    rt.add_argument("--radius", type=int, default=5, help="affinity neighbourhood gamma (feature cells)")
     rt.add_argument("--quiet", action="store_true")
     rt.set_defaults(fn=cmd_refine_train)
 

@@ -34,12 +34,15 @@ class DemoPlan:
     epochs: int
     max_steps: int
     methods: tuple[str, ...]
+    refine_epochs: int = 2
+    refine_radius: int = 5  # gamma in feature cells; must fit the grid (7x7 in the quick plan)
 
 
 # epochs=0 keeps each preset's own epoch count.
 FULL = DemoPlan(size=128, difficulty=0.3, n_exo=32, n_ego=12, n_test=4, epochs=0, max_steps=0,
                 methods=("locate", "wsma"))
-QUICK = DemoPlan(size=64, difficulty=0.3, n_exo=4, n_ego=2, n_test=1, epochs=1, max_steps=4, methods=("locate",))
+QUICK = DemoPlan(size=64, difficulty=0.3, n_exo=4, n_ego=2, n_test=1, epochs=1, max_steps=4, methods=("locate",),
+                 refine_epochs=1, refine_radius=3)
 
 
 def _method_config(method: str, data_root: Path, plan: DemoPlan, seed: int):
@@ -76,7 +79,8 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, progress: bool = Tru
 
     rows: dict[str, dict] = {}
     for kind in ("uniform", "center", "object"):
-        rows[f"baseline: {kind}"] = evaluate_baseline(kind, split, protocol=ecfg.protocol, exact=ecfg.exact)
+        rows[f"baseline: {kind}"] = evaluate_baseline(kind, split, protocol=ecfg.protocol, exact=ecfg.exact,
+                                                      progress=progress)
 
     overlays = out / "overlays"
     for method in plan.methods:
@@ -100,9 +104,13 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, progress: bool = Tru
         rows[f"{method.upper()} (tiny ViT, {result.selection['rule']})"] = summary
         if method == "locate":
             from afford.engine.evaluator import evaluate_fn, method_map_fn
-            from afford.refine.runs import refiner_for_run
+            from afford.refine.runs import refiner_for_run, train_refiner_for_run
 
-            refine = refiner_for_run(run)
+            t0 = time.perf_counter()
+            train_refiner_for_run(run_dir, epochs=plan.refine_epochs, seed=seed, progress=progress,
+                                  radius=plan.refine_radius)
+            timings["train affinity head"] = time.perf_counter() - t0
+            refine = refiner_for_run(load_run(run_dir))
             base = method_map_fn(run.method, device)
             t0 = time.perf_counter()
             refined = evaluate_fn(lambda x, y: refine(base(x, y), x), split, ecfg, size=cfg.data.test_size,
@@ -110,7 +118,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, progress: bool = Tru
             timings["eval locate+affinity"] = time.perf_counter() - t0
             refined["refine"] = refine.params
             refined["selection"] = result.selection
-            rows["LOCATE + AffinityNet refinement (training-free affinity)"] = refined
+            rows["LOCATE + AffinityNet refinement (trained affinity head)"] = refined
 
     timings["total"] = time.perf_counter() - t_start
     metrics = {name: {k: v for k, v in s.items() if not k.startswith("_")} for name, s in rows.items()}

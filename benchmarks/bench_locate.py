@@ -16,8 +16,8 @@ import time
 import torch
 
 from afford.config import build_config
-from afford.factory import create_method
 from afford.data.classes import SEEN_AFFORDANCES
+from afford.factory import create_method
 
 
 def timed(fn, iters: int) -> float:

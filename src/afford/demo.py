@@ -113,8 +113,8 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, progress: bool = Tru
             refine = refiner_for_run(load_run(run_dir))
             base = method_map_fn(run.method, device)
             t0 = time.perf_counter()
-            refined = evaluate_fn(lambda x, y: refine(base(x, y), x), split, ecfg, size=cfg.data.test_size,
-                                  progress=progress)
+            refined = evaluate_fn(lambda x, y, r=refine, b=base: r(b(x, y), x), split, ecfg,
+                                  size=cfg.data.test_size, progress=progress)
             timings["eval locate+affinity"] = time.perf_counter() - t0
             refined["refine"] = refine.params
             refined["selection"] = result.selection

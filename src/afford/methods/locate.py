@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from afford.backbones import create_backbone
+from afford.errors import AffordError
 from afford.losses.concentration import concentration_loss
 from afford.losses.prototype import prototype_loss
 from afford.methods.base import Method, ParamGroup
-from afford.errors import AffordError
 from afford.modules.heads import Mlp, conv_bn_relu_stack, map_to_tokens, minmax, tokens_to_map
 from afford.modules.param_groups import groups_from_rules
 from afford.modules.prototypes import select_part_prototypes

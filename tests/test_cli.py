@@ -124,3 +124,17 @@ def test_console_script_runs_and_reports_errors_in_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "afford.cli", "eval", "--data", str(tmp_path), "--baseline", "center"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_import_cli_rejects_truncated_and_other_method_files(tmp_path, capsys):
+    import torch
+
+    sd = {"vit_model.cls_token": torch.zeros(1, 1, 8), "aff_fc.weight": torch.zeros(36, 8, 1, 1)}
+    torch.save(sd, tmp_path / "locate.pth")
+    data = (tmp_path / "locate.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    assert main(["import", "--method", "locate", "--file", str(tmp_path / "cut.pth"), "--out", str(tmp_path / "r1")]) == 2
+    assert "cut.pth" in one_line_error(capsys)
+    assert main(["import", "--method", "wsma", "--file", str(tmp_path / "locate.pth"), "--out", str(tmp_path / "r2")]) == 2
+    assert "--method locate" in one_line_error(capsys)
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()

@@ -98,7 +98,7 @@ def test_bad_inputs_are_one_line_errors(run_dir, synth_root, tmp_path, capsys):
     (fake / "model.safetensors").write_bytes((run_dir / "model.safetensors").read_bytes())
     assert main(["eval", "--checkpoint", str(fake), "--data", str(synth_root), "--split", "Seen"]) == 2
     line = one_line_error(capsys)
-    assert "does not fit the model" in line and "missing" in line and "unexpected" in line
+    assert "does not match the model" in line and "missing" in line and "unexpected" in line
     # run.json whose two method fields disagree
     (fake / "run.json").write_text(json.dumps({**info, "method": "wsma"}))
     assert main(["eval", "--checkpoint", str(fake), "--data", str(synth_root), "--split", "Seen"]) == 2

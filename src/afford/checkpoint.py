@@ -27,6 +27,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from afford.backbones.convert import load_strict
 from afford.config import RunConfig, config_from_dict
 from afford.errors import AffordError
 from afford.methods.base import Method
@@ -56,21 +57,7 @@ def load_weights(module: torch.nn.Module, path: Path, what: str = "checkpoint") 
         sd = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise AffordError(f"{path}: cannot read {what} weights ({e})") from None
-    own = module.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    bad_shape = sorted(k for k in set(own) & set(sd) if own[k].shape != sd[k].shape)
-    if missing or unexpected or bad_shape:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} keys (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} keys (e.g. {', '.join(unexpected[:3])})")
-        if bad_shape:
-            k = bad_shape[0]
-            parts.append(f"{len(bad_shape)} shape mismatches (e.g. {k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)})")
-        raise AffordError(f"{path}: {what} does not fit the model: " + "; ".join(parts))
-    module.load_state_dict(sd, strict=True)
+    load_strict(module, sd, f"{path} ({what})")
 
 
 def write_run_info(run_dir: Path, cfg: RunConfig, classes: tuple[str, ...], extra: dict[str, Any] | None = None) -> None:

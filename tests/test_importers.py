@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -114,16 +113,6 @@ def official_wsma(c: int = 36, dim: int = 384, depth: int = 12, patch: int = 16,
 
 TINY_WSMA = dict(dim=96, depth=4, patch=8, width=64, text_depth=2, vocab=514, proj=64)
 TINY_WSMA_OVERRIDES = {"backbone": "tiny_vit", "text_encoder": "tiny_clip", "attnpool_heads": 8}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models are dominated by per-op overhead: on a loaded 2-core machine two intra-op
-    threads spin against each other and make these tests ~10x slower than one thread."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
 
 
 # ----------------------------------------------------------------------------- independent reference paths

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -15,16 +14,6 @@ from afford.modules.attention_refine import refine_cam
 
 CLASSES = ("hold", "cut_with", "sit_on")
 SIZE = 32  # tiny_vit has patch 8 -> a 4x4 grid
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models are dominated by per-op overhead: on a loaded 2-core machine two intra-op
-    threads spin against each other and make these tests ~10x slower than one thread."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
 
 
 def tiny_cfg(**kw: object) -> WSMAConfig:

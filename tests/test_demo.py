@@ -15,6 +15,8 @@ def test_quick_demo_writes_report_metrics_and_overlays(tmp_path):
     rows = ["baseline: uniform", "baseline: center", "baseline: object"]
     assert all(r in metrics for r in rows) and any(k.startswith("LOCATE") for k in metrics)
     assert any("AffinityNet" in k for k in metrics)
+    assert any(k.startswith("baseline: ego-only CAM") for k in metrics)  # synthagd.md's fourth baseline
+    assert list((out / "overlays" / "egocam").glob("*.png"))
     for name, m in metrics.items():
         for key in ("protocol", "split", "n_images", "KLD", "SIM", "NSS", "per_affordance", "per_object"):
             assert key in m, (name, key)

@@ -139,3 +139,24 @@ def test_load_run_rejects_wrong_method_and_classes(synth_root, tmp_path):
         ckpt.load_run(run, expect_classes=("a", "b"))
     with pytest.raises(AffordError, match="not an afford run directory"):
         ckpt.load_run(tmp_path)
+
+
+def test_build_method_swaps_in_a_subclass(synth_root, tmp_path):
+    """Experiments (e.g. oracle prototypes) pass their own builder; the engine trains that module."""
+    from afford.methods.locate import LOCATE
+
+    calls = []
+
+    class FixedPrototypes(LOCATE):
+        def part_prototypes(self, batch, exo_cam_y, exo_desc, ego_desc, ego_sal):
+            calls.append(batch["object"])
+            b, d = ego_desc.shape[:2]
+            return torch.nn.functional.normalize(torch.ones(b, d), dim=1), torch.ones(b, dtype=torch.bool)
+
+    run = tmp_path / "run"
+    train(tiny_cfg(synth_root, "train.epochs=2", "train.max_steps_per_epoch=1"), run, progress=False,
+          build_method=lambda name, cfg, classes: FixedPrototypes(cfg, classes))
+    assert len(calls) == 1 and all(isinstance(o, str) for o in calls[0])  # epoch 2 only: warm epoch first
+    steps = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    kept = [r["n_proto"] for r in steps if "n_proto" in r]
+    assert kept and all(n == 4.0 for n in kept)  # every sample of the batch kept the fixed prototype

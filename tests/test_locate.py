@@ -71,3 +71,15 @@ def test_cam_saliency_and_bad_option():
     batch = {"ego": torch.randn(2, 3, 112, 112), "exo": torch.randn(2, 3, 3, 112, 112), "label": torch.tensor([0, 1])}
     with pytest.raises(AffordError, match="model.saliency"):
         m.forward_train(batch, epoch=1)
+
+
+def test_ego_only_baseline_is_plain_egocentric_ce():
+    """synthagd.md's egocentric-only CAM baseline: CE on the egocentric image, exo never read."""
+    m = tiny(ego_only="true").train()
+    g = torch.Generator().manual_seed(2)
+    ego, y = torch.randn(3, 3, 112, 112, generator=g), torch.tensor([0, 2, 1])
+    batch = {"ego": ego, "exo": torch.full((3, 1, 3, 112, 112), float("nan")), "label": y}
+    out = m.forward_train(batch, epoch=3)
+    assert set(out) == {"cls", "loss"}
+    logits = m.aff_fc(m.aff_ego_proj(m._project(m.backbone(ego).keys[0]))).mean((2, 3))
+    assert torch.allclose(out["loss"], torch.nn.functional.cross_entropy(logits, y), atol=1e-6)

@@ -14,6 +14,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -130,8 +131,12 @@ def _check_resume(run_dir: Path, cfg: RunConfig) -> None:
 
 
 def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
-          split: Split | None = None) -> TrainResult:
-    """Train ``cfg.method`` on ``cfg.data`` into ``run_dir``; resume from its last checkpoint."""
+          split: Split | None = None, build_method: Callable[..., torch.nn.Module] = create_method) -> TrainResult:
+    """Train ``cfg.method`` on ``cfg.data`` into ``run_dir``; resume from its last checkpoint.
+
+    ``build_method(name, model_cfg, classes)`` builds the module (after seeding); experiments
+    pass a subclass here, e.g. LOCATE with oracle prototypes in ``benchmarks/``.
+    """
     run_dir = Path(run_dir)
     t = cfg.train
     if t.select not in ("last", "best-on-test"):
@@ -148,7 +153,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     split = split or open_split(cfg.data.root, cfg.data.split)
     classes = split.affordances
     seed_everything(t.seed)
-    method = create_method(cfg.method, cfg.model, classes).to(device)
+    method = build_method(cfg.method, cfg.model, classes).to(device)
     optimizer, group_rows = _build_optimizer(method, cfg)
     scheduler = _build_scheduler(optimizer, cfg)
     history: list[dict[str, Any]] = []

@@ -48,6 +48,10 @@ class LOCATEConfig:
     # whose CLS token never learned to attend to objects (the offline demo's tiny ViT has no
     # self-supervised pretraining, so its CLS attention is noise). Not in the paper.
     saliency: str = "dino"
+    # The "raw CAM of an egocentric-only classifier" baseline of synthagd.md: the same head trained
+    # with CE on the egocentric image alone (no exocentric branch, no prototype, no L_con). What
+    # LOCATE's exocentric transfer adds is measured against it. Not a LOCATE setting.
+    ego_only: bool = False
 
 
 def cam_saliency(cams: torch.Tensor) -> torch.Tensor:
@@ -95,6 +99,8 @@ class LOCATE(Method):
     # -- training ---------------------------------------------------------------------------
     def forward_train(self, batch: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
         ego, exo, y = batch["ego"], batch["exo"], batch["label"]
+        if self.cfg.ego_only:
+            return self._forward_ego_only(ego, y)
         b, n = exo.shape[:2]
         desc, sal = self._descriptors(torch.cat([ego, exo.flatten(0, 1)]))
         ego_desc, exo_desc = desc[:b], desc[b:]
@@ -120,13 +126,7 @@ class LOCATE(Method):
                 ego_sal = cam_saliency(ego_cam.detach())
             elif self.cfg.saliency != "dino":
                 raise AffordError(f"model.saliency: expected 'dino' or 'cam', got '{self.cfg.saliency}'")
-            with torch.no_grad():
-                protos, valid = select_part_prototypes(
-                    exo_cam_y.detach().float(), exo_desc.detach().float().view(b, n, *exo_desc.shape[1:]),
-                    ego_desc.detach().float(), ego_sal.bool(),
-                    cam_thd=self.cfg.aff_cam_thd, iou_thd=self.cfg.part_iou_thd, k=self.cfg.cluster_num,
-                    generator=self._kmeans_gen,
-                )
+            protos, valid = self.part_prototypes(batch, exo_cam_y, exo_desc, ego_desc, ego_sal)
             losses["proto"] = prototype_loss(
                 ego_cam_y, ego_desc.detach(), protos, valid, margin=self.cfg.cel_margin
             )
@@ -136,6 +136,28 @@ class LOCATE(Method):
         losses["con"] = concentration_loss(ego_cam)
         losses["loss"] = l_cls + self.cfg.proto_weight * losses["proto"] + self.cfg.con_weight * losses["con"]
         return losses
+
+    @torch.no_grad()
+    def part_prototypes(self, batch: dict, exo_cam_y: torch.Tensor, exo_desc: torch.Tensor,
+                        ego_desc: torch.Tensor, ego_sal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """PartSelect (methods.md §1.2): ``(B, D)`` prototypes and ``(B,)`` validity.
+
+        A method of its own so diagnostics can swap in other prototypes (e.g. oracle ones from
+        SynthAGD part masks, ``benchmarks/diagnose_locate_parts.py``) without touching the losses.
+        """
+        b, n = exo_cam_y.shape[:2]
+        return select_part_prototypes(
+            exo_cam_y.detach().float(), exo_desc.detach().float().view(b, n, *exo_desc.shape[1:]),
+            ego_desc.detach().float(), ego_sal.bool(),
+            cam_thd=self.cfg.aff_cam_thd, iou_thd=self.cfg.part_iou_thd, k=self.cfg.cluster_num,
+            generator=self._kmeans_gen,
+        )
+
+    def _forward_ego_only(self, ego: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        desc, _ = self._descriptors(ego)
+        logits = self.aff_fc(self.aff_ego_proj(self._project(desc))).mean((2, 3))
+        l_cls = F.cross_entropy(logits, y)
+        return {"cls": l_cls, "loss": l_cls}
 
     def seed_kmeans(self, seed: int) -> None:
         """Seed the k-means initialisation (the engine calls this per step for exact resume)."""

@@ -41,9 +41,10 @@ from afford.modules.prototypes import discover_parts
 
 
 def mask_path(split: Split, aff: str, obj: str, stem: str, kind: str) -> Path:
-    p = split.root.parent / "extras" / split.root.name / "masks" / aff / obj / f"{stem}_{kind}.png"
-    if not p.is_file():
-        raise AffordError(f"{p}: missing SynthAGD {kind} mask (this diagnostic needs a SynthAGD tree)")
+    p = split.extras_mask(aff, obj, stem, kind)
+    if p is None:
+        raise AffordError(f"{split.root}: no SynthAGD {kind} mask for {aff}/{obj}/{stem} "
+                          "(this diagnostic needs a SynthAGD tree with its extras/)")
     return p
 
 

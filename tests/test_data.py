@@ -334,3 +334,18 @@ def test_test_set_items(tmp_path):
     assert int(item["label"]) == SEEN_AFFORDANCES.index(ds.items[3].affordance)
     expected = test_transform(Image.open(ds.items[3].image), 16)
     assert torch.allclose(item["image"], expected)
+
+
+def test_synthagd_extras_masks_for_train_and_test_images(synth_root):
+    """Part/object masks exist for every egocentric image, train and test, and match its size."""
+    split = open_split(synth_root, "Seen")
+    (aff, obj), files = next(iter(split.ego_groups().items()))
+    part = split.extras_mask(aff, obj, files[0].stem, "part")
+    obj_mask = split.extras_mask(aff, obj, files[0].stem, "object")
+    assert part is not None and obj_mask is not None
+    p = np.asarray(Image.open(part).convert("L")) > 127
+    o = np.asarray(Image.open(obj_mask).convert("L")) > 127
+    assert p.shape == Image.open(files[0]).size[::-1] and p.any() and not (p & ~o).any()  # part inside object
+    item = split.test_items()[0]
+    assert split.part_mask(item) == split.extras_mask(item.affordance, item.object, item.name, "part")
+    assert split.extras_mask(aff, obj, "no_such_image", "part") is None

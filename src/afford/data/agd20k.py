@@ -116,10 +116,13 @@ class Split:
             log.info("%s: %d GT files, %d test images with GT", self.name, n_gt, len(items))
         return items
 
-    def _extras_mask(self, item: TestItem, kind: str) -> Path | None:
-        p = self.root.parent / "extras" / self.root.name / "masks" / item.affordance / item.object
-        p = p / f"{item.name}_{kind}.png"
+    def extras_mask(self, affordance: str, obj: str, stem: str, kind: str) -> Path | None:
+        """SynthAGD's ``kind`` ("object" or "part") mask of an egocentric image (train or test), if any."""
+        p = self.root.parent / "extras" / self.root.name / "masks" / affordance / obj / f"{stem}_{kind}.png"
         return p if p.is_file() else None
+
+    def _extras_mask(self, item: TestItem, kind: str) -> Path | None:
+        return self.extras_mask(item.affordance, item.object, item.name, kind)
 
     def object_mask(self, item: TestItem) -> Path | None:
         """SynthAGD's object mask for a test image (for the whole-object baseline), if any."""

@@ -173,6 +173,28 @@ def test_sinkhorn_affinity_three_rounds_vs_loop() -> None:
     assert np.allclose(sinkhorn_affinity(a)[0].numpy(), m @ m, atol=1e-12)
 
 
+def test_sinkhorn_affinity_survives_an_all_zero_key_column() -> None:
+    """Saturated attention: no query attends to key 2 at all. The reference gives 0/0 = nan."""
+    a = torch.tensor([[[0.7, 0.3, 0.0], [0.2, 0.8, 0.0], [0.5, 0.5, 0.0]]], dtype=torch.float64)
+    with np.errstate(invalid="ignore"):
+        ref = a[0].numpy().copy()
+        ref[:, 2] = ref[:, 2] / ref[:, 2].sum()
+    assert np.isnan(ref[:, 2]).all()  # what the reference computes
+    out = sinkhorn_affinity(a)
+    assert torch.isfinite(out).all() and torch.allclose(out, out.transpose(1, 2))
+    # every finite reference result is unchanged: the clamp never binds on positive sums
+    g = torch.Generator().manual_seed(1)
+    b = torch.rand(2, 5, 5, generator=g) + 0.01
+    ref_b = b
+    for _ in range(3):
+        ref_b = ref_b / ref_b.sum(dim=1, keepdim=True)
+        ref_b = ref_b / ref_b.sum(dim=2, keepdim=True)
+    ref_b = (ref_b + ref_b.transpose(1, 2)) / 2
+    assert torch.equal(sinkhorn_affinity(b), ref_b @ ref_b)
+    cam = torch.rand(1, 1, 3, generator=g, dtype=torch.float64)
+    assert torch.isfinite(refine_cam(cam, a)).all()
+
+
 def test_refine_cam_hand_computed_2x2() -> None:
     # A is already doubly stochastic and symmetric with A @ A == A, so A² = A.
     attn = torch.tensor([[[0.5, 0.5, 0, 0], [0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5], [0, 0, 0.5, 0.5]]])

@@ -20,11 +20,17 @@ def sinkhorn_affinity(attn: torch.Tensor, rounds: int = 3) -> torch.Tensor:
 
     Each round divides by the sum over the query axis (column sums), then by the sum over the
     key axis (row sums); then ``A ← (A + Aᵀ)/2`` and ``A ← A @ A``.
+
+    The reference divides by the raw sums: a key that every query's softmax underflowed to 0 for
+    (saturated attention, seen after a few epochs on SynthAGD) gives 0/0 = nan and a nan map.
+    The sums are clamped to the smallest normal float, so every finite reference result is
+    reproduced bit for bit and such a column stays 0 instead.
     """
     a = attn
+    tiny = torch.finfo(attn.dtype).tiny
     for _ in range(rounds):
-        a = a / a.sum(dim=1, keepdim=True)
-        a = a / a.sum(dim=2, keepdim=True)
+        a = a / a.sum(dim=1, keepdim=True).clamp_min(tiny)
+        a = a / a.sum(dim=2, keepdim=True).clamp_min(tiny)
     a = (a + a.transpose(1, 2)) / 2
     return a @ a
 

@@ -349,3 +349,18 @@ def test_synthagd_extras_masks_for_train_and_test_images(synth_root):
     item = split.test_items()[0]
     assert split.part_mask(item) == split.extras_mask(item.affordance, item.object, item.name, "part")
     assert split.extras_mask(aff, obj, "no_such_image", "part") is None
+
+
+def test_cached_images_give_identical_samples(synth_root):
+    """data.cache_images only skips repeated decoding: every sample is bit-identical."""
+    split = open_split(synth_root, "Seen")
+    t = TrainTransform(resize=64, crop=56)
+    plain = AffordanceTrainSet(split, transform=t, seed=3)
+    cached = AffordanceTrainSet(split, transform=t, seed=3, cache_images=True)
+    for epoch in (0, 1):
+        plain.set_epoch(epoch)
+        cached.set_epoch(epoch)
+        for i in (0, 1, len(plain) - 1, 0):  # index 0 twice: the second read comes from the cache
+            a, b = plain[i], cached[i]
+            assert torch.equal(a["exo"], b["exo"]) and torch.equal(a["ego"], b["ego"])
+    assert cached._decoded  # and the cache was used

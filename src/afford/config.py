@@ -32,6 +32,7 @@ class DataConfig:
     n_exo: int = 3
     sampling: str = "locate"  # "locate" | "wsma"
     num_workers: int = 0
+    cache_images: bool = False  # keep decoded training images in memory (small datasets: SynthAGD)
 
 
 @dataclass

@@ -175,7 +175,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         logger.log({"kind": "start", "method": cfg.method, "n_classes": len(classes), "param_groups": group_rows,
                     "device": str(device), "config": cfg.to_dict()})
     dataset = AffordanceTrainSet(
-        split, n_exo=cfg.data.n_exo, sampling=cfg.data.sampling, seed=t.seed,
+        split, n_exo=cfg.data.n_exo, sampling=cfg.data.sampling, seed=t.seed, cache_images=cfg.data.cache_images,
         transform=TrainTransform(resize=cfg.data.resize, crop=cfg.data.crop, flip=True, square=cfg.data.square_resize),
     )
     if len(dataset) < t.batch_size:

@@ -74,7 +74,7 @@ def train_refiner_for_run(
     sp = open_split(data_root or run.info.get("data_root") or cfg.data.root, split or run.info.get("split") or cfg.data.split)
     if sp.affordances != run.classes:
         raise AffordError(f"{sp.root}: the run was trained on {len(run.classes)} classes, this split has {len(sp.affordances)}")
-    ds = AffordanceTrainSet(sp, n_exo=1, seed=seed, transform=TrainTransform(
+    ds = AffordanceTrainSet(sp, n_exo=1, seed=seed, cache_images=cfg.data.cache_images, transform=TrainTransform(
         resize=cfg.data.resize, crop=cfg.data.crop, flip=True, square=cfg.data.square_resize))
     loader = DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(seed))

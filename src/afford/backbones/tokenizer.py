@@ -149,14 +149,9 @@ class ClipBPETokenizer:
         return ids
 
     def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
-        if isinstance(texts, str):
-            texts = [texts]
+        texts = [texts] if isinstance(texts, str) else texts
         n = context_length or self.context_length
-        out = torch.zeros(len(texts), n, dtype=torch.long)
-        for row, text in enumerate(texts):
-            ids = [self.sot_id, *self.encode(text)][: n - 1] + [self.eot_id]
-            out[row, : len(ids)] = torch.tensor(ids)
-        return out
+        return _zero_padded([[self.sot_id, *self.encode(t)][: n - 1] + [self.eot_id] for t in texts], n)
 
 
 class HFTokenizerAdapter:
@@ -172,13 +167,15 @@ class HFTokenizerAdapter:
         self.eot_id = int(tokenizer.eos_token_id)
 
     def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
-        if isinstance(texts, str):
-            texts = [texts]
+        texts = [texts] if isinstance(texts, str) else texts
         n = context_length or self.context_length
-        out = torch.zeros(len(texts), n, dtype=torch.long)
-        for row, text in enumerate(texts):
-            ids = list(self.tokenizer(clean_text(text), add_special_tokens=True)["input_ids"])
-            if len(ids) > n:
-                ids = ids[: n - 1] + [self.eot_id]
-            out[row, : len(ids)] = torch.tensor(ids)
-        return out
+        rows = [list(self.tokenizer(clean_text(t), add_special_tokens=True)["input_ids"]) for t in texts]
+        return _zero_padded([ids if len(ids) <= n else ids[: n - 1] + [self.eot_id] for ids in rows], n)
+
+
+def _zero_padded(rows: list[list[int]], n: int) -> torch.Tensor:
+    """Token id rows (each at most ``n`` long) -> ``(len(rows), n)`` int64, padded with 0 as OpenAI does."""
+    out = torch.zeros(len(rows), n, dtype=torch.long)
+    for i, ids in enumerate(rows):
+        out[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return out

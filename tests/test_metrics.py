@@ -20,6 +20,7 @@ from afford.metrics import (
     score,
     sim,
 )
+from afford.metrics.report import format_breakdown, wins_over
 from afford.metrics.saliency import protocol_info, resize_bilinear
 
 TOL = 1e-4
@@ -254,6 +255,22 @@ def test_accumulator_means_counts_and_table():
     assert s["n_constant_pred"] == 1 and s["constant_pred_images"] == ["cut/knife/b.png"]
     assert s["per_affordance"]["hold"] == {"n": 2, "KLD": 2.5, "SIM": pytest.approx(0.3), "NSS": 1.5}
     assert s["per_object"]["knife"]["n"] == 2 and s["per_object"]["knife"]["KLD"] == 3.0
+    assert s["per_pair"]["hold/knife"] == {"n": 1, "KLD": 4.0, "SIM": pytest.approx(0.1), "NSS": 2.0}
+    assert sorted(s["per_pair"]) == ["cut/knife", "hold/cup", "hold/knife"]
     assert acc.per_image()[2]["KLD"] == 4.0 and len(acc) == 3
     table = format_table({"mine": s})
     assert "| mine | standard | reference | 3 | 2.333 | 0.300 | nan | 1 |" in table
+
+
+def test_breakdown_marks_classes_where_a_row_beats_the_reference_on_both_metrics():
+    def summary(per):  # per: class -> (KLD, SIM)
+        return {"per_affordance": {c: {"n": 2, "KLD": k, "SIM": m, "NSS": 0.0} for c, (k, m) in per.items()}}
+
+    rows = {"object": summary({"hold": (2.0, 0.2), "pour": (2.0, 0.2), "sip": (1.0, 0.5)}),
+            "mine": summary({"hold": (1.5, 0.3), "pour": (1.5, 0.1), "sip": (2.0, 0.6)})}
+    assert wins_over(rows, "mine", "object") == ["hold"]  # pour: SIM worse; sip: KLD worse
+    table = format_breakdown(rows, "object")
+    assert "| hold | 2 | 2.000 | 0.200 | 1.500* | 0.300 |" in table
+    assert "| pour | 2 | 2.000 | 0.200 | 1.500 | 0.100 |" in table
+    with pytest.raises(KeyError, match="reference row"):
+        format_breakdown(rows, "nope")

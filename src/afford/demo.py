@@ -20,7 +20,7 @@ import torch
 from afford.config import EvalConfig, RunConfig, load_config
 from afford.data.agd20k import open_split
 from afford.data.synth import generate
-from afford.metrics.report import format_table
+from afford.metrics.report import format_breakdown, format_table, wins_over
 
 
 @dataclass(frozen=True)
@@ -153,9 +153,30 @@ def _report_text(rows: dict[str, dict], plan: DemoPlan, seed: int, timings: dict
         "KLD lower is better; SIM and NSS higher. A method works on SynthAGD when it beats the",
         "whole-object baseline on KLD and SIM (synthagd.md).",
         "",
+        *_breakdown_text(rows),
         "Timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()),
         "",
     ]
     return "\n".join(lines)
+
+
+def _breakdown_text(rows: dict[str, dict], reference: str = "baseline: object") -> list[str]:
+    """Per-affordance comparison of each method with the whole-object map: where the
+    exocentric transfer finds the part and where it does not (label insensitivity)."""
+    methods = [n for n in rows if not n.startswith("baseline: ")]
+    if reference not in rows or not methods:
+        return []
+    def short(name: str) -> str:
+        return name.split(" (")[0].removeprefix("baseline: ")
+
+    sub = {short(n): rows[n] for n in (reference, *methods)}
+    n_aff = len(rows[reference].get("per_affordance", {}))
+    lines = ["## Per affordance, against the whole-object baseline", "",
+             "`*`: the method beats the object map on both KLD and SIM for that affordance.", "",
+             format_breakdown(sub, short(reference)), ""]
+    for n in methods:
+        won = wins_over(rows, n, reference)
+        lines.append(f"- {n}: {len(won)} of {n_aff} affordances" + (f" ({', '.join(won)})" if won else ""))
+    return [*lines, ""]
 
 

@@ -4,7 +4,8 @@ The dataset score is the plain mean over **all** test images (no per-class avera
 single nan NSS (reference mode, constant prediction) makes the dataset NSS nan, exactly as in
 LOCATE. The summary therefore also counts nan images and gives the mean over finite values
 (``NSS_finite``) so a reader sees both. Per-affordance / per-object breakdowns are diagnostics
-only; the headline numbers never average over classes. Per-image values are kept at full
+only (``per_pair`` keys are ``"<affordance>/<object>"``); the headline numbers never average
+over classes. Per-image values are kept at full
 precision so any variant can be recomputed offline.
 """
 
@@ -93,10 +94,12 @@ class MetricAccumulator:
             "n_empty_gt": sum(r["empty_gt"] for r in rows),
             "constant_pred_images": [_key(r) for r in rows if r["constant_pred"]],
         }
-        for field, key in (("per_affordance", "affordance"), ("per_object", "object")):
+        keys = {"per_affordance": lambda r: r["affordance"], "per_object": lambda r: r["object"],
+                "per_pair": lambda r: f"{r['affordance']}/{r['object']}"}
+        for field, key in keys.items():
             groups: dict[str, list[dict]] = {}
             for r in rows:
-                groups.setdefault(r[key], []).append(r)
+                groups.setdefault(key(r), []).append(r)
             out[field] = {k: _group_summary(v) for k, v in sorted(groups.items())}
         return out
 
@@ -121,3 +124,38 @@ def format_table(rows: Mapping[str, Mapping]) -> str:
             f"{_fmt(s['KLD'])} | {_fmt(s['SIM'])} | {_fmt(s['NSS'])} | {s.get('n_nan_nss', 0)} |"
         )
     return "\n".join(lines)
+
+
+def format_breakdown(rows: Mapping[str, Mapping], reference: str, field: str = "per_affordance") -> str:
+    """Markdown table of KLD / SIM per class (``field`` of each summary), one column pair per row
+    name; a ``*`` marks a class where that row beats ``reference`` on both KLD and SIM.
+
+    This is where label insensitivity shows: a method can beat the whole-object map on the
+    affordances whose interaction is visible (tool contact, mouth) and lose on the others.
+    """
+    if reference not in rows:
+        raise KeyError(f"format_breakdown: reference row {reference!r} not among {list(rows)}")
+    names = list(rows)
+    classes = sorted({c for s in rows.values() for c in s.get(field, {})})
+    head = "| " + field.removeprefix("per_") + " | n | " + " | ".join(f"{n} KLD ↓ | SIM ↑" for n in names) + " |"
+    lines = [head, "|---|---:|" + "---:|---:|" * len(names)]
+    ref = rows[reference].get(field, {})
+    for c in classes:
+        cells = []
+        for n in names:
+            g = rows[n].get(field, {}).get(c)
+            if g is None:
+                cells += ["-", "-"]
+                continue
+            r = ref.get(c)
+            star = "*" if n != reference and r is not None and g["KLD"] < r["KLD"] and g["SIM"] > r["SIM"] else ""
+            cells += [f"{_fmt(g['KLD'])}{star}", _fmt(g["SIM"])]
+        n_img = next((s[field][c]["n"] for s in rows.values() if c in s.get(field, {})), 0)
+        lines.append(f"| {c} | {n_img} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def wins_over(rows: Mapping[str, Mapping], name: str, reference: str, field: str = "per_affordance") -> list[str]:
+    """Classes of ``field`` where row ``name`` beats ``reference`` on both KLD and SIM."""
+    mine, ref = rows[name].get(field, {}), rows[reference].get(field, {})
+    return [c for c in sorted(mine) if c in ref and mine[c]["KLD"] < ref[c]["KLD"] and mine[c]["SIM"] > ref[c]["SIM"]]

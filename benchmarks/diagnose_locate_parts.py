@@ -13,10 +13,21 @@
 over the SynthAGD part masks of the egocentric training images of the same affordance/object.
 It bounds what better part selection alone can buy with the given backbone and budget.
 
+``bound`` scores perfect maps at feature resolution: the true part (and object) mask pooled to
+the CAM grid, then resized and min-maxed by the protocol like a CAM. It separates what the
+14x14 grid costs from what the method costs.
+
+``exo-probe`` trains LOCATE's exocentric branch alone (``aff_proj`` -> ``aff_exo_proj`` ->
+``aff_fc``, CE) on cached frozen descriptors of the exocentric training images and reports
+training and held-out accuracy (every 5th image held out). PartSelect clusters the region where
+the exocentric CAM is confident, so the transfer can be no better than this classifier.
+
 Usage::
 
     python benchmarks/diagnose_locate_parts.py measure --run RUN --data ROOT
     python benchmarks/diagnose_locate_parts.py oracle --data ROOT --out RUN [--set k=v ...]
+    python benchmarks/diagnose_locate_parts.py bound --data ROOT [--grid 14 --size 112]
+    python benchmarks/diagnose_locate_parts.py exo-probe --data ROOT [--epochs 30 --lr 0.01]
 """
 
 from __future__ import annotations
@@ -152,6 +163,79 @@ def oracle(data: Path, out: Path, overrides: list[str], preset: str) -> dict:
     return evaluate_method(run.method, split, cfg.eval, torch.device("cpu"), size=cfg.data.test_size, progress=False)
 
 
+# ----------------------------------------------------------------------------- bound
+def _mask_map(split: Split, kind: str, grid: int, size: int):
+    def fn(it) -> np.ndarray:
+        m = torch.from_numpy(np.asarray(Image.open(mask_path(split, it.affordance, it.object, it.name, kind))
+                                        .convert("L"), dtype=np.float32) / 255.0)[None, None]
+        m = F.interpolate(m, size=(size, size), mode="bilinear", align_corners=False)  # the test resize
+        return F.adaptive_avg_pool2d(m, grid)[0, 0].numpy()
+    return fn
+
+
+def bound(data: Path, split_name: str, grid: int, size: int) -> dict[str, dict]:
+    from afford.evaluate import evaluate_baseline, evaluate_maps
+
+    split = open_split(data, split_name)
+    out = {"object baseline (full resolution, blurred)": evaluate_baseline("object", split, progress=False)}
+    for kind in ("object", "part"):
+        out[f"{kind} mask at {grid}x{grid}"] = evaluate_maps(split, _mask_map(split, kind, grid, size),
+                                                            progress=False, per_image=False)
+    return out
+
+
+# ----------------------------------------------------------------------------- exo-probe
+def exo_probe(data: Path, split_name: str, preset: str, overrides: list[str], epochs: int, lr: float,
+              seed: int) -> list[dict]:
+    from afford.factory import create_method
+
+    cfg = load_config(preset, [f"data.root={data}", *overrides])
+    split = open_split(data, split_name)
+    torch.manual_seed(seed)
+    m = create_method(cfg.method, cfg.model, split.affordances)
+    if not isinstance(m, LOCATE):
+        raise AffordError(f"{preset}: the exo probe needs a LOCATE preset, got method {cfg.method!r}")
+    files, labels = [], []
+    for (aff, _obj), paths in sorted(split.exo_groups().items()):
+        files += paths
+        labels += [split.label(aff)] * len(paths)
+    y = torch.tensor(labels)
+    with torch.no_grad():
+        x = torch.stack([test_transform(load_rgb(f), cfg.data.test_size) for f in files])
+        desc = torch.cat([m._descriptors(x[i:i + 128])[0] for i in range(0, len(x), 128)])
+    held = torch.arange(len(y)) % 5 == 0
+    groups = [{"params": list(mod.parameters()), "lr": lr * f}
+              for mod, f in ((m.aff_proj, 10.0), (m.aff_exo_proj, 1.0), (m.aff_fc, 10.0))]
+    opt = torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    g = torch.Generator().manual_seed(seed)
+
+    def logits(d: torch.Tensor) -> torch.Tensor:
+        return m.aff_fc(m.aff_exo_proj(m._project(d))).mean((2, 3))
+
+    def accuracy(mask: torch.Tensor) -> float:
+        m.eval()
+        with torch.no_grad():
+            acc = float((logits(desc[mask]).argmax(1) == y[mask]).float().mean())
+        m.train()
+        return acc
+
+    rows, train_idx = [], (~held).nonzero()[:, 0]
+    for ep in range(epochs):
+        perm = train_idx[torch.randperm(len(train_idx), generator=g)]
+        for i in range(0, len(perm), cfg.train.batch_size * 3):  # 3 exocentric images per sample
+            b = perm[i:i + cfg.train.batch_size * 3]
+            d = desc[b].flip(-1) if torch.rand(1, generator=g) < 0.5 else desc[b]
+            loss = F.cross_entropy(logits(d), y[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if ep == epochs - 1 or (ep + 1) % max(1, epochs // 6) == 0:
+            rows.append({"epoch": ep + 1, "train_acc": accuracy(~held), "held_out_acc": accuracy(held)})
+            print(f"epoch {ep + 1}: train {rows[-1]['train_acc']:.3f}, held out {rows[-1]['held_out_acc']:.3f}",
+                  flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -168,6 +252,20 @@ def main() -> None:
     b.add_argument("--preset", default="locate_synthagd_demo")
     b.add_argument("--set", action="append", default=[], metavar="K=V")
     b.add_argument("--threads", type=int, default=0)
+    c = sub.add_parser("bound")
+    c.add_argument("--data", type=Path, required=True)
+    c.add_argument("--split", default="Seen")
+    c.add_argument("--grid", type=int, default=14)
+    c.add_argument("--size", type=int, default=112)
+    e = sub.add_parser("exo-probe")
+    e.add_argument("--data", type=Path, required=True)
+    e.add_argument("--split", default="Seen")
+    e.add_argument("--preset", default="locate_synthagd_demo")
+    e.add_argument("--set", action="append", default=[], metavar="K=V")
+    e.add_argument("--epochs", type=int, default=30)
+    e.add_argument("--lr", type=float, default=0.01)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
     if getattr(args, "threads", 0):
         torch.set_num_threads(args.threads)
@@ -177,6 +275,11 @@ def main() -> None:
         print_table(table)
         if args.json:
             args.json.write_text(json.dumps(table, indent=2))
+    elif args.cmd == "bound":
+        for name, r in bound(args.data, args.split, args.grid, args.size).items():
+            print(f"{name}: KLD {r['KLD']:.3f} SIM {r['SIM']:.3f} NSS {r['NSS']:.3f}")
+    elif args.cmd == "exo-probe":
+        exo_probe(args.data, args.split, args.preset, args.set, args.epochs, args.lr, args.seed)
     else:
         s = oracle(args.data, args.out, args.set, args.preset)
         print(f"LOCATE with oracle part prototypes: KLD {s['KLD']:.3f} SIM {s['SIM']:.3f} NSS {s['NSS']:.3f}")

@@ -26,7 +26,7 @@ Usage::
 
     python benchmarks/diagnose_locate_parts.py measure --run RUN --data ROOT
     python benchmarks/diagnose_locate_parts.py oracle --data ROOT --out RUN [--set k=v ...]
-    python benchmarks/diagnose_locate_parts.py bound --data ROOT [--grid 14 --size 112]
+    python benchmarks/diagnose_locate_parts.py bound --data ROOT [--grid 14]
     python benchmarks/diagnose_locate_parts.py exo-probe --data ROOT [--epochs 30 --lr 0.01]
 """
 
@@ -164,23 +164,15 @@ def oracle(data: Path, out: Path, overrides: list[str], preset: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- bound
-def _mask_map(split: Split, kind: str, grid: int, size: int):
-    def fn(it) -> np.ndarray:
-        m = torch.from_numpy(np.asarray(Image.open(mask_path(split, it.affordance, it.object, it.name, kind))
-                                        .convert("L"), dtype=np.float32) / 255.0)[None, None]
-        m = F.interpolate(m, size=(size, size), mode="bilinear", align_corners=False)  # the test resize
-        return F.adaptive_avg_pool2d(m, grid)[0, 0].numpy()
-    return fn
-
-
-def bound(data: Path, split_name: str, grid: int, size: int) -> dict[str, dict]:
+def bound(data: Path, split_name: str, grid: int) -> dict[str, dict]:
     from afford.evaluate import evaluate_baseline, evaluate_maps
 
     split = open_split(data, split_name)
     out = {"object baseline (full resolution, blurred)": evaluate_baseline("object", split, progress=False)}
     for kind in ("object", "part"):
-        out[f"{kind} mask at {grid}x{grid}"] = evaluate_maps(split, _mask_map(split, kind, grid, size),
-                                                            progress=False, per_image=False)
+        def fn(it, kind=kind):
+            return pooled_mask(mask_path(split, it.affordance, it.object, it.name, kind), grid, grid).numpy()
+        out[f"{kind} mask at {grid}x{grid}"] = evaluate_maps(split, fn, progress=False, per_image=False)
     return out
 
 
@@ -256,7 +248,6 @@ def main() -> None:
     c.add_argument("--data", type=Path, required=True)
     c.add_argument("--split", default="Seen")
     c.add_argument("--grid", type=int, default=14)
-    c.add_argument("--size", type=int, default=112)
     e = sub.add_parser("exo-probe")
     e.add_argument("--data", type=Path, required=True)
     e.add_argument("--split", default="Seen")
@@ -276,7 +267,7 @@ def main() -> None:
         if args.json:
             args.json.write_text(json.dumps(table, indent=2))
     elif args.cmd == "bound":
-        for name, r in bound(args.data, args.split, args.grid, args.size).items():
+        for name, r in bound(args.data, args.split, args.grid).items():
             print(f"{name}: KLD {r['KLD']:.3f} SIM {r['SIM']:.3f} NSS {r['NSS']:.3f}")
     elif args.cmd == "exo-probe":
         exo_probe(args.data, args.split, args.preset, args.set, args.epochs, args.lr, args.seed)

@@ -22,7 +22,7 @@ def diag():
 def test_true_part_at_feature_resolution_beats_the_object_map(diag, synth_root):
     # SynthAGD's GT lies on parts: a perfect part map, even pooled to the CAM grid, must beat the
     # whole-object map pooled the same way (else the benchmark could not separate part from object).
-    rows = diag.bound(synth_root, "Seen", grid=7, size=56)
+    rows = diag.bound(synth_root, "Seen", grid=7)
     part, obj = rows["part mask at 7x7"], rows["object mask at 7x7"]
     assert part["KLD"] < obj["KLD"] and part["SIM"] > obj["SIM"]
     assert all(math.isfinite(r["KLD"]) for r in rows.values())

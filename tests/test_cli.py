@@ -44,8 +44,14 @@ def test_eval_checkpoint_and_baseline_json_schema(run_dir, synth_root, tmp_path,
     assert m["n_images"] == sum(v["n"] for v in m["per_affordance"].values())
     assert list((tmp_path / "viz").glob("*.png"))
     b = tmp_path / "b.json"
-    assert main(["eval", "--baseline", "object", "--data", str(synth_root), "--split", "Seen", "--json", str(b)]) == 0
-    assert json.loads(b.read_text())["n_images"] == m["n_images"]
+    capsys.readouterr()
+    assert main(["eval", "--baseline", "object", "--data", str(synth_root), "--split", "Seen", "--json", str(b),
+                 "--breakdown", "pair"]) == 0
+    bm = json.loads(b.read_text())
+    assert bm["n_images"] == m["n_images"]
+    printed = capsys.readouterr().out
+    for pair, g in bm["per_pair"].items():  # one table line per (affordance, object) pair, with its scores
+        assert f"| {pair} | {g['n']} | {g['KLD']:.3f} | {g['SIM']:.3f} |" in printed
 
 
 def test_predict_writes_npy_png_overlay(run_dir, synth_root, tmp_path):

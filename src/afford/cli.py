@@ -139,6 +139,10 @@ def cmd_eval(a: argparse.Namespace) -> int:
             save_eval_overlays(split, summary["_maps"], Path(a.viz))
     summary["split"] = split.name
     _print_summary(title, summary)
+    if a.breakdown:
+        from afford.metrics.report import format_breakdown
+
+        print(format_breakdown({title: summary}, title, f"per_{a.breakdown}"))
     _write_json(a.json, _public(summary))
     return 0
 
@@ -261,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--refine", choices=("affinity",), default=None)
     e.add_argument("--json")
     e.add_argument("--viz", help="write overlays to this folder")
+    e.add_argument("--breakdown", choices=("affordance", "object", "pair"),
+                   help="also print KLD / SIM per affordance, object or (affordance, object) pair")
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--device", default="auto")
     e.add_argument("--bf16", action="store_true")

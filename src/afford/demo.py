@@ -166,6 +166,7 @@ def _breakdown_text(rows: dict[str, dict], reference: str = "baseline: object") 
     methods = [n for n in rows if not n.startswith("baseline: ")]
     if reference not in rows or not methods:
         return []
+
     def short(name: str) -> str:
         return name.split(" (")[0].removeprefix("baseline: ")
 

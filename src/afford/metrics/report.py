@@ -5,8 +5,8 @@ single nan NSS (reference mode, constant prediction) makes the dataset NSS nan, 
 LOCATE. The summary therefore also counts nan images and gives the mean over finite values
 (``NSS_finite``) so a reader sees both. Per-affordance / per-object breakdowns are diagnostics
 only (``per_pair`` keys are ``"<affordance>/<object>"``); the headline numbers never average
-over classes. Per-image values are kept at full
-precision so any variant can be recomputed offline.
+over classes. Per-image values are kept at full precision so any variant can be recomputed
+offline.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def format_breakdown(rows: Mapping[str, Mapping], reference: str, field: str = "
     classes = sorted({c for s in rows.values() for c in s.get(field, {})})
     head = "| " + field.removeprefix("per_") + " | n | " + " | ".join(f"{n} KLD ↓ | SIM ↑" for n in names) + " |"
     lines = [head, "|---|---:|" + "---:|---:|" * len(names)]
-    ref = rows[reference].get(field, {})
+    won = {n: set() if n == reference else set(wins_over(rows, n, reference, field)) for n in names}
     for c in classes:
         cells = []
         for n in names:
@@ -147,9 +147,7 @@ def format_breakdown(rows: Mapping[str, Mapping], reference: str, field: str = "
             if g is None:
                 cells += ["-", "-"]
                 continue
-            r = ref.get(c)
-            star = "*" if n != reference and r is not None and g["KLD"] < r["KLD"] and g["SIM"] > r["SIM"] else ""
-            cells += [f"{_fmt(g['KLD'])}{star}", _fmt(g["SIM"])]
+            cells += [f"{_fmt(g['KLD'])}{'*' if c in won[n] else ''}", _fmt(g["SIM"])]
         n_img = next((s[field][c]["n"] for s in rows.values() if c in s.get(field, {})), 0)
         lines.append(f"| {c} | {n_img} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -196,8 +196,9 @@ def exo_probe(data: Path, split_name: str, preset: str, overrides: list[str], ep
         x = torch.stack([test_transform(load_rgb(f), cfg.data.test_size) for f in files])
         desc = torch.cat([m._descriptors(x[i:i + 128])[0] for i in range(0, len(x), 128)])
     held = torch.arange(len(y)) % 5 == 0
-    groups = [{"params": list(mod.parameters()), "lr": lr * f}
-              for mod, f in ((m.aff_proj, 10.0), (m.aff_exo_proj, 1.0), (m.aff_fc, 10.0))]
+    # LOCATE's own groups (x1/x2/x10/x20); the frozen backbone and the unused egocentric stack get
+    # no gradient, so SGD leaves them alone.
+    groups = [{"params": g.params, "lr": lr * g.lr_mult} for g in m.param_groups()]
     opt = torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     g = torch.Generator().manual_seed(seed)
 

@@ -122,16 +122,13 @@ class Split:
         p = self.root.parent / "extras" / self.root.name / "masks" / affordance / obj / f"{stem}_{kind}.png"
         return p if p.is_file() else None
 
-    def _extras_mask(self, item: TestItem, kind: str) -> Path | None:
-        return self.extras_mask(item.affordance, item.object, item.name, kind)
-
     def object_mask(self, item: TestItem) -> Path | None:
         """SynthAGD's object mask for a test image (for the whole-object baseline), if any."""
-        return self._extras_mask(item, "object")
+        return self.extras_mask(item.affordance, item.object, item.name, "object")
 
     def part_mask(self, item: TestItem) -> Path | None:
         """SynthAGD's affordance-part mask for a test image, if any."""
-        return self._extras_mask(item, "part")
+        return self.extras_mask(item.affordance, item.object, item.name, "part")
 
 
 def open_split(data_root: str | Path, split: str | None = None, test_folder: str = "testset") -> Split:

@@ -29,6 +29,12 @@ def test_quick_demo_writes_report_metrics_and_overlays(tmp_path):
     for aff in metrics["baseline: object"]["per_affordance"]:
         assert f"| {aff} | " in report
     assert any(line.startswith("- LOCATE (tiny ViT") and "affordances" in line for line in report.splitlines())
+    # whether each trained row's map follows the affordance label (right- against wrong-label scores)
+    assert "## Label sensitivity" in report
+    for name, m in metrics.items():
+        if not name.startswith("baseline: ") or "CAM" in name:
+            ls = m["label_sensitivity"]
+            assert f"| {name} | {ls['n_images']} | {ls['right']['KLD']:.3f} | {ls['wrong']['KLD']:.3f} |" in report
     # the centre prior is worse than the object mask on SynthAGD: GT sits on parts of objects
     assert metrics["baseline: center"]["KLD"] > metrics["baseline: object"]["KLD"]
     assert metrics["baseline: center"]["SIM"] < metrics["baseline: object"]["SIM"]

@@ -100,6 +100,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
     sources = [x for x in (a.pred, a.baseline, a.checkpoint) if x]
     if len(sources) != 1:
         raise AffordError("eval: give exactly one of --pred DIR, --baseline KIND, --checkpoint RUN")
+    if a.label_sensitivity and not a.checkpoint:
+        raise AffordError("eval: --label-sensitivity needs --checkpoint RUN (it asks the model for the "
+                          "object's other affordances)")
     split = open_split(a.data, a.split)
     ecfg = EvalConfig(protocol=a.protocol, exact=a.exact, batch_size=a.batch_size)
     if a.pred:
@@ -133,6 +136,10 @@ def cmd_eval(a: argparse.Namespace) -> int:
         summary["selection"] = run.info.get("selection", {"rule": "unknown"})
         summary["refine"] = refine.params if refine is not None else "none"
         title = f"{run.info['method']} {a.checkpoint}"
+        if a.label_sensitivity:
+            from afford.engine.label_sensitivity import label_sensitivity
+
+            summary["label_sensitivity"] = label_sensitivity(fn, split, ecfg, size=run.config.data.test_size)
         if a.viz:
             from afford.visualize import save_eval_overlays
 
@@ -143,6 +150,10 @@ def cmd_eval(a: argparse.Namespace) -> int:
         from afford.metrics.report import format_breakdown
 
         print(format_breakdown({title: summary}, title, f"per_{a.breakdown}"))
+    if a.label_sensitivity:
+        from afford.engine.label_sensitivity import format_label_sensitivity
+
+        print(format_label_sensitivity({title: summary}))
     _write_json(a.json, _public(summary))
     return 0
 
@@ -267,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--viz", help="write overlays to this folder")
     e.add_argument("--breakdown", choices=("affordance", "object", "pair"),
                    help="also print KLD / SIM per affordance, object or (affordance, object) pair")
+    e.add_argument("--label-sensitivity", action="store_true",
+                   help="also score each image with its object's other affordances (does the map follow the label?)")
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--device", default="auto")
     e.add_argument("--bf16", action="store_true")

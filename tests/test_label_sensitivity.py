@@ -1,0 +1,77 @@
+"""Label sensitivity: right-label against wrong-label maps on multi-affordance objects."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from afford.cli import main
+from afford.data.agd20k import AffordanceTestSet, GTCache, open_split
+from afford.engine.label_sensitivity import format_label_sensitivity, label_sensitivity, map_correlation
+
+
+def test_map_correlation_edge_cases():
+    a = torch.arange(16.0).view(4, 4)
+    assert map_correlation(a, 2 * a + 3) == pytest.approx(1.0)
+    assert map_correlation(a, -a) == pytest.approx(-1.0)
+    assert map_correlation(torch.ones(4, 4), torch.full((4, 4), 7.0)) == 1.0  # two constant maps: identical
+    assert map_correlation(torch.ones(4, 4), a) == 0.0
+
+
+@pytest.fixture(scope="module")
+def gt_by_image(synth_root):
+    """Image bytes -> (label, GT) of the test item, so a fake model can 'know' the answer."""
+    split = open_split(synth_root, "Seen")
+    ds, gts = AffordanceTestSet(split, size=56), GTCache(split)
+    return split, {ds[i]["image"].numpy().tobytes(): (ds.labels[i], gts[it]) for i, it in enumerate(ds.items)}
+
+
+def _gt_map(gt: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(torch.as_tensor(gt).double()[None, None], size=(14, 14), mode="area")[0, 0]
+
+
+def test_label_blind_map_scores_the_same_with_any_label(gt_by_image):
+    split, table = gt_by_image
+
+    def blind(images, labels):  # the right answer for the image, whatever label is asked for
+        return torch.stack([_gt_map(table[x.numpy().tobytes()][1]) for x in images])
+
+    out = label_sensitivity(blind, split, size=56, progress=False)
+    assert out["n_images"] > 0 and out["map_cc"] == pytest.approx(1.0)
+    assert out["right"]["KLD"] == pytest.approx(out["wrong"]["KLD"])
+    assert out["right"]["SIM"] == pytest.approx(out["wrong"]["SIM"])
+    assert sum(v["n"] for v in out["per_object"].values()) == out["n_images"]
+
+
+def test_label_reading_map_scores_worse_with_a_wrong_label(gt_by_image):
+    split, table = gt_by_image
+
+    def reads_label(images, labels):  # GT for the image's own label, its complement for any other
+        maps = []
+        for x, y in zip(images, labels, strict=True):
+            label, gt = table[x.numpy().tobytes()]
+            g = _gt_map(gt)
+            maps.append(g if int(y) == label else g.max() - g)
+        return torch.stack(maps)
+
+    out = label_sensitivity(reads_label, split, size=56, progress=False)
+    assert out["right"]["KLD"] < out["wrong"]["KLD"] and out["right"]["SIM"] > out["wrong"]["SIM"]
+    assert out["map_cc"] < 0
+    table_md = format_label_sensitivity({"oracle": {"label_sensitivity": out}, "baseline": {}})
+    assert f"| oracle | {out['n_images']} | {out['right']['KLD']:.3f} | {out['wrong']['KLD']:.3f} |" in table_md
+    assert "baseline" not in table_md  # rows without the diagnostic are left out
+
+
+def test_eval_label_sensitivity_flag(tiny_run, synth_root, tmp_path, capsys):
+    out = tmp_path / "m.json"
+    assert main(["eval", "--checkpoint", str(tiny_run), "--data", str(synth_root), "--json", str(out),
+                 "--label-sensitivity"]) == 0
+    ls = json.loads(out.read_text())["label_sensitivity"]
+    assert ls["n_images"] > 0 and -1.0 <= ls["map_cc"] <= 1.0
+    assert f"| {ls['right']['KLD']:.3f} | {ls['wrong']['KLD']:.3f} |" in capsys.readouterr().out
+    # a baseline or a prediction folder cannot be asked about other labels: one clear error
+    assert main(["eval", "--baseline", "object", "--data", str(synth_root), "--label-sensitivity"]) == 2
+    assert "--label-sensitivity needs --checkpoint" in capsys.readouterr().err

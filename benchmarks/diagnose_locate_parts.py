@@ -47,7 +47,7 @@ from afford.config import load_config
 from afford.data.agd20k import Split, open_split
 from afford.data.transforms import load_rgb, test_transform
 from afford.errors import AffordError
-from afford.methods.locate import LOCATE, cam_saliency
+from afford.methods.locate import LOCATE
 from afford.modules.prototypes import discover_parts
 
 
@@ -87,7 +87,7 @@ def measure(run_dir: Path, data: Path, split_name: str, size: int, seed: int) ->
         ego_cam = m.aff_fc(m.aff_ego_proj(proj[:1]))
         exo_cam_y = m.aff_fc(m.aff_exo_proj(proj[1:]))[:, y][None]
         h, w = ego_cam.shape[-2:]
-        saliency = cam_saliency(ego_cam) if m.cfg.saliency == "cam" else sal[:1]
+        saliency = m.ego_saliency(sal[:1], desc[:1], ego_cam)
         parts = discover_parts(exo_cam_y, desc[1:][None], desc[:1], saliency.bool(),
                                cam_thd=m.cfg.aff_cam_thd, iou_thd=m.cfg.part_iou_thd, k=m.cfg.cluster_num,
                                generator=torch.Generator().manual_seed(seed))

@@ -8,7 +8,7 @@ import torch
 from afford.config import build_config
 from afford.errors import AffordError
 from afford.factory import create_method
-from afford.methods.locate import cam_saliency
+from afford.methods.locate import border_saliency, cam_saliency
 
 CLASSES = ("cut_with", "hold", "swing")
 
@@ -67,10 +67,22 @@ def test_cam_saliency_and_bad_option():
     cams[0, 1, 2, 2] = 3.0
     sal = cam_saliency(cams)
     assert sal.dtype == torch.bool and sal[0, 1, 1] and sal[0, 2, 2] and sal.sum() == 2
-    m = tiny(saliency="blob").train()
+    with pytest.raises(AffordError, match="model.saliency"):  # rejected when the model is built
+        tiny(saliency="blob")
+
+
+def test_border_saliency_marks_what_differs_from_the_border():
+    # background descriptors all alike, a 3x3 "object" of another direction in the middle
+    desc = torch.zeros(1, 4, 7, 7)
+    desc[0, 0] = 1.0
+    desc[0, :, 2:5, 2:5] = torch.tensor([0.0, 1.0, 0.0, 0.0])[:, None, None]
+    sal = border_saliency(desc)
+    expected = torch.zeros(1, 7, 7, dtype=torch.bool)
+    expected[0, 2:5, 2:5] = True
+    assert torch.equal(sal, expected)
+    m = tiny(saliency="border").train()  # and it trains as PartIoU's saliency
     batch = {"ego": torch.randn(2, 3, 112, 112), "exo": torch.randn(2, 3, 3, 112, 112), "label": torch.tensor([0, 1])}
-    with pytest.raises(AffordError, match="model.saliency"):
-        m.forward_train(batch, epoch=1)
+    assert torch.isfinite(m.forward_train(batch, epoch=1)["loss"])
 
 
 def test_ego_only_baseline_is_plain_egocentric_ce():

@@ -44,9 +44,11 @@ class LOCATEConfig:
     proto_weight: float = 1.0
     con_weight: float = 0.07
     # PartIoU's saliency: "dino" = the CLS-attention saliency of methods.md §0.2 (the paper).
-    # "cam" = the class-agnostic egocentric CAM (max over classes, min-max, > mean), for backbones
-    # whose CLS token never learned to attend to objects (the offline demo's tiny ViT has no
-    # self-supervised pretraining, so its CLS attention is noise). Not in the paper.
+    # For backbones whose CLS token never learned to attend to objects (the offline demo's tiny ViT
+    # has no self-supervised pretraining, so its CLS attention is noise), two stand-ins, not in
+    # the paper: "border" = positions unlike the image border in the same keys (label-free, from
+    # the egocentric image alone; :func:`border_saliency`); "cam" = the class-agnostic
+    # egocentric CAM (max over classes, min-max, > mean), which feeds the model's own output back.
     saliency: str = "dino"
     # The "raw CAM of an egocentric-only classifier" baseline of synthagd.md: the same head trained
     # with CE on the egocentric image alone (no exocentric branch, no prototype, no L_con). What
@@ -61,6 +63,22 @@ def cam_saliency(cams: torch.Tensor) -> torch.Tensor:
     return m > m.flatten(1).mean(1)[:, None, None]
 
 
+def border_saliency(desc: torch.Tensor) -> torch.Tensor:
+    """Label-free object mask ``(B, h, w)`` from descriptors ``(B, D, h, w)`` alone: one minus a
+    position's mean cosine similarity to the border positions (the background prior of classic
+    saliency), min-max, then ``> mean`` (the binarisation of methods.md §0.2)."""
+    b, d, h, w = desc.shape
+    n = F.normalize(desc.flatten(2).float(), dim=1)  # (B, D, hw)
+    border = torch.ones(h, w, dtype=torch.bool, device=desc.device)
+    border[1:-1, 1:-1] = False
+    sim = torch.einsum("bdp,bdq->bp", n, n[:, :, border.flatten()]) / int(border.sum())
+    m = minmax((1 - sim).view(b, h, w))
+    return m > m.flatten(1).mean(1)[:, None, None]
+
+
+SALIENCIES = ("dino", "border", "cam")
+
+
 class LOCATE(Method):
     """LOCATE with the official module names: ``backbone``, ``aff_proj``, ``aff_*_proj``, ``aff_fc``."""
 
@@ -68,6 +86,8 @@ class LOCATE(Method):
 
     def __init__(self, cfg: LOCATEConfig, classnames: Sequence[str]) -> None:
         super().__init__()
+        if cfg.saliency not in SALIENCIES:
+            raise AffordError(f"model.saliency: expected one of {SALIENCIES}, got '{cfg.saliency}'")
         self.cfg = cfg
         self.classnames = tuple(classnames)
         self.backbone = create_backbone(
@@ -122,10 +142,7 @@ class LOCATE(Method):
         losses: dict[str, torch.Tensor] = {"cls": l_cls}
 
         if epoch > self.cfg.warm_epoch:
-            if self.cfg.saliency == "cam":
-                ego_sal = cam_saliency(ego_cam.detach())
-            elif self.cfg.saliency != "dino":
-                raise AffordError(f"model.saliency: expected 'dino' or 'cam', got '{self.cfg.saliency}'")
+            ego_sal = self.ego_saliency(ego_sal, ego_desc, ego_cam)
             protos, valid = self.part_prototypes(batch, exo_cam_y, exo_desc, ego_desc, ego_sal)
             losses["proto"] = prototype_loss(
                 ego_cam_y, ego_desc.detach(), protos, valid, margin=self.cfg.cel_margin
@@ -136,6 +153,16 @@ class LOCATE(Method):
         losses["con"] = concentration_loss(ego_cam)
         losses["loss"] = l_cls + self.cfg.proto_weight * losses["proto"] + self.cfg.con_weight * losses["con"]
         return losses
+
+    def ego_saliency(self, dino_sal: torch.Tensor, ego_desc: torch.Tensor, ego_cam: torch.Tensor) -> torch.Tensor:
+        """The binary egocentric saliency PartIoU compares with, per ``cfg.saliency``."""
+        if self.cfg.saliency == "dino":
+            return dino_sal
+        if self.cfg.saliency == "border":
+            return border_saliency(ego_desc.detach())
+        if self.cfg.saliency == "cam":
+            return cam_saliency(ego_cam.detach())
+        raise AffordError(f"model.saliency: expected one of {SALIENCIES}, got '{self.cfg.saliency}'")
 
     @torch.no_grad()
     def part_prototypes(self, batch: dict, exo_cam_y: torch.Tensor, exo_desc: torch.Tensor,

@@ -24,6 +24,7 @@ from afford.config import EvalConfig
 from afford.data.agd20k import AffordanceTestSet, GTCache, Split
 from afford.engine.evaluator import MapFn
 from afford.errors import AffordError
+from afford.metrics.report import mean_of
 from afford.metrics.saliency import score
 
 
@@ -39,10 +40,6 @@ def map_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
     if na < tiny or nb < tiny:
         return 0.0
     return float(a @ b) / (na * nb)
-
-
-def _mean(xs: list[float]) -> float:
-    return sum(xs) / len(xs)
 
 
 def label_sensitivity(map_fn: MapFn, split: Split, eval_cfg: EvalConfig | None = None, size: int = 224,
@@ -70,14 +67,14 @@ def label_sensitivity(map_fn: MapFn, split: Split, eval_cfg: EvalConfig | None =
         image = ds[i]["image"]
         maps = map_fn(image[None].repeat(len(labels), 1, 1, 1), labels).double()
         s = score(list(maps), [gts[it]] * len(labels), ecfg.protocol, ecfg.exact)
-        cc = _mean([map_correlation(maps[0], m) for m in maps[1:]])
+        cc = mean_of([map_correlation(maps[0], m) for m in maps[1:]])
         rows[it.object].append((float(s["KLD"][0]), float(s["KLD"][1:].mean()), float(s["SIM"][0]),
                                 float(s["SIM"][1:].mean()), cc))
 
     def summarise(rs: list[tuple[float, float, float, float, float]]) -> dict:
         cols = list(zip(*rs, strict=True))
-        return {"n": len(rs), "right": {"KLD": _mean(cols[0]), "SIM": _mean(cols[2])},
-                "wrong": {"KLD": _mean(cols[1]), "SIM": _mean(cols[3])}, "map_cc": _mean(cols[4])}
+        return {"n": len(rs), "right": {"KLD": mean_of(cols[0]), "SIM": mean_of(cols[2])},
+                "wrong": {"KLD": mean_of(cols[1]), "SIM": mean_of(cols[3])}, "map_cc": mean_of(cols[4])}
 
     every = [r for rs in rows.values() for r in rs]
     out = summarise(every)

@@ -19,7 +19,7 @@ import torch
 METRICS: tuple[str, ...] = ("KLD", "SIM", "NSS")
 
 
-def _mean(values: Sequence[float]) -> float:
+def mean_of(values: Sequence[float]) -> float:
     """sum/len like the reference; nan propagates; nan for an empty list."""
     return sum(values) / len(values) if values else math.nan
 
@@ -27,7 +27,7 @@ def _mean(values: Sequence[float]) -> float:
 def _group_summary(rows: Sequence[dict]) -> dict:
     out: dict = {"n": len(rows)}
     for m in METRICS:
-        out[m] = _mean([r[m] for r in rows])
+        out[m] = mean_of([r[m] for r in rows])
     return out
 
 
@@ -87,8 +87,8 @@ class MetricAccumulator:
         out: dict = {
             **self.protocol_info,
             "n_images": len(rows),
-            **{m: _mean([r[m] for r in rows]) for m in METRICS},
-            "NSS_finite": _mean(nss_finite),
+            **{m: mean_of([r[m] for r in rows]) for m in METRICS},
+            "NSS_finite": mean_of(nss_finite),
             "n_nan_nss": len(rows) - len(nss_finite),
             "n_constant_pred": sum(r["constant_pred"] for r in rows),
             "n_empty_gt": sum(r["empty_gt"] for r in rows),

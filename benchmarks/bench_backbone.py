@@ -24,7 +24,7 @@ def images_per_second(dtype: torch.dtype, batch: int, iters: int, size: int = 22
     The median, not the mean, because CI and shared machines add bursts of foreign load.
     """
     bb = create_backbone("dino_vits16", dtype=dtype, return_tokens=False)
-    x = torch.randn(batch, 3, size, size)
+    x = torch.rand(batch, 3, size, size)  # images in [0, 1]: the backbone normalises them
     bb(x)  # warm-up: allocator, kernels, autocast caches
     times = []
     for _ in range(iters):

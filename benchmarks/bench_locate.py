@@ -50,8 +50,8 @@ def main() -> None:
                           momentum=0.9, weight_decay=5e-4, nesterov=True)
     b = a.batch
     g = torch.Generator().manual_seed(0)
-    batch = {"ego": torch.randn(b, 3, 224, 224, generator=g).to(dev),
-             "exo": torch.randn(b, 3, 3, 224, 224, generator=g).to(dev),
+    batch = {"ego": torch.rand(b, 3, 224, 224, generator=g).to(dev),
+             "exo": torch.rand(b, 3, 3, 224, 224, generator=g).to(dev),
              "label": torch.randint(0, len(SEEN_AFFORDANCES), (b,), generator=g).to(dev)}
 
     def step() -> None:

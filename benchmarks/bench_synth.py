@@ -12,7 +12,7 @@ import argparse
 import tempfile
 import time
 
-from afford.data.synth import generate
+from afford.synthagd import generate
 
 
 def main() -> None:

@@ -45,7 +45,8 @@ from PIL import Image
 from afford.checkpoint import load_run
 from afford.config import load_config
 from afford.data.agd20k import Split, open_split
-from afford.data.transforms import load_rgb, test_transform
+from afford.data.transforms import eval_transform, load_rgb
+from afford.engine.tasks import WSAGTask
 from afford.errors import AffordError
 from afford.methods.locate import LOCATE
 from afford.modules.prototypes import discover_parts
@@ -79,8 +80,8 @@ def measure(run_dir: Path, data: Path, split_name: str, size: int, seed: int) ->
     for it in split.test_items():
         exo_files = exo_groups[(it.affordance, it.object)]
         pick = torch.randperm(len(exo_files), generator=g)[:3]  # LOCATE's 3 exocentric views
-        ego = test_transform(load_rgb(it.image), size)[None]
-        exo = torch.stack([test_transform(load_rgb(exo_files[j]), size) for j in pick.tolist()])
+        ego = eval_transform(load_rgb(it.image), size)[None]
+        exo = torch.stack([eval_transform(load_rgb(exo_files[j]), size) for j in pick.tolist()])
         desc, sal = m._descriptors(torch.cat([ego, exo]))
         proj = m._project(desc)
         y = split.label(it.affordance)
@@ -136,7 +137,7 @@ def oracle_prototypes(method: LOCATE, split: Split, size: int) -> dict[tuple[int
     for (aff, obj), files in split.ego_groups().items():
         descs = []
         for f in files:
-            desc, _ = method._descriptors(test_transform(load_rgb(f), size)[None])
+            desc, _ = method._descriptors(eval_transform(load_rgb(f), size)[None])
             part = pooled_mask(mask_path(split, aff, obj, f.stem, "part"), *desc.shape[-2:])
             descs.append((desc[0] * part).sum((1, 2)) / part.sum().clamp(min=1e-6))
         out[(split.label(aff), obj)] = F.normalize(torch.stack(descs).mean(0), dim=0)
@@ -158,14 +159,14 @@ def oracle(data: Path, out: Path, overrides: list[str], preset: str) -> dict:
         m.set_oracle(oracle_prototypes(m, split, cfg.data.test_size))
         return m
 
-    train(cfg, out, split=split, build_method=build)
+    train(cfg, out, task=WSAGTask(split), build_method=build)
     run = load_run(out)
     return evaluate_method(run.method, split, cfg.eval, torch.device("cpu"), size=cfg.data.test_size, progress=False)
 
 
 # ----------------------------------------------------------------------------- bound
 def bound(data: Path, split_name: str, grid: int) -> dict[str, dict]:
-    from afford.evaluate import evaluate_baseline, evaluate_maps
+    from afford.engine.evaluator import evaluate_baseline, evaluate_maps
 
     split = open_split(data, split_name)
     out = {"object baseline (full resolution, blurred)": evaluate_baseline("object", split, progress=False)}
@@ -193,7 +194,7 @@ def exo_probe(data: Path, split_name: str, preset: str, overrides: list[str], ep
         labels += [split.label(aff)] * len(paths)
     y = torch.tensor(labels)
     with torch.no_grad():
-        x = torch.stack([test_transform(load_rgb(f), cfg.data.test_size) for f in files])
+        x = torch.stack([eval_transform(load_rgb(f), cfg.data.test_size) for f in files])
         desc = torch.cat([m._descriptors(x[i:i + 128])[0] for i in range(0, len(x), 128)])
     held = torch.arange(len(y)) % 5 == 0
     # LOCATE's own groups (x1/x2/x10/x20); the frozen backbone and the unused egocentric stack get

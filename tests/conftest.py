@@ -29,7 +29,7 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small SynthAGD Seen split (64 px) shared by engine/CLI tests."""
-    from afford.data.synth import generate
+    from afford.synthagd import generate
 
     root = tmp_path_factory.mktemp("synth")
     generate(root, split="seen", seed=0, size=64, n_exo=4, n_ego=2, n_test=1)

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from afford.engine.refinement import load_refiner, save_refiner
 from afford.errors import AffordError
 from afford.refine.affinity_head import (
     AffinityHead,
@@ -171,16 +172,16 @@ def test_refiner_save_load_roundtrip(tmp_path) -> None:
     images = batches[0][0]
     cams = cam_fn(images, batches[0][1])
     out = refiner(cams, feature_fn(images))
-    loaded = AffinityRefiner.load(refiner.save(tmp_path / "r"))
+    loaded = load_refiner(save_refiner(refiner, tmp_path / "r"))
     assert loaded.params == refiner.params and loaded.params["affinity"] == "trained_head"
     assert torch.equal(loaded(cams, feature_fn(images)), out)
     free = AffinityRefiner(steps=16, radius=3)
-    again = AffinityRefiner.load(free.save(tmp_path / "f"), steps=2)
+    again = load_refiner(save_refiner(free, tmp_path / "f"), steps=2)
     assert again.head is None and again.params["t"] == 2
     with pytest.raises(AffordError, match="refiner.json"):
-        AffinityRefiner.load(tmp_path / "missing")
+        load_refiner(tmp_path / "missing")
     with pytest.raises(AffordError, match="unknown parameter"):
-        AffinityRefiner.load(tmp_path / "f", gamma=3)
+        load_refiner(tmp_path / "f", gamma=3)
 
 
 def test_training_free_refiner_spreads_within_the_region_only() -> None:

@@ -103,7 +103,7 @@ def test_official_dino_file_matches_reference_tiny(tmp_path) -> None:
     bb = create_backbone("tiny_vit", weights=_save_ref(tmp_path, ref), layers=(-2, -1))
     img = torch.randn(2, 3, 112, 112)
     with torch.no_grad():
-        want = ref(img, layers=(2, 3))
+        want = ref(bb.normalize(img), layers=(2, 3))
     got = bb(img)
     for g, w in zip(got.keys, want["keys"], strict=True):
         torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
@@ -118,7 +118,7 @@ def test_official_dino_vits16_shapes_match_reference(tmp_path) -> None:
                          return_tokens=False)
     img = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
-        want = ref(img, layers=(11,))
+        want = ref(bb.normalize(img), layers=(11,))
     got = bb(img)
     assert got.keys[0].shape == (1, 384, 14, 14) and got.tokens == []
     torch.testing.assert_close(got.keys[0], want["keys"][0], atol=1e-5, rtol=1e-5)
@@ -341,7 +341,7 @@ def test_openai_clip_visual_file_and_clearclip_match_reference(tmp_path, clearcl
     bb = create_backbone("tiny_clip", weights=path, clearclip=clearclip)
     img = torch.randn(2, 3, 112, 112)
     with torch.no_grad():
-        want = ref(img, clearclip=clearclip)
+        want = ref(bb.normalize(img), clearclip=clearclip)
     got = bb(img).tokens[-1]
     assert got.shape == (2, 64, 14, 14)
     torch.testing.assert_close(got.flatten(2).transpose(1, 2), want, atol=1e-5, rtol=1e-5)
@@ -360,5 +360,46 @@ def test_method_checkpoint_import_with_prefix(tmp_path) -> None:
                                 "best_model.pth")
     img = torch.randn(1, 3, 112, 112)
     with torch.no_grad():
-        want = ref(img, layers=(3,))
+        want = ref(bb.normalize(img), layers=(3,))
     torch.testing.assert_close(bb(img).keys[0], want["keys"][0], atol=1e-5, rtol=1e-5)
+
+
+# The published statistics, typed from the papers' code (not imported from afford).
+_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+_CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+
+
+def _norm(x: torch.Tensor, stats: tuple) -> torch.Tensor:
+    return (x - torch.tensor(stats[0]).view(1, 3, 1, 1)) / torch.tensor(stats[1]).view(1, 3, 1, 1)
+
+
+@pytest.mark.parametrize("name,stats", [("tiny_vit", _IMAGENET), ("tiny_dinov2", _IMAGENET), ("tiny_clip", _CLIP)])
+def test_each_backbone_normalises_its_own_input(name: str, stats: tuple) -> None:
+    """Datasets hand out [0, 1] images; the backbone applies its family's statistics."""
+    torch.manual_seed(0)
+    bb = create_backbone(name, return_tokens=False)
+    x = torch.rand(2, 3, 112, 112, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(bb.normalize(x), _norm(x, stats), atol=1e-6, rtol=0)
+    # The forward sees exactly the normalised pixels: hook the patch embedding's input.
+    seen = {}
+    conv = next(m for m in bb.model.modules() if isinstance(m, nn.Conv2d))
+    h = conv.register_forward_hook(lambda m, i, o: seen.update(pixels=i[0]))
+    bb(x)
+    h.remove()
+    torch.testing.assert_close(seen["pixels"], _norm(x, stats), atol=1e-6, rtol=0)
+
+
+def test_clip_with_imagenet_input_stats_reproduces_the_reference_quirk() -> None:
+    """SelectiveCL feeds CLIP the ImageNet-normalised tensor; ``input_stats='imagenet'`` does so."""
+    torch.manual_seed(0)
+    own = create_backbone("tiny_clip")
+    quirk = create_backbone("tiny_clip", input_stats="imagenet")
+    quirk.model.load_state_dict(own.model.state_dict())
+    x = torch.rand(1, 3, 112, 112, generator=torch.Generator().manual_seed(2))
+    # The image whose CLIP normalisation equals the ImageNet normalisation of x:
+    same_pixels = _norm(x, _IMAGENET) * torch.tensor(_CLIP[1]).view(1, 3, 1, 1) + torch.tensor(_CLIP[0]).view(1, 3, 1, 1)
+    torch.testing.assert_close(quirk(x).tokens[0], own(same_pixels).tokens[0], atol=1e-4, rtol=1e-4)
+    assert (quirk(x).tokens[0] - own(x).tokens[0]).abs().max() > 1e-3  # the quirk changes the features
+    assert "input_stats='imagenet'" in repr(quirk)
+    with pytest.raises(AffordError, match="input_stats"):
+        create_backbone("tiny_clip", input_stats="clip")

@@ -144,3 +144,63 @@ def test_import_cli_rejects_truncated_and_other_method_files(tmp_path, capsys):
     assert main(["import", "--method", "wsma", "--file", str(tmp_path / "locate.pth"), "--out", str(tmp_path / "r2")]) == 2
     assert "--method locate" in one_line_error(capsys)
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+
+
+def _subcommand_parsers(parser, path=()):
+    """``(path, parser)`` for the parser and every nested subcommand parser (e.g. ``("data", "check")``)."""
+    import argparse
+
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _subcommand_parsers(sub, (*path, name))
+
+
+def test_every_flag_of_every_subcommand_has_help():
+    import argparse
+
+    from afford.cli import build_parser
+
+    seen, missing = set(), []
+    for path, parser in _subcommand_parsers(build_parser()):
+        seen.add(path)
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            if not (action.help or "").strip() or action.help == argparse.SUPPRESS:
+                missing.append(f"{' '.join(('afford', *path))} {'/'.join(action.option_strings) or action.dest}")
+    assert not missing, missing
+    for verb in [("demo",), ("data", "synth"), ("data", "check"), ("train",), ("eval",), ("predict",),
+                 ("import",), ("refine", "train"), ("list",)]:
+        assert verb in seen  # the walk reached every verb
+
+
+def test_version_and_global_verbosity_flags(capsys):
+    import logging
+
+    from afford import __version__
+    from afford.cli import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"afford {__version__}"
+    p = build_parser()
+    assert p.parse_args(["list"]).log_level == logging.INFO
+    assert p.parse_args(["-v", "list"]).log_level == logging.DEBUG
+    assert p.parse_args(["-q", "list"]).log_level == logging.WARNING
+    # the subcommand's own --quiet (progress bars) is a different switch from the global -q (log level)
+    a = p.parse_args(["-q", "eval", "--data", "d", "--baseline", "center", "--quiet"])
+    assert a.quiet is True and a.log_level == logging.WARNING
+    assert p.parse_args(["predict", "x.jpg", "--checkpoint", "r", "--out", "o"]).device == "auto"
+    assert p.parse_args(["eval", "--data", "d", "--baseline", "center"]).device == "auto"
+
+
+def test_info_messages_reach_stderr_by_default_and_quiet_hides_them(synth_root):
+    # a real process (pytest owns the root logger in-process): default INFO shows afford's log.info lines
+    cmd = [sys.executable, "-m", "afford.cli"]
+    args = ["eval", "--data", str(synth_root), "--baseline", "center", "--quiet"]
+    r = subprocess.run([*cmd, *args], capture_output=True, text=True)
+    assert r.returncode == 0 and "afford: Seen" in r.stderr, r.stderr
+    r = subprocess.run([*cmd, "-q", *args], capture_output=True, text=True)
+    assert r.returncode == 0 and "afford: " not in r.stderr, r.stderr

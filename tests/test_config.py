@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from importlib import resources
+from pathlib import Path
+
 import pytest
 
 from afford.config import build_config, load_config
@@ -40,10 +43,27 @@ def test_bad_overrides_name_the_key(override, fragment):
     assert fragment in str(e.value)
 
 
+PRESETS = sorted(p.stem for p in Path(str(resources.files("afford") / "configs")).glob("*.yaml"))
+
+
+def test_every_preset_is_found():
+    assert len(PRESETS) >= 9 and {"locate_seen", "wsma_seen", "egocam_synthagd_demo"} <= set(PRESETS)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_packaged_preset_builds_a_registered_method(name):
+    from afford.factory import list_methods, method_entry
+
+    cfg = load_config(name)
+    assert cfg.method in list_methods()
+    assert type(cfg.model) is method_entry(cfg.method)[1]
+    # the preset's split is the one its name says
+    for suffix, split in (("_unseen", "Unseen"), ("_hico_iif", "HICO-IIF"), ("_seen", "Seen")):
+        if name.endswith(suffix):
+            assert cfg.data.split == split
+
+
 def test_packaged_presets_load():
-    for name in ("locate_seen", "locate_unseen", "locate_hico_iif", "locate_synthagd_demo"):
-        cfg = load_config(name)
-        assert cfg.method == "locate"
     assert load_config("locate_unseen").data.split == "Unseen"
     assert load_config("locate_hico_iif").data.split == "HICO-IIF"
 

@@ -14,16 +14,12 @@ from PIL import Image
 import afford.data.gt_cache as gt_cache_mod
 from afford.data.agd20k import AffordanceTestSet, AffordanceTrainSet, GTCache, open_split
 from afford.data.classes import SEEN_AFFORDANCES
-from afford.data.sampling import locate_exo_indices, sample_generator, wsma_exo_indices
+from afford.data.sampling import anchor_plus_random_indices, consecutive_window_indices, sample_generator
 from afford.data.transforms import (
-    CLIP_MEAN,
-    CLIP_STD,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     TrainTransform,
+    eval_transform,
     load_rgb,
     short_side_size,
-    test_transform,
 )
 from afford.errors import AffordError
 
@@ -68,14 +64,13 @@ def make_tree(root: Path, split: str = "Seen", n_test: int = 2, no_ego: tuple[st
 # --- transforms -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mean,std", [(IMAGENET_MEAN, IMAGENET_STD), (CLIP_MEAN, CLIP_STD)])
-def test_test_transform_normalises_a_constant_image(mean, std):
+def test_eval_transform_hands_out_unnormalised_images_in_0_1():
+    """Normalisation is each backbone's job (tests/test_backbones.py), not the transform's."""
     rgb = (124, 116, 104)
-    x = test_transform(Image.new("RGB", (50, 30), rgb), size=16, mean=mean, std=std)
+    x = eval_transform(Image.new("RGB", (50, 30), rgb), size=16)
     assert x.shape == (3, 16, 16) and x.dtype == torch.float32
     for ch in range(3):
-        expected = (rgb[ch] / 255 - mean[ch]) / std[ch]
-        assert torch.allclose(x[ch], torch.full((16, 16), expected), atol=1e-6)
+        assert torch.allclose(x[ch], torch.full((16, 16), rgb[ch] / 255), atol=1e-6)
 
 
 def test_short_side_size_follows_torchvision_truncation():
@@ -105,11 +100,11 @@ def test_train_transform_is_deterministic_and_flips_by_generator():
         assert bool((no_flip(_ramp(), torch.Generator().manual_seed(seed))[0, 5].diff() > 0).all())
 
 
-def test_square_train_transform_with_full_crop_equals_test_transform():
+def test_square_train_transform_with_full_crop_equals_eval_transform():
     img = Image.new("RGB", (60, 40), (30, 60, 90))
     img.paste((250, 0, 0), (0, 0, 20, 10))
     t = TrainTransform(resize=32, crop=32, flip=False, square=True)
-    assert torch.allclose(t(img, torch.Generator().manual_seed(3)), test_transform(img, 32))
+    assert torch.allclose(t(img, torch.Generator().manual_seed(3)), eval_transform(img, 32))
     with pytest.raises(AffordError, match="crop"):
         TrainTransform(resize=100, crop=112)
 
@@ -236,26 +231,26 @@ def test_locate_indices_exhaustive():
         for anchor in range(n):
             seen = set()
             for seed in range(30):
-                idx = locate_exo_indices(n, anchor, 3, torch.Generator().manual_seed(seed))
+                idx = anchor_plus_random_indices(n, anchor, 3, torch.Generator().manual_seed(seed))
                 assert len(idx) == 3 and idx[0] == anchor and all(0 <= i < n for i in idx)
                 if n >= 3:
                     assert len(set(idx)) == 3
                 seen.update(idx[1:])
             if n >= 3:
                 assert seen == set(range(n)) - {anchor}  # every other image can be a partner
-    assert locate_exo_indices(1, 0, 3, torch.Generator()) == [0, 0, 0]
+    assert anchor_plus_random_indices(1, 0, 3, torch.Generator()) == [0, 0, 0]
 
 
 def test_wsma_indices_are_consecutive_windows():
     starts = set()
     for seed in range(40):
-        idx = wsma_exo_indices(5, 3, torch.Generator().manual_seed(seed))
+        idx = consecutive_window_indices(5, 3, torch.Generator().manual_seed(seed))
         assert idx == list(range(idx[0], idx[0] + 3))
         starts.add(idx[0])
     assert starts == {0, 1, 2}
-    assert wsma_exo_indices(3, 3, torch.Generator()) == [0, 1, 2]
-    assert wsma_exo_indices(2, 3, torch.Generator()) == [0, 1, 0]
-    assert wsma_exo_indices(1, 3, torch.Generator()) == [0, 0, 0]
+    assert consecutive_window_indices(3, 3, torch.Generator()) == [0, 1, 2]
+    assert consecutive_window_indices(2, 3, torch.Generator()) == [0, 1, 0]
+    assert consecutive_window_indices(1, 3, torch.Generator()) == [0, 0, 0]
 
 
 def test_sample_generator_depends_on_seed_epoch_index_only():
@@ -314,15 +309,15 @@ def test_train_set_is_deterministic_and_epoch_dependent(tmp_path):
 def test_train_set_wsma_sampling_and_bad_args(tmp_path):
     make_tree(tmp_path)
     split = open_split(tmp_path, "Seen")
-    ds = AffordanceTrainSet(split, transform=TrainTransform(resize=32, crop=24), sampling="wsma")
+    ds = AffordanceTrainSet(split, transform=TrainTransform(resize=32, crop=24), sampling="consecutive_window")
     for index in range(len(ds)):
         gid, _ = ds._samples[index]
         folder = ds._exo[gid]
         pos = [folder.index(p) for p in ds.exo_paths(index)]
         assert pos == ([0, 0, 0] if len(folder) == 1 else [0, 1, 0] if len(folder) == 2
                        else list(range(pos[0], pos[0] + 3)))
-    with pytest.raises(AffordError, match="did you mean: locate"):
-        AffordanceTrainSet(split, sampling="locat")
+    with pytest.raises(AffordError, match="did you mean: anchor_plus_random"):
+        AffordanceTrainSet(split, sampling="anchor_plus_randm")
 
 
 def test_test_set_items(tmp_path):
@@ -332,7 +327,7 @@ def test_test_set_items(tmp_path):
     item = ds[3]
     assert item["image"].shape == (3, 16, 16) and item["index"] == 3
     assert int(item["label"]) == SEEN_AFFORDANCES.index(ds.items[3].affordance)
-    expected = test_transform(Image.open(ds.items[3].image), 16)
+    expected = eval_transform(Image.open(ds.items[3].image), 16)
     assert torch.allclose(item["image"], expected)
 
 

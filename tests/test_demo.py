@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
 
 from afford.cli import main
+from afford.errors import AffordError
 
 
-def test_quick_demo_writes_report_metrics_and_overlays(tmp_path):
-    out = tmp_path / "demo"
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One quick demo run shared by the tests of this file."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
     assert main(["demo", "--out", str(out), "--quick", "--quiet"]) == 0
+    return out
+
+
+def _per_image(row: dict, key: str = "KLD") -> dict[str, float]:
+    return {f"{r['affordance']}/{r['object']}/{r['name']}": r[key] for r in row["per_image"]}
+
+
+def test_quick_demo_writes_report_metrics_and_overlays(demo_out):
+    out = demo_out
     report = (out / "report.md").read_text()
     metrics = json.loads((out / "metrics.json").read_text())
     rows = ["baseline: uniform", "baseline: center", "baseline: object"]
@@ -38,3 +53,59 @@ def test_quick_demo_writes_report_metrics_and_overlays(tmp_path):
     # the centre prior is worse than the object mask on SynthAGD: GT sits on parts of objects
     assert metrics["baseline: center"]["KLD"] > metrics["baseline: object"]["KLD"]
     assert metrics["baseline: center"]["SIM"] < metrics["baseline: object"]["SIM"]
+
+
+def test_quick_demo_method_rows_are_not_constant_maps(demo_out):
+    # A constant map (any constant) min-max normalises to the uniform map: its per-image scores equal
+    # the uniform baseline's. Every trained row (LOCATE, WSMA when the plan has it, the refined row,
+    # the ego-only CAM) must score each image on its own map.
+    metrics = json.loads((demo_out / "metrics.json").read_text())
+    uniform = _per_image(metrics["baseline: uniform"])
+    trained = {n: m for n, m in metrics.items() if not n.startswith("baseline: ") or "CAM" in n}
+    assert any(n.startswith("LOCATE (") for n in trained) and any("AffinityNet" in n for n in trained)
+    for name, m in trained.items():
+        kld = _per_image(m)
+        assert kld.keys() == uniform.keys(), name
+        assert m["n_constant_pred"] == 0 and m["NSS"] != 0.0, name
+        assert max(kld.values()) - min(kld.values()) > 1e-3, name  # not the same score on every image
+        assert max(abs(kld[k] - uniform[k]) for k in kld) > 1e-2, name  # not the uniform map
+    # the refinement changed the raw LOCATE maps
+    raw = _per_image(next(m for n, m in metrics.items() if n.startswith("LOCATE (")))
+    refined = _per_image(next(m for n, m in metrics.items() if "AffinityNet" in n))
+    assert max(abs(raw[k] - refined[k]) for k in raw) > 1e-3
+
+
+def test_demo_refuses_an_out_folder_it_did_not_make(tmp_path, capsys):
+    # `afford demo --out .` inside a project must not delete ./data: the check runs before any work
+    d = tmp_path / "project"
+    (d / "data").mkdir(parents=True)
+    (d / "data" / "keep.txt").write_text("user data")
+    capsys.readouterr()
+    assert main(["demo", "--out", str(d), "--quick", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("afford: error: ") and str(d / "data") in err[0], err
+    assert "--out" in err[0] and "--overwrite" in err[0]
+    assert (d / "data" / "keep.txt").read_text() == "user data"
+    assert sorted(p.name for p in d.iterdir()) == ["data"]  # nothing written: no runs/, no marker
+    # same for a non-empty runs/ folder
+    (d / "data" / "keep.txt").unlink()
+    (d / "runs" / "mine").mkdir(parents=True)
+    assert main(["demo", "--out", str(d), "--quick", "--quiet"]) == 2
+    assert str(d / "runs") in capsys.readouterr().err
+    assert (d / "runs" / "mine").is_dir()
+
+
+def test_demo_marker_lets_a_rerun_replace_its_own_output(demo_out):
+    from afford.demo import MARKER, _claim_output
+
+    marker = json.loads((demo_out / MARKER).read_text())
+    assert marker["made_by"] == "afford demo"
+    _claim_output(demo_out, overwrite=False)  # a previous demo output: a rerun may replace data/ and runs/
+    (demo_out / MARKER).unlink()
+    try:
+        with pytest.raises(AffordError, match="not an afford demo output"):
+            _claim_output(demo_out, overwrite=False)
+        _claim_output(demo_out, overwrite=True)  # --overwrite: replace anyway (and mark the folder)
+        assert (demo_out / MARKER).is_file()
+    finally:
+        (demo_out / MARKER).write_text(json.dumps(marker))

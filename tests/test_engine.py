@@ -130,11 +130,13 @@ def test_best_on_test_selection_is_labelled(synth_root, tmp_path):
     assert sel["test"]["KLD"] == min(kl) and sel["epoch"] == kl.index(min(kl)) + 1
 
 
-def test_load_run_rejects_wrong_method_and_classes(synth_root, tmp_path):
+def test_load_run_keeps_the_label_space_and_rejects_wrong_classes(synth_root, tmp_path):
     run = tmp_path / "r"
     train(tiny_cfg(synth_root, "train.epochs=1", "train.max_steps_per_epoch=1"), run, progress=False)
-    with pytest.raises(AffordError, match="method 'locate', expected 'wsma'"):
-        ckpt.load_run(run, expect_method="wsma")
+    loaded = ckpt.load_run(run)
+    info = ckpt.read_run_info(run)
+    assert info["labels"] == {"task": "affordance", "names": list(loaded.classes)}
+    assert loaded.labels.task == "affordance" and loaded.method.labels == loaded.labels
     with pytest.raises(AffordError, match="classes"):
         ckpt.load_run(run, expect_classes=("a", "b"))
     with pytest.raises(AffordError, match="not an afford run directory"):

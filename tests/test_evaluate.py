@@ -11,9 +11,10 @@ import pytest
 from PIL import Image
 
 from afford.baselines import CENTER_SIGMA_FRAC, baseline_map, center, gaussian_blur, object_map
+from afford.config import EvalConfig
 from afford.data.agd20k import open_split
+from afford.engine.evaluator import evaluate_baseline, evaluate_maps, evaluate_prediction_dir
 from afford.errors import AffordError
-from afford.evaluate import evaluate_baseline, evaluate_maps, evaluate_prediction_dir
 from afford.metrics import score
 
 # (affordance, object, name, (H, W), GT peak (r, c) or None for an all-zero GT)
@@ -93,7 +94,7 @@ def expected_rows(exact: bool = False) -> dict[str, list[float]]:
 def test_evaluate_maps_per_image_and_mean(tree: Path):
     split = open_split(tree.parent, "Mini")
     s = evaluate_maps(
-        split, lambda it: PREDS[f"{it.affordance}/{it.object}/{it.name}"], progress=False, batch_size=3
+        split, lambda it: PREDS[f"{it.affordance}/{it.object}/{it.name}"], EvalConfig(batch_size=3), progress=False
     )
     exp = expected_rows()
     assert (
@@ -112,8 +113,8 @@ def test_evaluate_maps_per_image_and_mean(tree: Path):
     ex = evaluate_maps(
         split,
         lambda it: PREDS[f"{it.affordance}/{it.object}/{it.name}"],
+        EvalConfig(exclude_empty_gt=True),
         progress=False,
-        exclude_empty_gt=True,
     )
     assert ex["n_images"] == 3 and ex["n_excluded"] == 1 and ex["empty_gt"] == "excluded"
     assert ex["KLD"] == pytest.approx(
@@ -123,7 +124,7 @@ def test_evaluate_maps_per_image_and_mean(tree: Path):
 
 def test_constant_prediction_reference_vs_safe(tree: Path):
     split = open_split(tree.parent, "Mini")
-    ref = evaluate_maps(split, lambda it: np.ones((5, 5)), exact=True, progress=False)
+    ref = evaluate_maps(split, lambda it: np.ones((5, 5)), EvalConfig(exact=True), progress=False)
     safe = evaluate_maps(split, lambda it: np.ones((5, 5)), progress=False)
     assert math.isnan(ref["NSS"]) and ref["n_nan_nss"] == 4 and ref["nss"] == "reference"
     assert safe["NSS"] == 0.0 and safe["n_nan_nss"] == 0 and safe["n_constant_pred"] == 4
@@ -153,7 +154,7 @@ def test_prediction_dir_npy_equals_maps_and_reports_extras(tree: Path, tmp_path:
     (pred / "hold" / "cup" / "nogt.npy").parent.mkdir(parents=True, exist_ok=True)
     np.save(pred / "hold" / "cup" / "nogt.npy", np.ones((2, 2)))
     split = open_split(tree.parent, "Mini")
-    s = evaluate_prediction_dir(pred, split, progress=False, exact=True)
+    s = evaluate_prediction_dir(pred, split, EvalConfig(exact=True), progress=False)
     exp = expected_rows(exact=True)
     assert s["KLD"] == pytest.approx(sum(v[0] for v in exp.values()) / 4, rel=1e-12)
     assert s["extra_files"] == ["hold/cup/nogt.npy", "notes.txt"] and s["n_extra_files"] == 2

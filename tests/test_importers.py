@@ -220,6 +220,12 @@ def ref_wsma_one(sd: dict, x: T, label: int, text: T, vit_heads: int, pool_heads
     return mm(cam + cam1)
 
 
+def imagenet(x: torch.Tensor) -> torch.Tensor:
+    """The official test loaders' Normalize (ImageNet statistics) of [0, 1] images."""
+    mean, std = torch.tensor((0.485, 0.456, 0.406)), torch.tensor((0.229, 0.224, 0.225))
+    return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+
+
 # ----------------------------------------------------------------------------- tests
 def test_key_tables_match_the_spec_counts() -> None:
     assert len(official_keys("locate")) == 186 and len(official_keys("wsma")) == 342
@@ -251,9 +257,9 @@ def test_import_locate_matches_official_inference(tmp_path) -> None:
                               model_overrides={"backbone": "tiny_vit"})
     run = load_run(run_dir)
     assert run.info["split"] == "Unseen" and run.classes[0] == "carry" and len(run.classes) == 25
-    x, labels = torch.randn(3, 3, 112, 112, generator=torch.Generator().manual_seed(1)), torch.tensor([4, 0, 24])
-    cams = run.method.predict(x, labels)
-    torch.testing.assert_close(cams, ref_locate(sd, x, labels, heads=4, depth=4, patch=8), atol=1e-4, rtol=1e-4)
+    x, labels = torch.rand(3, 3, 112, 112, generator=torch.Generator().manual_seed(1)), torch.tensor([4, 0, 24])
+    cams = run.method.predict(x, labels)  # images in [0, 1]: the backbone normalises them itself
+    torch.testing.assert_close(cams, ref_locate(sd, imagenet(x), labels, heads=4, depth=4, patch=8), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(cams, run.method.predict(x, labels), atol=0, rtol=0)
     torch.testing.assert_close(cams[2:], run.method.predict(x[2:], labels[2:]), atol=1e-5, rtol=1e-5)
 
@@ -266,13 +272,13 @@ def test_import_wsma_matches_official_inference(tmp_path) -> None:
     assert run.info["split"] == "HICO-IIF" and run.config.model.faithful and run.config.model.tokenizer is None
     assert run.config.train.epochs == 13 and run.config.train.scheduler == "none"
     g = torch.Generator().manual_seed(2)
-    x, labels = torch.randn(3, 3, 112, 112, generator=g), torch.tensor([0, 7, 7])
+    x, labels = torch.rand(3, 3, 112, 112, generator=g), torch.tensor([0, 7, 7])
     maps = run.method.predict(x, labels)
     prompts = [" ".join(["X"] * 16) + " " + c.replace("_", " ") + "." for c in HICO_IIF_AFFORDANCES]
     ids = ClipBPETokenizer.char_level()(prompts)
     text = ref_text(sd, ids, heads=4)
     for i in range(3):
-        expected = ref_wsma_one(sd, x[i], int(labels[i]), text, vit_heads=4, pool_heads=8, depth=4, patch=8)
+        expected = ref_wsma_one(sd, imagenet(x)[i], int(labels[i]), text, vit_heads=4, pool_heads=8, depth=4, patch=8)
         torch.testing.assert_close(maps[i], expected, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(maps[i : i + 1], run.method.predict(x[i : i + 1], labels[i : i + 1]), atol=1e-5, rtol=0)
     torch.testing.assert_close(maps, run.method.predict(x, labels), atol=0, rtol=0)
@@ -327,5 +333,5 @@ def test_key_class_count_shape_and_vocabulary_errors(tmp_path, monkeypatch: pyte
     with pytest.raises(AffordError, match="needs the CLIP BPE vocabulary.*--tokenizer"):
         import_official("wsma", tmp_path / "rn50.pth", tmp_path / "r",
                         model_overrides={**TINY_WSMA_OVERRIDES, "text_encoder": "clip_rn50"})
-    with pytest.raises(AffordError, match="expected 'locate' or 'wsma'"):
+    with pytest.raises(AffordError, match="expected one of 'locate', 'wsma'"):
         import_official("loop", tmp_path / "shape.pth", tmp_path / "r")

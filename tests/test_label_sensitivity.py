@@ -9,8 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from afford.cli import main
+from afford.config import EvalConfig
 from afford.data.agd20k import AffordanceTestSet, GTCache, open_split
-from afford.engine.label_sensitivity import format_label_sensitivity, label_sensitivity, map_correlation
+from afford.engine.evaluator import label_sensitivity
+from afford.metrics.report import format_label_sensitivity, map_correlation
 
 
 def test_map_correlation_edge_cases():
@@ -74,4 +76,30 @@ def test_eval_label_sensitivity_flag(tiny_run, synth_root, tmp_path, capsys):
     assert f"| {ls['right']['KLD']:.3f} | {ls['wrong']['KLD']:.3f} |" in capsys.readouterr().out
     # a baseline or a prediction folder cannot be asked about other labels: one clear error
     assert main(["eval", "--baseline", "object", "--data", str(synth_root), "--label-sensitivity"]) == 2
-    assert "--label-sensitivity needs --checkpoint" in capsys.readouterr().err
+    assert "--label-sensitivity only apply to --checkpoint" in capsys.readouterr().err
+
+
+def test_label_sensitivity_batches_by_the_eval_batch_size_and_drops_empty_gts(gt_by_image):
+    split, table = gt_by_image
+    sizes: list[int] = []
+
+    def blind(images, labels):
+        sizes.append(len(labels))
+        return torch.stack([_gt_map(table[x.numpy().tobytes()][1]) for x in images])
+
+    one = label_sensitivity(blind, split, EvalConfig(batch_size=5), size=56, progress=False)
+    assert max(sizes) == 5 and len(sizes) > 1
+    many = label_sensitivity(blind, split, EvalConfig(batch_size=64), size=56, progress=False)
+    assert one["right"] == many["right"] and one["wrong"] == many["wrong"] and one["n_images"] == many["n_images"]
+    # All-zero GTs are dropped when the run excludes them, as the scores do.
+    gts, items = GTCache(split), AffordanceTestSet(split, size=56).items
+    blank = next(it for it in items if sum(i.object == it.object for i in items) > 1)
+
+    class OneBlank:  # the split's GTs with one of them all zero
+        def __getitem__(self, it):
+            return gts[it] * 0 if it.key == blank.key else gts[it]
+
+    kept = label_sensitivity(blind, split, EvalConfig(), size=56, progress=False, gt_cache=OneBlank())
+    dropped = label_sensitivity(blind, split, EvalConfig(exclude_empty_gt=True), size=56, progress=False,
+                                gt_cache=OneBlank())
+    assert dropped["n_images"] == kept["n_images"] - 1

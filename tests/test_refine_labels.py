@@ -12,8 +12,8 @@ from afford.refine.labels import (
     affinity_labels,
     alpha_threshold,
     background_score,
-    denormalize,
     minmax,
+    to_rgb255,
 )
 
 
@@ -89,14 +89,13 @@ def test_fixed_mode_with_label_crf_keeps_clean_regions() -> None:
     assert (labels[0, 4:12, 4:12] == 1).all() and (labels[0, :3] == 0).all()
 
 
-def test_errors_and_denormalize() -> None:
+def test_errors_and_rgb255() -> None:
     with pytest.raises(AffordError, match="mode"):
         affinity_labels(torch.rand(1, 4, 4), mode="otsu")
     with pytest.raises(AffordError, match="image"):
         affinity_labels(torch.rand(1, 4, 4), crf=CRFParams())
     with pytest.raises(AffordError, match="cams"):
         affinity_labels(torch.rand(4, 4))
-    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
     rgb = torch.rand(1, 3, 2, 2) * 255
-    x = (rgb / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    assert torch.allclose(denormalize(x, mean, std), rgb, atol=1e-3)
+    assert torch.allclose(to_rgb255(rgb / 255), rgb, atol=1e-3)
+    assert to_rgb255(torch.tensor([[-0.5, 1.5]])).tolist() == [[0.0, 255.0]]  # clamped

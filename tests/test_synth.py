@@ -11,9 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from afford.data.synth import generate, gt_heatmap, image_rng
-from afford.data.synth_world import UNSEEN_OBJECTS, VOCAB, make_world, split_pairs
 from afford.errors import AffordError
+from afford.synthagd import UNSEEN_OBJECTS, VOCAB, generate, gt_heatmap, image_rng, make_world, split_pairs
 
 SIZE = 96
 

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from afford.errors import AffordError
-from afford.methods.wsma import WSMA, WSMA_RECIPE, WSMAConfig
+from afford.factory import recipe_config
+from afford.methods.wsma import WSMA, WSMAConfig
 from afford.modules.attention_refine import refine_cam
 
 CLASSES = ("hold", "cut_with", "sit_on")
@@ -48,8 +49,9 @@ def test_defaults_are_the_papers() -> None:
     assert (cfg.attnpool_heads, cfg.grid, cfg.refine_threshold, cfg.refine_rounds) == (64, 14, 0.2, 3)
     assert (cfg.cls_weight, cfg.clip_weight, cfg.d_weight, cfg.lrela_weight) == (1.0, 1.0, 0.5, 0.5)
     assert (cfg.faithful, cfg.normalize_gate, cfg.train_backbone, cfg.train_text) == (False, "channel", False, True)
-    assert WSMA_RECIPE["train"]["epochs"] == 13 and WSMA_RECIPE["train"]["batch_size"] == 10
-    assert WSMA_RECIPE["train"]["scheduler"] == "none" and WSMA_RECIPE["data"]["sampling"] == "wsma"
+    recipe = recipe_config("wsma")  # the registry's recipe: configs/wsma_seen.yaml
+    assert (recipe.train.epochs, recipe.train.batch_size, recipe.train.lr, recipe.train.scheduler) == (13, 10, 1e-3, "none")
+    assert (recipe.data.n_exo, recipe.data.sampling) == (3, "consecutive_window")
 
 
 @pytest.mark.parametrize("faithful", [False, True])

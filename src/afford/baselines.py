@@ -1,7 +1,7 @@
 """Method-free heatmaps that every report shows beside a method (synthagd.md, "Baselines").
 
 * ``uniform``: all ones. Under the standard protocol a constant map is min-maxed to all zeros
-  (KLD ≈ 19.3, a degenerate number that says nothing), so :func:`afford.evaluate.evaluate_baseline`
+  (KLD ≈ 19.3, a degenerate number that says nothing), so :func:`afford.engine.evaluator.evaluate_baseline`
   scores it **without** the min-max, which is the "uniform" row of protocol.md §3.7
   (KLD 2.4638 / SIM 0.1372 on the sanity GT) and is recorded as ``prediction_minmax: false``.
 * ``center``: a centred Gaussian with ``sigma = CENTER_SIGMA_FRAC`` × the image height (rows) and

@@ -2,7 +2,7 @@
 
 Layout::
 
-    RUN/run.json                      method, resolved config, class list, split, selection
+    RUN/run.json                      method, resolved config, label space, split, selection
     RUN/model.safetensors             the weights a user evaluates (selected epoch)
     RUN/checkpoints/epoch_003/        model.safetensors + state.pt (optimizer, scheduler, RNG)
     RUN/log.jsonl                     one JSON object per logged step / epoch
@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from afford.backbones.convert import load_strict
 from afford.config import RunConfig, config_from_dict
 from afford.errors import AffordError
+from afford.labels import LabelSpace
 from afford.methods.base import Method
 
 RUN_FILE = "run.json"
@@ -41,6 +42,22 @@ def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON (run files, refiner files)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def read_json(path: Path, what: str) -> Any:
+    """Read a JSON file written by :func:`write_json`; one-line errors naming the file."""
+    if not path.is_file():
+        raise AffordError(f"{path}: no {what} here")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise AffordError(f"{path}: corrupt {what} ({e})") from None
 
 
 def save_weights(module: torch.nn.Module, path: Path) -> None:
@@ -60,21 +77,19 @@ def load_weights(module: torch.nn.Module, path: Path, what: str = "checkpoint") 
     load_strict(module, sd, f"{path} ({what})")
 
 
-def write_run_info(run_dir: Path, cfg: RunConfig, classes: tuple[str, ...], extra: dict[str, Any] | None = None) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    info = {"format": "afford-run/1", "method": cfg.method, "classes": list(classes), "config": cfg.to_dict()}
+def write_run_info(run_dir: Path, cfg: RunConfig, labels: LabelSpace, extra: dict[str, Any] | None = None) -> None:
+    """``run.json``: the label space in full (``labels``) and its names as ``classes``."""
+    info = {"format": "afford-run/1", "method": cfg.method, "labels": labels.to_dict(), "classes": list(labels.names),
+            "config": cfg.to_dict()}
     info.update(extra or {})
-    atomic_write_text(run_dir / RUN_FILE, json.dumps(info, indent=2))
+    write_json(run_dir / RUN_FILE, info)
 
 
 def read_run_info(run_dir: Path) -> dict[str, Any]:
     path = run_dir / RUN_FILE
     if not path.is_file():
         raise AffordError(f"{run_dir}: not an afford run directory (no {RUN_FILE})")
-    try:
-        info = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise AffordError(f"{path}: corrupt run file ({e})") from None
+    info = read_json(path, "run file")
     for key in ("method", "classes", "config"):
         if key not in info:
             raise AffordError(f"{path}: missing field '{key}'")
@@ -84,7 +99,7 @@ def read_run_info(run_dir: Path) -> dict[str, Any]:
 def update_run_info(run_dir: Path, **fields: Any) -> None:
     info = read_run_info(run_dir)
     info.update(fields)
-    atomic_write_text(run_dir / RUN_FILE, json.dumps(info, indent=2))
+    write_json(run_dir / RUN_FILE, info)
 
 
 # -- per-epoch checkpoints -------------------------------------------------------------------
@@ -129,10 +144,21 @@ def completed_epochs(run_dir: Path) -> list[int]:
 @dataclass
 class LoadedRun:
     method: Method
-    classes: tuple[str, ...]
+    labels: LabelSpace
     config: RunConfig
     info: dict[str, Any]
     path: Path
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.labels.names
+
+
+def run_labels(info: dict[str, Any], where: Path) -> LabelSpace:
+    """The run's label space (runs written before ``labels`` existed: affordances = ``classes``)."""
+    if "labels" in info:
+        return LabelSpace.from_dict(info["labels"], f"{where}: labels")
+    return LabelSpace.affordances(info["classes"])
 
 
 def resolve_weights(run_dir: Path) -> Path:
@@ -144,7 +170,7 @@ def resolve_weights(run_dir: Path) -> Path:
     return epoch_dir(run_dir, done[-1]) / WEIGHTS
 
 
-def load_run(path: str | Path, device: str | torch.device = "cpu", expect_method: str | None = None,
+def load_run(path: str | Path, device: str | torch.device = "cpu",
              expect_classes: tuple[str, ...] | None = None) -> LoadedRun:
     """Build the run's method from run.json and load its weights strictly; eval mode."""
     from afford.factory import create_method
@@ -153,9 +179,8 @@ def load_run(path: str | Path, device: str | torch.device = "cpu", expect_method
     if run_dir.is_file():
         raise AffordError(f"{run_dir}: expected a run directory (made by 'afford train' or 'afford import')")
     info = read_run_info(run_dir)
-    if expect_method and info["method"] != expect_method:
-        raise AffordError(f"{run_dir}: checkpoint of method '{info['method']}', expected '{expect_method}'")
-    classes = tuple(info["classes"])
+    labels = run_labels(info, run_dir / RUN_FILE)
+    classes = labels.names
     if expect_classes is not None and classes != tuple(expect_classes):
         raise AffordError(
             f"{run_dir}: checkpoint has {len(classes)} classes, the dataset has {len(expect_classes)}"
@@ -171,7 +196,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu", expect_method
     for f in dataclasses.fields(build_cfg):
         if f.name.endswith("_weights"):
             setattr(build_cfg, f.name, None)
-    method = create_method(cfg.method, build_cfg, classes)
+    method = create_method(cfg.method, build_cfg, labels)
     load_weights(method, resolve_weights(run_dir))
     method.to(device).eval()
-    return LoadedRun(method=method, classes=classes, config=cfg, info=info, path=run_dir)
+    return LoadedRun(method=method, labels=labels, config=cfg, info=info, path=run_dir)

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from afford.device import DEVICE_HELP
 from afford.errors import AffordError
 
 
@@ -47,7 +49,7 @@ def _public(summary: dict) -> dict:
 
 # -- data ----------------------------------------------------------------------------------------
 def cmd_data_synth(a: argparse.Namespace) -> int:
-    from afford.data.synth import generate
+    from afford.synthagd import generate
 
     info = generate(Path(a.out), split=a.split, seed=a.seed, size=a.size, n_exo=a.n_exo, n_ego=a.n_ego,
                     n_test=a.n_test, difficulty=a.difficulty, overwrite=a.overwrite, progress=not a.quiet)
@@ -88,58 +90,80 @@ def cmd_train(a: argparse.Namespace) -> int:
 def _refiner(a: argparse.Namespace, run):
     if not getattr(a, "refine", None):
         return None
-    from afford.refine.runs import refiner_for_run
+    from afford.engine.refinement import refiner_for_run
 
     return refiner_for_run(run, a.refine)
 
 
+#: eval flags that only mean something for a model (--checkpoint): rejected with --pred/--baseline.
+MODEL_ONLY_FLAGS = {"viz": "--viz", "refine": "--refine", "device": "--device", "bf16": "--bf16",
+                    "batch_size": "--batch-size", "label_sensitivity": "--label-sensitivity", "output": "--output"}
+
+
+def _open_eval_split(a: argparse.Namespace, info: dict | None):
+    """``--data``/``--split``, defaulting to what the run recorded (``data_root``, ``split``)."""
+    from afford.data.agd20k import open_split
+
+    data = a.data or (info or {}).get("data_root")
+    if not data:
+        why = " (the run records no data root, e.g. an imported checkpoint)" if info is not None else ""
+        raise AffordError(f"eval: --data ROOT is required{why}")
+    return open_split(data, a.split or (info or {}).get("split") or "Seen")
+
+
 def cmd_eval(a: argparse.Namespace) -> int:
     from afford.config import EvalConfig
-    from afford.data.agd20k import open_split
 
     sources = [x for x in (a.pred, a.baseline, a.checkpoint) if x]
     if len(sources) != 1:
         raise AffordError("eval: give exactly one of --pred DIR, --baseline KIND, --checkpoint RUN")
-    if a.label_sensitivity and not a.checkpoint:
-        raise AffordError("eval: --label-sensitivity needs --checkpoint RUN (it asks the model for the "
-                          "object's other affordances)")
-    split = open_split(a.data, a.split)
-    ecfg = EvalConfig(protocol=a.protocol, exact=a.exact, batch_size=a.batch_size)
+    if not a.checkpoint:
+        ignored = [flag for attr, flag in MODEL_ONLY_FLAGS.items() if getattr(a, attr) not in (None, False, "auto")]
+        if ignored:
+            raise AffordError(f"eval: {', '.join(ignored)} only apply to --checkpoint RUN (a model); "
+                              f"with --{'pred' if a.pred else 'baseline'} they would be ignored")
+    progress = not a.quiet
+    ecfg = EvalConfig(protocol=a.protocol, exact=a.exact, exclude_empty_gt=a.exclude_empty_gt,
+                      batch_size=a.batch_size or EvalConfig.batch_size, output=a.output)
     if a.pred:
-        from afford.evaluate import evaluate_prediction_dir
+        from afford.engine.evaluator import evaluate_prediction_dir
 
-        summary = evaluate_prediction_dir(a.pred, split, protocol=a.protocol, exact=a.exact,
-                                          exclude_empty_gt=a.exclude_empty_gt, progress=True)
+        split = _open_eval_split(a, None)
+        summary = evaluate_prediction_dir(a.pred, split, ecfg, progress=progress)
         title = f"predictions {a.pred}"
     elif a.baseline:
-        from afford.evaluate import evaluate_baseline
+        from afford.engine.evaluator import evaluate_baseline
 
-        summary = evaluate_baseline(a.baseline, split, protocol=a.protocol, exact=a.exact,
-                                    exclude_empty_gt=a.exclude_empty_gt)
+        split = _open_eval_split(a, None)
+        summary = evaluate_baseline(a.baseline, split, ecfg, progress=progress)
         title = f"baseline {a.baseline}"
     else:
-        from afford.checkpoint import load_run
-        from afford.engine.evaluator import evaluate_fn, method_map_fn
-        from afford.engine.trainer import resolve_device
+        from afford.checkpoint import load_run, read_run_info
+        from afford.device import resolve_device
+        from afford.engine.evaluator import (
+            check_output_protocol,
+            evaluate_fn,
+            label_sensitivity,
+            method_map_fn,
+        )
+        from afford.engine.refinement import refined
 
+        split = _open_eval_split(a, read_run_info(Path(a.checkpoint)))
         device = resolve_device(a.device)
         run = load_run(a.checkpoint, device=device, expect_classes=split.affordances)
-        fn = method_map_fn(run.method, device, bf16=a.bf16)
+        which = check_output_protocol(run.method, ecfg)
         refine = _refiner(a, run)
-        if refine is not None:
-            base_fn = fn
-
-            def fn(images, labels):  # noqa: F811 - refinement wraps the raw maps
-                return refine(base_fn(images, labels), images)
-        summary = evaluate_fn(fn, split, ecfg, size=run.config.data.test_size, keep_maps=bool(a.viz),
-                              exclude_empty_gt=a.exclude_empty_gt)
-        summary["selection"] = run.info.get("selection", {"rule": "unknown"})
-        summary["refine"] = refine.params if refine is not None else "none"
+        if refine is not None and ecfg.protocol == "plsp":
+            raise AffordError("--protocol plsp: it softmaxes logits, but refined maps are already in [0, 1]; "
+                              "drop --refine or use another protocol")
+        fn = refined(method_map_fn(run.method, device, bf16=a.bf16, output=which["output"]), refine)
+        size = run.config.data.test_size
+        summary = evaluate_fn(fn, split, ecfg, size=size, progress=progress, keep_maps=bool(a.viz))
+        summary.update(which, selection=run.info.get("selection", {"rule": "unknown"}),
+                       refine=refine.params if refine is not None else "none")
         title = f"{run.info['method']} {a.checkpoint}"
         if a.label_sensitivity:
-            from afford.engine.label_sensitivity import label_sensitivity
-
-            summary["label_sensitivity"] = label_sensitivity(fn, split, ecfg, size=run.config.data.test_size)
+            summary["label_sensitivity"] = label_sensitivity(fn, split, ecfg, size=size, progress=progress)
         if a.viz:
             from afford.visualize import save_eval_overlays
 
@@ -151,7 +175,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
         print(format_breakdown({title: summary}, title, f"per_{a.breakdown}"))
     if a.label_sensitivity:
-        from afford.engine.label_sensitivity import format_label_sensitivity
+        from afford.metrics.report import format_label_sensitivity
 
         print(format_label_sensitivity({title: summary}))
     _write_json(a.json, _public(summary))
@@ -160,15 +184,16 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 def cmd_predict(a: argparse.Namespace) -> int:
     import numpy as np
+    from PIL import Image
 
     from afford.checkpoint import load_run
-    from afford.engine.trainer import resolve_device
+    from afford.device import resolve_device
     from afford.predictor import Predictor
     from afford.visualize import overlay
 
     device = resolve_device(a.device)
     run = load_run(a.checkpoint, device=device)
-    pred = Predictor(run, device=str(device), refine=_refiner(a, run))
+    pred = Predictor(run, device=str(device), refine=_refiner(a, run), output=a.output)
     if a.affordance:
         pred.label_index(a.affordance)  # validate before touching any image
     out = Path(a.out)
@@ -179,11 +204,10 @@ def cmd_predict(a: argparse.Namespace) -> int:
         stem = Path(image_path).stem
         for aff, m in maps.items():
             np.save(out / f"{stem}_{aff}.npy", m.astype(np.float32))
-            from PIL import Image
-
             Image.fromarray((m * 255).round().astype(np.uint8)).save(out / f"{stem}_{aff}.png")
-            overlay(pred._image, m).save(out / f"{stem}_{aff}_overlay.png")
-        print(f"{image_path}: {len(maps)} heatmap(s) -> {out}")
+            overlay(pred.image, m).save(out / f"{stem}_{aff}_overlay.png")
+        if not a.quiet:
+            print(f"{image_path}: {len(maps)} heatmap(s) -> {out}")
     return 0
 
 
@@ -196,7 +220,7 @@ def cmd_import(a: argparse.Namespace) -> int:
 
 
 def cmd_refine_train(a: argparse.Namespace) -> int:
-    from afford.refine.runs import train_refiner_for_run
+    from afford.engine.refinement import train_refiner_for_run
 
     out = train_refiner_for_run(a.checkpoint, data_root=a.data, split=a.split, epochs=a.epochs, seed=a.seed,
                                 progress=not a.quiet, steps=a.steps, blend=a.blend, radius=a.radius)
@@ -207,7 +231,7 @@ def cmd_refine_train(a: argparse.Namespace) -> int:
 def cmd_demo(a: argparse.Namespace) -> int:
     from afford.demo import run_demo
 
-    report = run_demo(Path(a.out), quick=a.quick, seed=a.seed, progress=not a.quiet)
+    report = run_demo(Path(a.out), quick=a.quick, seed=a.seed, progress=not a.quiet, overwrite=a.overwrite)
     print(f"demo report: {report}")
     return 0
 
@@ -223,95 +247,158 @@ def cmd_list(a: argparse.Namespace) -> int:
     return 0
 
 
+REFINE_HELP = ("random walk on feature affinities: 'affinity' uses the run's head trained by 'afford refine train' "
+               "(an error if it has none), 'affinity-free' the training-free affinity")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("afford")
+    except PackageNotFoundError:
+        import afford
+
+        return getattr(afford, "__version__", "unknown")
+
+
+OUTPUT_HELP = ("which of the method's outputs to use (default: the method's own, e.g. WSMA's refined map; "
+               "'raw' is the unrefined CAM)")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    # Choices and defaults come from the modules that define them, never retyped here.
+    from afford.baselines import BASELINES
+    from afford.config import EvalConfig
+    from afford.engine.refinement import (
+        DEFAULT_BLEND,
+        DEFAULT_EPOCHS,
+        DEFAULT_RADIUS,
+        DEFAULT_STEPS,
+        REFINERS,
+    )
+    from afford.factory import official_methods
+    from afford.metrics.saliency import PROTOCOLS
+
     p = argparse.ArgumentParser(prog="afford", description="Weakly supervised affordance grounding.")
+    p.add_argument("--version", action="version", version=f"afford {_version()}", help="print the version and exit")
+    loud = p.add_mutually_exclusive_group()
+    loud.add_argument("-v", "--verbose", dest="log_level", action="store_const", const=logging.DEBUG,
+                      default=logging.INFO, help="also print debug messages")
+    loud.add_argument("-q", "--quiet", dest="log_level", action="store_const", const=logging.WARNING,
+                      help="print only warnings and errors (progress bars: the subcommand's --quiet)")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="SynthAGD -> train LOCATE/WSMA -> evaluate vs baselines -> report")
-    d.add_argument("--out", default="demo_out")
+    d.add_argument("--out", default="demo_out",
+                   help="output folder: data/, runs/, overlays/, report.md, metrics.json (default: demo_out)")
     d.add_argument("--quick", action="store_true", help="smoke-test sizes (< 60 s)")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--quiet", action="store_true")
+    d.add_argument("--seed", type=int, default=0, help="seed of the SynthAGD data and of training (default: 0)")
+    d.add_argument("--overwrite", action="store_true",
+                   help="replace OUT/data and OUT/runs/<preset> even when OUT is not a previous demo output")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(fn=cmd_demo)
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_cmd", required=True)
+    import inspect
+
+    from afford.synthagd import SPLITS, generate
+
+    gen = {k: v.default for k, v in inspect.signature(generate).parameters.items()}  # one source of defaults
     s = data.add_parser("synth", help="generate SynthAGD in the AGD20K layout")
-    s.add_argument("--out", required=True)
-    s.add_argument("--split", choices=("seen", "unseen"), default="seen")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--size", type=int, default=224)
-    s.add_argument("--n-exo", type=int, default=40)
-    s.add_argument("--n-ego", type=int, default=10)
-    s.add_argument("--n-test", type=int, default=5)
-    s.add_argument("--difficulty", type=float, default=1.0, help="0..1 clutter/pose realism (1 = spec)")
-    s.add_argument("--overwrite", action="store_true")
-    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--out", required=True, help="data root; the split is written to OUT/<Seen|Unseen>, masks "
+                   "and HOI boxes to OUT/extras/<Seen|Unseen>")
+    s.add_argument("--split", choices=tuple(SPLITS), default=gen["split"],
+                   help="seen or unseen (unseen: test objects absent from training) (default: %(default)s)")
+    s.add_argument("--seed", type=int, default=gen["seed"],
+                   help="world and image seed; same arguments give byte-identical files (default: %(default)s)")
+    s.add_argument("--size", type=int, default=gen["size"], help="image side in pixels (default: %(default)s)")
+    s.add_argument("--n-exo", type=int, default=gen["n_exo"],
+                   help="exocentric training images per (affordance, object) pair (default: %(default)s)")
+    s.add_argument("--n-ego", type=int, default=gen["n_ego"],
+                   help="egocentric training images per pair (default: %(default)s)")
+    s.add_argument("--n-test", type=int, default=gen["n_test"],
+                   help="egocentric test images (with GT) per test pair (default: %(default)s)")
+    s.add_argument("--difficulty", type=float, default=gen["difficulty"],
+                   help="0..1 clutter/pose realism, 1 = spec (default: %(default)s)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing non-empty split and its extras")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_data_synth)
     c = data.add_parser("check", help="validate an AGD20K-format tree")
-    c.add_argument("root")
-    c.add_argument("--split", default=None)
+    c.add_argument("root", help="dataset root (the folder holding Seen/, Unseen/, ...)")
+    c.add_argument("--split", default=None, help="check only this split (default: every split found)")
     c.add_argument("--json", nargs="?", const="-", default=None, help="write JSON (to stdout without a path)")
     c.set_defaults(fn=cmd_data_check)
 
     t = sub.add_parser("train", help="train a method from a YAML config")
     t.add_argument("config", help="YAML path or a packaged config name (afford list)")
-    t.add_argument("--out", required=True)
+    t.add_argument("--out", required=True, help="run folder to write (run.json, model.safetensors, checkpoints/)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.epochs=3")
-    t.add_argument("--resume", action="store_true")
-    t.add_argument("--select", choices=("last", "best-on-test"), default=None)
-    t.add_argument("--quiet", action="store_true")
+    t.add_argument("--resume", action="store_true", help="continue from the last complete epoch checkpoint in --out")
+    t.add_argument("--select", choices=("last", "best-on-test"), default=None,
+                   help="which epoch's weights the run keeps (same as --set train.select=...; default: last)")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("eval", help="score predictions, a baseline or a checkpoint")
-    e.add_argument("--data", required=True)
-    e.add_argument("--split", default="Seen")
-    e.add_argument("--pred")
-    e.add_argument("--baseline", choices=("uniform", "center", "object"))
-    e.add_argument("--checkpoint")
-    e.add_argument("--protocol", default="standard",
-                   choices=("standard", "cvag_test", "cvag_epoch_eval", "cvag_plus", "plsp"))
+    e.add_argument("--data", default=None,
+                   help="dataset root in the AGD20K layout (default with --checkpoint: the run's data root)")
+    e.add_argument("--split", default=None,
+                   help="split folder under --data, e.g. Seen, Unseen (default: the run's split, else Seen)")
+    e.add_argument("--pred", help="folder <aff>/<obj>/<name>.png|.npy of saved maps to score")
+    e.add_argument("--baseline", choices=BASELINES, help="score a training-free baseline map")
+    e.add_argument("--checkpoint", help="run folder of a trained or imported model to score")
+    e.add_argument("--protocol", default=PROTOCOLS[0], choices=PROTOCOLS,
+                   help=f"scoring protocol (protocol.md; default: {PROTOCOLS[0]})")
     e.add_argument("--exact", action="store_true", help="reference NaN behaviour for constant maps")
     e.add_argument("--exclude-empty-gt", action="store_true",
                    help="drop all-zero GT images (kept by default, as in the literature)")
-    e.add_argument("--refine", choices=("affinity",), default=None)
-    e.add_argument("--json")
+    e.add_argument("--refine", choices=REFINERS, default=None, help=REFINE_HELP)
+    e.add_argument("--output", default=None, help=OUTPUT_HELP)
+    e.add_argument("--json", help="write the metrics as JSON to this path")
     e.add_argument("--viz", help="write overlays to this folder")
     e.add_argument("--breakdown", choices=("affordance", "object", "pair"),
                    help="also print KLD / SIM per affordance, object or (affordance, object) pair")
     e.add_argument("--label-sensitivity", action="store_true",
                    help="also score each image with its object's other affordances (does the map follow the label?)")
-    e.add_argument("--batch-size", type=int, default=16)
-    e.add_argument("--device", default="auto")
-    e.add_argument("--bf16", action="store_true")
+    e.add_argument("--batch-size", type=int, default=None,
+                   help=f"images per forward pass (default: {EvalConfig.batch_size})")
+    e.add_argument("--device", default="auto", help=DEVICE_HELP)
+    e.add_argument("--bf16", action="store_true", help="run the model under bfloat16 autocast")
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(fn=cmd_eval)
 
     pr = sub.add_parser("predict", help="heatmaps for images")
-    pr.add_argument("images", nargs="+")
-    pr.add_argument("--checkpoint", required=True)
-    pr.add_argument("--affordance")
-    pr.add_argument("--out", required=True)
-    pr.add_argument("--refine", choices=("affinity",), default=None)
-    pr.add_argument("--device", default="cpu")
+    pr.add_argument("images", nargs="+", help="image files")
+    pr.add_argument("--checkpoint", required=True, help="run folder of a trained or imported model")
+    pr.add_argument("--affordance", help="one affordance to predict (default: every class of the checkpoint)")
+    pr.add_argument("--out", required=True, help="folder for <image>_<affordance>.npy, .png and _overlay.png")
+    pr.add_argument("--refine", choices=REFINERS, default=None, help=REFINE_HELP)
+    pr.add_argument("--output", default=None, help=OUTPUT_HELP)
+    pr.add_argument("--device", default="auto", help=DEVICE_HELP)
+    pr.add_argument("--quiet", action="store_true", help="no progress output")
     pr.set_defaults(fn=cmd_predict)
 
-    im = sub.add_parser("import", help="convert an official LOCATE/WSMA checkpoint into a run")
-    im.add_argument("--method", required=True, choices=("locate", "wsma"))
-    im.add_argument("--file", required=True)
-    im.add_argument("--out", required=True)
+    im = sub.add_parser("import", help="convert an official released checkpoint into a run")
+    im.add_argument("--method", required=True, choices=official_methods(), help="method the checkpoint belongs to")
+    im.add_argument("--file", required=True, help="the official checkpoint file (.pth)")
+    im.add_argument("--out", required=True, help="run folder to write")
     im.add_argument("--tokenizer", default=None, help="CLIP tokenizer (hub name/dir/bpe file), WSMA only")
     im.set_defaults(fn=cmd_import)
 
     rf = sub.add_parser("refine", help="AffinityNet refinement").add_subparsers(dest="refine_cmd", required=True)
     rt = rf.add_parser("train", help="train an affinity head from a trained run's CAMs")
-    rt.add_argument("--checkpoint", required=True)
+    rt.add_argument("--checkpoint", required=True, help="run folder whose CAMs train the affinity head")
     rt.add_argument("--data", default=None, help="dataset root (default: the run's)")
-    rt.add_argument("--split", default=None)
-    rt.add_argument("--epochs", type=int, default=3)
-    rt.add_argument("--seed", type=int, default=0)
-    rt.add_argument("--steps", type=int, default=16, help="random-walk steps t")
-    rt.add_argument("--blend", type=float, default=0.5, help="lambda: weight of the unrefined map")
-    rt.add_argument("--radius", type=int, default=5, help="affinity neighbourhood gamma (feature cells)")
-    rt.add_argument("--quiet", action="store_true")
+    rt.add_argument("--split", default=None, help="training split (default: the run's)")
+    rt.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"training epochs (default: {DEFAULT_EPOCHS})")
+    rt.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    rt.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"random-walk steps t (default: {DEFAULT_STEPS})")
+    rt.add_argument("--blend", type=float, default=DEFAULT_BLEND,
+                    help=f"lambda: weight of the unrefined map (default: {DEFAULT_BLEND})")
+    rt.add_argument("--radius", type=int, default=DEFAULT_RADIUS,
+                    help=f"affinity neighbourhood gamma in feature cells (default: {DEFAULT_RADIUS})")
+    rt.add_argument("--quiet", action="store_true", help="no progress bars")
     rt.set_defaults(fn=cmd_refine_train)
 
     ls = sub.add_parser("list", help="methods, backbones and packaged configs")
@@ -319,8 +406,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _configure_logging(level: int) -> None:
+    """``afford: message`` lines on stderr; afford's own INFO by default, -v for DEBUG, -q for warnings
+    only. Other libraries stay at WARNING. An already configured root logger (an embedding
+    application, pytest) is left as it is: only the ``afford`` logger's level is set."""
+    logging.basicConfig(format="afford: %(message)s", stream=sys.stderr, level=logging.WARNING)
+    logging.getLogger("afford").setLevel(level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _configure_logging(args.log_level)
     try:
         return int(args.fn(args) or 0)
     except AffordError as e:

@@ -30,7 +30,7 @@ class DataConfig:
     square_resize: bool = False  # LoopTrans uses a square Resize((256, 256))
     test_size: int = 224
     n_exo: int = 3
-    sampling: str = "locate"  # "locate" | "wsma"
+    sampling: str = "anchor_plus_random"  # afford.data.sampling.SAMPLINGS: "anchor_plus_random" | "consecutive_window"
     num_workers: int = 0
     cache_images: bool = False  # keep decoded training images in memory (small datasets: SynthAGD)
 
@@ -61,11 +61,17 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation protocol (protocol.md §3); ``exact`` reproduces the reference NaN behaviour."""
+    """Evaluation protocol (protocol.md §3); ``exact`` reproduces the reference NaN behaviour.
+
+    ``output`` names which of the method's outputs is scored (None: the method's default, e.g.
+    WSMA's refined map); ``exclude_empty_gt`` drops all-zero GT images (kept by the literature).
+    """
 
     protocol: str = "standard"
     exact: bool = False
     batch_size: int = 16
+    exclude_empty_gt: bool = False
+    output: str | None = None
 
 
 @dataclass

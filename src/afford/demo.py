@@ -19,8 +19,9 @@ import torch
 
 from afford.config import EvalConfig, RunConfig, load_config
 from afford.data.agd20k import open_split
-from afford.data.synth import generate
+from afford.errors import AffordError
 from afford.metrics.report import format_breakdown, format_table, wins_over
+from afford.synthagd import generate
 
 
 @dataclass(frozen=True)
@@ -58,22 +59,67 @@ def _method_config(preset: str, data_root: Path, plan: DemoPlan, seed: int):
     return load_config(f"{preset}_synthagd_demo", overrides)
 
 
-def run_demo(out: Path, quick: bool = False, seed: int = 0, progress: bool = True) -> Path:
-    """Run the whole pipeline into ``out``; returns the path of ``report.md``."""
+MARKER = ".afford-demo"  # written into every demo output folder: what the demo may delete later
+_MARKER_TEXT = json.dumps({"made_by": "afford demo", "format": 1}) + "\n"
+
+
+def _is_demo_output(out: Path) -> bool:
+    """Whether ``out`` holds the marker that ``afford demo`` writes into its own output folder."""
+    try:
+        info = json.loads((out / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and info.get("made_by") == "afford demo"
+
+
+def _claim_output(out: Path, overwrite: bool) -> None:
+    """Refuse (before anything is written) to replace ``out/data`` or ``out/runs`` that afford did
+    not create: ``afford demo --out .`` inside a project must not delete ``./data``. Then mark ``out``."""
+    if not overwrite and not _is_demo_output(out):
+        for p in (out / "data", out / "runs"):
+            if p.is_symlink() or (p.exists() and (not p.is_dir() or any(p.iterdir()))):
+                raise AffordError(f"{p} exists and is not an afford demo output (no {out / MARKER}); "
+                                  "choose another --out, or pass --overwrite to replace its data/ and runs/")
+    out.mkdir(parents=True, exist_ok=True)
+    if not _is_demo_output(out):
+        (out / MARKER).write_text(_MARKER_TEXT)
+
+
+def _remove(path: Path) -> None:
+    """Delete a previous demo output (``_claim_output`` has checked that the demo may)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+def run_demo(out: Path, quick: bool = False, seed: int = 0, progress: bool = True,
+             overwrite: bool = False) -> Path:
+    """Run the whole pipeline into ``out``; returns the path of ``report.md``.
+
+    ``out/data`` and ``out/runs/<preset>`` are replaced only when ``out`` is a previous demo output
+    (it holds ``.afford-demo``) or with ``overwrite``; otherwise existing files raise AffordError.
+    """
+    _claim_output(out, overwrite)
     from afford.checkpoint import load_run
-    from afford.engine.evaluator import evaluate_fn, evaluate_method, method_map_fn
-    from afford.engine.label_sensitivity import label_sensitivity
-    from afford.engine.trainer import resolve_device, train
-    from afford.evaluate import evaluate_baseline
+    from afford.device import resolve_device
+    from afford.engine.evaluator import (
+        evaluate_baseline,
+        evaluate_fn,
+        evaluate_method,
+        label_sensitivity,
+        method_map_fn,
+    )
+    from afford.engine.refinement import refined, refiner_for_run, train_refiner_for_run
+    from afford.engine.tasks import WSAGTask
+    from afford.engine.trainer import train
     from afford.visualize import save_eval_overlays
 
     plan = QUICK if quick else FULL
-    out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     data_root = out / "data"
-    if data_root.exists():
-        shutil.rmtree(data_root)
+    _remove(data_root)
     t0 = time.perf_counter()
     generate(data_root, split="seen", seed=seed, size=plan.size, n_exo=plan.n_exo, n_ego=plan.n_ego,
              n_test=plan.n_test, difficulty=plan.difficulty, progress=progress)
@@ -83,20 +129,19 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, progress: bool = Tru
 
     rows: dict[str, dict] = {}
     for kind in ("uniform", "center", "object"):
-        rows[f"baseline: {kind}"] = evaluate_baseline(kind, split, protocol=ecfg.protocol, exact=ecfg.exact,
-                                                      progress=progress)
+        rows[f"baseline: {kind}"] = evaluate_baseline(kind, split, ecfg, progress=progress)
 
     overlays = out / "overlays"
     device = resolve_device("cpu")
+    task = WSAGTask(split)
 
     def train_eval(preset: str, row: str) -> tuple[Path, RunConfig, dict]:
         """Train ``<preset>_synthagd_demo`` and score its raw CAMs; the report row is ``row``."""
         cfg = _method_config(preset, data_root, plan, seed)
         run_dir = out / "runs" / preset
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
+        _remove(run_dir)
         t0 = time.perf_counter()
-        result = train(cfg, run_dir, progress=progress, split=split)
+        result = train(cfg, run_dir, progress=progress, task=task)
         timings[f"train {preset}"] = time.perf_counter() - t0
         run = load_run(run_dir)
         t0 = time.perf_counter()
@@ -115,24 +160,21 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, progress: bool = Tru
     for method in plan.methods:
         run_dir, cfg, selection = train_eval(method, f"{method.upper()} (tiny ViT, {{rule}})")
         if method == "locate":
-            from afford.refine.runs import refiner_for_run, train_refiner_for_run
-
             t0 = time.perf_counter()
             train_refiner_for_run(run_dir, epochs=plan.refine_epochs, seed=seed, progress=progress,
                                   radius=plan.refine_radius)
             timings["train affinity head"] = time.perf_counter() - t0
             run = load_run(run_dir)
-            refine = refiner_for_run(run)
-            base = method_map_fn(run.method, device)
+            refine = refiner_for_run(run, "affinity")
+            refined_fn = refined(method_map_fn(run.method, device), refine)
             t0 = time.perf_counter()
-            refined_fn = lambda x, y, r=refine, b=base: r(b(x, y), x)  # noqa: E731
-            refined = evaluate_fn(refined_fn, split, ecfg, size=cfg.data.test_size, progress=progress)
-            refined["label_sensitivity"] = label_sensitivity(refined_fn, split, ecfg, size=cfg.data.test_size,
-                                                             progress=progress)
+            row = evaluate_fn(refined_fn, split, ecfg, size=cfg.data.test_size, progress=progress)
+            row["label_sensitivity"] = label_sensitivity(refined_fn, split, ecfg, size=cfg.data.test_size,
+                                                         progress=progress)
             timings["eval locate+affinity"] = time.perf_counter() - t0
-            refined["refine"] = refine.params
-            refined["selection"] = selection
-            rows["LOCATE + AffinityNet refinement (trained affinity head)"] = refined
+            row["refine"] = refine.params
+            row["selection"] = selection
+            rows["LOCATE + AffinityNet refinement (trained affinity head)"] = row
 
     timings["total"] = time.perf_counter() - t_start
     metrics = {name: {k: v for k, v in s.items() if not k.startswith("_")} for name, s in rows.items()}
@@ -155,7 +197,8 @@ def _report_text(rows: dict[str, dict], plan: DemoPlan, seed: int, timings: dict
         format_table(rows),
         "",
         "KLD lower is better; SIM and NSS higher. A method works on SynthAGD when it beats the",
-        "whole-object baseline on KLD and SIM (synthagd.md).",
+        "non-oracle baselines (uniform, centre, egocentric-only CAM) on KLD and SIM (synthagd.md). The",
+        "whole-object map is an oracle (it reads SynthAGD's object masks): beating it is a research goal.",
         "",
         *_breakdown_text(rows),
         *_label_text(rows),
@@ -167,7 +210,7 @@ def _report_text(rows: dict[str, dict], plan: DemoPlan, seed: int, timings: dict
 
 def _label_text(rows: dict[str, dict]) -> list[str]:
     """Right-label against wrong-label scores: whether each method's map follows the affordance."""
-    from afford.engine.label_sensitivity import format_label_sensitivity
+    from afford.metrics.report import format_label_sensitivity
 
     ls = [r["label_sensitivity"] for r in rows.values() if r.get("label_sensitivity")]
     if not ls:

@@ -24,3 +24,10 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """A ' (did you mean: a, b?)' suffix, or '' when nothing is close."""
     m = closest(name, choices)
     return f" (did you mean: {', '.join(m)}?)" if m else ""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty),
+    for one-line user errors that wrap a library's multi-line message."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,20 +1,46 @@
-"""One literal registry: method name -> (class, default config dataclass)."""
+"""The method registry: one entry per method names everything the rest of afford needs.
+
+Each :class:`MethodSpec` names the method's class, its config dataclass, its recipe (the
+packaged preset whose ``data``/``train`` sections are the paper's training recipe), its official
+checkpoint format (or None) and the task it trains on. The CLI's choices, the importer and the
+trainer's task all derive from here, so adding a method is one entry, not a hunt for branches.
+Entries are ``"module:attr"`` strings imported lazily, so a broken optional method never stops
+the others from loading.
+"""
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from afford.errors import AffordError, did_you_mean
+from afford.labels import LabelSpace
 
-# name -> ("module:Class", "module:ConfigClass"); imported lazily so a broken optional method
-# never stops the others from loading.
-METHODS: dict[str, tuple[str, str]] = {
-    "locate": ("afford.methods.locate:LOCATE", "afford.methods.locate:LOCATEConfig"),
-    "wsma": ("afford.methods.wsma:WSMA", "afford.methods.wsma:WSMAConfig"),
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from afford.config import RunConfig
+    from afford.methods.base import Method
+    from afford.methods.official import OfficialFormat
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    cls: str  # "module:Class"
+    config: str  # "module:ConfigDataclass"
+    recipe: str  # packaged preset holding the paper's data/train recipe
+    task: str = "affordance"  # key of afford.engine.tasks.TASKS
+    official: str | None = None  # "module:OfficialFormat" of the released checkpoints
+
+
+METHODS: dict[str, MethodSpec] = {
+    "locate": MethodSpec("afford.methods.locate:LOCATE", "afford.methods.locate:LOCATEConfig", "locate_seen",
+                         official="afford.methods.locate_official:LOCATE_OFFICIAL"),
+    "wsma": MethodSpec("afford.methods.wsma:WSMA", "afford.methods.wsma:WSMAConfig", "wsma_seen",
+                       official="afford.methods.wsma_official:WSMA_OFFICIAL"),
 }
 
 
@@ -27,19 +53,45 @@ def list_methods() -> list[str]:
     return sorted(METHODS)
 
 
-def method_entry(name: str) -> tuple[type, type]:
-    """(Method class, config dataclass) for ``name``; AffordError for an unknown method."""
+def method_spec(name: str) -> MethodSpec:
+    """The registry entry of ``name``; AffordError for an unknown method."""
     key = name.lower()
     if key not in METHODS:
         raise AffordError(f"unknown method '{name}'{did_you_mean(key, METHODS)}; known: {', '.join(METHODS)}")
-    cls_ref, cfg_ref = METHODS[key]
-    return _load(cls_ref), _load(cfg_ref)
+    return METHODS[key]
 
 
-def create_method(name: str, model_cfg: Any, classnames: Sequence[str]):
-    """Instantiate a method from its config dataclass and the class list (index order)."""
+def method_entry(name: str) -> tuple[type, type]:
+    """(Method class, config dataclass) for ``name``; AffordError for an unknown method."""
+    spec = method_spec(name)
+    return _load(spec.cls), _load(spec.config)
+
+
+def create_method(name: str, model_cfg: Any, labels: LabelSpace | Sequence[str]) -> Method:
+    """Instantiate a method from its config dataclass and its label space (a list of names is
+    an affordance label space, index order)."""
     cls, _ = method_entry(name)
-    return cls(model_cfg, classnames)
+    return cls(model_cfg, LabelSpace.coerce(labels))
+
+
+def official_methods() -> list[str]:
+    """Methods whose released checkpoints ``afford import`` converts."""
+    return sorted(m for m, s in METHODS.items() if s.official)
+
+
+def official_format(name: str) -> OfficialFormat:
+    spec = method_spec(name)
+    if spec.official is None:
+        raise AffordError(f"--method: {name} has no official checkpoint importer; "
+                          f"expected one of {', '.join(official_methods())}")
+    return _load(spec.official)
+
+
+def recipe_config(name: str) -> RunConfig:
+    """The method's paper recipe as a RunConfig (its packaged preset, no overrides)."""
+    from afford.config import load_config
+
+    return load_config(method_spec(name).recipe)
 
 
 def packaged_config(name: str) -> Path | None:
@@ -47,3 +99,8 @@ def packaged_config(name: str) -> Path | None:
     stem = name[:-5] if name.endswith(".yaml") else name
     candidate = resources.files("afford") / "configs" / f"{stem}.yaml"
     return Path(str(candidate)) if candidate.is_file() else None
+
+
+def list_presets() -> list[str]:
+    """Names of the packaged presets (``afford list``)."""
+    return sorted(p.name[:-5] for p in (resources.files("afford") / "configs").iterdir() if p.name.endswith(".yaml"))

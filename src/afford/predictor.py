@@ -7,7 +7,7 @@ min-max normalised with +1e-10 (protocol.md §3.2), so saved ``.npy`` files comp
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,22 +15,28 @@ import torch
 from PIL import Image
 
 from afford.checkpoint import LoadedRun, load_run
-from afford.data.transforms import load_rgb, test_transform
-from afford.errors import AffordError, did_you_mean
+from afford.data.transforms import eval_transform, load_rgb
+from afford.engine.evaluator import method_map_fn
+from afford.engine.refinement import RefineFn, refined
+from afford.errors import AffordError
 from afford.metrics.saliency import minmax, resize_bilinear
-
-RefineFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (cams (B,h,w), images) -> (B,h,w)
 
 
 class Predictor:
-    """Affordance heatmaps for one image at a time (segment-anything style)."""
+    """Affordance heatmaps for one image at a time (segment-anything style).
+
+    ``output`` names which of the method's outputs to return (None: its default); ``refine`` is
+    a refiner from :func:`afford.engine.refinement.refiner_for_run`. The maps come from the same
+    map function the evaluator scores, so a saved ``.npy`` equals what ``afford eval`` scored.
+    """
 
     def __init__(self, run: LoadedRun | str | Path, device: str = "cpu", size: int | None = None,
-                 refine: RefineFn | None = None) -> None:
+                 refine: RefineFn | None = None, output: str | None = None) -> None:
         self.run = run if isinstance(run, LoadedRun) else load_run(run, device=device)
         self.device = torch.device(device)
         self.size = size or self.run.config.data.test_size
-        self.refine = refine
+        self.output = self.run.method.resolve_output(output)
+        self._map_fn = refined(method_map_fn(self.run.method, self.device, output=self.output), refine)
         self._image: Image.Image | None = None
         self._tensor: torch.Tensor | None = None
 
@@ -38,35 +44,46 @@ class Predictor:
     def affordances(self) -> tuple[str, ...]:
         return self.run.classes
 
+    @property
+    def image(self) -> Image.Image:
+        """The current image (RGB), as given to :meth:`set_image`."""
+        if self._image is None:
+            raise AffordError("predict: call set_image first")
+        return self._image
+
     def set_image(self, image: Image.Image | np.ndarray | str | Path) -> None:
-        """Accept a PIL image, an ``(H, W, 3)`` uint8 array or a path."""
+        """Accept a PIL image, a path, or an ``(H, W, 3)`` array: uint8 in [0, 255] or float in [0, 1]
+        (scaled by 255 and rounded). Any other dtype, or a float array outside [0, 1] or holding nan,
+        is an AffordError (never a silent cast)."""
         if isinstance(image, (str, Path)):
             image = load_rgb(image)
         elif isinstance(image, np.ndarray):
             if image.ndim != 3 or image.shape[2] != 3:
                 raise AffordError(f"image: expected an (H, W, 3) array, got shape {image.shape}")
-            image = Image.fromarray(image.astype(np.uint8))
+            if np.issubdtype(image.dtype, np.floating):
+                finite = bool(np.isfinite(image).all())
+                if image.size and not (finite and image.min() >= 0.0 and image.max() <= 1.0):
+                    got = f"values in [{image.min():g}, {image.max():g}]" if finite else "nan or inf values"
+                    raise AffordError(f"image: a float array must hold values in [0, 1] (got {image.dtype} with "
+                                      f"{got}); pass uint8 for [0, 255]")
+                image = (image.astype(np.float64) * 255.0).round().astype(np.uint8)
+            elif image.dtype != np.uint8:
+                raise AffordError(f"image: expected a uint8 array in [0, 255] or a float array in [0, 1], "
+                                  f"got dtype {image.dtype}")
+            image = Image.fromarray(np.ascontiguousarray(image))
         self._image = image.convert("RGB")
-        self._tensor = test_transform(self._image, size=self.size).unsqueeze(0)
+        self._tensor = eval_transform(self._image, size=self.size).unsqueeze(0)
 
     def label_index(self, affordance: str) -> int:
-        if affordance not in self.affordances:
-            raise AffordError(
-                f"unknown affordance '{affordance}' for this checkpoint{did_you_mean(affordance, self.affordances)}"
-            )
-        return self.affordances.index(affordance)
+        return self.run.labels.index(affordance)
 
     @torch.no_grad()
     def raw_cams(self, affordances: Sequence[str]) -> torch.Tensor:
-        """Raw maps ``(A, h, w)`` for the current image, one per affordance (one batched pass)."""
+        """Maps ``(A, h, w)`` at feature resolution for the current image, one per affordance."""
         if self._tensor is None:
             raise AffordError("predict: call set_image first")
-        labels = torch.tensor([self.label_index(a) for a in affordances], device=self.device)
-        images = self._tensor.to(self.device).expand(len(labels), -1, -1, -1)
-        cams = self.run.method.predict(images, labels).float()
-        if self.refine is not None:
-            cams = self.refine(cams, images)
-        return cams.cpu()
+        labels = torch.tensor([self.label_index(a) for a in affordances])
+        return self._map_fn(self._tensor.expand(len(labels), -1, -1, -1), labels)
 
     def predict(self, affordance: str | Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """``{affordance: (H, W) float32 in [0, 1]}`` at the image's own resolution."""

@@ -1,7 +1,7 @@
 """Vision backbones and CLIP text encoders on transformers (bottom layer of afford).
 
 ``create_backbone(name, weights=None, layers=(-1,), trainable=False, **overrides)`` returns a
-module whose call on normalised ``(B, 3, H, W)`` pixels gives :class:`Features` (tokens, keys
+module whose call on ``(B, 3, H, W)`` images in [0, 1] (it normalises them itself) gives :class:`Features` (tokens, keys
 in the DINO reference channel order, CLS attention, DINO saliency). ``create_text_encoder``
 and :class:`PromptLearner` cover the CLIP text side. Official DINO/OpenAI files are converted on
 load; ``weights=None`` builds a random model without network access.

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from afford.backbones.tokenizer import ClipBPETokenizer, HFTokenizerAdapter
-from afford.errors import AffordError
+from afford.errors import AffordError, first_line
 
 Tokenizer = Callable[..., Tensor]
 #: Environment variable naming a ``bpe_simple_vocab_16e6.txt.gz`` (used when nothing else is given).
@@ -184,6 +184,6 @@ def _load_tokenizer(spec: str, context_length: int) -> Tokenizer:
         from transformers import CLIPTokenizer
 
         return HFTokenizerAdapter(CLIPTokenizer.from_pretrained(spec), context_length)
-    except Exception as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:  # not MemoryError or bugs
+        msg = first_line(exc)
         raise AffordError(f"tokenizer: could not load {spec!r}: {msg}") from None

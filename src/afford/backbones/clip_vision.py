@@ -36,9 +36,10 @@ class CLIPViT(VisionBackbone):
         std: tuple[float, float, float] = CLIP_STD,
         dtype: torch.dtype | str | None = None,
         return_tokens: bool = True,
+        input_stats: str = "own",
         clearclip: bool = False,
     ) -> None:
-        super().__init__(model, name, layers, trainable, mean, std, dtype, return_tokens)
+        super().__init__(model, name, layers, trainable, mean, std, dtype, return_tokens, input_stats)
         self.clearclip = clearclip
 
     @property

@@ -19,6 +19,7 @@ unexpected and wrongly shaped keys, because a silently half-loaded backbone (Loo
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import warnings
 import zipfile
@@ -28,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from afford.errors import AffordError
+from afford.errors import AffordError, first_line
 
 StateDict = dict[str, Tensor]
 
@@ -57,8 +58,8 @@ def load_checkpoint_file(path: str | os.PathLike[str]) -> StateDict:
                 obj = torch.jit.load(str(p), map_location="cpu").state_dict()
         else:
             obj = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:  # not MemoryError or bugs
+        msg = first_line(exc)
         raise AffordError(f"{p}: not a readable torch/TorchScript/safetensors weight file ({msg})") from None
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()

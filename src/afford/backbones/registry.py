@@ -39,7 +39,7 @@ from afford.backbones.convert import (
 )
 from afford.backbones.dinov2 import DinoV2ViT
 from afford.backbones.vit import DinoViT, VisionBackbone
-from afford.errors import AffordError, did_you_mean
+from afford.errors import AffordError, did_you_mean, first_line
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ BACKBONES: dict[str, tuple[Family, dict[str, Any], str | None]] = {
     "tiny_clip": (_CLIP, _clip(96, 4, 8, 64, layers=4, image=112), None),
 }
 
-_WRAPPER_OPTIONS = {"dtype", "return_tokens", "clearclip"}
+_WRAPPER_OPTIONS = {"dtype", "return_tokens", "clearclip", "input_stats"}
 
 
 def list_backbones() -> list[str]:
@@ -114,6 +114,7 @@ def create_backbone(
         layers: 0-based block indices (negative from the end); ``(-2, -1)`` = WSMA's blocks 11+12.
         trainable: train jointly instead of running frozen under ``no_grad``.
         **overrides: ``dtype`` (``torch.bfloat16``), ``return_tokens``, ``clearclip`` (CLIP only),
+            ``input_stats`` (``"imagenet"`` feeds ImageNet-normalised pixels to any family),
             or any config field of the architecture (e.g. ``num_hidden_layers=2``).
     """
     if name not in BACKBONES:
@@ -172,8 +173,8 @@ def _from_pretrained(model_cls: Any, where: str, kwargs: dict[str, Any]) -> nn.M
         return model_cls.from_pretrained(where, **kwargs)
     except AffordError:
         raise
-    except Exception as exc:  # offline hub, wrong model type, corrupt files
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:  # offline hub, wrong model type, corrupt files  # not MemoryError or bugs
+        msg = first_line(exc)
         raise AffordError(f"weights: could not load {where!r} as {model_cls.__name__}: {msg}") from None
 
 

@@ -26,9 +26,18 @@ from afford.backbones.features import (
 )
 from afford.errors import AffordError
 
+#: ``own``: the family's statistics; ``imagenet``: ImageNet's whatever the family (reference quirk).
+INPUT_STATS: tuple[str, ...] = ("own", "imagenet")
+
 
 class VisionBackbone(nn.Module):
-    """A ViT wrapped to return :class:`Features` for normalised ``(B, 3, H, W)`` pixels.
+    """A ViT wrapped to return :class:`Features` for ``(B, 3, H, W)`` images in [0, 1].
+
+    The backbone applies its own input normalisation (``mean``/``std``: ImageNet for DINO, CLIP's
+    for CLIP), so datasets and the predictor hand every model the same [0, 1] tensor and a
+    method may run two backbones with different statistics on it (SelectiveCL: DINO + CLIP).
+    ``input_stats="imagenet"`` feeds ImageNet-normalised pixels whatever the family, which
+    reproduces references that do so (SelectiveCL's CLIP; use it for imported checkpoints).
 
     Frozen unless ``trainable``: parameters do not require grad, the module stays in eval mode
     even inside a parent's ``.train()``, and the forward runs under ``no_grad`` — the WSAG
@@ -41,6 +50,7 @@ class VisionBackbone(nn.Module):
         layers: 0-based block indices (negative counts from the end, like Python lists).
         trainable: see above.
         mean, std: the input normalisation the weights expect.
+        input_stats: ``"own"`` (``mean``/``std``) or ``"imagenet"`` (the reference quirk above).
         dtype: ``torch.bfloat16`` runs under autocast (outputs are returned as float32).
         return_tokens: compute ``Features.tokens``; False skips the deepest block's attention
             output and MLP, which LOCATE-style key descriptors never use.
@@ -56,12 +66,15 @@ class VisionBackbone(nn.Module):
         std: tuple[float, float, float] = IMAGENET_STD,
         dtype: torch.dtype | str | None = None,
         return_tokens: bool = True,
+        input_stats: str = "own",
     ) -> None:
         super().__init__()
+        if input_stats not in INPUT_STATS:
+            raise AffordError(f"input_stats: expected one of {INPUT_STATS}, got {input_stats!r}")
         self.model = model
         self.name = name
-        self.mean = mean
-        self.std = std
+        self.input_stats = input_stats
+        self.mean, self.std = (IMAGENET_MEAN, IMAGENET_STD) if input_stats == "imagenet" else (mean, std)
         self.trainable = trainable
         self.return_tokens = return_tokens
         self.autocast_dtype = _parse_dtype(dtype)
@@ -147,13 +160,20 @@ class VisionBackbone(nn.Module):
         load_strict(self.model, convert_vision_state_dict(sd), source)
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, layers={self.layers}, trainable={self.trainable}"
+        return f"name={self.name!r}, layers={self.layers}, trainable={self.trainable}, input_stats={self.input_stats!r}"
 
     # ------------------------------------------------------------------ forward
-    def forward(self, pixels: Tensor, return_tokens: bool | None = None) -> Features:
-        """Run up to the deepest requested block and collect :class:`Features`."""
-        if pixels.ndim != 4 or pixels.shape[1] != 3:
-            raise AffordError(f"{self.name}: expected pixels of shape (B, 3, H, W), got {tuple(pixels.shape)}")
+    def normalize(self, images: Tensor) -> Tensor:
+        """[0, 1] images -> the normalised pixels the weights expect: ``(x - mean) / std``."""
+        m = torch.tensor(self.mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+        s = torch.tensor(self.std, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+        return (images - m) / s
+
+    def forward(self, images: Tensor, return_tokens: bool | None = None) -> Features:
+        """Normalise ``images`` in [0, 1], run up to the deepest requested block, collect :class:`Features`."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise AffordError(f"{self.name}: expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        pixels = self.normalize(images)
         want_tokens = self.return_tokens if return_tokens is None else return_tokens
         grad = torch.enable_grad() if self.trainable else torch.no_grad()
         cast = (

@@ -9,7 +9,6 @@ fails at start-up instead of silently becoming a new class.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from torch.utils.data import Dataset
 
 from afford.data.gt_cache import GTCache, load_gt
 from afford.data.layout import (
+    EXTRAS_MASK,
     SUBTREES,
     Group,
     Scan,
@@ -30,8 +30,13 @@ from afford.data.layout import (
     subtree_path,
     unknown_folders,
 )
-from afford.data.sampling import SAMPLINGS, locate_exo_indices, sample_generator, wsma_exo_indices
-from afford.data.transforms import IMAGENET_MEAN, IMAGENET_STD, TrainTransform, load_rgb, test_transform
+from afford.data.sampling import (
+    SAMPLINGS,
+    anchor_plus_random_indices,
+    consecutive_window_indices,
+    sample_generator,
+)
+from afford.data.transforms import TrainTransform, eval_transform, load_rgb
 from afford.errors import AffordError, did_you_mean
 
 __all__ = [
@@ -119,7 +124,7 @@ class Split:
 
     def extras_mask(self, affordance: str, obj: str, stem: str, kind: str) -> Path | None:
         """SynthAGD's ``kind`` ("object" or "part") mask of an egocentric image (train or test), if any."""
-        p = self.root.parent / "extras" / self.root.name / "masks" / affordance / obj / f"{stem}_{kind}.png"
+        p = self.root.parent / EXTRAS_MASK.format(split=self.root.name, aff=affordance, obj=obj, stem=stem, kind=kind)
         return p if p.is_file() else None
 
     def object_mask(self, item: TestItem) -> Path | None:
@@ -170,7 +175,7 @@ class AffordanceTrainSet(Dataset):
         {"exo": (n_exo, 3, S, S) float32, "ego": (3, S, S) float32,
          "label": int64 scalar (affordance index), "object": str}
 
-    ``sampling='locate'`` puts the anchor first, then distinct partners from its folder
+    ``sampling='anchor_plus_random'`` puts the anchor first, then distinct partners from its folder
     (methods.md §1.4); ``'wsma'`` takes ``n_exo`` consecutive files from a random start (§2.3).
     Each item's draws (partners, egocentric image, crops, flips) come from a generator seeded by
     (seed, epoch, index): call :meth:`set_epoch` before each epoch. DataLoader workers hold copies
@@ -182,7 +187,7 @@ class AffordanceTrainSet(Dataset):
         split: Split,
         n_exo: int = 3,
         transform: TrainTransform | None = None,
-        sampling: str = "locate",
+        sampling: str = "anchor_plus_random",
         seed: int = 0,
         cache_images: bool = False,
     ) -> None:
@@ -237,10 +242,10 @@ class AffordanceTrainSet(Dataset):
         gid, pos = self._samples[index]
         g = sample_generator(self.seed, self.epoch, index)
         files = self._exo[gid]
-        if self.sampling == "locate":
-            idx = locate_exo_indices(len(files), pos, self.n_exo, g)
+        if self.sampling == "anchor_plus_random":
+            idx = anchor_plus_random_indices(len(files), pos, self.n_exo, g)
         else:
-            idx = wsma_exo_indices(len(files), self.n_exo, g)
+            idx = consecutive_window_indices(len(files), self.n_exo, g)
         egos = self._ego[gid]
         ego = egos[int(torch.randint(0, len(egos), (1,), generator=g).item())]
         return [files[i] for i in idx], ego, g
@@ -276,10 +281,8 @@ class AffordanceTestSet(Dataset):
         self,
         split: Split,
         size: int = 224,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
     ) -> None:
-        self.split, self.size, self.mean, self.std = split, size, tuple(mean), tuple(std)
+        self.split, self.size = split, size
         self.items: list[TestItem] = split.test_items()
         self.labels: list[int] = [split.label(it.affordance) for it in self.items]
 
@@ -289,6 +292,6 @@ class AffordanceTestSet(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self.items):
             raise IndexError(index)
-        image = test_transform(load_rgb(self.items[index].image), self.size, self.mean, self.std)
+        image = eval_transform(load_rgb(self.items[index].image), self.size)
         return {"image": image, "label": torch.tensor(self.labels[index], dtype=torch.int64),
                 "index": index}

@@ -20,8 +20,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from afford.data.transforms import DECODE_ERRORS
-from afford.errors import AffordError
+from afford.data.transforms import DECODE_ERRORS, load_gray
 
 if TYPE_CHECKING:
     from afford.data.agd20k import Split, TestItem
@@ -34,14 +33,7 @@ PROGRESS_MIN_ITEMS = 200  # below this a progress bar is noise
 
 def load_gt(path: str | Path) -> np.ndarray:
     """A GT heatmap as raw uint8 (H, W), read as grayscale like the reference ``process_gt``."""
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            return np.array(im.convert("L"), dtype=np.uint8)
-    except FileNotFoundError:
-        raise AffordError(f"{path}: GT file not found") from None
-    except DECODE_ERRORS as e:
-        raise AffordError(f"{path}: not a readable GT png ({type(e).__name__}: {e})") from None
+    return load_gray(path, "GT png")
 
 
 def image_size(path: Path) -> tuple[int, int] | None:

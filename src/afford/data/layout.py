@@ -20,6 +20,11 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png"})
 SUBTREES: tuple[str, ...] = ("exocentric", "egocentric", "test_egocentric", "GT")
 CLASS_FILE = "afford_classes.json"
+# SynthAGD extras (not part of AGD20K), relative to the data root that holds the split folders:
+# ``extras/<Split>/hoi.json`` and the object/part mask of every egocentric image at EXTRAS_MASK.
+# Written by ``afford.synthagd``, read by ``Split.extras_mask``.
+EXTRAS_DIR = "extras"
+EXTRAS_MASK = EXTRAS_DIR + "/{split}/masks/{aff}/{obj}/{stem}_{kind}.png"
 # Folder names under which the HICO-IIF split is published (WSMA: HICO-IIF, SelectiveCL: HICO).
 HICO_NAMES: tuple[str, ...] = ("HICO-IIF", "HICO")
 KNOWN_SPLITS: tuple[str, ...] = ("Seen", "Unseen", *HICO_NAMES)

@@ -11,7 +11,9 @@ import hashlib
 
 import torch
 
-SAMPLINGS: tuple[str, ...] = ("locate", "wsma")
+#: Named by behaviour, not by the method that introduced them: ``anchor_plus_random`` (LOCATE,
+#: and LoopTrans/SelectiveCL after it), ``consecutive_window`` (WSMA).
+SAMPLINGS: tuple[str, ...] = ("anchor_plus_random", "consecutive_window")
 
 
 def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
@@ -27,8 +29,8 @@ def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
     return g
 
 
-def locate_exo_indices(n: int, anchor: int, n_exo: int, generator: torch.Generator) -> list[int]:
-    """LOCATE: the anchor plus ``n_exo - 1`` other images of its folder.
+def anchor_plus_random_indices(n: int, anchor: int, n_exo: int, generator: torch.Generator) -> list[int]:
+    """``anchor_plus_random`` (LOCATE): the anchor plus ``n_exo - 1`` other images of its folder.
 
     Partners are distinct from each other and from the anchor when the folder has enough images
     (``n >= n_exo``); otherwise they are drawn with replacement from the whole folder, which is
@@ -47,8 +49,8 @@ def locate_exo_indices(n: int, anchor: int, n_exo: int, generator: torch.Generat
     return [anchor, *partners]
 
 
-def wsma_exo_indices(n: int, n_exo: int, generator: torch.Generator) -> list[int]:
-    """WSMA: ``n_exo`` consecutive files (sorted order) from a random start.
+def consecutive_window_indices(n: int, n_exo: int, generator: torch.Generator) -> list[int]:
+    """``consecutive_window`` (WSMA): ``n_exo`` consecutive files (sorted order) from a random start.
 
     The start is drawn so that the window fits; a folder with fewer than ``n_exo`` images is
     used whole and padded by cycling through it again ([0, 1] -> [0, 1, 0]). The anchor is not

@@ -9,7 +9,6 @@ random draw comes from a caller-supplied ``torch.Generator``: the dataset seeds 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +16,6 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from afford.errors import AffordError
-
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
 # Errors PIL raises for a file that exists but does not decode (truncated, not an image, bomb).
 DECODE_ERRORS: tuple[type[BaseException], ...] = (
@@ -45,30 +39,31 @@ def load_rgb(path: str | Path) -> Image.Image:
         raise AffordError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
 
 
+def load_gray(path: str | Path, what: str) -> np.ndarray:
+    """A PNG (GT heatmap, object mask, prediction) as uint8 ``(H, W)``, read as grayscale like the
+    reference ``process_gt``; errors name the file and ``what`` it should have been."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            return np.array(im.convert("L"), dtype=np.uint8)
+    except FileNotFoundError:
+        raise AffordError(f"{path}: {what} file not found") from None
+    except (*DECODE_ERRORS, EOFError) as e:
+        raise AffordError(f"{path}: not a readable {what} ({type(e).__name__}: {e})") from None
+
+
 def to_tensor(img: Image.Image) -> torch.Tensor:
     """PIL RGB image -> (3, H, W) float32 in [0, 1]."""
     arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).to(torch.float32).div_(255.0)
 
 
-def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """Per-channel ``(x - mean) / std`` for a (3, H, W) tensor."""
-    m = torch.tensor(mean, dtype=x.dtype).view(-1, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype).view(-1, 1, 1)
-    return (x - m) / s
+def eval_transform(img: Image.Image, size: int = 224) -> torch.Tensor:
+    """Square resize to ``size`` (PIL bilinear, as every reference test loader) -> (3, S, S) in [0, 1].
 
-
-def test_transform(
-    img: Image.Image,
-    size: int = 224,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-) -> torch.Tensor:
-    """Square resize to ``size`` (PIL bilinear, as every reference test loader) -> (3, S, S)."""
-    return normalize(to_tensor(img.convert("RGB").resize((size, size), Image.BILINEAR)), mean, std)
-
-
-test_transform.__test__ = False  # type: ignore[attr-defined]  # its name must not look like a test to pytest
+    No normalisation: each backbone normalises its own input (``VisionBackbone.normalize``).
+    """
+    return to_tensor(img.convert("RGB").resize((size, size), Image.BILINEAR))
 
 
 def short_side_size(width: int, height: int, size: int) -> tuple[int, int]:
@@ -79,7 +74,10 @@ def short_side_size(width: int, height: int, size: int) -> tuple[int, int]:
 
 
 class TrainTransform:
-    """Resize -> RandomCrop -> RandomHorizontalFlip -> normalise (methods.md §0.3).
+    """Resize -> RandomCrop -> RandomHorizontalFlip (methods.md §0.3) -> (3, crop, crop) in [0, 1].
+
+    The references normalise here; afford leaves it to each backbone (same arithmetic, so the
+    same numbers reach the network), so one tensor can feed backbones with different statistics.
 
     ``square=False`` is LOCATE/WSMA's ``Resize(resize)`` on the short side; ``square=True`` is
     LoopTrans's ``Resize((resize, resize))``. Call as ``t(img, generator)``; the draws are, in
@@ -92,13 +90,10 @@ class TrainTransform:
         crop: int = 224,
         flip: bool = True,
         square: bool = False,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
     ) -> None:
         if crop > resize:
             raise AffordError(f"TrainTransform: crop ({crop}) must not exceed resize ({resize})")
         self.resize, self.crop, self.flip, self.square = resize, crop, flip, square
-        self.mean, self.std = tuple(mean), tuple(std)
 
     def __repr__(self) -> str:
         return (f"TrainTransform(resize={self.resize}, crop={self.crop}, flip={self.flip}, "
@@ -117,4 +112,4 @@ class TrainTransform:
         x = to_tensor(img.crop((left, top, left + self.crop, top + self.crop)))
         if self.flip and bool(torch.rand(1, generator=generator).item() < 0.5):
             x = x.flip(-1)
-        return normalize(x, self.mean, self.std)
+        return x

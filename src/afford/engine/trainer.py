@@ -1,4 +1,8 @@
-"""One plain training loop shared by every method.
+"""One plain training loop shared by every method and every task.
+
+What differs between kinds of training (the data, the label space, how to score a model, which
+metric selects an epoch) is a :class:`~afford.engine.tasks.Task`; the model is any
+:class:`~afford.methods.base.Trainable`. The loop never inspects either beyond that contract.
 
 Exact resume: every source of randomness is derived from ``(seed, epoch, step)`` — the epoch's
 sample order, each sample's augmentation (the dataset), the global torch RNG and the k-means
@@ -24,11 +28,11 @@ from tqdm import tqdm
 
 from afford import checkpoint as ckpt
 from afford.config import RunConfig, config_from_dict
-from afford.data.agd20k import AffordanceTrainSet, Split, open_split
-from afford.data.transforms import TrainTransform
-from afford.engine.evaluator import evaluate_method
+from afford.device import resolve_device
+from afford.engine.tasks import Task, task_for
 from afford.errors import AffordError
 from afford.factory import create_method
+from afford.methods.base import Trainable
 from afford.modules.param_groups import describe_groups
 
 
@@ -47,18 +51,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise AffordError(f"train.device: unknown device '{name}' (use auto, cpu, cuda, cuda:0)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise AffordError("train.device: CUDA requested but not available on this machine")
-    return dev
-
-
 class JsonlLogger:
     """Append-only JSONL log (+ TensorBoard scalars when the package is installed)."""
 
@@ -68,10 +60,10 @@ class JsonlLogger:
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-
+            except ImportError:  # tensorboard is optional
+                SummaryWriter = None  # noqa: N806
+            if SummaryWriter is not None:
                 self.tb = SummaryWriter(str(path.parent / "tb"))
-            except Exception:  # tensorboard is optional
-                self.tb = None
 
     def log(self, record: dict[str, Any]) -> None:
         with self.path.open("a") as f:
@@ -94,7 +86,7 @@ class TrainResult:
     history: list[dict[str, Any]]
 
 
-def _build_optimizer(method: torch.nn.Module, cfg: RunConfig) -> tuple[torch.optim.Optimizer, list[dict]]:
+def _build_optimizer(method: Trainable, cfg: RunConfig) -> tuple[torch.optim.Optimizer, list[dict]]:
     groups = method.param_groups()
     t = cfg.train
     spec = [{"params": g.params, "lr": t.lr * g.lr_mult, "name": g.name} for g in groups]
@@ -131,11 +123,13 @@ def _check_resume(run_dir: Path, cfg: RunConfig) -> None:
 
 
 def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
-          split: Split | None = None, build_method: Callable[..., torch.nn.Module] = create_method) -> TrainResult:
-    """Train ``cfg.method`` on ``cfg.data`` into ``run_dir``; resume from its last checkpoint.
+          task: Task | None = None, build_method: Callable[..., Trainable] = create_method) -> TrainResult:
+    """Train ``cfg.method`` on its task into ``run_dir``; resume from its last checkpoint.
 
-    ``build_method(name, model_cfg, classes)`` builds the module (after seeding); experiments
-    pass a subclass here, e.g. LOCATE with oracle prototypes in ``benchmarks/``.
+    ``task`` defaults to the registry's task for the method, built from ``cfg`` (an affordance
+    split for the WSAG methods); pass one to reuse an opened split or to train another kind of
+    model. ``build_method(name, model_cfg, labels)`` builds the module (after seeding);
+    experiments pass a subclass here, e.g. LOCATE with oracle prototypes in ``benchmarks/``.
     """
     run_dir = Path(run_dir)
     t = cfg.train
@@ -149,11 +143,12 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     elif resume and not done:
         resume = False  # nothing to resume: start fresh
 
-    device = resolve_device(t.device)
-    split = split or open_split(cfg.data.root, cfg.data.split)
-    classes = split.affordances
+    device = resolve_device(t.device, "train.device")
+    task = task or task_for(cfg)
+    if t.select == "best-on-test" and task.selection_key is None:
+        raise AffordError(f"train.select: task {task.name!r} has no test evaluation to select an epoch by; use 'last'")
     seed_everything(t.seed)
-    method = build_method(cfg.method, cfg.model, classes).to(device)
+    method = build_method(cfg.method, cfg.model, task.labels).to(device)
     optimizer, group_rows = _build_optimizer(method, cfg)
     scheduler = _build_scheduler(optimizer, cfg)
     history: list[dict[str, Any]] = []
@@ -168,37 +163,37 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         history = state.get("history", [])
         start_epoch = last + 1
     else:
-        ckpt.write_run_info(run_dir, cfg, classes, {"split": split.name, "data_root": str(split.root)})
+        ckpt.write_run_info(run_dir, cfg, task.labels, {"task": task.name, **task.run_info()})
 
     logger = JsonlLogger(run_dir / "log.jsonl")
     if start_epoch == 0:
-        logger.log({"kind": "start", "method": cfg.method, "n_classes": len(classes), "param_groups": group_rows,
-                    "device": str(device), "config": cfg.to_dict()})
-    dataset = AffordanceTrainSet(
-        split, n_exo=cfg.data.n_exo, sampling=cfg.data.sampling, seed=t.seed, cache_images=cfg.data.cache_images,
-        transform=TrainTransform(resize=cfg.data.resize, crop=cfg.data.crop, flip=True, square=cfg.data.square_resize),
-    )
+        logger.log({"kind": "start", "method": cfg.method, "task": task.name, "n_classes": len(task.labels),
+                    "param_groups": group_rows, "device": str(device), "config": cfg.to_dict()})
+    dataset = task.train_set(cfg)
     if len(dataset) < t.batch_size:
-        raise AffordError(f"{split.root}: {len(dataset)} training samples, fewer than train.batch_size={t.batch_size}")
+        where = task.run_info().get("data_root", task.name)
+        raise AffordError(f"{where}: {len(dataset)} training samples, fewer than train.batch_size={t.batch_size}")
     steps_per_epoch = len(dataset) // t.batch_size  # drop_last: BatchNorm needs > 1 sample
     if t.max_steps_per_epoch > 0:
         steps_per_epoch = min(steps_per_epoch, t.max_steps_per_epoch)
 
-    best = min((h for h in history if "test" in h), key=lambda h: h["test"]["KLD"], default=None)
+    best = None
+    for h in history:
+        if "test" in h and task.better(h["test"], best["test"] if best else None):
+            best = h
     for epoch in range(start_epoch, t.epochs):
         method.train()
         dataset.set_epoch(epoch)
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(derive_seed(t.seed, epoch)))
         batches = [order[i * t.batch_size:(i + 1) * t.batch_size].tolist() for i in range(steps_per_epoch)]
-        loader = DataLoader(dataset, batch_sampler=batches, num_workers=cfg.data.num_workers)
+        loader = DataLoader(dataset, batch_sampler=batches, num_workers=cfg.data.num_workers, collate_fn=task.collate)
         sums: dict[str, float] = {}
         t0 = time.perf_counter()
         bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not progress)
         for step, batch in enumerate(bar):
             global_step = epoch * steps_per_epoch + step
             torch.manual_seed(derive_seed(t.seed, epoch, step))
-            if hasattr(method, "seed_kmeans"):
-                method.seed_kmeans(derive_seed(t.seed, epoch, step, 1))
+            method.set_step_seed(derive_seed(t.seed, epoch, step, 1))
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.bf16):
                 losses = method.forward_train(batch, epoch)
@@ -229,14 +224,14 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         record: dict[str, Any] = {"epoch": epoch, "seconds": time.perf_counter() - t0,
                                   **{k: v / max(steps_per_epoch, 1) for k, v in sums.items()}}
         if t.select == "best-on-test":
-            summary = evaluate_method(method, split, cfg.eval, device, size=cfg.data.test_size, progress=progress)
-            record["test"] = {k: summary[k] for k in ("KLD", "SIM", "NSS", "n_images")}
-            if best is None or summary["KLD"] < best["test"]["KLD"]:
+            summary = task.evaluate(method, cfg, device, progress)
+            record["test"] = {k: summary[k] for k in task.report_keys}
+            if task.better(record["test"], best["test"] if best else None):
                 best = record
         history.append(record)
         state = {"epoch": epoch, "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                 "history": history, "torch_rng": torch.get_rng_state()}
+                 "history": history}
         protect = (best["epoch"],) if best is not None else ()
         ckpt.save_epoch_checkpoint(run_dir, epoch, method, state, keep=t.keep_checkpoints, protect=protect)
         logger.log({"kind": "epoch", "step": (epoch + 1) * steps_per_epoch, **{k: v for k, v in record.items() if k != "test"},

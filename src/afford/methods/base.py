@@ -1,45 +1,105 @@
-"""The method contract shared by every WSAG method.
+"""The method contract: what the engine, the evaluator and refinement may ask of a model.
 
-A method is a module that (a) turns a training batch into named losses and (b) turns an
-egocentric image plus an affordance label into a raw class-activation map. The engine knows
-nothing else about it, so LOCATE, WSMA, LoopTrans and SelectiveCL plug in unchanged.
+Two roles, because not every trained model grounds anything (LoopTrans's cluster module is
+pretrained without a ``predict``):
+
+- :class:`Trainable`: named losses from a batch, explicit LR groups, a per-step seed hook.
+- :class:`Grounder`: maps for (image, label) pairs under one of several named *outputs*, each
+  declaring whether it is logits-like (a raw CAM: the ``plsp`` protocol softmaxes it) or scores
+  already in [0, 1] (WSMA's refined map), and ``features`` for refinement.
+
+A WSAG :class:`Method` is both. The engine never reaches into a method's attributes (no
+``hasattr``, no ``.backbone``): whatever it needs is a hook declared here, with a default.
+Images arrive as ``(B, 3, H, W)`` floats in [0, 1]; each backbone applies its own normalisation.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
+from afford.errors import AffordError, did_you_mean
+from afford.labels import LabelSpace
+from afford.modules.param_groups import ParamGroup
 
-@dataclass
-class ParamGroup:
-    """One optimizer group with its LR multiplier; `name` is logged at start-up."""
+#: ``logits``: unbounded, raw-CAM-like; ``scores``: already a map in [0, 1].
+OutputKind = Literal["logits", "scores"]
+OUTPUT_KINDS: tuple[str, ...] = ("logits", "scores")
 
-    name: str
-    params: list[nn.Parameter] = field(default_factory=list)
-    lr_mult: float = 1.0
+__all__ = ["OUTPUT_KINDS", "Grounder", "LabelSpace", "Method", "OutputKind", "ParamGroup", "Trainable"]
 
 
-class Method(nn.Module):
-    """Base class: subclasses implement the three methods below.
-
-    Batches come from :class:`afford.data.agd20k.AffordanceTrainSet`:
-    ``{"exo": (B, N, 3, S, S), "ego": (B, 3, S, S), "label": (B,)}``.
-    """
-
-    name: ClassVar[str] = "method"
+class Trainable(nn.Module):
+    """Anything the engine's one training loop can optimise."""
 
     def forward_train(self, batch: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
         """Return named scalar losses; ``"loss"`` is the total that is back-propagated."""
         raise NotImplementedError
 
-    def predict(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Raw CAM of the given labels at feature resolution, ``(B, h, w)``, no activation."""
-        raise NotImplementedError
-
     def param_groups(self) -> list[ParamGroup]:
         """Explicit parameter groups with the method's LR multipliers (methods.md §0.3)."""
         raise NotImplementedError
+
+    def set_step_seed(self, seed: int) -> None:
+        """Seed the model's own random draws (k-means initialisations) before each step.
+
+        The engine calls it with a seed derived from (seed, epoch, step), which makes resume
+        exact. Models without their own generators keep this no-op.
+        """
+
+
+class Grounder(nn.Module):
+    """Anything that grounds labels in images: an egocentric image + label -> a map."""
+
+    #: output name -> kind; the first entry is the default unless ``default_output`` says otherwise.
+    outputs: ClassVar[dict[str, OutputKind]] = {"raw": "logits"}
+    default_output: ClassVar[str] = "raw"
+
+    def resolve_output(self, output: str | None) -> str:
+        """The named output to use (``None`` = the method's default); AffordError if unknown."""
+        name = self.default_output if output is None else output
+        if name not in self.outputs:
+            raise AffordError(f"output: {type(self).__name__} has no output {name!r}{did_you_mean(name, self.outputs)}; "
+                              f"choose from {', '.join(self.outputs)}")
+        return name
+
+    def output_kind(self, output: str | None = None) -> OutputKind:
+        return self.outputs[self.resolve_output(output)]
+
+    def predict(self, images: torch.Tensor, labels: torch.Tensor, output: str | None = None) -> torch.Tensor:
+        """Maps of ``labels`` at feature resolution, ``(B, h, w)``, as the named ``output``."""
+        raise NotImplementedError
+
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Frozen per-pixel features ``[(B, D_l, h, w), ...]`` for refinement (AffinityNet).
+
+        A method with two backbones returns the levels of the one its maps live on.
+        """
+        raise NotImplementedError
+
+
+class Method(Trainable, Grounder):
+    """A WSAG method: trained from image-level labels, grounds affordances.
+
+    Built as ``cls(model_cfg, labels)``; ``labels`` is a :class:`LabelSpace` (a plain list of
+    names is accepted as an affordance label space). Batches come from
+    :class:`afford.data.agd20k.AffordanceTrainSet`: ``{"exo": (B, N, 3, S, S), "ego": (B, 3, S, S),
+    "label": (B,)}``.
+    """
+
+    name: ClassVar[str] = "method"
+
+    def __init__(self, labels: LabelSpace | list[str] | tuple[str, ...]) -> None:
+        super().__init__()
+        self.labels = LabelSpace.coerce(labels)
+        if self.labels.task != "affordance":
+            raise AffordError(f"{type(self).__name__}: an affordance method needs affordance labels, got {self.labels.task!r}")
+        kinds = set(self.outputs.values()) - set(OUTPUT_KINDS)
+        if kinds or self.default_output not in self.outputs:
+            raise TypeError(f"{type(self).__name__}: outputs must map names to {OUTPUT_KINDS} and contain the default")
+
+    @property
+    def classnames(self) -> tuple[str, ...]:
+        return self.labels.names

@@ -20,7 +20,7 @@ from afford.backbones import create_backbone
 from afford.errors import AffordError
 from afford.losses.concentration import concentration_loss
 from afford.losses.prototype import prototype_loss
-from afford.methods.base import Method, ParamGroup
+from afford.methods.base import LabelSpace, Method, ParamGroup
 from afford.modules.heads import Mlp, conv_bn_relu_stack, map_to_tokens, minmax, tokens_to_map
 from afford.modules.param_groups import groups_from_rules
 from afford.modules.prototypes import select_part_prototypes
@@ -84,12 +84,11 @@ class LOCATE(Method):
 
     name = "locate"
 
-    def __init__(self, cfg: LOCATEConfig, classnames: Sequence[str]) -> None:
-        super().__init__()
+    def __init__(self, cfg: LOCATEConfig, labels: LabelSpace | Sequence[str]) -> None:
+        super().__init__(labels)
         if cfg.saliency not in SALIENCIES:
             raise AffordError(f"model.saliency: expected one of {SALIENCIES}, got '{cfg.saliency}'")
         self.cfg = cfg
-        self.classnames = tuple(classnames)
         self.backbone = create_backbone(
             cfg.backbone, weights=cfg.backbone_weights, layers=(cfg.key_layer,), trainable=cfg.train_backbone,
             return_tokens=False,  # LOCATE reads only the last block's keys, not its output
@@ -186,16 +185,22 @@ class LOCATE(Method):
         l_cls = F.cross_entropy(logits, y)
         return {"cls": l_cls, "loss": l_cls}
 
-    def seed_kmeans(self, seed: int) -> None:
+    def set_step_seed(self, seed: int) -> None:
         """Seed the k-means initialisation (the engine calls this per step for exact resume)."""
         self._kmeans_gen.manual_seed(seed)
 
     # -- inference ---------------------------------------------------------------------------
-    def predict(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def predict(self, images: torch.Tensor, labels: torch.Tensor, output: str | None = None) -> torch.Tensor:
         """Raw CAM of ``labels`` at feature resolution (checkpoints/locate.md §4), ``(B, h, w)``."""
+        self.resolve_output(output)
         desc, _ = self._descriptors(images)
         cam = self.aff_fc(self.aff_ego_proj(self._project(desc)))
         return cam[torch.arange(cam.shape[0], device=cam.device), labels]
+
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The DINO key descriptor the CAMs are computed from (refinement's affinity features)."""
+        with torch.no_grad():
+            return [self._descriptors(images)[0].float()]
 
     def param_groups(self) -> list[ParamGroup]:
         """Reference groups: weights x1, biases x2; ``aff_proj.fc1/fc2`` and ``aff_fc`` x10/x20."""

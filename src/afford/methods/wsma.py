@@ -28,27 +28,21 @@ from torch import nn
 from afford.backbones import PromptLearner, create_backbone, create_text_encoder
 from afford.errors import AffordError
 from afford.losses.wsma import wsma_losses
-from afford.methods.base import Method, ParamGroup
+from afford.methods.base import LabelSpace, Method, ParamGroup
 from afford.modules.attention_pool import AttentionPool2d
 from afford.modules.attention_refine import refine_cam
 from afford.modules.heads import Mlp, conv_bn_relu_stack, map_to_tokens, tokens_to_map
 from afford.modules.nmf import Hamburger
 from afford.modules.param_groups import groups_from_rules
 
-#: WSMA's training recipe (methods.md §2.3) for the shared ``train``/``data`` config sections.
-WSMA_RECIPE: dict[str, dict[str, object]] = {
-    "train": {"epochs": 13, "batch_size": 10, "lr": 1e-3, "momentum": 0.9, "weight_decay": 5e-4,
-              "nesterov": True, "scheduler": "none", "seed": 0},
-    "data": {"n_exo": 3, "sampling": "wsma", "resize": 256, "crop": 224},
-}
-
 
 @dataclass
 class WSMAConfig:
     """Paper/reference defaults (``models/model.py``, ``train.py``, ``test.py``).
 
-    The training recipe (13 epochs, batch 10, SGD lr 1e-3, no scheduler) belongs to the shared
-    ``train``/``data`` sections: see :data:`WSMA_RECIPE`.
+    The training recipe (13 epochs, batch 10, SGD lr 1e-3, no scheduler, consecutive exocentric
+    windows) belongs to the shared ``train``/``data`` sections: it is the packaged preset
+    ``configs/wsma_seen.yaml``, which the registry names as WSMA's recipe.
     """
 
     backbone: str = "dino_vits16"
@@ -104,13 +98,16 @@ class WSMA(Method):
     """WSMA with the official module names (``backbone`` stands for ``vit_model``)."""
 
     name = "wsma"
+    #: ``refined``: the Sinkhorn-refined map in [0, 1] that the paper reports (methods.md §2.4);
+    #: ``raw``: the unrefined CAM.
+    outputs = {"refined": "scores", "raw": "logits"}
+    default_output = "refined"
 
-    def __init__(self, cfg: WSMAConfig, classnames: Sequence[str]) -> None:
-        super().__init__()
+    def __init__(self, cfg: WSMAConfig, labels: LabelSpace | Sequence[str]) -> None:
+        super().__init__(labels)
         if cfg.normalize_gate not in ("channel", "batch"):
             raise AffordError(f"model.normalize_gate: expected 'channel' or 'batch', got {cfg.normalize_gate!r}")
         self.cfg = cfg
-        self.classnames = tuple(classnames)
         self.gate_axis = "batch" if cfg.faithful else cfg.normalize_gate
         self.backbone = create_backbone(cfg.backbone, weights=cfg.backbone_weights, layers=cfg.key_layers,
                                         trainable=cfg.train_backbone, return_tokens=False)
@@ -230,10 +227,18 @@ class WSMA(Method):
         return self._cam(self.aff_ego_proj(gated), labels), pooled.attn
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Refined map (methods.md §2.4) at feature resolution, (B, h, w) in [0, 1]."""
+    def predict(self, images: torch.Tensor, labels: torch.Tensor, output: str | None = None) -> torch.Tensor:
+        """``refined`` (default): the refined map (methods.md §2.4), (B, h, w) in [0, 1];
+        ``raw``: the unrefined CAM."""
         cam, attn = self.raw_cam(images, labels)
+        if self.resolve_output(output) == "raw":
+            return cam
         return refine_cam(cam, attn, self.cfg.refine_threshold, self.cfg.refine_rounds)
+
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The DINO keys of the blocks WSMA reads (refinement's affinity features)."""
+        with torch.no_grad():
+            return [k.float() for k in self.backbone(images).keys]
 
     def param_groups(self) -> list[ParamGroup]:
         """§2.3: weights x1, biases x2, other params (prompt ctx, positional embedding, logit

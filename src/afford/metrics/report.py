@@ -157,3 +157,30 @@ def wins_over(rows: Mapping[str, Mapping], name: str, reference: str, field: str
     """Classes of ``field`` where row ``name`` beats ``reference`` on both KLD and SIM."""
     mine, ref = rows[name].get(field, {}), rows[reference].get(field, {})
     return [c for c in sorted(mine) if c in ref and mine[c]["KLD"] < ref[c]["KLD"] and mine[c]["SIM"] > ref[c]["SIM"]]
+
+
+def map_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Pearson correlation of two maps; two constant maps are identical (1), one constant map
+    and a non-constant one are unrelated (0)."""
+    a = a.double().flatten() - a.double().mean()
+    b = b.double().flatten() - b.double().mean()
+    na, nb = float(a.norm()), float(b.norm())
+    tiny = 1e-12
+    if na < tiny and nb < tiny:
+        return 1.0
+    if na < tiny or nb < tiny:
+        return 0.0
+    return float(a @ b) / (na * nb)
+
+
+def format_label_sensitivity(rows: Mapping[str, Mapping]) -> str:
+    """Markdown table of the ``label_sensitivity`` entries of report rows (rows without one skipped)."""
+    lines = ["| row | n | right-label KLD ↓ | wrong-label KLD | right-label SIM ↑ | wrong-label SIM | map correlation |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, row in rows.items():
+        ls = row.get("label_sensitivity")
+        if ls:
+            r, w = ls["right"], ls["wrong"]
+            lines.append(f"| {name} | {ls['n_images']} | {r['KLD']:.3f} | {w['KLD']:.3f} | {r['SIM']:.3f} | "
+                         f"{w['SIM']:.3f} | {ls['map_cc']:.3f} |")
+    return "\n".join(lines)

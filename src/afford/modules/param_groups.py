@@ -8,10 +8,18 @@ never silently change its learning rate; the resulting groups are logged at star
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from torch import nn
 
-from afford.methods.base import ParamGroup
+
+@dataclass
+class ParamGroup:
+    """One optimizer group with its LR multiplier; `name` is logged at start-up."""
+
+    name: str
+    params: list[nn.Parameter] = field(default_factory=list)
+    lr_mult: float = 1.0
 
 # (module-name prefix, weight multiplier, bias multiplier)
 Rule = tuple[str, float, float]

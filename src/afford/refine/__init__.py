@@ -7,7 +7,7 @@ from a frozen method's CAMs; ``dense_crf`` is a pure-PyTorch mean-field CRF.
 
 from afford.refine.affinity_head import AffinityHead, DiscAffinity, disc_affinity, pair_affinity, pair_labels
 from afford.refine.affinity_loss import affinity_loss
-from afford.refine.crf import IRN_CRF, PSA_CRF, CRFParams, dense_crf, dense_crf_bruteforce
+from afford.refine.crf import IRN_CRF, PSA_CRF, CRFParams, dense_crf
 from afford.refine.labels import affinity_labels
 from afford.refine.random_walk import propagate
 from afford.refine.refiner import AffinityRefiner
@@ -24,7 +24,6 @@ __all__ = [
     "affinity_labels",
     "affinity_loss",
     "dense_crf",
-    "dense_crf_bruteforce",
     "disc_affinity",
     "pair_affinity",
     "pair_labels",

@@ -125,8 +125,6 @@ def default_crf(mode: str) -> CRFParams:
     return PSA_CRF if mode == "alpha" else IRN_CRF
 
 
-def denormalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """Network input (B, 3, H, W) normalised by mean/std -> RGB in 0..255 for the CRF's colour term."""
-    m = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
-    return ((images * s + m) * 255.0).clamp(0, 255)
+def to_rgb255(images: torch.Tensor) -> torch.Tensor:
+    """Model input (B, 3, H, W) in [0, 1] -> RGB in 0..255 for the CRF's colour term."""
+    return (images * 255.0).clamp(0, 255)

@@ -6,8 +6,8 @@ settings (β, t, γ, λ, α) recorded from :attr:`AffinityRefiner.params`.
 
 Two affinity sources:
 
-- a trained :class:`AffinityHead` (``train.train_affinity_head``), stored as
-  ``affinity_head.safetensors`` + ``refiner.json``;
+- a trained :class:`AffinityHead` (``train.train_affinity_head``), saved in a run by
+  :mod:`afford.engine.refinement` (this package is math only; persistence is the engine's);
 - training-free (§12.2 b): each level L2-normalised over channels, levels concatenated, then
   ``exp(−scale · mean_ch |f_i − f_j|)`` (or clamped cosine). Note: for unit vectors of D ≈ 384
   channels the mean absolute difference is ≈ 0.06, so a_ij ≈ 0.94–1 and β = 8 smooths almost
@@ -19,21 +19,14 @@ Defaults are psa's (β = 8, γ = 5, t = 256, affinity.md §6). §12.3 warns that
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
 from afford.errors import AffordError
 from afford.refine.affinity_head import AffinityHead, DiscAffinity, disc_affinity
 from afford.refine.random_walk import DENSE_LIMIT, propagate
-
-CONFIG_NAME = "refiner.json"
-WEIGHTS_NAME = "affinity_head.safetensors"
-FORMAT = "afford.affinity_refiner"
 
 
 class AffinityRefiner:
@@ -118,52 +111,3 @@ class AffinityRefiner:
         if out.shape[-2:] != cams.shape[-2:]:
             out = F.interpolate(out[:, None], size=cams.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         return out
-
-    def save(self, directory: str | Path) -> Path:
-        """Write ``refiner.json`` (+ ``affinity_head.safetensors`` for a trained head) to ``directory``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        config: dict[str, object] = {"format": FORMAT, "version": 1, "params": self.params, "head": None}
-        if self.head is not None:
-            config["head"] = self.head.config()
-            state = {k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()}
-            save_file(state, str(directory / WEIGHTS_NAME))
-        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-        return directory
-
-    @classmethod
-    def load(cls, directory: str | Path, **overrides: object) -> AffinityRefiner:
-        """Read a saved refiner; ``overrides`` (e.g. ``steps=16``) replace stored params."""
-        path = Path(directory) / CONFIG_NAME
-        if not path.is_file():
-            raise AffordError(f"{path}: no refiner config (expected {CONFIG_NAME} written by AffinityRefiner.save)")
-        try:
-            config = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise AffordError(f"{path}: not valid JSON ({e.msg})") from None
-        if config.get("format") != FORMAT:
-            raise AffordError(f"{path}: format: expected {FORMAT!r}, got {config.get('format')!r}")
-        try:
-            p = config["params"]
-            kwargs: dict[str, object] = {
-                "beta": p["beta"], "steps": p["t"], "radius": p["gamma"], "blend": p["lambda"],
-                "alpha_low": p["alpha_low"], "alpha_high": p["alpha_high"], "kind": p["kind"],
-                "scale": p["scale"], "dense_limit": p["dense_limit"],
-            }
-        except (KeyError, TypeError) as e:
-            raise AffordError(f"{path}: params: missing or malformed entry {e}") from None
-        head = None
-        if config.get("head") is not None:
-            weights = Path(directory) / WEIGHTS_NAME
-            if not weights.is_file():
-                raise AffordError(f"{weights}: missing affinity head weights")
-            head = AffinityHead(config["head"]["in_dims"], config["head"]["widths"])
-            try:
-                head.load_state_dict(load_file(str(weights)))
-            except RuntimeError as e:
-                raise AffordError(f"{weights}: does not match the head in {CONFIG_NAME} ({str(e).splitlines()[0]})") from None
-        unknown = set(overrides) - set(kwargs)
-        if unknown:
-            raise AffordError(f"refine override: unknown parameter {sorted(unknown)[0]!r}, expected one of {sorted(kwargs)}")
-        kwargs.update(overrides)
-        return cls(head, **kwargs)  # type: ignore[arg-type]

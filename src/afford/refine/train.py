@@ -26,7 +26,7 @@ from afford.errors import AffordError
 from afford.refine.affinity_head import AffinityHead, pair_affinity, pair_labels
 from afford.refine.affinity_loss import affinity_loss
 from afford.refine.crf import CRFParams
-from afford.refine.labels import affinity_labels, default_crf, denormalize
+from afford.refine.labels import affinity_labels, default_crf, to_rgb255
 
 CamFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 FeatureFn = Callable[[torch.Tensor], Sequence[torch.Tensor]]
@@ -44,8 +44,6 @@ class AffinityTrainConfig:
     bg_threshold: float = 0.05
     crf: bool = False
     crf_params: CRFParams | None = None  # None: psa's for "alpha", IRN's for "fixed"
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # to undo input normalisation for the CRF
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     widths: tuple[int, ...] | None = None  # head widths; None = D_l // 8
     optimizer: str = "sgd"  # "sgd" | "adam"
     lr: float = 0.1
@@ -77,7 +75,7 @@ def _make_optimizer(params: list[torch.nn.Parameter], cfg: AffinityTrainConfig) 
 
 
 def make_labels(cams: torch.Tensor, images: torch.Tensor, grid: tuple[int, int], cfg: AffinityTrainConfig) -> torch.Tensor:
-    """(B, h, w) CAMs -> (B, *grid) labels 0/1/255 per ``cfg`` (CRF on the de-normalised image)."""
+    """(B, h, w) CAMs -> (B, *grid) labels 0/1/255 per ``cfg`` (CRF on the [0, 1] images as RGB 0..255)."""
     crf = (cfg.crf_params or default_crf(cfg.label_mode)) if cfg.crf else None
     return affinity_labels(
         cams,
@@ -87,7 +85,7 @@ def make_labels(cams: torch.Tensor, images: torch.Tensor, grid: tuple[int, int],
         fg_threshold=cfg.fg_threshold,
         bg_threshold=cfg.bg_threshold,
         size=grid,
-        image=denormalize(images.float(), cfg.mean, cfg.std) if crf is not None else None,
+        image=to_rgb255(images.float()) if crf is not None else None,
         crf=crf,
     )
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from afford.data.synth_render import Placement, random_texture
-from afford.data.synth_shapes import Shape, capsule, ellipse, extent, raster, reach, rect, rotation
-from afford.data.synth_world import Texture, Use
+from afford.synthagd.render import Placement, random_texture
+from afford.synthagd.shapes import Shape, capsule, ellipse, extent, raster, reach, rect, rotation
+from afford.synthagd.world import Texture, Use
 
 SKIN: tuple[tuple[float, float, float], ...] = (
     (0.96, 0.80, 0.69), (0.88, 0.68, 0.55), (0.76, 0.57, 0.42), (0.60, 0.42, 0.30), (0.44, 0.30, 0.21),

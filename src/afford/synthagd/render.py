@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from afford.data.synth_shapes import Shape, capsule, ellipse, raster, rect, rotation, transform
-from afford.data.synth_world import ObjectSpec, Texture, hsv
+from afford.synthagd.shapes import Shape, capsule, ellipse, raster, rect, rotation, transform
+from afford.synthagd.world import ObjectSpec, Texture, hsv
 
 MIN_PERIOD_PX = 6.0  # a texture period below ~6 px aliases at 96-112 px and after JPEG
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from afford.data.synth_shapes import Shape, capsule, ellipse, rect, ring, solid
+from afford.synthagd.shapes import Shape, capsule, ellipse, rect, ring, solid
 
 TEXTURES: tuple[str, ...] = ("noise", "stripes", "checker", "dots", "gradient")
 

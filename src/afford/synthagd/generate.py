@@ -31,11 +31,12 @@ import numpy as np
 from PIL import Image, ImageFilter
 from tqdm import tqdm
 
-from afford.data.synth_actor import build_actor
-from afford.data.synth_render import Canvas, Placement, background, draw_object, place
-from afford.data.synth_shapes import bbox, raster, short_side, transform
-from afford.data.synth_world import VOCAB, ObjectSpec, make_world, split_pairs
+from afford.data.layout import CLASS_FILE, EXTRAS_DIR, EXTRAS_MASK, subtree_path
 from afford.errors import AffordError
+from afford.synthagd.actor import build_actor
+from afford.synthagd.render import Canvas, Placement, background, draw_object, place
+from afford.synthagd.shapes import bbox, raster, short_side, transform
+from afford.synthagd.world import VOCAB, ObjectSpec, make_world, split_pairs
 
 VERSION = "1"
 SPLITS: dict[str, str] = {"seen": "Seen", "unseen": "Unseen"}
@@ -183,7 +184,7 @@ def generate(out: Path | str, split: str = "seen", seed: int = 0, size: int = 22
     key = _check(split, seed, size, {"n_exo": n_exo, "n_ego": n_ego, "n_test": n_test}, difficulty, jpeg_quality)
     out = Path(out)
     name = SPLITS[key]
-    root, extras = out / name, out / "extras" / name
+    root, extras = out / name, out / EXTRAS_DIR / name
     if root.exists() and any(root.iterdir()):
         if not overwrite:
             raise AffordError(f"{root}: already exists and is not empty (pass overwrite=True / --overwrite)")
@@ -193,6 +194,10 @@ def generate(out: Path | str, split: str = "seen", seed: int = 0, size: int = 22
     train, test = split_pairs(key)
     jobs = [("exo", p, i) for p in train for i in range(n_exo)] + [("ego", p, i) for p in train for i in range(n_ego)]
     jobs += [("test", p, i) for p in test for i in range(n_test)]
+    # The tree is the one the reader defines (afford.data.layout), never retyped here.
+    exo_rel = subtree_path(Path(), "exocentric").as_posix()  # "trainset/exocentric", kept in hoi.json
+    ego_dir = {"ego": subtree_path(root, "egocentric"), "test": subtree_path(root, "test_egocentric")}
+    gt_dir = subtree_path(root, "GT")
     t0 = time.perf_counter()
     hoi: list[dict] = []
     counts = {"exocentric": 0, "egocentric": 0, "test": 0, "gt": 0, "masks": 0}
@@ -201,21 +206,20 @@ def generate(out: Path | str, split: str = "seen", seed: int = 0, size: int = 22
         stem = f"{obj}_{role}_{i:06d}"  # unique across train/test: masks share one extras folder
         if role == "exo":
             img, rec = render_exo(world, obj, aff, size, rng, difficulty)
-            rel = f"trainset/exocentric/{aff}/{obj}/{stem}.jpg"
+            rel = f"{exo_rel}/{aff}/{obj}/{stem}.jpg"
             _save_jpg(img, root / rel, jpeg_quality)
             hoi.append({"file": rel, "width": size, "height": size, **rec})
             counts["exocentric"] += 1
             continue
         img, obj_mask, part_mask = render_ego(world, obj, aff, size, rng, difficulty)
-        sub = "trainset" if role == "ego" else "testset"
-        _save_jpg(img, root / sub / "egocentric" / aff / obj / f"{stem}.jpg", jpeg_quality)
-        mdir = extras / "masks" / aff / obj
-        _save_png(obj_mask.astype(np.uint8) * 255, mdir / f"{stem}_object.png")
-        _save_png(part_mask.astype(np.uint8) * 255, mdir / f"{stem}_part.png")
+        _save_jpg(img, ego_dir[role] / aff / obj / f"{stem}.jpg", jpeg_quality)
+        for kind, mask in (("object", obj_mask), ("part", part_mask)):
+            _save_png(mask.astype(np.uint8) * 255,
+                      out / EXTRAS_MASK.format(split=name, aff=aff, obj=obj, stem=stem, kind=kind))
         counts["masks"] += 2
         if role == "test":
             _save_png(gt_heatmap(part_mask if part_mask.any() else obj_mask, rng),
-                      root / "testset" / "GT" / aff / obj / f"{stem}.png")
+                      gt_dir / aff / obj / f"{stem}.png")
             counts["test"] += 1
             counts["gt"] += 1
         else:
@@ -227,7 +231,7 @@ def generate(out: Path | str, split: str = "seen", seed: int = 0, size: int = 22
                "version": VERSION, "split": name, "difficulty": difficulty,
                "parts": {o: {a: list(VOCAB[o][a].parts) for a in sorted(VOCAB[o]) if a in affs} for o in objs}}
     root.mkdir(parents=True, exist_ok=True)
-    (root / "afford_classes.json").write_text(json.dumps(classes, indent=1, sort_keys=True) + "\n")
+    (root / CLASS_FILE).write_text(json.dumps(classes, indent=1, sort_keys=True) + "\n")
     extras.mkdir(parents=True, exist_ok=True)
     (extras / "hoi.json").write_text(json.dumps({"source": "SynthAGD", "split": name, "box_format": "xyxy",
                                                  "images": hoi}, indent=1, sort_keys=True) + "\n")

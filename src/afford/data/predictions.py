@@ -1,0 +1,61 @@
+"""Reading another codebase's heatmaps: a folder ``<aff>/<obj>/<name>.png|.npy`` per test image.
+
+Only file I/O and validation live here; scoring is :mod:`afford.engine.evaluator`'s, so a folder
+of predictions is scored exactly like afford's own maps. Nothing is dropped silently: a missing
+or unreadable prediction is an error naming its path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from afford.data.transforms import load_gray
+from afford.errors import AffordError
+
+PRED_SUFFIXES: tuple[str, ...] = (".png", ".npy")
+
+
+def check_map(m: np.ndarray | torch.Tensor, where: str) -> np.ndarray | torch.Tensor:
+    """A prediction must be a finite 2-D map; a nan would silently turn into nan scores."""
+    shape = tuple(m.shape)
+    if len(shape) == 3 and shape[0] == 1:
+        m = m[0]
+    if m.ndim != 2 or min(m.shape) < 1:
+        raise AffordError(f"{where}: expected a 2-D (H, W) heatmap, got shape {shape}")
+    finite = torch.isfinite(m).all() if isinstance(m, torch.Tensor) else np.isfinite(m).all()
+    if not finite:
+        raise AffordError(f"{where}: heatmap contains nan or inf values")
+    return m
+
+
+def index_prediction_dir(pred_dir: Path) -> dict[str, Path]:
+    """``"<aff>/<obj>/<name>"`` -> prediction file, for every .png/.npy three levels down."""
+    found: dict[str, Path] = {}
+    for p in sorted(pred_dir.glob("*/*/*")):
+        if not (p.is_file() and p.suffix.lower() in PRED_SUFFIXES):
+            continue
+        key = p.relative_to(pred_dir).with_suffix("").as_posix()
+        if key in found:
+            raise AffordError(f"{p}: ambiguous prediction, {found[key].name} exists too (keep one)")
+        found[key] = p
+    return found
+
+
+def load_prediction(path: Path) -> np.ndarray:
+    """A .png as 8-bit grayscale, or a 2-D float .npy; errors name the file."""
+    if path.suffix.lower() != ".npy":
+        return np.asarray(check_map(load_gray(path, "prediction"), str(path)))
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise AffordError(f"{path}: not a readable prediction ({type(e).__name__}: {e})") from None
+    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise AffordError(f"{path}: expected a real-valued heatmap array, got dtype {arr.dtype}")
+    return np.asarray(check_map(arr.astype(np.float64), str(path)))
+
+
+def all_files(pred_dir: Path) -> list[Path]:
+    return sorted(p for p in pred_dir.rglob("*") if p.is_file())

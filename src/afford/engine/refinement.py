@@ -1,0 +1,161 @@
+"""AffinityNet refinement wired to run directories: ``afford refine train`` and ``--refine``.
+
+Two refiners, named explicitly (affinity.md §12.2):
+
+- ``affinity``: the AffinityNet head trained on the run's own CAMs by ``afford refine train``,
+  saved in ``RUN/affinity/`` (``refiner.json`` + ``model.safetensors``, written through
+  :mod:`afford.checkpoint` like every other weight file). Refused when the run has none.
+- ``affinity-free``: the training-free affinity on the run's frozen features (§12.2 b).
+
+Either way the refiner's settings are reported next to the numbers. Features come from the
+method's declared :meth:`~afford.methods.base.Grounder.features` hook, never from its attributes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from afford import checkpoint as ckpt
+from afford.checkpoint import LoadedRun, load_run
+from afford.data.agd20k import AffordanceTrainSet, open_split
+from afford.data.transforms import TrainTransform
+from afford.engine.evaluator import MapFn
+from afford.errors import AffordError, did_you_mean
+from afford.refine.affinity_head import AffinityHead
+from afford.refine.refiner import AffinityRefiner
+from afford.refine.train import AffinityTrainConfig, train_affinity_head
+
+REFINER_DIR = "affinity"
+CONFIG_FILE = "refiner.json"
+FORMAT = "afford.affinity_refiner"
+#: ``--refine`` choices: the trained head, or the training-free affinity.
+REFINERS: tuple[str, ...] = ("affinity", "affinity-free")
+# Propagation defaults for a 14x14 grid. t = 256 over-smooths 196 nodes (affinity.md §12.3). These
+# were chosen on held-out SynthAGD images (test indices 4-7 of an 8-per-pair generation, disjoint from
+# the 4 the demo reports), from t in {2, 4, 16}, lambda in {0, 0.5}, gamma in {3, 5}: never on a
+# test set that is reported.
+DEFAULT_STEPS = 16
+DEFAULT_BLEND = 0.5
+DEFAULT_RADIUS = 5
+DEFAULT_EPOCHS = 3
+
+RefineFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (cams (B,h,w), images) -> (B,h,w)
+
+
+def refined(map_fn: MapFn, refine: RefineFn | None) -> MapFn:
+    """``map_fn`` followed by ``refine`` (on the same images); ``map_fn`` itself when None.
+
+    The one place a refiner is composed with a model, for the CLI, the demo and the predictor.
+    """
+    if refine is None:
+        return map_fn
+
+    def fn(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return refine(map_fn(images, labels), images)
+
+    return fn
+
+
+# ----------------------------------------------------------------------------- persistence
+def save_refiner(refiner: AffinityRefiner, directory: Path) -> Path:
+    """``refiner.json`` (settings, head shape) + the head's ``model.safetensors`` when trained."""
+    directory.mkdir(parents=True, exist_ok=True)
+    head = refiner.head.config() if refiner.head is not None else None
+    if refiner.head is not None:
+        ckpt.save_weights(refiner.head, directory / ckpt.WEIGHTS)  # weights first: the json marks completion
+    ckpt.write_json(directory / CONFIG_FILE, {"format": FORMAT, "version": 2, "params": refiner.params, "head": head})
+    return directory
+
+
+def load_refiner(directory: Path, **overrides: object) -> AffinityRefiner:
+    """Read a saved refiner; ``overrides`` (e.g. ``steps=16``) replace stored settings."""
+    path = directory / CONFIG_FILE
+    config = ckpt.read_json(path, f"refiner config (expected {CONFIG_FILE} written by save_refiner)")
+    if config.get("format") != FORMAT:
+        raise AffordError(f"{path}: format: expected {FORMAT!r}, got {config.get('format')!r}")
+    try:
+        p = config["params"]
+        kwargs: dict[str, object] = {
+            "beta": p["beta"], "steps": p["t"], "radius": p["gamma"], "blend": p["lambda"],
+            "alpha_low": p["alpha_low"], "alpha_high": p["alpha_high"], "kind": p["kind"],
+            "scale": p["scale"], "dense_limit": p["dense_limit"],
+        }
+    except (KeyError, TypeError) as e:
+        raise AffordError(f"{path}: params: missing or malformed entry {e}") from None
+    if unknown := sorted(set(overrides) - set(kwargs)):
+        raise AffordError(f"refine override: unknown parameter {unknown[0]!r}, expected one of {sorted(kwargs)}")
+    head = None
+    if config.get("head") is not None:
+        head = AffinityHead(config["head"]["in_dims"], config["head"]["widths"])
+        ckpt.load_weights(head, directory / ckpt.WEIGHTS, "affinity head")
+    return AffinityRefiner(head, **{**kwargs, **overrides})  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- runs
+def check_refiner(kind: str) -> None:
+    if kind not in REFINERS:
+        raise AffordError(f"--refine: unknown refinement {kind!r}{did_you_mean(kind, REFINERS)}; "
+                          f"choose from {', '.join(REFINERS)}")
+
+
+def refiner_for_run(run: LoadedRun, kind: str = "affinity", **overrides: object) -> RefineFn:
+    """``fn(cams (B,h,w), images (B,3,S,S)) -> refined (B,h,w)`` in [0, 1], with ``.params``."""
+    check_refiner(kind)
+    saved = run.path / REFINER_DIR
+    if kind == "affinity":
+        if not (saved / CONFIG_FILE).is_file():
+            raise AffordError(f"{run.path}: --refine affinity needs a trained affinity head ({saved / CONFIG_FILE}); "
+                              f"train one with 'afford refine train --checkpoint {run.path}', or use --refine affinity-free")
+        refiner = load_refiner(saved, **overrides)
+    else:
+        opts: dict = {"steps": DEFAULT_STEPS, "blend": DEFAULT_BLEND, "radius": DEFAULT_RADIUS, **overrides}
+        refiner = AffinityRefiner(**opts)
+    method = run.method
+
+    def fn(cams: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        feats = method.features(images.to(next(method.parameters()).device))
+        return refiner(cams.to(feats[0].device).float(), feats).cpu()
+
+    fn.params = {"refine": kind, **refiner.params}  # type: ignore[attr-defined]
+    return fn
+
+
+def train_refiner_for_run(
+    run_dir: str | Path, data_root: str | None = None, split: str | None = None, epochs: int = DEFAULT_EPOCHS,
+    seed: int = 0, batch_size: int = 16, progress: bool = True, steps: int = DEFAULT_STEPS,
+    blend: float = DEFAULT_BLEND, radius: int = DEFAULT_RADIUS,
+) -> Path:
+    """Train an affinity head on the run's egocentric training images and CAMs; save it in the run."""
+    run = load_run(run_dir)
+    cfg = run.config
+    sp = open_split(data_root or run.info.get("data_root") or cfg.data.root, split or run.info.get("split") or cfg.data.split)
+    if sp.affordances != run.classes:
+        raise AffordError(f"{sp.root}: the run was trained on {len(run.classes)} classes, this split has {len(sp.affordances)}")
+    ds = AffordanceTrainSet(sp, n_exo=1, seed=seed, cache_images=cfg.data.cache_images, transform=TrainTransform(
+        resize=cfg.data.resize, crop=cfg.data.crop, flip=True, square=cfg.data.square_resize))
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=True,
+                        generator=torch.Generator().manual_seed(seed))
+    out = run.path / REFINER_DIR
+    out.mkdir(exist_ok=True)
+    tcfg = AffinityTrainConfig(radius=radius, epochs=epochs, seed=seed)
+    method = run.method
+    with (out / "log.jsonl").open("w") as log, tqdm(total=epochs * len(loader), desc="affinity head",
+                                                     disable=not progress) as bar:
+        def log_fn(step: int, vals: dict[str, float]) -> None:
+            log.write(json.dumps({"step": step, **vals}) + "\n")
+            bar.update(1)
+            bar.set_postfix(loss=f"{vals['loss']:.3f}")
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            head = train_affinity_head(loader, lambda x, y: method.predict(x, y), method.features, tcfg,
+                                       set_epoch=ds.set_epoch, log_fn=log_fn)
+    refiner = AffinityRefiner(head, steps=steps, blend=blend, radius=radius, alpha_low=tcfg.alpha_low,
+                              alpha_high=tcfg.alpha_high)
+    return save_refiner(refiner, out)

@@ -1,0 +1,91 @@
+"""How a method's released checkpoint maps onto afford's modules: the per-method import table.
+
+Each method with an official release declares one :class:`OfficialFormat` beside its code
+(``methods/<m>_official.py``) and names it in the registry (:data:`afford.factory.METHODS`);
+:func:`afford.importers.import_official` is generic and never branches on a method's name. The
+shared key tables of the backbones the releases use (DINO ViT, OpenAI CLIP text) live here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor
+
+from afford.methods.base import Method
+
+
+@dataclass(frozen=True)
+class OfficialFormat:
+    """One released checkpoint layout.
+
+    Attributes:
+        method: registry name.
+        markers: keys only this method's files hold (to recognise a file of another method).
+        classifier: the key whose first dimension is the class count.
+        keys: ``keys(vit_depth, text_depth)`` -> every official key in file order.
+        depths: the (vit, text) depths of a built model, to check a file of a tiny test model.
+        to_afford: official state dict -> afford's names (float32).
+        model_overrides: ``(overrides, tokenizer)`` -> the model-config fields an import sets
+            (e.g. WSMA's ``faithful=True``); user overrides win.
+        finish: ``(model, converted, source)`` adds afford state that is not in the file
+            (WSMA's prompt ids), raising AffordError when it cannot.
+        saved_config: model config -> what ``run.json`` records (no machine-local paths).
+        run_info: extra ``run.json`` fields.
+    """
+
+    method: str
+    markers: tuple[str, ...]
+    classifier: str
+    keys: Callable[[int, int], list[str]]
+    depths: Callable[[Method], tuple[int, int]]
+    to_afford: Callable[[Mapping[str, Tensor]], dict[str, Tensor]]
+    model_overrides: Callable[[dict[str, Any], Any], dict[str, Any]] = lambda overrides, tokenizer: overrides
+    finish: Callable[[Method, dict[str, Tensor], str], None] = lambda model, converted, source: None
+    saved_config: Callable[[Any], Any] = lambda cfg: cfg
+    run_info: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- shared key tables
+def dino_keys(depth: int = 12, prefix: str = "vit_model.") -> list[str]:
+    """Official DINO ViT names (locate.md §7), in file order."""
+    keys = ["cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias"]
+    for i in range(depth):
+        keys += [f"blocks.{i}.{m}.{k}" for m in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
+                 for k in ("weight", "bias")]
+    keys += ["norm.weight", "norm.bias"]
+    return [prefix + k for k in keys]
+
+
+def clip_text_keys(depth: int = 12) -> list[str]:
+    """OpenAI CLIP text-tower names at the root, with ``logit_scale`` (wsma.md §6)."""
+    keys = ["logit_scale", "positional_embedding", "text_projection"]
+    for i in range(depth):
+        b = f"transformer.resblocks.{i}."
+        keys += [b + "attn.in_proj_weight", b + "attn.in_proj_bias", b + "attn.out_proj.weight", b + "attn.out_proj.bias"]
+        keys += [b + f"{m}.{k}" for m in ("ln_1", "mlp.c_fc", "mlp.c_proj", "ln_2") for k in ("weight", "bias")]
+    return keys + ["token_embedding.weight", "ln_final.weight", "ln_final.bias"]
+
+
+def bn_keys(prefix: str) -> list[str]:
+    return [prefix + k for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")]
+
+
+def conv_bn_keys(prefix: str, depth: int) -> list[str]:
+    """``conv_bn_relu_stack`` entries: conv at 3j, BatchNorm at 3j+1."""
+    keys: list[str] = []
+    for j in range(depth):
+        keys += [f"{prefix}{3 * j}.weight", f"{prefix}{3 * j}.bias", *bn_keys(f"{prefix}{3 * j + 1}.")]
+    return keys
+
+
+def aff_proj_keys() -> list[str]:
+    """The ``aff_proj`` Mlp both LOCATE and WSMA release."""
+    return [f"aff_proj.{m}.{k}" for m in ("norm", "fc1", "fc2") for k in ("weight", "bias")]
+
+
+def as_float(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The releases were saved from GPU models, some in half precision: afford stores float32."""
+    return {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}

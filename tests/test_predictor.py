@@ -1,0 +1,70 @@
+"""Predictor.set_image: array inputs are validated, never silently cast (a [0, 1] float image is not black)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from afford.checkpoint import LoadedRun
+from afford.config import build_config
+from afford.errors import AffordError
+from afford.factory import create_method
+from afford.labels import LabelSpace
+from afford.predictor import Predictor
+
+CLASSES = ("hold", "cut_with", "drink_with")
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    torch.manual_seed(0)
+    cfg = build_config("locate", overrides=["model.backbone=tiny_vit", "data.test_size=56"])
+    m = create_method("locate", cfg.model, CLASSES)
+    return Predictor(LoadedRun(method=m.eval(), labels=LabelSpace.affordances(CLASSES), config=cfg, info={},
+                               path=Path("x")))
+
+
+def _image() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, size=(40, 48, 3), dtype=np.uint8)
+
+
+def test_float_image_in_unit_range_equals_its_uint8_image(predictor):
+    u8 = _image()
+    predictor.set_image(u8)
+    want = predictor.predict()
+    for dtype in (np.float32, np.float64):
+        predictor.set_image((u8 / 255.0).astype(dtype))
+        got = predictor.predict()
+        assert set(got) == set(CLASSES)
+        for a in CLASSES:
+            assert got[a].shape == (40, 48)
+            np.testing.assert_array_equal(got[a], want[a])
+    # not vacuous: the model's maps depend on the image (the old cast made a [0, 1] image black)
+    predictor.set_image(np.zeros_like(u8))
+    black = predictor.predict()
+    assert any(not np.array_equal(black[a], want[a]) for a in CLASSES)
+
+
+@pytest.mark.parametrize("bad", [
+    _image().astype(np.float32),                      # 0..255 floats: outside [0, 1]
+    np.full((8, 8, 3), -0.1, dtype=np.float32),
+    np.full((8, 8, 3), np.nan, dtype=np.float64),
+])
+def test_float_image_outside_unit_range_or_nan_is_an_error(predictor, bad):
+    with pytest.raises(AffordError, match=r"image: .*\[0, 1\]"):
+        predictor.set_image(bad)
+
+
+@pytest.mark.parametrize("bad", [np.zeros((8, 8, 3), dtype=np.int64), np.zeros((8, 8, 3), dtype=bool),
+                                 np.zeros((8, 8, 3), dtype=np.uint16)])
+def test_other_dtypes_are_an_error(predictor, bad):
+    with pytest.raises(AffordError, match=f"image: .*uint8.*{bad.dtype}"):
+        predictor.set_image(bad)
+
+
+def test_wrong_shape_is_an_error(predictor):
+    with pytest.raises(AffordError, match="image: expected an \\(H, W, 3\\) array"):
+        predictor.set_image(np.zeros((8, 8), dtype=np.uint8))

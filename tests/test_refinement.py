@@ -1,0 +1,81 @@
+"""AffinityNet refinement wired to runs: ``afford refine train`` and ``--refine affinity|affinity-free``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from afford.checkpoint import load_run
+from afford.cli import main
+from afford.engine.refinement import REFINER_DIR, refiner_for_run
+from afford.errors import AffordError
+from afford.metrics.saliency import minmax
+
+
+def _changed(out: torch.Tensor, cams: torch.Tensor) -> float:
+    """Largest difference between the refined maps and the min-maxed raw maps (an identity or a
+    plain min-max 'refiner' gives 0)."""
+    return float((out - minmax(cams.double()).float()).abs().max())
+
+
+def test_training_free_refiner_propagates_over_the_run_features(tiny_run):
+    run = load_run(tiny_run)
+    fn = refiner_for_run(run, "affinity-free", radius=2)  # the 56 px test run has a 7x7 grid
+    assert fn.params["affinity"] == "training_free" and fn.params["refine"] == "affinity-free"
+    images = torch.rand(2, 3, 56, 56, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        cams = run.method.predict(images, torch.tensor([0, 1]))
+    out = fn(cams, images)
+    assert out.shape == cams.shape and torch.isfinite(out).all()
+    assert out.min() >= 0 and out.max() <= 1 + 1e-6
+    assert _changed(out, cams) > 0.05  # the random walk moved mass
+    # The features come from the run: other images (other features) give other refined maps.
+    other = fn(cams, torch.rand(2, 3, 56, 56, generator=torch.Generator().manual_seed(1)))
+    assert float((other - out).abs().max()) > 1e-3
+    const = fn(torch.ones_like(cams), images)
+    # a constant map stays constant under a random walk (min-max of a constant is 0)
+    assert (const.amax((1, 2)) - const.amin((1, 2))).abs().max() < 1e-6
+
+
+def test_trained_refiner_is_explicit(tiny_run):
+    with pytest.raises(AffordError, match="needs a trained affinity head.*affinity-free"):
+        refiner_for_run(load_run(tiny_run), "affinity")
+    with pytest.raises(AffordError, match="did you mean: affinity"):
+        refiner_for_run(load_run(tiny_run), "afinity")
+
+
+def test_refine_train_then_eval_and_predict(tiny_run, synth_root, tmp_path):
+    run_copy = tmp_path / "run"
+    shutil.copytree(tiny_run, run_copy)
+    assert main(["refine", "train", "--checkpoint", str(run_copy), "--epochs", "1", "--radius", "2", "--quiet"]) == 0
+    saved = run_copy / REFINER_DIR
+    assert (saved / "refiner.json").is_file() and (saved / "model.safetensors").is_file()
+    losses = [json.loads(x)["loss"] for x in (saved / "log.jsonl").read_text().splitlines()]
+    assert losses and all(np.isfinite(losses))
+    run = load_run(run_copy)
+    fn = refiner_for_run(run)
+    assert fn.params["affinity"] == "trained_head" and fn.params["refine"] == "affinity"
+    images = torch.rand(2, 3, 56, 56, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        cams = run.method.predict(images, torch.tensor([0, 1]))
+    assert _changed(fn(cams, images), cams) > 0.05
+
+    raw, refined = tmp_path / "raw.json", tmp_path / "m.json"
+    common = ["eval", "--checkpoint", str(run_copy), "--data", str(synth_root), "--split", "Seen", "--quiet"]
+    assert main([*common, "--json", str(raw)]) == 0
+    assert main([*common, "--refine", "affinity", "--json", str(refined)]) == 0
+    m, r = json.loads(refined.read_text()), json.loads(raw.read_text())
+    assert m["refine"]["affinity"] == "trained_head" and np.isfinite(m["KLD"]) and r["refine"] == "none"
+    assert m["KLD"] != r["KLD"]  # the refined maps were scored, not the raw ones
+
+    img = next((synth_root / "Seen" / "testset" / "egocentric").rglob("*.jpg"))
+    pred, pred_raw = tmp_path / "pred", tmp_path / "pred_raw"
+    assert main(["predict", str(img), "--checkpoint", str(run_copy), "--affordance", "hold",
+                 "--refine", "affinity", "--out", str(pred)]) == 0
+    assert main(["predict", str(img), "--checkpoint", str(run_copy), "--affordance", "hold", "--out", str(pred_raw)]) == 0
+    a, b = np.load(pred / f"{img.stem}_hold.npy"), np.load(pred_raw / f"{img.stem}_hold.npy")
+    assert a.max() > 0.99 and np.abs(a - b).max() > 0.05

@@ -204,3 +204,33 @@ def test_info_messages_reach_stderr_by_default_and_quiet_hides_them(synth_root):
     assert r.returncode == 0 and "afford: Seen" in r.stderr, r.stderr
     r = subprocess.run([*cmd, "-q", *args], capture_output=True, text=True)
     assert r.returncode == 0 and "afford: " not in r.stderr, r.stderr
+
+
+def test_eval_takes_data_and_split_from_the_run_and_rejects_ignored_flags(run_dir, synth_root, tmp_path, capsys):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    assert main(["eval", "--checkpoint", str(run_dir), "--json", str(a), "--quiet"]) == 0  # no --data / --split
+    assert main(["eval", "--checkpoint", str(run_dir), "--data", str(synth_root), "--split", "Seen",
+                 "--json", str(b), "--quiet"]) == 0
+    ma, mb = json.loads(a.read_text()), json.loads(b.read_text())
+    assert ma["KLD"] == mb["KLD"] and ma["split"] == "Seen" and ma["output"] == "raw" and ma["output_kind"] == "logits"
+    capsys.readouterr()
+    for flags in (["--viz", "v"], ["--refine", "affinity-free"], ["--device", "cpu"], ["--bf16"], ["--batch-size", "4"],
+                  ["--output", "raw"]):
+        assert main(["eval", "--baseline", "center", "--data", str(synth_root), *flags]) == 2
+        assert f"{flags[0]} only apply to --checkpoint RUN" in one_line_error(capsys)
+    assert main(["eval", "--pred", str(tmp_path), "--data", str(synth_root), "--bf16"]) == 2
+    assert "with --pred they would be ignored" in one_line_error(capsys)
+    assert main(["eval", "--baseline", "center"]) == 2
+    assert "--data ROOT is required" in one_line_error(capsys)
+
+
+def test_eval_output_and_protocol_must_agree(run_dir, tmp_path, capsys):
+    """A method declares what each output is; plsp (softmax over logits) refuses score maps."""
+    assert main(["eval", "--checkpoint", str(run_dir), "--output", "refined", "--quiet"]) == 2
+    assert "has no output 'refined'" in one_line_error(capsys)
+    assert main(["eval", "--checkpoint", str(run_dir), "--protocol", "plsp", "--refine", "affinity-free",
+                 "--quiet"]) == 2
+    assert "refined maps are already in [0, 1]" in one_line_error(capsys)
+    out = tmp_path / "p.json"
+    assert main(["eval", "--checkpoint", str(run_dir), "--protocol", "plsp", "--json", str(out), "--quiet"]) == 0
+    assert json.loads(out.read_text())["protocol"] == "plsp"

@@ -192,3 +192,21 @@ def test_prompt_ids_travel_with_the_weights(monkeypatch: pytest.MonkeyPatch) -> 
     m.load_state_dict(sd)
     out = m.predict(batch(1)["ego"], torch.tensor([0]))
     assert torch.isfinite(out).all() and torch.equal(m.prompt_ids, ids)
+
+
+def test_outputs_are_declared_and_plsp_refuses_the_refined_scores() -> None:
+    from afford.config import EvalConfig
+    from afford.engine.evaluator import check_output_protocol
+
+    m = tiny_wsma().eval()
+    assert m.outputs == {"refined": "scores", "raw": "logits"} and m.default_output == "refined"
+    x, y = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 2])
+    raw, attn = m.raw_cam(x, y)
+    torch.testing.assert_close(m.predict(x, y, output="raw"), raw)
+    torch.testing.assert_close(m.predict(x, y), refine_cam(raw, attn, m.cfg.refine_threshold, m.cfg.refine_rounds))
+    assert check_output_protocol(m, EvalConfig(protocol="plsp", output="raw")) == {"output": "raw", "output_kind": "logits"}
+    with pytest.raises(AffordError, match="plsp.*already a \\[0, 1\\] map; use --output raw"):
+        check_output_protocol(m, EvalConfig(protocol="plsp"))
+    with pytest.raises(AffordError, match="has no output 'cam'"):
+        m.predict(x, y, output="cam")
+    assert len(m.features(x)) == 2 and m.features(x)[0].shape[-2:] == (SIZE // 8, SIZE // 8)

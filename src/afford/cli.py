@@ -237,13 +237,24 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_list(a: argparse.Namespace) -> int:
-    from afford.backbones import list_backbones
-    from afford.factory import list_methods
+    from afford.backbones import list_backbones, list_text_encoders
+    from afford.baselines import BASELINES
+    from afford.engine.refinement import REFINERS
+    from afford.factory import METHODS, list_presets, official_methods
+    from afford.metrics.saliency import PROTOCOLS
 
-    print("methods:  ", ", ".join(list_methods()))
-    print("backbones:", ", ".join(list_backbones()))
-    cfg_dir = Path(__file__).parent / "configs"
-    print("configs:  ", ", ".join(sorted(p.stem for p in cfg_dir.glob("*.yaml"))))
+    rows = {
+        "methods": ", ".join(f"{m} (task {s.task}, recipe {s.recipe})" for m, s in sorted(METHODS.items())),
+        "importable": ", ".join(official_methods()) + "  (afford import --method M --file OFFICIAL.pth)",
+        "configs": ", ".join(list_presets()),
+        "backbones": ", ".join(list_backbones()),
+        "text encoders": ", ".join(list_text_encoders()),
+        "protocols": ", ".join(PROTOCOLS),
+        "baselines": ", ".join(BASELINES) + "  (egocentric-only CAM: afford train egocam_synthagd_demo)",
+        "refiners": ", ".join(REFINERS),
+    }
+    for k, v in rows.items():
+        print(f"{k + ':':<15}{v}")
     return 0
 
 
@@ -401,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--quiet", action="store_true", help="no progress bars")
     rt.set_defaults(fn=cmd_refine_train)
 
-    ls = sub.add_parser("list", help="methods, backbones and packaged configs")
+    ls = sub.add_parser("list", help="methods, importers, presets, backbones, text encoders, protocols, baselines, refiners")
     ls.set_defaults(fn=cmd_list)
     return p
 

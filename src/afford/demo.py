@@ -37,6 +37,7 @@ class DemoPlan:
     max_steps: int
     methods: tuple[str, ...]
     ego_cam: bool = True  # the egocentric-only CAM baseline row (synthagd.md)
+    refined: tuple[str, ...] = ("locate",)  # methods that also get an AffinityNet-refined row
     refine_epochs: int = 2
     refine_radius: int = 5  # gamma in feature cells; must fit the grid (7x7 in the quick plan)
 
@@ -159,7 +160,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, progress: bool = Tru
         train_eval("egocam", "baseline: ego-only CAM (tiny ViT, {rule})")
     for method in plan.methods:
         run_dir, cfg, selection = train_eval(method, f"{method.upper()} (tiny ViT, {{rule}})")
-        if method == "locate":
+        if method in plan.refined:
             t0 = time.perf_counter()
             train_refiner_for_run(run_dir, epochs=plan.refine_epochs, seed=seed, progress=progress,
                                   radius=plan.refine_radius)
@@ -171,10 +172,10 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, progress: bool = Tru
             row = evaluate_fn(refined_fn, split, ecfg, size=cfg.data.test_size, progress=progress)
             row["label_sensitivity"] = label_sensitivity(refined_fn, split, ecfg, size=cfg.data.test_size,
                                                          progress=progress)
-            timings["eval locate+affinity"] = time.perf_counter() - t0
+            timings[f"eval {method}+affinity"] = time.perf_counter() - t0
             row["refine"] = refine.params
             row["selection"] = selection
-            rows["LOCATE + AffinityNet refinement (trained affinity head)"] = row
+            rows[f"{method.upper()} + AffinityNet refinement (trained affinity head)"] = row
 
     timings["total"] = time.perf_counter() - t_start
     metrics = {name: {k: v for k, v in s.items() if not k.startswith("_")} for name, s in rows.items()}

@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from afford.backbones import ClipBPETokenizer, PromptLearner, create_text_encoder, plain_prompts
+from afford.backbones import ClipBPETokenizer, create_text_encoder
 from afford.backbones.tokenizer import bytes_to_unicode
 from afford.errors import AffordError
+from afford.modules.prompts import PromptLearner, plain_prompts
 
 torch.manual_seed(0)
 

@@ -3,7 +3,7 @@
 ``create_backbone(name, weights=None, layers=(-1,), trainable=False, **overrides)`` returns a
 module whose call on ``(B, 3, H, W)`` images in [0, 1] (it normalises them itself) gives :class:`Features` (tokens, keys
 in the DINO reference channel order, CLS attention, DINO saliency). ``create_text_encoder``
-and :class:`PromptLearner` cover the CLIP text side. Official DINO/OpenAI files are converted on
+covers the CLIP text side (trainable prompts: :mod:`afford.modules.prompts`). Official DINO/OpenAI files are converted on
 load; ``weights=None`` builds a random model without network access.
 """
 
@@ -17,7 +17,6 @@ from afford.backbones.features import (
     dino_saliency,
     keys_to_reference_order,
 )
-from afford.backbones.prompts import PromptLearner, plain_prompts
 from afford.backbones.registry import (
     BACKBONES,
     TEXT_ENCODERS,
@@ -39,7 +38,6 @@ __all__ = [
     "CLIPTextEncoder",
     "ClipBPETokenizer",
     "Features",
-    "PromptLearner",
     "VisionBackbone",
     "create_backbone",
     "create_text_encoder",
@@ -47,5 +45,4 @@ __all__ = [
     "keys_to_reference_order",
     "list_backbones",
     "list_text_encoders",
-    "plain_prompts",
 ]

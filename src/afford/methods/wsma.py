@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from afford.backbones import PromptLearner, create_backbone, create_text_encoder
+from afford.backbones import create_backbone, create_text_encoder
 from afford.errors import AffordError
 from afford.losses.wsma import wsma_losses
 from afford.methods.base import LabelSpace, Method, ParamGroup
@@ -34,6 +34,7 @@ from afford.modules.attention_refine import refine_cam
 from afford.modules.heads import Mlp, conv_bn_relu_stack, map_to_tokens, tokens_to_map
 from afford.modules.nmf import Hamburger
 from afford.modules.param_groups import groups_from_rules
+from afford.modules.prompts import PromptLearner
 
 
 @dataclass

@@ -4,6 +4,9 @@ CoOp (Zhou et al., IJCV 2022) replaces the words of a hand-written prompt by ``n
 vectors shared across classes. WSMA uses 16 vectors, initialised N(0, 0.02^2), with the class
 name at the end (methods.md §2.1): the prompt is tokenised as ``"X X ... X <name>."`` and the
 embeddings of the X placeholders are swapped for the learned context.
+
+Trainable prompt modules live here, above the frozen text towers of ``afford.backbones``, so
+SelectiveCL's and CLIP4HOI's prompt learners join them without touching the bottom layer.
 """
 
 from __future__ import annotations
@@ -29,9 +32,6 @@ class PromptLearner(nn.Module):
         template: the text after the context, with ``{name}`` (WSMA: ``"{name}."``). The brief's
             ``"X"*n_ctx + " {name}."`` is realised as ``n_ctx`` *space-separated* X's so each is
             one token; a glued ``XXXX`` would be a few BPE tokens, not ``n_ctx``.
-        add_token_embeddings: WSMA checkpoint parity. The reference adds ``token_embedding(ids)``
-            on top of the stored prompt embeddings before the transformer (wsma.md §4 step 3);
-            off by default because it double-counts the class-name embeddings.
 
     Buffers ``token_prefix`` ``(C, 1, W)`` (SOT) and ``token_suffix`` ``(C, L-1-n_ctx, W)``
     (name, period, EOT, padding) are persistent, as in WSMA's released files, where they were
@@ -45,7 +45,6 @@ class PromptLearner(nn.Module):
         n_ctx: int = 16,
         init_std: float = 0.02,
         template: str = "{name}.",
-        add_token_embeddings: bool = False,
     ) -> None:
         super().__init__()
         if not classnames:
@@ -55,7 +54,6 @@ class PromptLearner(nn.Module):
         # token_suffix}``.
         object.__setattr__(self, "text_encoder", text_encoder)
         self.n_ctx = n_ctx
-        self.add_token_embeddings = add_token_embeddings
         self.classnames = [c.replace("_", " ") for c in classnames]
         prompts = [" ".join(["X"] * n_ctx) + " " + template.format(name=c) for c in self.classnames]
         ids = text_encoder.tokenize(prompts)
@@ -81,11 +79,7 @@ class PromptLearner(nn.Module):
 
     def forward(self) -> Tensor:
         """``(C, E)`` text features, one per class (not L2-normalised)."""
-        x = self.prompt_embeddings()
-        ids = self.tokenized_prompts
-        if self.add_token_embeddings:
-            x = x + self.text_encoder.token_embedding(ids)
-        return self.text_encoder.encode_prompt_embeddings(x, ids)
+        return self.text_encoder.encode_prompt_embeddings(self.prompt_embeddings(), self.tokenized_prompts)
 
 
 def plain_prompts(classnames: Sequence[str], template: str = "an item to {aff} with") -> list[str]:

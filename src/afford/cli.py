@@ -151,11 +151,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
         split = _open_eval_split(a, read_run_info(Path(a.checkpoint)))
         device = resolve_device(a.device)
         run = load_run(a.checkpoint, device=device, expect_classes=split.affordances)
-        which = check_output_protocol(run.method, ecfg)
         refine = _refiner(a, run)
-        if refine is not None and ecfg.protocol == "plsp":
-            raise AffordError("--protocol plsp: it softmaxes logits, but refined maps are already in [0, 1]; "
-                              "drop --refine or use another protocol")
+        which = check_output_protocol(run.method, ecfg, refined=refine is not None)
         fn = refined(method_map_fn(run.method, device, bf16=a.bf16, output=which["output"]), refine)
         size = run.config.data.test_size
         summary = evaluate_fn(fn, split, ecfg, size=size, progress=progress, keep_maps=bool(a.viz))

@@ -101,10 +101,16 @@ def method_map_fn(method: Grounder, device: torch.device, bf16: bool = False, ou
     return fn
 
 
-def check_output_protocol(method: Grounder, eval_cfg: EvalConfig) -> dict:
-    """The scored output's name and kind; ``plsp`` softmaxes logits, so a score map is refused."""
+def check_output_protocol(method: Grounder, eval_cfg: EvalConfig, refined: bool = False) -> dict:
+    """The scored output's name and kind; ``plsp`` softmaxes logits, so a score map is refused.
+
+    ``refined``: the maps go through a refiner, whose output is a [0, 1] score map whatever the method's.
+    """
     name = method.resolve_output(eval_cfg.output)
-    kind = method.outputs[name]
+    kind = "scores" if refined else method.outputs[name]
+    if eval_cfg.protocol == "plsp" and refined:
+        raise AffordError("--protocol plsp: it softmaxes logits, but refined maps are already in [0, 1]; "
+                          "drop --refine or use another protocol")
     if eval_cfg.protocol == "plsp" and kind != "logits":
         logits = [n for n, k in method.outputs.items() if k == "logits"]
         raise AffordError(f"--protocol plsp: it softmaxes logits, but output {name!r} of {type(method).__name__} is "

@@ -135,7 +135,8 @@ def test_console_script_runs_and_reports_errors_in_one_line(tmp_path):
 def test_import_cli_rejects_truncated_and_other_method_files(tmp_path, capsys):
     import torch
 
-    sd = {"vit_model.cls_token": torch.zeros(1, 1, 8), "aff_fc.weight": torch.zeros(36, 8, 1, 1)}
+    sd = {"vit_model.cls_token": torch.zeros(1, 1, 8), "aff_ego_proj.3.weight": torch.zeros(8, 8, 3, 3),
+          "aff_fc.weight": torch.zeros(36, 8, 1, 1)}
     torch.save(sd, tmp_path / "locate.pth")
     data = (tmp_path / "locate.pth").read_bytes()
     (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])

@@ -291,7 +291,7 @@ def test_unreadable_and_wrong_files_are_rejected(tmp_path) -> None:
     (tmp_path / "truncated.pth").write_bytes(data[: len(data) // 2])
     with pytest.raises(AffordError, match=r"truncated\.pth: cannot read the checkpoint"):
         import_official("locate", tmp_path / "truncated.pth", tmp_path / "r1")
-    with pytest.raises(AffordError, match=r"official LOCATE checkpoint \(it has 'aff_fc.weight'\).*--method locate"):
+    with pytest.raises(AffordError, match=r"official LOCATE checkpoint \(it has 'aff_ego_proj.3.weight'\).*--method locate"):
         import_official("wsma", tmp_path / "locate.pth", tmp_path / "r2")
     torch.save(official_wsma(c=10, **TINY_WSMA), tmp_path / "wsma.pth")
     with pytest.raises(AffordError, match=r"official WSMA checkpoint.*--method wsma"):
@@ -333,5 +333,5 @@ def test_key_class_count_shape_and_vocabulary_errors(tmp_path, monkeypatch: pyte
     with pytest.raises(AffordError, match="needs the CLIP BPE vocabulary.*--tokenizer"):
         import_official("wsma", tmp_path / "rn50.pth", tmp_path / "r",
                         model_overrides={**TINY_WSMA_OVERRIDES, "text_encoder": "clip_rn50"})
-    with pytest.raises(AffordError, match="expected one of 'locate', 'wsma'"):
+    with pytest.raises(AffordError, match="expected one of 'locate', 'looptrans', 'wsma'"):
         import_official("loop", tmp_path / "shape.pth", tmp_path / "r")

@@ -8,7 +8,7 @@ import torch
 from afford.config import build_config
 from afford.errors import AffordError
 from afford.factory import create_method
-from afford.methods.locate import border_saliency, cam_saliency
+from afford.modules.saliency import border_saliency, cam_saliency
 
 CLASSES = ("cut_with", "hold", "swing")
 

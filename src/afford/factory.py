@@ -41,6 +41,12 @@ METHODS: dict[str, MethodSpec] = {
                          official="afford.methods.locate_official:LOCATE_OFFICIAL"),
     "wsma": MethodSpec("afford.methods.wsma:WSMA", "afford.methods.wsma:WSMAConfig", "wsma_seen",
                        official="afford.methods.wsma_official:WSMA_OFFICIAL"),
+    "looptrans": MethodSpec("afford.methods.looptrans:LoopTrans", "afford.methods.looptrans:LoopTransConfig",
+                            "looptrans_seen", official="afford.methods.looptrans_official:LOOPTRANS_OFFICIAL"),
+    # LoopTrans's cluster module, pretrained without labels on a split's training images.
+    "looptrans_cluster": MethodSpec("afford.methods.looptrans_cluster:LoopTransCluster",
+                                    "afford.methods.looptrans_cluster:LoopTransClusterConfig",
+                                    "looptrans_cluster_seen", task="images"),
 }
 
 

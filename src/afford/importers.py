@@ -34,6 +34,7 @@ from afford.factory import (
     recipe_config,
 )
 from afford.labels import LabelSpace
+from afford.methods.official import OfficialFormat
 
 #: Class count of the released classifier -> (split name, class list in index order).
 SPLITS_BY_CLASS_COUNT: dict[int, tuple[str, tuple[str, ...]]] = {
@@ -98,6 +99,15 @@ def check_keys(sd: Mapping[str, Tensor], expected: Sequence[str], method: str, s
         raise AffordError(f"{source}: not an official {method.upper()} checkpoint: " + "; ".join(parts))
 
 
+def expected_keys(fmt: OfficialFormat, sd: Mapping[str, Tensor], depths: tuple[int, int]) -> list[str]:
+    """The format's keys at ``depths``, without its optional group when the file has none of it."""
+    keys = fmt.keys(*depths)
+    prefix = fmt.optional_prefix
+    if prefix and not any(k.startswith(prefix) for k in sd):
+        keys = [k for k in keys if not k.startswith(prefix)]
+    return keys
+
+
 # ----------------------------------------------------------------------------- import
 def import_official(
     method: str,
@@ -145,24 +155,25 @@ def import_official(
 
     classifier = fmt.classifier
     if classifier not in sd:
-        check_keys(sd, fmt.keys(12, 12), method, source)  # lists everything that is missing
-    n_classes = int(sd[classifier].shape[0])
+        check_keys(sd, expected_keys(fmt, sd, fmt.full_depths), method, source)  # lists everything missing
+    n_classes = int(sd[classifier].shape[0]) - fmt.extra_classes
+    what = f"'{classifier}' has {n_classes} classes" + (f" (+ {fmt.extra_classes} noise classes)" if fmt.extra_classes else "")
     if classnames is not None:
         classes = tuple(classnames)
         if len(classes) != n_classes:
-            raise AffordError(f"{source}: '{classifier}' has {n_classes} classes but {len(classes)} class names were given")
+            raise AffordError(f"{source}: {what} but {len(classes)} class names were given")
         split = "custom"
     elif n_classes in SPLITS_BY_CLASS_COUNT:
         split, classes = SPLITS_BY_CLASS_COUNT[n_classes]
     else:
-        raise AffordError(f"{source}: '{classifier}' has {n_classes} classes; official checkpoints have 36 (Seen), "
+        raise AffordError(f"{source}: {what}; official checkpoints have 36 (Seen), "
                           "25 (Unseen) or 10 (HICO-IIF); pass the class names for another split")
 
     labels = LabelSpace.affordances(classes)
     model = create_method(method, model_cfg, labels)
-    check_keys(sd, fmt.keys(*fmt.depths(model)), method, source)
+    check_keys(sd, expected_keys(fmt, sd, fmt.depths(model)), method, source)
     converted = fmt.to_afford(sd)
-    fmt.finish(model, converted, source)
+    found = fmt.finish(model, converted, source) or {}
     load_strict(model, converted, source)
 
     # The paper's data/train recipe from the registry; the model section is the import's own.
@@ -171,5 +182,5 @@ def import_official(
     out.mkdir(parents=True, exist_ok=True)
     save_weights(model, out / WEIGHTS)  # weights first: run.json marks a complete run
     write_run_info(out, run_cfg, labels, {"split": split, "imported_from": str(Path(file).resolve()),
-                                          "official": True, **fmt.run_info})
+                                          "official": True, **fmt.run_info, **found})
     return out

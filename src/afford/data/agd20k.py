@@ -40,7 +40,7 @@ from afford.data.transforms import TrainTransform, eval_transform, load_rgb
 from afford.errors import AffordError, did_you_mean
 
 __all__ = [
-    "AffordanceTestSet", "AffordanceTrainSet", "GTCache", "Split", "TestItem", "load_gt", "open_split",
+    "AffordanceTestSet", "AffordanceTrainSet", "TrainImageSet", "GTCache", "Split", "TestItem", "load_gt", "open_split",
 ]
 
 log = logging.getLogger(__name__)
@@ -266,6 +266,41 @@ class AffordanceTrainSet(Dataset):
         ego = self.transform(self._load(ego_file), g)
         label, obj = self._group_info[self._samples[index][0]]
         return {"exo": exo, "ego": ego, "label": torch.tensor(label, dtype=torch.int64), "object": obj}
+
+
+class TrainImageSet(Dataset):
+    """Every training image of a split (egocentric and exocentric), without labels, for
+    label-free pretraining (LoopTrans's cluster module). Item: ``{"image": (3, S, S)}``.
+
+    Files are sorted (egocentric first, then exocentric); each item's crop and flip come from a
+    generator seeded by (seed, epoch, index), as in :class:`AffordanceTrainSet`.
+    """
+
+    def __init__(self, split: Split, transform: TrainTransform | None = None, seed: int = 0,
+                 cache_images: bool = False) -> None:
+        self.split, self.seed, self.epoch = split, seed, 0
+        self.transform = transform if transform is not None else TrainTransform()
+        self.files: list[Path] = [p for groups in (split.ego_groups(), split.exo_groups())
+                                  for key in sorted(groups) for p in groups[key]]
+        if not self.files:
+            raise AffordError(f"{split.root / 'trainset'}: no training images")
+        self._decoded: dict[Path, Image.Image] | None = {} if cache_images else None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self.files):
+            raise IndexError(index)
+        path = self.files[index]
+        if self._decoded is None:
+            img = load_rgb(path)
+        else:
+            img = self._decoded.get(path) or self._decoded.setdefault(path, load_rgb(path))
+        return {"image": self.transform(img, sample_generator(self.seed, self.epoch, index))}
 
 
 class AffordanceTestSet(Dataset):

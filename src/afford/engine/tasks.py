@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch.utils.data import Dataset
 
-from afford.data.agd20k import AffordanceTrainSet, Split, open_split
+from afford.data.agd20k import AffordanceTrainSet, Split, TrainImageSet, open_split
 from afford.data.transforms import TrainTransform
 from afford.errors import AffordError, did_you_mean
 from afford.labels import LabelSpace
@@ -93,8 +93,35 @@ class WSAGTask(Task):
         return {"split": self.split.name, "data_root": str(self.split.root)}
 
 
+class ImagePretrainTask(Task):
+    """Label-free pretraining on a split's training images (LoopTrans's cluster module).
+
+    No labels are used; the label space is the split's, recorded so the run says which split it
+    learned from. There is no evaluation, so epochs are selected by ``last`` only.
+    """
+
+    name = "images"
+
+    def __init__(self, split: Split) -> None:
+        self.split = split
+        self.labels = LabelSpace.affordances(split.affordances)
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> ImagePretrainTask:
+        return cls(open_split(cfg.data.root, cfg.data.split))
+
+    def train_set(self, cfg: RunConfig) -> TrainImageSet:
+        d = cfg.data
+        return TrainImageSet(self.split, seed=cfg.train.seed, cache_images=d.cache_images,
+                             transform=TrainTransform(resize=d.resize, crop=d.crop, flip=True, square=d.square_resize))
+
+    def run_info(self) -> dict[str, Any]:
+        return {"split": self.split.name, "data_root": str(self.split.root)}
+
+
 #: task name (``MethodSpec.task``) -> builder from a run config.
-TASKS: dict[str, Callable[[RunConfig], Task]] = {"affordance": WSAGTask.from_config}
+TASKS: dict[str, Callable[[RunConfig], Task]] = {"affordance": WSAGTask.from_config,
+                                                 "images": ImagePretrainTask.from_config}
 
 
 def task_for(cfg: RunConfig) -> Task:

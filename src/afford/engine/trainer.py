@@ -163,7 +163,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         history = state.get("history", [])
         start_epoch = last + 1
     else:
-        ckpt.write_run_info(run_dir, cfg, task.labels, {"task": task.name, **task.run_info()})
+        ckpt.write_run_info(run_dir, cfg, task.labels, {"task": task.name, **task.run_info(), **method.provenance()})
 
     logger = JsonlLogger(run_dir / "log.jsonl")
     if start_epoch == 0:

@@ -15,7 +15,7 @@ Images arrive as ``(B, 3, H, W)`` floats in [0, 1]; each backbone applies its ow
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -48,6 +48,11 @@ class Trainable(nn.Module):
         The engine calls it with a seed derived from (seed, epoch, step), which makes resume
         exact. Models without their own generators keep this no-op.
         """
+
+    def provenance(self) -> dict[str, Any]:
+        """Where the parts that are not trained here came from, for ``run.json`` (e.g. the
+        LoopTrans cluster module's file and sha256). Default: nothing to record."""
+        return {}
 
 
 class Grounder(nn.Module):

@@ -21,9 +21,10 @@ from afford.errors import AffordError
 from afford.losses.concentration import concentration_loss
 from afford.losses.prototype import prototype_loss
 from afford.methods.base import LabelSpace, Method, ParamGroup
-from afford.modules.heads import Mlp, conv_bn_relu_stack, map_to_tokens, minmax, tokens_to_map
+from afford.modules.heads import Mlp, conv_bn_relu_stack, map_to_tokens, tokens_to_map
 from afford.modules.param_groups import groups_from_rules
 from afford.modules.prototypes import select_part_prototypes
+from afford.modules.saliency import border_saliency, cam_saliency
 
 
 @dataclass
@@ -54,26 +55,6 @@ class LOCATEConfig:
     # with CE on the egocentric image alone (no exocentric branch, no prototype, no L_con). What
     # LOCATE's exocentric transfer adds is measured against it. Not a LOCATE setting.
     ego_only: bool = False
-
-
-def cam_saliency(cams: torch.Tensor) -> torch.Tensor:
-    """Class-agnostic object mask ``(B, h, w)`` from CAMs ``(B, C, h, w)``: max over classes,
-    min-max, then ``> mean`` (the same binarisation as the DINO saliency of methods.md §0.2)."""
-    m = minmax(cams.max(1).values)
-    return m > m.flatten(1).mean(1)[:, None, None]
-
-
-def border_saliency(desc: torch.Tensor) -> torch.Tensor:
-    """Label-free object mask ``(B, h, w)`` from descriptors ``(B, D, h, w)`` alone: one minus a
-    position's mean cosine similarity to the border positions (the background prior of classic
-    saliency), min-max, then ``> mean`` (the binarisation of methods.md §0.2)."""
-    b, d, h, w = desc.shape
-    n = F.normalize(desc.flatten(2).float(), dim=1)  # (B, D, hw)
-    border = torch.ones(h, w, dtype=torch.bool, device=desc.device)
-    border[1:-1, 1:-1] = False
-    sim = torch.einsum("bdp,bdq->bp", n, n[:, :, border.flatten()]) / int(border.sum())
-    m = minmax((1 - sim).view(b, h, w))
-    return m > m.flatten(1).mean(1)[:, None, None]
 
 
 SALIENCIES = ("dino", "border", "cam")

@@ -29,6 +29,6 @@ def _depths(model: Method) -> tuple[int, int]:
 
 
 LOCATE_OFFICIAL = OfficialFormat(
-    method="locate", markers=("aff_fc.weight",), classifier="aff_fc.weight", keys=locate_keys, depths=_depths,
+    method="locate", markers=("aff_ego_proj.3.weight", "aff_exo_proj.3.weight"), classifier="aff_fc.weight", keys=locate_keys, depths=_depths,
     to_afford=locate_to_afford,
 )

@@ -31,7 +31,12 @@ class OfficialFormat:
         model_overrides: ``(overrides, tokenizer)`` -> the model-config fields an import sets
             (e.g. WSMA's ``faithful=True``); user overrides win.
         finish: ``(model, converted, source)`` adds afford state that is not in the file
-            (WSMA's prompt ids), raising AffordError when it cannot.
+            (WSMA's prompt ids), raising AffordError when it cannot; may return extra
+            ``run.json`` fields (what it found).
+        extra_classes: classifier rows beyond the affordance classes (LoopTrans's 15 noise classes).
+        optional_prefix: a key group the release may omit (LoopTrans's training-only ``cluster.*``);
+            when any of its keys is present, all must be.
+        full_depths: the (vit, second) depths of the released architecture, for error listings.
         saved_config: model config -> what ``run.json`` records (no machine-local paths).
         run_info: extra ``run.json`` fields.
     """
@@ -43,7 +48,10 @@ class OfficialFormat:
     depths: Callable[[Method], tuple[int, int]]
     to_afford: Callable[[Mapping[str, Tensor]], dict[str, Tensor]]
     model_overrides: Callable[[dict[str, Any], Any], dict[str, Any]] = lambda overrides, tokenizer: overrides
-    finish: Callable[[Method, dict[str, Tensor], str], None] = lambda model, converted, source: None
+    finish: Callable[[Method, dict[str, Tensor], str], dict[str, Any] | None] = lambda model, converted, source: None
+    extra_classes: int = 0
+    optional_prefix: str | None = None
+    full_depths: tuple[int, int] = (12, 12)
     saved_config: Callable[[Any], Any] = lambda cfg: cfg
     run_info: dict[str, Any] = field(default_factory=dict)
 

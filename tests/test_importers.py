@@ -1,9 +1,10 @@
-"""Importing official LOCATE/WSMA files: key tables, conversion, parity with the official path.
+"""Importing official LOCATE/WSMA/LoopTrans files: key tables, conversion, parity with the official path.
 
 The official-layout state dicts are built here from the spec's key tables (checkpoints/locate.md
-§7, wsma.md §6) with random values; the expected maps are computed by an independent
-re-implementation of the official inference paths (locate.md §4, wsma.md §4) on those raw
-official tensors, so a wrong rename, q/k/v split or channel order shows up as a value error.
+§7, wsma.md §6, looptrans.md §6) with random values; the expected maps are computed by an
+independent re-implementation of the official inference paths (locate.md §4, wsma.md §4,
+looptrans.md §4) on those raw official tensors, so a wrong rename, q/k/v split or channel order
+shows up as a value error.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from afford.data.classes import HICO_IIF_AFFORDANCES, SEEN_AFFORDANCES
 from afford.errors import AffordError
 from afford.importers import import_official, official_keys, to_afford_names
 from afford.methods.locate import LOCATE, LOCATEConfig
+from afford.methods.looptrans import LoopTrans, LoopTransConfig
 from afford.methods.wsma import WSMA, WSMAConfig
 
 T = torch.Tensor
@@ -111,6 +113,43 @@ def official_wsma(c: int = 36, dim: int = 384, depth: int = 12, patch: int = 16,
     return sd
 
 
+def official_looptrans(c: int = 36, dim: int = 384, depth: int = 12, patch: int = 16, cluster_layers: int = 8,
+                       seed: int = 0, empty: bool = False, with_cluster: bool = True) -> dict:
+    """A LoopTrans file as train.py writes it (looptrans.md §6, file order), random values;
+    ``aff_fc`` has C + 15 rows; ``with_cluster=False`` drops the training-only ``cluster.*``."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape: int, scale: float = 0.05, base: float = 0.0) -> T:
+        return torch.empty(shape) if empty else base + scale * torch.randn(shape, generator=g)
+
+    sd: dict = OrderedDict()
+    _vit(sd, g, dim, depth, patch, empty)
+    if with_cluster:  # all cross layers, all self layers, all norms, all FFNs (§6)
+        sd["cluster.tokens.weight"] = r(4, dim, scale=1.0)
+        for kind in ("cross_attn_layers", "self_attn_layers"):
+            for i in range(cluster_layers):
+                b = f"cluster.{kind}.{i}."
+                sd.update({b + "in_proj_weight": r(3 * dim, dim, scale=dim**-0.5), b + "in_proj_bias": r(3 * dim),
+                           b + "out_proj.weight": r(dim, dim, scale=dim**-0.5), b + "out_proj.bias": r(dim)})
+        for i in range(cluster_layers):
+            sd[f"cluster.norm_layers.{i}.weight"], sd[f"cluster.norm_layers.{i}.bias"] = r(dim, base=1.0), r(dim)
+        for i in range(cluster_layers):
+            b = f"cluster.ffn_layers.{i}.net."
+            sd.update({b + "0.weight": r(4 * dim, dim, scale=dim**-0.5), b + "0.bias": r(4 * dim),
+                       b + "3.weight": r(dim, 4 * dim, scale=(4 * dim) ** -0.5), b + "3.bias": r(dim)})
+    sd.update({"aff_proj.norm.weight": r(dim, scale=0.1, base=1.0), "aff_proj.norm.bias": r(dim),
+               "aff_proj.fc1.weight": r(4 * dim, dim, scale=dim**-0.5), "aff_proj.fc1.bias": r(4 * dim),
+               "aff_proj.fc2.weight": r(dim, 4 * dim, scale=0.5 * dim**-0.5), "aff_proj.fc2.bias": r(dim)})
+    _conv_bn(sd, g, "pixel_dec.", dim, 2, empty)
+    _conv_bn(sd, g, "scam.", dim, 2, empty)
+    sd["aff_fc.weight"], sd["aff_fc.bias"] = r(c + 15, dim, 1, 1, scale=dim**-0.5), r(c + 15, scale=1.0)
+    return sd
+
+
+TINY_LOOPTRANS = dict(dim=96, depth=4, patch=8, cluster_layers=2)
+TINY_LOOPTRANS_OVERRIDES = {"backbone": "tiny_vit", "cluster_layers": 2, "cluster_heads": 4}
+
+
 TINY_WSMA = dict(dim=96, depth=4, patch=8, width=64, text_depth=2, vocab=514, proj=64)
 TINY_WSMA_OVERRIDES = {"backbone": "tiny_vit", "text_encoder": "tiny_clip", "attnpool_heads": 8}
 
@@ -161,6 +200,14 @@ def ref_locate(sd: dict, x: T, labels: T, heads: int = 6, depth: int = 12, patch
     p = (desc + ref_mlp(sd, desc)).transpose(1, 2).reshape(x.shape[0], -1, 14, 14)
     cam = F.conv2d(ref_conv_bn(sd, "aff_ego_proj.", p, 2), sd["aff_fc.weight"], sd["aff_fc.bias"])
     return cam[torch.arange(x.shape[0]), labels]
+
+
+def ref_looptrans(sd: dict, x: T, labels: T, heads: int = 6, depth: int = 12, patch: int = 16) -> T:
+    """looptrans.md §4: P = D + aff_proj(D) -> aff_fc(pixel_dec(P)) over C + 15 -> raw CAM_y at 14x14."""
+    desc = ref_dino_keys(sd, x, [depth - 1], heads, patch)[depth - 1][:, 1:]
+    p = (desc + ref_mlp(sd, desc)).transpose(1, 2).reshape(x.shape[0], -1, 14, 14)
+    logits = F.conv2d(ref_conv_bn(sd, "pixel_dec.", p, 2), sd["aff_fc.weight"], sd["aff_fc.bias"])
+    return logits[torch.arange(x.shape[0]), labels]
 
 
 def ref_text(sd: dict, ids: T, heads: int) -> T:
@@ -335,3 +382,71 @@ def test_key_class_count_shape_and_vocabulary_errors(tmp_path, monkeypatch: pyte
                         model_overrides={**TINY_WSMA_OVERRIDES, "text_encoder": "clip_rn50"})
     with pytest.raises(AffordError, match="expected one of 'locate', 'looptrans', 'wsma'"):
         import_official("loop", tmp_path / "shape.pth", tmp_path / "r")
+
+
+# ----------------------------------------------------------------------------- LoopTrans
+def test_looptrans_key_table_and_real_size_mapping() -> None:
+    """299 entries in file order, the spec's element counts, and the renamed keys cover the model."""
+    keys = official_keys("looptrans")
+    assert len(keys) == 299
+    for c, n in ((36, 47_105_719), (25, 47_101_484)):
+        sd = official_looptrans(c=c, empty=True)
+        assert list(sd) == keys  # same keys, same file order
+        assert sum(v.numel() for v in sd.values()) == n
+    model = LoopTrans(LoopTransConfig(), SEEN_AFFORDANCES)
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    conv = {k: tuple(v.shape) for k, v in to_afford_names(official_looptrans(c=36, empty=True), "looptrans").items()}
+    assert conv == own
+
+
+def test_import_looptrans_matches_official_inference(tmp_path) -> None:
+    sd = official_looptrans(c=25, **TINY_LOOPTRANS)
+    torch.save(sd, tmp_path / "best_model_12_1.160_0.430_1.382.pth")
+    run_dir = import_official("looptrans", tmp_path / "best_model_12_1.160_0.430_1.382.pth", tmp_path / "run",
+                              model_overrides=TINY_LOOPTRANS_OVERRIDES)
+    run = load_run(run_dir)
+    assert run.info["split"] == "Unseen" and len(run.classes) == 25 and run.info["cluster"]["kind"] == "file"
+    x, labels = torch.rand(3, 3, 112, 112, generator=torch.Generator().manual_seed(3)), torch.tensor([24, 0, 7])
+    cams = run.method.predict(x, labels)
+    torch.testing.assert_close(cams, ref_looptrans(sd, imagenet(x), labels, heads=4, depth=4, patch=8),
+                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(cams, run.method.predict(x, labels), atol=0, rtol=0)
+    torch.testing.assert_close(cams[1:], run.method.predict(x[1:], labels[1:]), atol=1e-5, rtol=1e-5)
+    cluster = run.method.cluster.state_dict()
+    assert set(cluster) == {k[len("cluster."):] for k in sd if k.startswith("cluster.")}
+    for k, v in cluster.items():
+        torch.testing.assert_close(v, sd["cluster." + k], atol=0, rtol=0)
+
+
+def test_import_looptrans_without_cluster_keys(tmp_path) -> None:
+    """test.py's model has no cluster module: such a file imports, with a recorded random cluster."""
+    sd = official_looptrans(c=36, **TINY_LOOPTRANS, with_cluster=False)
+    assert not any(k.startswith("cluster.") for k in sd)
+    torch.save(sd, tmp_path / "no_cluster.pth")
+    run = load_run(import_official("looptrans", tmp_path / "no_cluster.pth", tmp_path / "run",
+                                   model_overrides=TINY_LOOPTRANS_OVERRIDES))
+    assert run.info["split"] == "Seen" and len(run.classes) == 36 and run.info["cluster"]["kind"] == "random"
+    x, labels = torch.rand(2, 3, 112, 112, generator=torch.Generator().manual_seed(4)), torch.tensor([35, 3])
+    torch.testing.assert_close(run.method.predict(x, labels),
+                               ref_looptrans(sd, imagenet(x), labels, heads=4, depth=4, patch=8), atol=1e-4, rtol=1e-4)
+
+
+def test_looptrans_wrong_files_are_rejected(tmp_path) -> None:
+    partial = official_looptrans(c=25, **TINY_LOOPTRANS)
+    del partial["cluster.ffn_layers.1.net.3.bias"]
+    torch.save(partial, tmp_path / "partial.pth")
+    with pytest.raises(AffordError) as e:
+        import_official("looptrans", tmp_path / "partial.pth", tmp_path / "r0", model_overrides=TINY_LOOPTRANS_OVERRIDES)
+    msg = str(e.value)
+    assert "missing keys (1) [cluster.ffn_layers.1.net.3.bias]" in msg and "unexpected" not in msg and "\n" not in msg
+    torch.save(official_looptrans(c=25, **TINY_LOOPTRANS), tmp_path / "looptrans.pth")
+    data = (tmp_path / "looptrans.pth").read_bytes()
+    (tmp_path / "truncated.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(AffordError, match=r"truncated\.pth: cannot read the checkpoint"):
+        import_official("looptrans", tmp_path / "truncated.pth", tmp_path / "r1")
+    with pytest.raises(AffordError, match=r"official LOOPTRANS checkpoint.*--method looptrans"):
+        import_official("locate", tmp_path / "looptrans.pth", tmp_path / "r2")
+    torch.save(official_locate(c=25, dim=96, depth=4, patch=8), tmp_path / "locate.pth")
+    with pytest.raises(AffordError, match=r"official LOCATE checkpoint.*--method locate"):
+        import_official("looptrans", tmp_path / "locate.pth", tmp_path / "r3")
+    assert not any((tmp_path / r).exists() for r in ("r0", "r1", "r2", "r3"))

@@ -42,9 +42,15 @@ SPLITS_BY_CLASS_COUNT: dict[int, tuple[str, tuple[str, ...]]] = {
     25: ("Unseen", UNSEEN_AFFORDANCES),
     10: ("HICO-IIF", HICO_IIF_AFFORDANCES),
 }
-def official_keys(method: str, vit_depth: int = 12, text_depth: int = 12) -> list[str]:
-    """Every entry of a released ``method`` file (186 LOCATE / 342 WSMA at full depth)."""
-    return official_format(method).keys(vit_depth, text_depth)
+def official_keys(method: str, vit_depth: int | None = None, second_depth: int | None = None) -> list[str]:
+    """Every entry of a released ``method`` file, at the release's depths unless given.
+
+    The second depth is the text tower for WSMA and the cluster module for LoopTrans.
+    """
+    fmt = official_format(method)
+    full_vit, full_second = fmt.full_depths
+    return fmt.keys(full_vit if vit_depth is None else vit_depth,
+                    full_second if second_depth is None else second_depth)
 
 
 def to_afford_names(sd: Mapping[str, Tensor], method: str) -> dict[str, Tensor]:

@@ -75,6 +75,19 @@ def test_quick_demo_method_rows_are_not_constant_maps(demo_out):
     assert max(abs(raw[k] - refined[k]) for k in raw) > 1e-3
 
 
+def test_quick_demo_trains_looptrans_on_the_cluster_module_it_trained_first(demo_out):
+    # LoopTrans needs a cluster run (registry: needs); the demo trains it without labels first and
+    # the LoopTrans run records that run, with the sha256 of its weights, as its cluster source.
+    runs = demo_out / "runs"
+    cluster_run = json.loads((runs / "looptrans_cluster" / "run.json").read_text())
+    assert cluster_run["method"] == "looptrans_cluster" and cluster_run["task"] == "images"
+    source = json.loads((runs / "looptrans" / "run.json").read_text())["cluster"]
+    assert source["kind"] == "afford-run" and Path(source["path"]) == runs / "looptrans_cluster"
+    assert len(source["sha256"]) == 64 and "afford's recipe" in source["how"]
+    metrics = json.loads((demo_out / "metrics.json").read_text())
+    assert any(k.startswith("LoopTrans (tiny ViT") for k in metrics)
+
+
 def test_demo_refuses_an_out_folder_it_did_not_make(tmp_path, capsys):
     # `afford demo --out .` inside a project must not delete ./data: the check runs before any work
     d = tmp_path / "project"

@@ -317,6 +317,14 @@ def test_cluster_pretraining_through_the_engine_and_looptrans_on_top(synth_root,
 
     run = load_run(tmp_path / "lt")  # loads without the cluster run (its weights are in the run)
     assert torch.equal(run.method.cluster.tokens.weight, a["cluster.tokens.weight"])
+    # a cluster run of another forward (same weight shapes) is refused, naming both fields
+    with pytest.raises(AffordError, match=r"model.stale_queries=True but this LoopTrans config has "
+                                          r"model.cluster_stale_queries=False"):
+        LoopTrans(LoopTransConfig(**TINY, cluster_weights=str(tmp_path / "cluster"), cluster_stale_queries=False),
+                  ["hold", "cut_with", "drink_with"])
+    with pytest.raises(AffordError, match=r"model.num_heads=4 but .* model.cluster_heads=2"):
+        LoopTrans(LoopTransConfig(**{**TINY, "cluster_heads": 2}, cluster_weights=str(tmp_path / "cluster")),
+                  ["hold", "cut_with", "drink_with"])
 
 
 def cfg_overrides(cfg) -> list[str]:

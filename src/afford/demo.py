@@ -20,6 +20,7 @@ import torch
 from afford.config import EvalConfig, RunConfig, load_config
 from afford.data.agd20k import open_split
 from afford.errors import AffordError
+from afford.factory import METHODS, method_spec
 from afford.metrics.report import format_breakdown, format_table, wins_over
 from afford.synthagd import generate
 
@@ -44,13 +45,14 @@ class DemoPlan:
 
 # epochs=0 keeps each preset's own epoch count.
 FULL = DemoPlan(size=128, difficulty=0.3, n_exo=32, n_ego=12, n_test=4, epochs=0, max_steps=0,
-                methods=("locate", "wsma"))
-QUICK = DemoPlan(size=64, difficulty=0.3, n_exo=4, n_ego=2, n_test=1, epochs=1, max_steps=4, methods=("locate",),
+                methods=("locate", "wsma", "looptrans"))
+QUICK = DemoPlan(size=64, difficulty=0.3, n_exo=4, n_ego=2, n_test=1, epochs=1, max_steps=4,
+                 methods=("locate", "looptrans"),
                  refine_epochs=1, refine_radius=3)
 
 
-def _method_config(preset: str, data_root: Path, plan: DemoPlan, seed: int):
-    overrides = [f"data.root={data_root}", "data.split=Seen", f"train.seed={seed}"]
+def _method_config(preset: str, data_root: Path, plan: DemoPlan, seed: int, extra: tuple[str, ...] = ()):
+    overrides = [f"data.root={data_root}", "data.split=Seen", f"train.seed={seed}", *extra]
     if plan.epochs:
         overrides.append(f"train.epochs={plan.epochs}")
     if plan.max_steps:
@@ -136,9 +138,24 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, progress: bool = Tru
     device = resolve_device("cpu")
     task = WSAGTask(split)
 
+    def train_needed(preset: str) -> tuple[str, ...]:
+        """Train the run ``preset``'s method needs first (LoopTrans: its cluster module, without
+        labels); returns the override that points the method's config at it."""
+        spec = method_spec(preset) if preset in METHODS else None
+        if spec is None or spec.needs is None:
+            return ()
+        needed, key = spec.needs
+        cfg = _method_config(needed, data_root, plan, seed)
+        run_dir = out / "runs" / needed
+        _remove(run_dir)
+        t0 = time.perf_counter()
+        train(cfg, run_dir, progress=progress)  # its own task (registry), e.g. label-free images
+        timings[f"train {needed}"] = time.perf_counter() - t0
+        return (f"{key}={run_dir}",)
+
     def train_eval(preset: str, row: str) -> tuple[Path, RunConfig, dict]:
         """Train ``<preset>_synthagd_demo`` and score its raw CAMs; the report row is ``row``."""
-        cfg = _method_config(preset, data_root, plan, seed)
+        cfg = _method_config(preset, data_root, plan, seed, train_needed(preset))
         run_dir = out / "runs" / preset
         _remove(run_dir)
         t0 = time.perf_counter()
@@ -159,7 +176,8 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, progress: bool = Tru
     if plan.ego_cam:
         train_eval("egocam", "baseline: ego-only CAM (tiny ViT, {rule})")
     for method in plan.methods:
-        run_dir, cfg, selection = train_eval(method, f"{method.upper()} (tiny ViT, {{rule}})")
+        title = method_spec(method).display_name(method)
+        run_dir, cfg, selection = train_eval(method, f"{title} (tiny ViT, {{rule}})")
         if method in plan.refined:
             t0 = time.perf_counter()
             train_refiner_for_run(run_dir, epochs=plan.refine_epochs, seed=seed, progress=progress,
@@ -175,7 +193,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, progress: bool = Tru
             timings[f"eval {method}+affinity"] = time.perf_counter() - t0
             row["refine"] = refine.params
             row["selection"] = selection
-            rows[f"{method.upper()} + AffinityNet refinement (trained affinity head)"] = row
+            rows[f"{title} + AffinityNet refinement (trained affinity head)"] = row
 
     timings["total"] = time.perf_counter() - t_start
     metrics = {name: {k: v for k, v in s.items() if not k.startswith("_")} for name, s in rows.items()}

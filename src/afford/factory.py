@@ -34,6 +34,13 @@ class MethodSpec:
     recipe: str  # packaged preset holding the paper's data/train recipe
     task: str = "affordance"  # key of afford.engine.tasks.TASKS
     official: str | None = None  # "module:OfficialFormat" of the released checkpoints
+    title: str = ""  # how reports name it (the paper's spelling); defaults to the key upper-cased
+    # A run this method's config points at, trained first by pipelines that train from scratch
+    # (``afford demo``): (method whose run it is, the config key that takes the run directory).
+    needs: tuple[str, str] | None = None
+
+    def display_name(self, key: str) -> str:
+        return self.title or key.upper()
 
 
 METHODS: dict[str, MethodSpec] = {
@@ -42,11 +49,12 @@ METHODS: dict[str, MethodSpec] = {
     "wsma": MethodSpec("afford.methods.wsma:WSMA", "afford.methods.wsma:WSMAConfig", "wsma_seen",
                        official="afford.methods.wsma_official:WSMA_OFFICIAL"),
     "looptrans": MethodSpec("afford.methods.looptrans:LoopTrans", "afford.methods.looptrans:LoopTransConfig",
-                            "looptrans_seen", official="afford.methods.looptrans_official:LOOPTRANS_OFFICIAL"),
+                            "looptrans_seen", official="afford.methods.looptrans_official:LOOPTRANS_OFFICIAL",
+                            title="LoopTrans", needs=("looptrans_cluster", "model.cluster_weights")),
     # LoopTrans's cluster module, pretrained without labels on a split's training images.
     "looptrans_cluster": MethodSpec("afford.methods.looptrans_cluster:LoopTransCluster",
                                     "afford.methods.looptrans_cluster:LoopTransClusterConfig",
-                                    "looptrans_cluster_seen", task="images"),
+                                    "looptrans_cluster_seen", task="images", title="LoopTrans cluster module"),
 }
 
 

@@ -21,7 +21,7 @@ from afford.errors import AffordError
 from afford.losses.concentration import concentration_loss
 from afford.losses.prototype import prototype_loss
 from afford.methods.base import LabelSpace, Method, ParamGroup
-from afford.modules.heads import Mlp, conv_bn_relu_stack, map_to_tokens, tokens_to_map
+from afford.modules.heads import Mlp, conv_bn_relu_stack, project_map
 from afford.modules.param_groups import groups_from_rules
 from afford.modules.prototypes import select_part_prototypes
 from afford.modules.saliency import border_saliency, cam_saliency
@@ -91,10 +91,8 @@ class LOCATE(Method):
         return desc, feats.saliency
 
     def _project(self, desc: torch.Tensor) -> torch.Tensor:
-        """Residual ``aff_proj`` on the descriptor tokens, back to a ``(B, D, h, w)`` map."""
-        b, d, h, w = desc.shape
-        tokens = map_to_tokens(desc)
-        return tokens_to_map(tokens + self.aff_proj(tokens), h, w)
+        """Residual ``aff_proj`` on the descriptor map (methods.md §0)."""
+        return project_map(self.aff_proj, desc)
 
     # -- training ---------------------------------------------------------------------------
     def forward_train(self, batch: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:

@@ -28,7 +28,7 @@ from afford.losses.looptrans import correlation_loss, denoise_loss, pseudo_mask_
 from afford.methods.base import LabelSpace, Method, ParamGroup
 from afford.methods.looptrans_cluster import load_cluster_weights
 from afford.modules.cluster import ClusterModule
-from afford.modules.heads import Mlp, conv_bn_relu_stack, map_to_tokens, tokens_to_map
+from afford.modules.heads import Mlp, conv_bn_relu_stack, project_map
 from afford.modules.param_groups import groups_from_rules
 from afford.modules.saliency import border_contrast, mean_head_saliency
 
@@ -95,6 +95,7 @@ class LoopTrans(Method):
 
     def _load_cluster(self, source: str) -> None:
         cluster, backbone, info = load_cluster_weights(source)
+        self._check_cluster_run(source, info.pop("model", None))
         load_strict(self.cluster, cluster, f"model.cluster_weights={source}")
         if backbone is not None:  # an afford cluster run: its keys must be the keys we compute
             own = self.backbone.state_dict()
@@ -106,6 +107,22 @@ class LoopTrans(Method):
                 load_strict(self.backbone, backbone, f"{source} (backbone)")
                 info["backbone"] = "copied from the cluster run (random-init backbone, offline demo)"
         self._cluster_source = info
+
+    # cluster run's model field -> this config's field that must agree with it
+    _CLUSTER_FIELDS = {"backbone": "backbone", "key_layer": "key_layer", "num_tokens": "cluster_tokens",
+                       "num_layers": "cluster_layers", "num_heads": "cluster_heads",
+                       "stale_queries": "cluster_stale_queries"}
+
+    def _check_cluster_run(self, source: str, model: dict[str, Any] | None) -> None:
+        """An afford cluster run must have been trained with this module's shape and forward:
+        the head count and the stale-query switch do not show in the weights' shapes."""
+        if model is None:
+            return
+        for theirs, ours in self._CLUSTER_FIELDS.items():
+            if theirs in model and model[theirs] != getattr(self.cfg, ours):
+                raise AffordError(f"model.cluster_weights: the cluster run {source} has model.{theirs}="
+                                  f"{model[theirs]!r} but this LoopTrans config has model.{ours}="
+                                  f"{getattr(self.cfg, ours)!r}; they must agree")
 
     def provenance(self) -> dict[str, Any]:
         """run.json records where the frozen cluster module came from (methods.md §3.5)."""
@@ -121,9 +138,8 @@ class LoopTrans(Method):
         return desc, border_contrast(desc)
 
     def _project(self, desc: torch.Tensor) -> torch.Tensor:
-        b, d, h, w = desc.shape
-        tokens = map_to_tokens(desc)
-        return tokens_to_map(tokens + self.aff_proj(tokens), h, w)
+        """Residual ``aff_proj`` on the descriptor map (methods.md §0)."""
+        return project_map(self.aff_proj, desc)
 
     # -- training ---------------------------------------------------------------------------
     def forward_train(self, batch: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:

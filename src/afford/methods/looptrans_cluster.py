@@ -92,7 +92,8 @@ def load_cluster_weights(source: str | Path) -> tuple[dict[str, Tensor], dict[st
     * a released LoopTrans training checkpoint (its ``cluster.*`` entries).
 
     Returns ``(cluster_state, backbone_state or None, provenance)``; provenance names the
-    source, its sha256 and how the weights were obtained.
+    source, its sha256 and how the weights were obtained (an afford run's also carries its
+    ``model`` config, for the consumer to check against its own).
     """
     from afford.checkpoint import RUN_FILE, WEIGHTS, read_json
 
@@ -111,7 +112,8 @@ def load_cluster_weights(source: str | Path) -> tuple[dict[str, Tensor], dict[st
         cluster = {k[len("cluster."):]: v for k, v in sd.items() if k.startswith("cluster.")}
         backbone = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
         return cluster, backbone, {"kind": "afford-run", "path": str(path.resolve()),
-                                   "sha256": _sha256(path / WEIGHTS), "how": RECIPE}
+                                   "sha256": _sha256(path / WEIGHTS), "how": RECIPE,
+                                   "model": dict(info["config"].get("model", {}))}
     from afford.importers import read_official_file
 
     sd = read_official_file(path)

@@ -50,6 +50,18 @@ def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(2).transpose(1, 2)
 
 
+def project_map(mlp: nn.Module, x: torch.Tensor, residual: bool = True) -> torch.Tensor:
+    """Apply a token MLP to every position of a ``(B, D, h, w)`` map, keeping its shape.
+
+    LOCATE and LoopTrans add the input back (``x + aff_proj(x)``); SelectiveCL's ``aff_proj``
+    has no residual (methods.md §4.3).
+    """
+    h, w = x.shape[-2:]
+    tokens = map_to_tokens(x)
+    out = mlp(tokens)
+    return tokens_to_map(tokens + out if residual else out, h, w)
+
+
 def minmax(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
     """Per-map min-max over the last two dims: ``(x - min) / (max - min + eps)``."""
     flat = x.flatten(-2)

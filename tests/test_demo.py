@@ -88,6 +88,19 @@ def test_quick_demo_trains_looptrans_on_the_cluster_module_it_trained_first(demo
     assert any(k.startswith("LoopTrans (tiny ViT") for k in metrics)
 
 
+def test_quick_demo_scores_selectivecl_calibrated_and_raw(demo_out):
+    # Two outputs of one run: the calibrated map (b, the default) and the raw CAM (a), compared in the report.
+    metrics = json.loads((demo_out / "metrics.json").read_text())
+    b = next(m for n, m in metrics.items() if n.startswith("SelectiveCL calibrated (b) (tiny ViT"))
+    a = next(m for n, m in metrics.items() if n.startswith("SelectiveCL raw CAM (a) (tiny ViT"))
+    assert b["output"] == "calibrated" and a["output"] == "raw"
+    assert _per_image(a) != _per_image(b)  # the calibration changed the maps
+    report = (demo_out / "report.md").read_text()
+    assert "## One method, two outputs" in report
+    assert f"calibrated (b) KLD {b['KLD']:.3f}" in report and f"raw CAM (a) {a['KLD']:.3f}" in report
+    assert list((demo_out / "overlays" / "selectivecl_raw").glob("*.png"))
+
+
 def test_demo_refuses_an_out_folder_it_did_not_make(tmp_path, capsys):
     # `afford demo --out .` inside a project must not delete ./data: the check runs before any work
     d = tmp_path / "project"

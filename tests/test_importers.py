@@ -374,13 +374,15 @@ def test_key_class_count_shape_and_vocabulary_errors(tmp_path, monkeypatch: pyte
     torch.save(wrong, tmp_path / "shape.pth")
     with pytest.raises(AffordError, match="shape"):
         import_official("locate", tmp_path / "shape.pth", tmp_path / "r", model_overrides=over)
-    # WSMA needs the CLIP vocabulary once, to tokenise the prompts.
+    # WSMA needs the CLIP vocabulary once, to tokenise the prompts (the hub fallback fails offline).
     monkeypatch.delenv("AFFORD_CLIP_BPE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty_hf_cache"))
     torch.save(official_wsma(c=10, **{**TINY_WSMA, "text_depth": 12}, empty=True), tmp_path / "rn50.pth")
-    with pytest.raises(AffordError, match="needs the CLIP BPE vocabulary.*--tokenizer"):
+    with pytest.raises(AffordError, match=r"cannot tokenise the WSMA prompts: .*--tokenizer.*hub lookup failed"):
         import_official("wsma", tmp_path / "rn50.pth", tmp_path / "r",
                         model_overrides={**TINY_WSMA_OVERRIDES, "text_encoder": "clip_rn50"})
-    with pytest.raises(AffordError, match="expected one of 'locate', 'looptrans', 'wsma'"):
+    with pytest.raises(AffordError, match="expected one of 'locate', 'looptrans', 'selectivecl', 'wsma'"):
         import_official("loop", tmp_path / "shape.pth", tmp_path / "r")
 
 

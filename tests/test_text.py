@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 from collections import OrderedDict
 
 import pytest
@@ -162,8 +163,15 @@ def test_plain_prompts_selectivecl_rule() -> None:
     assert plain_prompts(["cut_with"], "a person {aff} an item") == ["a person cut_with an item"]
 
 
-def test_real_size_towers_without_vocabulary(monkeypatch) -> None:
+def _no_hub(monkeypatch, tmp_path) -> None:
+    """No vocabulary anywhere: no $AFFORD_CLIP_BPE, hub offline, an empty HF cache."""
     monkeypatch.delenv("AFFORD_CLIP_BPE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty_hf_cache"))
+
+
+def test_real_size_towers_without_vocabulary(monkeypatch, tmp_path) -> None:
+    _no_hub(monkeypatch, tmp_path)
     enc = create_text_encoder("clip_rn50", num_hidden_layers=1)
     assert (enc.width, enc.embed_dim, enc.context_length) == (512, 1024, 77)
     assert enc.model.config.num_attention_heads == 8
@@ -189,3 +197,153 @@ def test_load_official_state_dict_into_existing_encoder() -> None:
     with torch.no_grad():
         want = ref(enc.tokenize(TEXTS))
     torch.testing.assert_close(enc.encode_text(TEXTS), want, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- vocabulary resolution
+THE = [("t", "h"), ("th", "e</w>")]  # "the" -> one id (513); SOT 514, EOT 515
+
+
+def _gz(path, merges=THE):
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write("#version: test\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
+    return path
+
+
+def _weights_dir(path, merges):
+    """A saved 516-id tower plus ``vocab.json`` + ``merges.txt`` of ``merges`` (as a hub download has)."""
+    create_text_encoder("tiny_clip", vocab_size=516).save_pretrained(path)
+    (path / "vocab.json").write_text(json.dumps(ClipBPETokenizer(merges).encoder), encoding="utf-8")
+    (path / "merges.txt").write_text("#version: test\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+    return path
+
+
+def _first_ids(enc, text="the"):
+    ids = enc.tokenize([text])[0]
+    return ids[: int(ids.argmax()) + 1].tolist()
+
+
+CHAR_THE = [512, *ClipBPETokenizer.char_level().encode("the"), 513]
+
+
+def test_weights_directory_tokenizer_is_used_without_flag_or_env(tmp_path, monkeypatch) -> None:
+    _no_hub(monkeypatch, tmp_path)
+    enc = create_text_encoder("clip_vitb16", weights=_weights_dir(tmp_path / "w", THE))
+    assert _first_ids(enc) == [514, 513, 515]
+    # without the tokenizer files a non-OpenAI-size tower has no vocabulary (and no hub fallback)
+    for f in ("vocab.json", "merges.txt"):
+        (tmp_path / "w" / f).unlink()
+    bare = create_text_encoder("clip_vitb16", weights=tmp_path / "w")
+    assert bare.tokenizer is None and bare.fallback_tokenizer is None
+    with pytest.raises(AffordError, match="no CLIP BPE vocabulary"):
+        bare.tokenize(["the"])
+
+
+def test_env_vocabulary_beats_the_weights_directory(tmp_path, monkeypatch) -> None:
+    _no_hub(monkeypatch, tmp_path)
+    weights = _weights_dir(tmp_path / "w", [])  # char-level files: "the" -> 3 ids
+    monkeypatch.setenv("AFFORD_CLIP_BPE", str(_gz(tmp_path / "bpe.txt.gz")))
+    assert _first_ids(create_text_encoder("clip_vitb16", weights=weights)) == [514, 513, 515]
+    monkeypatch.setenv("AFFORD_CLIP_BPE", str(tmp_path / "missing.txt.gz"))  # a typo is an error, not skipped
+    with pytest.raises(AffordError, match=r"^\$AFFORD_CLIP_BPE: .*missing\.txt\.gz not found"):
+        create_text_encoder("clip_vitb16", weights=weights)
+
+
+def test_explicit_tokenizer_beats_env(tmp_path, monkeypatch) -> None:
+    _no_hub(monkeypatch, tmp_path)
+    weights = _weights_dir(tmp_path / "w", THE)
+    monkeypatch.setenv("AFFORD_CLIP_BPE", str(_gz(tmp_path / "bpe.txt.gz")))
+    chars = _weights_dir(tmp_path / "chars", [])
+    assert _first_ids(create_text_encoder("clip_vitb16", weights=weights, tokenizer=chars)) == CHAR_THE
+    tok = ClipBPETokenizer.char_level()
+    assert _first_ids(create_text_encoder("clip_vitb16", weights=weights, tokenizer=tok)) == CHAR_THE
+
+
+def test_hub_fallback_offline_fails_lazily_in_one_line(tmp_path, monkeypatch) -> None:
+    _no_hub(monkeypatch, tmp_path)
+    enc = create_text_encoder("clip_rn50", num_hidden_layers=1)  # building never needs the vocabulary
+    assert enc.tokenizer is None and enc.fallback_tokenizer == "openai/clip-vit-base-patch16"
+    with pytest.raises(AffordError) as err:
+        enc.tokenize(["hold"])
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("clip_rn50: no CLIP BPE vocabulary")
+    for part in ("--tokenizer", "$AFFORD_CLIP_BPE", "openai/clip-vit-base-patch16", "hub lookup failed: "):
+        assert part in msg
+
+
+def _fake_openai_hub(monkeypatch, fail: bool = False) -> list[tuple[str, bool]]:
+    """Replace ``CLIPTokenizer.from_pretrained`` by a 49,408-id stand-in (or a failure); returns its
+    calls as ``(name, local_files_only)``."""
+    from transformers import CLIPTokenizer
+
+    calls: list[tuple[str, bool]] = []
+    base = list(ClipBPETokenizer.char_level().encoder)[:512]
+    vocab = {t: i for i, t in enumerate(base + [f"<f{i}>" for i in range(49408 - 514)]
+                                        + ["<|startoftext|>", "<|endoftext|>"])}
+
+    def from_pretrained(name, local_files_only=False, **kw):
+        calls.append((name, local_files_only))
+        if fail:
+            raise OSError("We couldn't connect to 'https://huggingface.co'\nsecond line")
+        return CLIPTokenizer(vocab=vocab, merges=[])
+
+    monkeypatch.setattr(CLIPTokenizer, "from_pretrained", from_pretrained)
+    return calls
+
+
+def test_hub_fallback_is_tried_once_per_encoder(monkeypatch) -> None:
+    monkeypatch.delenv("AFFORD_CLIP_BPE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    calls = _fake_openai_hub(monkeypatch, fail=True)
+    enc = create_text_encoder("clip_rn50", num_hidden_layers=1)
+    assert calls == []
+    for _ in range(2):
+        with pytest.raises(AffordError, match=r"hub lookup failed: We couldn't connect to 'https://huggingface.co'$"):
+            enc.tokenize(["hold"])
+    name = "openai/clip-vit-base-patch16"
+    assert calls == [(name, True), (name, False)]  # the cache, then the hub; once
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    calls = _fake_openai_hub(monkeypatch, fail=True)
+    with pytest.raises(AffordError, match="hub lookup failed"):
+        create_text_encoder("clip_rn50", num_hidden_layers=1).tokenize(["hold"])
+    assert calls == [(name, True)]  # offline: the cache only
+    calls = _fake_openai_hub(monkeypatch)
+    enc = create_text_encoder("clip_rn50", num_hidden_layers=1)
+    assert _first_ids(enc, "hi X") == [49406, 71, 328, 343, 49407]
+    assert _first_ids(enc, "hi") == [49406, 71, 328, 49407]
+    assert calls == [(name, True)]
+    assert create_text_encoder("tiny_clip").fallback_tokenizer is None  # 514 ids: no OpenAI vocabulary
+
+
+def test_wsma_tokenises_its_prompts_on_demand_only(monkeypatch) -> None:
+    from afford.methods.wsma import WSMA, WSMAConfig
+    from afford.methods.wsma_official import _finish
+
+    monkeypatch.delenv("AFFORD_CLIP_BPE", raising=False)
+    calls = _fake_openai_hub(monkeypatch, fail=True)
+    cfg = WSMAConfig(backbone="tiny_vit", text_encoder="clip_rn50", attnpool_heads=8, n_ctx=2, grid=4,
+                     nmf_dim=16, nmf_rank=4)
+    m = WSMA(cfg, ("hold", "cut_with"))
+    assert m._ids_pending and calls == []  # construction stays offline
+    with pytest.raises(AffordError) as err:
+        _finish(m, {}, "rn50.pth")
+    msg = str(err.value)
+    assert msg.startswith("rn50.pth: cannot tokenise the WSMA prompts: clip_rn50: no CLIP BPE vocabulary") and "\n" not in msg
+    assert all(p in msg for p in ("--tokenizer", "$AFFORD_CLIP_BPE", "openai/clip-vit-base-patch16"))
+    with pytest.raises(AffordError, match=r"--tokenizer.*\$AFFORD_CLIP_BPE.*openai/clip-vit-base-patch16"):
+        m.text_features()
+
+    calls = _fake_openai_hub(monkeypatch)
+    m = WSMA(cfg, ("hold", "cut_with"))
+    ctx, rng = m.prompt_learner.ctx.detach().clone(), torch.get_rng_state()
+    converted: dict[str, torch.Tensor] = {}
+    _finish(m, converted, "rn50.pth")
+    assert calls == [("openai/clip-vit-base-patch16", True)] and not m._ids_pending
+    want = m.text_encoder.tokenize(["X X hold.", "X X cut with."])
+    assert torch.equal(converted["prompt_ids"], want) and torch.equal(m.prompt_ids, want)
+    assert torch.equal(m.prompt_learner.tokenized_prompts, want)
+    emb = m.text_encoder.token_embedding.weight.detach()
+    torch.testing.assert_close(m.prompt_learner.token_suffix, emb[want[:, 3:]])
+    torch.testing.assert_close(m.prompt_learner.token_prefix, emb[want[:, :1]])
+    assert torch.equal(m.prompt_learner.ctx, ctx) and torch.equal(torch.get_rng_state(), rng)
+    assert m.text_features().shape == (2, 1024)

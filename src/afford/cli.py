@@ -391,7 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--method", required=True, choices=official_methods(), help="method the checkpoint belongs to")
     im.add_argument("--file", required=True, help="the official checkpoint file (.pth)")
     im.add_argument("--out", required=True, help="run folder to write")
-    im.add_argument("--tokenizer", default=None, help="CLIP tokenizer (hub name/dir/bpe file), WSMA only")
+    im.add_argument("--tokenizer", default=None,
+                    help="CLIP BPE vocabulary (bpe .gz file, directory or hub name); default: $AFFORD_CLIP_BPE, "
+                         "then the CLIP model's own tokenizer files, then the hub's openai/clip-vit-base-patch16 "
+                         "tokenizer (WSMA, SelectiveCL)")
     im.set_defaults(fn=cmd_import)
 
     rf = sub.add_parser("refine", help="AffinityNet refinement").add_subparsers(dest="refine_cmd", required=True)

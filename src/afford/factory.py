@@ -51,6 +51,12 @@ METHODS: dict[str, MethodSpec] = {
     "looptrans": MethodSpec("afford.methods.looptrans:LoopTrans", "afford.methods.looptrans:LoopTransConfig",
                             "looptrans_seen", official="afford.methods.looptrans_official:LOOPTRANS_OFFICIAL",
                             title="LoopTrans", needs=("looptrans_cluster", "model.cluster_weights")),
+    "selectivecl": MethodSpec("afford.methods.selectivecl:SelectiveCL", "afford.methods.selectivecl:SelectiveCLConfig",
+                              "selectivecl_seen", official="afford.methods.selectivecl_official:SELECTIVECL_OFFICIAL",
+                              title="SelectiveCL"),
+    # afford's tiny CLIP trained on SynthAGD's weak labels: the offline demo's SelectiveCL affinity.
+    "synth_clip": MethodSpec("afford.methods.synth_clip:SynthCLIP", "afford.methods.synth_clip:SynthCLIPConfig",
+                             "synth_clip_synthagd_demo", title="SynthAGD tiny CLIP (afford)"),
     # LoopTrans's cluster module, pretrained without labels on a split's training images.
     "looptrans_cluster": MethodSpec("afford.methods.looptrans_cluster:LoopTransCluster",
                                     "afford.methods.looptrans_cluster:LoopTransClusterConfig",

@@ -42,15 +42,15 @@ SPLITS_BY_CLASS_COUNT: dict[int, tuple[str, tuple[str, ...]]] = {
     25: ("Unseen", UNSEEN_AFFORDANCES),
     10: ("HICO-IIF", HICO_IIF_AFFORDANCES),
 }
-def official_keys(method: str, vit_depth: int | None = None, second_depth: int | None = None) -> list[str]:
+def official_keys(method: str, *depths: int | None) -> list[str]:
     """Every entry of a released ``method`` file, at the release's depths unless given.
 
-    The second depth is the text tower for WSMA and the cluster module for LoopTrans.
+    Depths in the format's order (``full_depths``): the DINO ViT, then the second tower (the text
+    tower for WSMA, the cluster module for LoopTrans, CLIP's image and text towers for SelectiveCL).
     """
     fmt = official_format(method)
-    full_vit, full_second = fmt.full_depths
-    return fmt.keys(full_vit if vit_depth is None else vit_depth,
-                    full_second if second_depth is None else second_depth)
+    given = list(depths) + [None] * (len(fmt.full_depths) - len(depths))
+    return fmt.keys(*(full if d is None else d for full, d in zip(fmt.full_depths, given, strict=True)))
 
 
 def to_afford_names(sd: Mapping[str, Tensor], method: str) -> dict[str, Tensor]:
@@ -87,6 +87,8 @@ def read_official_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
 def detect_method(sd: Mapping[str, Tensor]) -> str | None:
     """The registered method whose marker keys the file holds, when exactly one does, else None."""
     found = [m for m in official_methods() if any(k in sd for k in official_format(m).markers)]
+    if len(found) > 1:  # SelectiveCL files also hold LOCATE's conv-stack markers: the classifier decides
+        found = [m for m in found if official_format(m).classifier in sd] or found
     return found[0] if len(found) == 1 else None
 
 
@@ -105,7 +107,7 @@ def check_keys(sd: Mapping[str, Tensor], expected: Sequence[str], method: str, s
         raise AffordError(f"{source}: not an official {method.upper()} checkpoint: " + "; ".join(parts))
 
 
-def expected_keys(fmt: OfficialFormat, sd: Mapping[str, Tensor], depths: tuple[int, int]) -> list[str]:
+def expected_keys(fmt: OfficialFormat, sd: Mapping[str, Tensor], depths: tuple[int, ...]) -> list[str]:
     """The format's keys at ``depths``, without its optional group when the file has none of it."""
     keys = fmt.keys(*depths)
     prefix = fmt.optional_prefix

@@ -22,9 +22,15 @@ from afford.backbones.tokenizer import ClipBPETokenizer, HFTokenizerAdapter
 from afford.errors import AffordError, first_line
 
 Tokenizer = Callable[..., Tensor]
-#: Environment variable naming a ``bpe_simple_vocab_16e6.txt.gz`` (used when nothing else is given).
+#: Environment variable naming a ``bpe_simple_vocab_16e6.txt.gz``, directory or hub name (beats
+#: the model's own tokenizer files, loses to an explicit ``tokenizer``).
 BPE_ENV = "AFFORD_CLIP_BPE"
 BPE_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
+#: Last resort, fetched lazily: every OpenAI CLIP model (RN50 included) shares this vocabulary.
+FALLBACK_TOKENIZER = "openai/clip-vit-base-patch16"
+OPENAI_VOCAB_SIZE = 49408
+#: A byte-level BPE has at least the 2 x 256 byte symbols + SOT + EOT.
+_MIN_BPE_IDS = 514
 
 
 class CLIPTextEncoder(nn.Module):
@@ -46,11 +52,16 @@ class CLIPTextEncoder(nn.Module):
         name: str,
         trainable: bool = False,
         logit_scale: Tensor | None = None,
+        fallback_tokenizer: str | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.name = name
         self.tokenizer = tokenizer
+        #: Hub tokenizer tried once, on the first ``tokenize`` without ``tokenizer``: lazily, so
+        #: building a model or loading a saved run never touches the network.
+        self.fallback_tokenizer = fallback_tokenizer
+        self._fallback_error: str | None = None
         self.trainable = trainable
         init = torch.tensor(math.log(1 / 0.07)) if logit_scale is None else logit_scale.detach().float().reshape(())
         self.logit_scale = nn.Parameter(init.clone())
@@ -101,14 +112,25 @@ class CLIPTextEncoder(nn.Module):
                 self.logit_scale.copy_(scale.reshape(()))
 
     # ------------------------------------------------------------------ encoding
+    def require_tokenizer(self) -> Tokenizer:
+        """The tokenizer, else the hub ``fallback_tokenizer`` (tried once; success or failure is kept).
+
+        Raises one AffordError naming the three ways to provide a vocabulary.
+        """
+        if self.tokenizer is not None:
+            return self.tokenizer
+        if self.fallback_tokenizer is not None and self._fallback_error is None:
+            try:
+                self.tokenizer = _hub_tokenizer(self.fallback_tokenizer, self.context_length,
+                                                vocab=int(self.model.config.vocab_size))
+                return self.tokenizer
+            except AffordError as exc:
+                self._fallback_error = str(exc)
+        raise AffordError(missing_vocabulary(self.name, self._fallback_error))
+
     def tokenize(self, texts: str | Sequence[str]) -> Tensor:
         """Texts -> ``(N, context_length)`` ids: SOT, tokens, EOT, zero padding."""
-        if self.tokenizer is None:
-            raise AffordError(
-                f"{self.name}: no CLIP BPE vocabulary; pass tokenizer='.../{BPE_FILENAME}' (or a directory with "
-                f"vocab.json + merges.txt), or set ${BPE_ENV}"
-            )
-        ids = self.tokenizer(texts, context_length=self.context_length)
+        ids = self.require_tokenizer()(texts, context_length=self.context_length)
         vocab = int(self.model.config.vocab_size)
         if int(ids.max()) >= vocab:
             raise AffordError(f"{self.name}: tokenizer produced id {int(ids.max())} >= vocab size {vocab}")
@@ -138,6 +160,19 @@ class CLIPTextEncoder(nn.Module):
         return self.model.text_projection(x[torch.arange(n, device=x.device), eot])
 
 
+def missing_vocabulary(name: str, hub_error: str | None = None) -> str:
+    """The one-line 'no vocabulary' message, naming every way to provide one."""
+    msg = (f"{name}: no CLIP BPE vocabulary: pass --tokenizer (model.tokenizer) {BPE_FILENAME}|DIR|HUB_NAME, "
+           f"or set ${BPE_ENV}, or load CLIP weights from a hub name or a directory that holds its tokenizer "
+           f"files (e.g. {FALLBACK_TOKENIZER})")
+    return msg if hub_error is None else f"{msg}; hub lookup failed: {hub_error}"
+
+
+def hub_fallback(vocab_size: int) -> str | None:
+    """The lazy hub tokenizer for a tower of ``vocab_size`` ids: only OpenAI's vocabulary has one."""
+    return FALLBACK_TOKENIZER if vocab_size == OPENAI_VOCAB_SIZE else None
+
+
 def resolve_tokenizer(
     name: str,
     tokenizer: str | os.PathLike[str] | Tokenizer | None,
@@ -145,13 +180,14 @@ def resolve_tokenizer(
     weights_where: str,
     context_length: int = 77,
 ) -> Tokenizer | None:
-    """Pick the tokenizer for a text encoder, offline whenever possible.
+    """Pick the tokenizer for a text encoder without guessing from the network.
 
-    Order: an explicit ``tokenizer`` (callable, ``.gz`` file, directory, hub name); ``tiny_clip``
-    -> the merge-free char-level vocabulary; a weights directory holding ``vocab.json`` +
-    ``merges.txt``; a hub name (transformers ``CLIPTokenizer``); ``bpe_simple_vocab_16e6.txt.gz``
-    next to a weights file or named by ``$AFFORD_CLIP_BPE``. Otherwise None, and
-    :meth:`CLIPTextEncoder.tokenize` explains what to provide.
+    Order: an explicit ``tokenizer`` (callable, ``.gz`` file, directory, hub name); ``tiny_*``
+    -> the merge-free char-level vocabulary (no real vocabulary fits its 514 ids, so
+    ``$AFFORD_CLIP_BPE`` is ignored there); ``$AFFORD_CLIP_BPE`` (same forms); the model's own
+    files: a weights directory holding ``vocab.json`` + ``merges.txt``, a hub name (transformers
+    ``CLIPTokenizer``), ``bpe_simple_vocab_16e6.txt.gz`` next to a weights file. Otherwise None:
+    :meth:`CLIPTextEncoder.require_tokenizer` then tries the hub fallback when text is tokenised.
     """
     if callable(tokenizer):
         return tokenizer
@@ -159,31 +195,64 @@ def resolve_tokenizer(
         return _load_tokenizer(str(tokenizer), context_length)
     if name.startswith("tiny"):
         return ClipBPETokenizer.char_level(context_length)
-    if weights_kind == "dir" and (Path(weights_where) / "merges.txt").is_file():
+    env = os.environ.get(BPE_ENV, "").strip()
+    if env:
+        return _load_tokenizer(env, context_length, what=f"${BPE_ENV}")
+    if weights_kind == "dir" and _has_vocab_merges(Path(weights_where)):
         return ClipBPETokenizer.from_vocab_merges(weights_where, context_length)
     if weights_kind == "hub":
         return _load_tokenizer(weights_where, context_length)
-    candidates = [os.environ.get(BPE_ENV, "")]
-    if weights_kind == "file":
-        candidates.append(str(Path(weights_where).parent / BPE_FILENAME))
-    for c in candidates:
-        if c and Path(c).is_file():
-            return ClipBPETokenizer.from_openai_gz(c, context_length)
+    if weights_kind == "file" and (Path(weights_where).parent / BPE_FILENAME).is_file():
+        return ClipBPETokenizer.from_openai_gz(Path(weights_where).parent / BPE_FILENAME, context_length)
     return None
 
 
-def _load_tokenizer(spec: str, context_length: int) -> Tokenizer:
+def _has_vocab_merges(d: Path) -> bool:
+    return (d / "vocab.json").is_file() and (d / "merges.txt").is_file()
+
+
+def _load_tokenizer(spec: str, context_length: int, what: str = "tokenizer") -> Tokenizer:
     p = Path(spec).expanduser()
     if p.is_file():
         return ClipBPETokenizer.from_openai_gz(p, context_length)
     if p.is_dir():
-        if not ((p / "vocab.json").is_file() and (p / "merges.txt").is_file()):
-            raise AffordError(f"tokenizer: {p} has no vocab.json + merges.txt")
+        if not _has_vocab_merges(p):
+            raise AffordError(f"{what}: {p} has no vocabulary files (vocab.json + merges.txt)")
         return ClipBPETokenizer.from_vocab_merges(p, context_length)
+    if spec.startswith(("/", ".", "~")) or spec.endswith((".gz", ".txt", ".json")) or spec.count("/") > 1:
+        raise AffordError(f"{what}: {spec} not found (expected a {BPE_FILENAME} file, a directory with "
+                          "vocab.json + merges.txt, or a hub name)")
     try:
-        from transformers import CLIPTokenizer
+        return _hub_tokenizer(spec, context_length)
+    except AffordError as exc:
+        raise AffordError(f"{what}: could not load {spec!r}: {exc}") from None
 
-        return HFTokenizerAdapter(CLIPTokenizer.from_pretrained(spec), context_length)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:  # not MemoryError or bugs
-        msg = first_line(exc)
-        raise AffordError(f"tokenizer: could not load {spec!r}: {msg}") from None
+
+def _hub_tokenizer(spec: str, context_length: int, vocab: int | None = None) -> Tokenizer:
+    """transformers ``CLIPTokenizer``, from the HF cache first, then the hub unless offline.
+
+    The cache goes first because without a network an online lookup retries for minutes before
+    falling back to it. Failures -> one-line AffordError.
+    """
+    from transformers import CLIPTokenizer
+
+    error = ""
+    # HF_HUB_OFFLINE is read when huggingface_hub is imported; honour a later setting too.
+    for local in (True,) if _offline() else (True, False):
+        try:
+            tok = CLIPTokenizer.from_pretrained(spec, local_files_only=local)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:  # not MemoryError or bugs
+            error = first_line(exc)
+            continue
+        n = len(tok)
+        if n >= _MIN_BPE_IDS and (vocab is None or n == vocab):
+            return HFTokenizerAdapter(tok, context_length)
+        # transformers builds an empty tokenizer instead of failing when it finds no file
+        error = (f"no tokenizer files for {spec!r} in the cache or on the hub (got a {n}-id vocabulary"
+                 + ("" if vocab is None else f", expected {vocab}") + ")")
+    raise AffordError(error)
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))

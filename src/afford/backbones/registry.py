@@ -28,7 +28,7 @@ from transformers import (
     ViTModel,
 )
 
-from afford.backbones.clip_text import CLIPTextEncoder, resolve_tokenizer
+from afford.backbones.clip_text import CLIPTextEncoder, hub_fallback, resolve_tokenizer
 from afford.backbones.clip_vision import CLIPViT
 from afford.backbones.convert import (
     convert_vision_state_dict,
@@ -217,8 +217,9 @@ def create_text_encoder(
         trainable: WSMA fine-tunes the text tower; SelectiveCL keeps it frozen. Frozen towers
             still pass gradients to their *inputs* (CoOp context vectors).
         tokenizer: a ``bpe_simple_vocab_16e6.txt.gz`` path, a directory/hub name with
-            ``vocab.json`` + ``merges.txt``, or a callable; default: see
-            :func:`~afford.backbones.clip_text.resolve_tokenizer`.
+            ``vocab.json`` + ``merges.txt``, or a callable; default: ``$AFFORD_CLIP_BPE``, then the
+            model's own tokenizer files (:func:`~afford.backbones.clip_text.resolve_tokenizer`),
+            then, on first use, the hub's ``openai/clip-vit-base-patch16`` tokenizer.
         **overrides: config fields (e.g. ``num_hidden_layers=2``).
     """
     if name not in TEXT_ENCODERS:
@@ -239,4 +240,5 @@ def create_text_encoder(
                 sd, logit_scale = openai_text_to_hf(sd)
             load_strict(model, sd, f"{where} (as {name})")  # method files: see load_official_state_dict
     tok = resolve_tokenizer(name, tokenizer, kind, where, int(model.config.max_position_embeddings))
-    return CLIPTextEncoder(model, tok, name, trainable=trainable, logit_scale=logit_scale)
+    return CLIPTextEncoder(model, tok, name, trainable=trainable, logit_scale=logit_scale,
+                           fallback_tokenizer=hub_fallback(int(model.config.vocab_size)))

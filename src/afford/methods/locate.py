@@ -24,7 +24,7 @@ from afford.methods.base import LabelSpace, Method, ParamGroup
 from afford.modules.heads import Mlp, conv_bn_relu_stack, project_map
 from afford.modules.param_groups import groups_from_rules
 from afford.modules.prototypes import select_part_prototypes
-from afford.modules.saliency import border_saliency, cam_saliency
+from afford.modules.saliency import PARTIOU_SALIENCIES, partiou_saliency
 
 
 @dataclass
@@ -57,7 +57,7 @@ class LOCATEConfig:
     ego_only: bool = False
 
 
-SALIENCIES = ("dino", "border", "cam")
+SALIENCIES = PARTIOU_SALIENCIES
 
 
 class LOCATE(Method):
@@ -134,13 +134,7 @@ class LOCATE(Method):
 
     def ego_saliency(self, dino_sal: torch.Tensor, ego_desc: torch.Tensor, ego_cam: torch.Tensor) -> torch.Tensor:
         """The binary egocentric saliency PartIoU compares with, per ``cfg.saliency``."""
-        if self.cfg.saliency == "dino":
-            return dino_sal
-        if self.cfg.saliency == "border":
-            return border_saliency(ego_desc.detach())
-        if self.cfg.saliency == "cam":
-            return cam_saliency(ego_cam.detach())
-        raise AffordError(f"model.saliency: expected one of {SALIENCIES}, got '{self.cfg.saliency}'")
+        return partiou_saliency(self.cfg.saliency, dino_sal, ego_desc, ego_cam)
 
     @torch.no_grad()
     def part_prototypes(self, batch: dict, exo_cam_y: torch.Tensor, exo_desc: torch.Tensor,

@@ -25,8 +25,8 @@ class OfficialFormat:
         method: registry name.
         markers: keys only this method's files hold (to recognise a file of another method).
         classifier: the key whose first dimension is the class count.
-        keys: ``keys(vit_depth, text_depth)`` -> every official key in file order.
-        depths: the (vit, text) depths of a built model, to check a file of a tiny test model.
+        keys: ``keys(*depths)`` -> every official key in file order; ``depths`` as ``full_depths``.
+        depths: the depths of a built model (same order), to check a file of a tiny test model.
         to_afford: official state dict -> afford's names (float32).
         model_overrides: ``(overrides, tokenizer)`` -> the model-config fields an import sets
             (e.g. WSMA's ``faithful=True``); user overrides win.
@@ -36,7 +36,8 @@ class OfficialFormat:
         extra_classes: classifier rows beyond the affordance classes (LoopTrans's 15 noise classes).
         optional_prefix: a key group the release may omit (LoopTrans's training-only ``cluster.*``);
             when any of its keys is present, all must be.
-        full_depths: the (vit, second) depths of the released architecture, for error listings.
+        full_depths: the depths of the released architecture (DINO first, then the method's other
+            towers), for error listings.
         saved_config: model config -> what ``run.json`` records (no machine-local paths).
         run_info: extra ``run.json`` fields.
     """
@@ -44,14 +45,14 @@ class OfficialFormat:
     method: str
     markers: tuple[str, ...]
     classifier: str
-    keys: Callable[[int, int], list[str]]
-    depths: Callable[[Method], tuple[int, int]]
+    keys: Callable[..., list[str]]
+    depths: Callable[[Method], tuple[int, ...]]
     to_afford: Callable[[Mapping[str, Tensor]], dict[str, Tensor]]
     model_overrides: Callable[[dict[str, Any], Any], dict[str, Any]] = lambda overrides, tokenizer: overrides
     finish: Callable[[Method, dict[str, Tensor], str], dict[str, Any] | None] = lambda model, converted, source: None
     extra_classes: int = 0
     optional_prefix: str | None = None
-    full_depths: tuple[int, int] = (12, 12)
+    full_depths: tuple[int, ...] = (12, 12)
     saved_config: Callable[[Any], Any] = lambda cfg: cfg
     run_info: dict[str, Any] = field(default_factory=dict)
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from afford.backbones import create_backbone, create_text_encoder
+from afford.backbones.clip_text import missing_vocabulary
 from afford.errors import AffordError
 from afford.losses.wsma import wsma_losses
 from afford.methods.base import LabelSpace, Method, ParamGroup
@@ -52,7 +53,7 @@ class WSMAConfig:
     key_layers: tuple[int, ...] = (-2, -1)  # blocks 11 and 12 of 12 (1-based), concatenated
     text_encoder: str = "clip_rn50"
     text_weights: str | None = None  # OpenAI RN50.pt (only the text tower is used)
-    tokenizer: str | None = None  # bpe_simple_vocab_16e6.txt.gz; also $AFFORD_CLIP_BPE
+    tokenizer: str | None = None  # bpe .gz/dir/hub name; default: $AFFORD_CLIP_BPE, the weights' files, the hub
     train_text: bool = True  # WSMA fine-tunes the CLIP text tower (at 2x LR)
     n_ctx: int = 16
     ctx_init_std: float = 0.02
@@ -76,11 +77,12 @@ class WSMAConfig:
 
 
 class _PlaceholderIds:
-    """Stand-in tokenizer when no CLIP vocabulary is available at construction.
+    """Stand-in tokenizer when no CLIP vocabulary is available offline at construction.
 
     It yields structurally valid ids (SOT, n_ctx placeholders, one name token, EOT) so the prompt
-    buffers can be built; the real ids are the persistent ``prompt_ids`` buffer of a saved run
-    (imported runs carry them), and using the model before loading them is refused.
+    buffers can be built without the network; the real ids are the persistent ``prompt_ids``
+    buffer of a saved run (imported runs carry them) or come from :meth:`WSMA.tokenize_prompts`,
+    and using the model before either is refused.
     """
 
     def __init__(self, n_ctx: int, vocab: int) -> None:
@@ -146,6 +148,24 @@ class WSMA(Method):
         if not any(k.endswith("prompt_ids") for k in incompatible.missing_keys):
             module._ids_pending = False  # type: ignore[assignment]
 
+    def tokenize_prompts(self) -> None:
+        """Replace placeholder ids by the real ones (may fetch the hub tokenizer, once).
+
+        Rebuilds ``prompt_ids`` and the prompt learner's ids and prefix/suffix buffers as if the
+        vocabulary had been there at construction; ``ctx`` is kept. Raises the one-line
+        'no vocabulary' AffordError.
+        """
+        self.text_encoder.require_tokenizer()
+        with torch.random.fork_rng(devices=[]):  # the throwaway learner's ctx init must not shift the RNG
+            fresh = PromptLearner(self.text_encoder, self.classnames, n_ctx=self.cfg.n_ctx,
+                                  init_std=self.cfg.ctx_init_std)
+        pl = self.prompt_learner
+        with torch.no_grad():
+            for name in ("token_prefix", "token_suffix", "tokenized_prompts"):
+                getattr(pl, name).copy_(getattr(fresh, name))
+            self.prompt_ids.copy_(fresh.tokenized_prompts)
+        self._ids_pending = False
+
     @property
     def logit_scale(self) -> nn.Parameter:
         """CLIP's log temperature (the root ``logit_scale`` of the official file)."""
@@ -166,8 +186,7 @@ class WSMA(Method):
     def text_features(self, classes: torch.Tensor | None = None) -> torch.Tensor:
         """Prompt features of ``classes`` (default: all), (C', E), not normalised."""
         if self._ids_pending:
-            raise AffordError(f"{self.cfg.text_encoder}: no CLIP BPE vocabulary to tokenise the prompts; set "
-                              "model.tokenizer (bpe_simple_vocab_16e6.txt.gz) or $AFFORD_CLIP_BPE")
+            raise AffordError(f"{missing_vocabulary(self.cfg.text_encoder)} (needed to tokenise the WSMA prompts)")
         x = self.prompt_learner.prompt_embeddings()
         ids = self.prompt_ids
         if classes is not None:

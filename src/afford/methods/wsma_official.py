@@ -2,8 +2,8 @@
 
 Imported WSMA runs use ``faithful=True`` (the reference's batch-axis gate at batch 1 and its
 prompt quirk), because that is the function the weights were trained and evaluated under. The
-prompt token ids are not in the file: they are tokenised once at import (CLIP BPE vocabulary)
-and stored in the run, so later loading needs no vocabulary.
+prompt token ids are not in the file: they are tokenised once at import (CLIP BPE vocabulary,
+fetched from the hub when none is given) and stored in the run, so later loading needs none.
 """
 
 from __future__ import annotations
@@ -59,9 +59,11 @@ def _overrides(overrides: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
 
 
 def _finish(model: Method, converted: dict[str, Tensor], source: str) -> None:
-    if model._ids_pending:
-        raise AffordError(f"{source}: importing WSMA needs the CLIP BPE vocabulary to tokenise the prompts; "
-                          "pass --tokenizer bpe_simple_vocab_16e6.txt.gz or set $AFFORD_CLIP_BPE")
+    if model._ids_pending:  # construction stays offline; the import is where the ids are needed
+        try:
+            model.tokenize_prompts()
+        except AffordError as exc:
+            raise AffordError(f"{source}: cannot tokenise the WSMA prompts: {exc}") from None
     converted["prompt_ids"] = model.prompt_ids.clone()  # afford state; not in the official file
 
 

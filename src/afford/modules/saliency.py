@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from afford.backbones.features import SALIENCY_HEADS
+from afford.errors import AffordError
 from afford.modules.heads import minmax
 
 
@@ -52,3 +53,26 @@ def border_contrast(desc: torch.Tensor) -> torch.Tensor:
 def border_saliency(desc: torch.Tensor) -> torch.Tensor:
     """Binary form of :func:`border_contrast` (``> mean``, the binarisation of methods.md §0.2)."""
     return binarize_at_mean(border_contrast(desc))
+
+
+#: PartIoU saliencies (LOCATE, SelectiveCL): ``dino`` is the papers'; the others are label-free
+#: stand-ins for backbones whose CLS attention means nothing (not in the papers).
+PARTIOU_SALIENCIES: tuple[str, ...] = ("dino", "border", "cam")
+
+
+def partiou_saliency(kind: str, dino: torch.Tensor, desc: torch.Tensor, cams: torch.Tensor) -> torch.Tensor:
+    """The binary egocentric saliency PartIoU compares parts with.
+
+    Args:
+        kind: one of :data:`PARTIOU_SALIENCIES`.
+        dino: ``(B, h, w)`` binary DINO saliency (``Features.saliency``).
+        desc: ``(B, D, h, w)`` frozen descriptors (for ``border``).
+        cams: ``(B, C, h, w)`` egocentric CAMs (for ``cam``).
+    """
+    if kind == "dino":
+        return dino
+    if kind == "border":
+        return border_saliency(desc.detach())
+    if kind == "cam":
+        return cam_saliency(cams.detach())
+    raise AffordError(f"model.saliency: expected one of {PARTIOU_SALIENCIES}, got '{kind}'")

@@ -1,0 +1,121 @@
+"""A tiny CLIP trained on SynthAGD's image-level labels, so the offline demo's SelectiveCL has an
+object affinity that means something (no CLIP weights can be downloaded offline).
+
+Not a published method: afford's stand-in for OpenAI's CLIP pretraining, trained on the same weak
+labels every WSAG method gets (the affordance of each training image). Both towers of the tiny CLIP
+train jointly: the image embedding is the mean of the *dense* ClearCLIP patch embeddings (the
+very tokens SelectiveCL reads), contrasted with the C action prompts for egocentric images and the
+C entity prompts for exocentric ones (softmax over the C prompts at CLIP's learned temperature).
+Its prediction is the affinity map itself (cosine of each patch with the action prompt), so
+``afford eval`` scores how well the affinity localises. SelectiveCL loads a run of it through
+``model.clip_weights`` and records so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from afford.backbones import create_backbone, create_text_encoder
+from afford.errors import AffordError
+from afford.methods.base import LabelSpace, Method, ParamGroup
+from afford.modules.clip_affinity import action_prompt, cosine_map, entity_prompt
+from afford.modules.param_groups import groups_from_rules
+
+RECIPE = ("trained here by afford's synth_clip recipe: both tiny CLIP towers on the split's training images "
+          "and their affordance labels (mean ClearCLIP patch embedding vs action/entity prompts)")
+
+
+@dataclass
+class SynthCLIPConfig:
+    clip: str = "tiny_clip"
+    clip_input_stats: str = "imagenet"  # the tensor SelectiveCL feeds CLIP (its reference quirk)
+    tokenizer: str | None = None
+
+
+class SynthCLIP(Method):
+    """Trainable ``clip`` (ClearCLIP image tower) and ``text_encoder``, named as in SelectiveCL."""
+
+    name = "synth_clip"
+    outputs = {"affinity": "logits"}
+    default_output = "affinity"
+
+    def __init__(self, cfg: SynthCLIPConfig, labels: LabelSpace | Sequence[str]) -> None:
+        super().__init__(labels)
+        self.cfg = cfg
+        self.clip = create_backbone(cfg.clip, trainable=True, clearclip=True, input_stats=cfg.clip_input_stats)
+        self.text_encoder = create_text_encoder(cfg.clip, trainable=True, tokenizer=cfg.tokenizer)
+        c = len(self.classnames)
+        prompts = [action_prompt(n) for n in self.classnames] + [entity_prompt(n) for n in self.classnames]
+        self.register_buffer("prompt_ids", self.text_encoder.tokenize(prompts))
+        self._c = c
+
+    def _text(self) -> tuple[torch.Tensor, torch.Tensor]:
+        te = self.text_encoder
+        feats = te.encode_prompt_embeddings(te.token_embedding(self.prompt_ids), self.prompt_ids)
+        return feats[: self._c], feats[self._c :]
+
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised mean of the dense ClearCLIP patch embeddings, ``(N, E)``."""
+        return F.normalize(self.clip(images).tokens[-1].mean((2, 3)), dim=-1)
+
+    def forward_train(self, batch: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
+        ego, exo, y = batch["ego"], batch["exo"], batch["label"]
+        b, n = exo.shape[:2]
+        emb = self._embed(torch.cat([ego, exo.flatten(0, 1)]))
+        t_action, t_entity = self._text()
+        scale = self.text_encoder.logit_scale.exp().clamp(max=100)
+        l_ego = F.cross_entropy(scale * emb[:b] @ F.normalize(t_action, dim=-1).T, y)
+        l_exo = F.cross_entropy(scale * emb[b:] @ F.normalize(t_entity, dim=-1).T, y.repeat_interleave(n))
+        return {"loss": l_ego + l_exo, "ego": l_ego, "exo": l_exo}
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, labels: torch.Tensor, output: str | None = None) -> torch.Tensor:
+        """The egocentric affinity ``cos(patch, t_action[label])`` SelectiveCL would compute, ``(B, h, w)``."""
+        self.resolve_output(output)
+        return cosine_map(self.clip(images).tokens[-1], self._text()[0][labels])
+
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        with torch.no_grad():
+            return [self.clip(images).tokens[-1].float()]
+
+    def param_groups(self) -> list[ParamGroup]:
+        """Both towers at the base rate (weights ×1, biases ×2)."""
+        return groups_from_rules(self, [])
+
+
+def is_run_dir(source: str | None) -> bool:
+    """Whether ``source`` is an afford run directory (it holds ``run.json``)."""
+    from afford.checkpoint import RUN_FILE
+
+    return bool(source) and (Path(str(source)) / RUN_FILE).is_file()
+
+
+def load_clip_run(source: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
+    """The two towers of a finished ``synth_clip`` run: ``(clip_state, text_state, provenance)``.
+
+    ``text_state`` includes ``logit_scale``; provenance carries the run's path, the sha256 of its
+    weights and its ``model`` config (the consumer checks the tower name against its own).
+    """
+    from safetensors.torch import load_file
+
+    from afford.checkpoint import RUN_FILE, WEIGHTS, read_json
+    from afford.methods.looptrans_cluster import _sha256
+
+    path = Path(source)
+    if not (path / WEIGHTS).is_file():
+        raise AffordError(f"model.clip_weights: {path} is not a finished afford run (no {WEIGHTS})")
+    info = read_json(path / RUN_FILE, "run record")
+    method = info.get("config", {}).get("method")
+    if method != "synth_clip":
+        raise AffordError(f"model.clip_weights: {path} is a {method!r} run, not a synth_clip run")
+    sd = load_file(str(path / WEIGHTS))
+    clip = {k[len("clip."):]: v for k, v in sd.items() if k.startswith("clip.")}
+    text = {k[len("text_encoder."):]: v for k, v in sd.items() if k.startswith("text_encoder.")}
+    return clip, text, {"kind": "afford-run", "path": str(path.resolve()), "sha256": _sha256(path / WEIGHTS),
+                        "how": RECIPE, "model": dict(info["config"].get("model", {}))}

@@ -1,0 +1,347 @@
+"""SelectiveCL: affinity maps, part/object selection, both contrastive losses against plain loops,
+the three outputs, LR groups and training through the engine."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from afford.data.classes import SEEN_AFFORDANCES
+from afford.errors import AffordError
+from afford.losses.selectivecl import (
+    ANCHOR,
+    EGO_NEG,
+    EGO_POS,
+    EXO_NEG,
+    EXO_POS,
+    calibrate,
+    pixel_contrastive_loss,
+    pixel_foreground,
+    prototype_contrastive_loss,
+    prototype_membership,
+    two_map_part,
+)
+from afford.methods.selectivecl import SelectiveCL, SelectiveCLConfig
+from afford.modules.clip_affinity import action_prompt, cosine_map, entity_prompt, exo_affinity, local_mean3x3
+
+TINY = dict(backbone="tiny_vit", clip="tiny_clip")
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- prompts and affinity
+def test_prompts_keep_the_underscore_and_add_with_once() -> None:
+    assert action_prompt("hold") == "an item to hold with"
+    assert action_prompt("cut_with") == "an item to cut_with"
+    assert action_prompt("drink_with") == "an item to drink_with"
+    assert entity_prompt("sit_on") == "a person sit_on an item"
+
+
+def test_cosine_map_and_exo_affinity_match_loops() -> None:
+    tok, ent, act = torch.randn(2, 8, 4, 5, generator=gen(0)), torch.randn(2, 8, generator=gen(1)), torch.randn(2, 8, generator=gen(2))
+    cos = cosine_map(tok, act)
+    for b in range(2):
+        for i in range(4):
+            for j in range(5):
+                want = F.cosine_similarity(tok[b, :, i, j], act[b], dim=0)
+                assert math.isclose(float(cos[b, i, j]), float(want), abs_tol=1e-6)
+    torch.testing.assert_close(exo_affinity(tok, ent, act), local_mean3x3(cosine_map(tok, ent)) * cos)
+
+
+def test_local_mean_averages_the_existing_neighbours_only() -> None:
+    x = torch.randn(2, 3, 5, 6, generator=gen(3))
+    want = torch.empty_like(x)
+    for i in range(5):
+        for j in range(6):
+            nb = [(a, b) for a in (i - 1, i, i + 1) for b in (j - 1, j, j + 1) if 0 <= a < 5 and 0 <= b < 6]
+            want[..., i, j] = sum(x[..., a, b] for a, b in nb) / len(nb)
+    torch.testing.assert_close(local_mean3x3(x), want)
+    corner = torch.zeros(1, 3, 3)
+    corner[0, 0, 0] = 4.0
+    assert float(local_mean3x3(corner)[0, 0, 0]) == 1.0  # 4 neighbours at a corner, not 9
+
+
+def test_calibration_continuous_binary_and_constant_affinity() -> None:
+    cam, aff = torch.randn(2, 4, 4, generator=gen(4)), torch.randn(2, 4, 4, generator=gen(5))
+    lo, hi = aff.flatten(1).min(1).values[:, None, None], aff.flatten(1).max(1).values[:, None, None]
+    norm = (aff - lo) / (hi - lo)
+    torch.testing.assert_close(calibrate(cam, aff), norm * cam)
+    torch.testing.assert_close(calibrate(cam, aff, "binary", 0.6), (norm > 0.6).float() * cam)
+    flat = calibrate(cam, torch.ones(2, 4, 4))
+    assert torch.isfinite(flat).all() and float(flat.abs().max()) == 0.0
+
+
+# ----------------------------------------------------------------------------- part maps
+def test_two_map_part_is_the_mean_of_cosine_and_distance_softmax() -> None:
+    desc, cen = torch.randn(3, 6, 4, 4, generator=gen(6)), torch.randn(3, 6, generator=gen(7))
+    got = two_map_part(desc, cen)
+    for m in range(3):
+        c = cen[m] / cen[m].norm()
+        x = [desc[m, :, i, j] / desc[m, :, i, j].norm() for i in range(4) for j in range(4)]
+        cos = torch.stack([(v * c).sum() for v in x])
+        soft = torch.softmax(torch.stack([-(v - c).norm() for v in x]), 0)
+        torch.testing.assert_close(got[m].flatten(), (cos + soft) / 2)
+
+
+def _parts_model(**cfg) -> SelectiveCL:
+    return SelectiveCL(SelectiveCLConfig(**TINY, **cfg), SEEN_AFFORDANCES[:4]).eval()
+
+
+def _part_scene(saliency_on_part: bool):
+    """One sample, 3 exocentric images whose region holds three distinct descriptor types; the
+    egocentric image shows type 0 at its top-left 2x2 block and unrelated noise elsewhere."""
+    d, h, w, n = 8, 4, 4, 3
+    protos = torch.eye(d)[:3] * 5
+    exo = torch.zeros(1, n, d, h, w)
+    region = torch.full((1, n, h, w), -1.0)
+    for e in range(n):
+        for t in range(3):
+            exo[0, e, :, t, 0] = protos[t]
+            region[0, e, t, 0] = 1.0
+    ego = torch.randn(1, d, h, w, generator=gen(8)) * 0.1
+    ego[0, :3] = 0.0  # noise orthogonal to the three types
+    ego[0, :, :2, :2] = protos[0][:, None, None]
+    saliency = torch.zeros(1, h, w, dtype=torch.bool)
+    if saliency_on_part:
+        saliency[0, :2, :2] = True
+    else:
+        saliency[0, 2:, 2:] = True
+    return ego, exo, region, saliency
+
+
+@pytest.mark.parametrize("on_part", [True, False])
+def test_part_found_uses_the_part_maps_else_the_affinity_fallback(on_part: bool) -> None:
+    model = _parts_model()
+    ego, exo, region, sal = _part_scene(on_part)
+    a_ego = torch.rand(1, 4, 4, generator=gen(9)) + 0.5
+    sel = model.select_parts(a_ego, region, None, ego, exo, sal)
+    if on_part:
+        assert bool(sel.found[0])
+        assert float(sel.piou.max()) >= 0.6
+        # the part map peaks on the block of the matching descriptor type
+        assert sel.ego_map[0, :2, :2].min() > sel.ego_map[0, 2:, 2:].max()
+        torch.testing.assert_close(sel.ego_map, two_map_part(ego * a_ego[:, None], torch.eye(8)[:1]))
+    else:
+        assert not bool(sel.found[0])
+        torch.testing.assert_close(sel.ego_map, a_ego)
+        torch.testing.assert_close(sel.exo_map, region)
+
+
+def test_region_uses_the_cam_after_the_first_epoch() -> None:
+    """relu(A_exo) · relu(CAM): a CAM that is negative on two of the three types leaves one cluster
+    region, so fewer than K descriptors -> no part."""
+    model = _parts_model()
+    ego, exo, region, sal = _part_scene(True)
+    cam = torch.full_like(region, -1.0)
+    cam[0, 0, 0, 0] = 1.0  # only type 0 of the first exocentric image survives
+    sel = model.select_parts(torch.ones(1, 4, 4), region, cam, ego, exo, sal)
+    assert not bool(sel.found[0])
+
+
+# ----------------------------------------------------------------------------- contrastive losses
+def _loop_supcon(feats, anchors, pos, den, t=0.5, tb=0.07):
+    total, count = 0.0, 0
+    for i in range(len(feats)):
+        if not anchors[i]:
+            continue
+        ps = [j for j in range(len(feats)) if pos[i][j] and j != i]
+        if not ps:
+            continue
+        ds = [j for j in range(len(feats)) if (den[i][j] or pos[i][j]) and j != i]
+        logden = math.log(sum(math.exp(float(feats[i] @ feats[j]) / t) for j in ds))
+        total += -(t / tb) * sum(float(feats[i] @ feats[p]) / t - logden for p in ps) / len(ps)
+        count += 1
+    return total / max(count, 1)
+
+
+def test_prototype_membership_follows_the_rules_of_the_spec() -> None:
+    labels, n = torch.tensor([0, 1, 0]), 2
+    anchors, pos, den, kind = prototype_membership(labels, n)
+    b = 3
+    owner = list(range(b)) * 3 + [s for s in range(b) for _ in range(n)] * 2
+    cls = [int(labels[s]) for s in owner]
+    for i in range(len(kind)):
+        assert bool(anchors[i]) == (int(kind[i]) == ANCHOR)
+        for j in range(len(kind)):
+            k = int(kind[j])
+            want_pos = int(kind[i]) == ANCHOR and cls[i] == cls[j] and (
+                (k == EGO_POS and owner[i] != owner[j]) or k == EXO_POS)
+            want_den = int(kind[i]) == ANCHOR and (k in (EGO_POS, EXO_POS) or (cls[i] == cls[j] and k in (EGO_NEG, EXO_NEG)))
+            assert bool(pos[i, j]) == want_pos, (i, j)
+            assert bool(den[i, j]) == want_den, (i, j)
+    # the anchor's own ego_pos is not its positive; its own exo_pos are
+    assert not bool(pos[0, b + 0]) and bool(pos[0, b + 2]) and bool(pos[0, 3 * b])
+
+
+def test_prototype_loss_matches_a_plain_loop() -> None:
+    labels, n, d = torch.tensor([0, 1, 0, 2]), 3, 5
+    g = gen(10)
+
+    def emb(k: int) -> torch.Tensor:
+        return F.normalize(torch.randn(k, d, generator=g), dim=-1)
+
+    a, ep, en, xp, xn = emb(4), emb(4), emb(4), emb(12), emb(12)
+    got = prototype_contrastive_loss(a, ep, en, xp, xn, labels, 0.5, 0.07)
+    anchors, pos, den, _ = prototype_membership(labels, n)
+    want = _loop_supcon(torch.cat([a, ep, en, xp, xn]), anchors.tolist(), pos.tolist(), den.tolist())
+    assert math.isclose(float(got), want, rel_tol=1e-5)
+    # the hidden 0.5 / 0.07 scale is explicit
+    unscaled = prototype_contrastive_loss(a, ep, en, xp, xn, labels, 0.5, 0.5)
+    assert math.isclose(float(got), float(unscaled) * 0.5 / 0.07, rel_tol=1e-5)
+
+
+def test_pixel_foreground_threshold_and_fallback() -> None:
+    ego = torch.tensor([[[0.1, 0.5], [0.3, 0.9]], [[0.1, 0.2], [0.3, 0.1]]])
+    exo = torch.tensor([[[[0.2, 0.4], [0.0, 0.0]], [[0.6, 0.1], [0.0, 0.0]]],   # rho = min(0.4, 0.6) = 0.4
+                        [[[0.5, 0.0], [0.0, 0.0]], [[0.9, 0.0], [0.0, 0.0]]]])  # rho = 0.5: nothing passes
+    obj = torch.tensor([[[False, False], [False, False]], [[True, False], [False, True]]])
+    fg = pixel_foreground(ego, exo, obj)
+    assert fg[0].tolist() == [[False, True], [False, True]]
+    assert fg[1].tolist() == obj[1].tolist()
+
+
+def test_pixel_loss_matches_a_per_image_loop() -> None:
+    b, d, h, w = 3, 4, 3, 3
+    feat = torch.randn(b, d, h, w, generator=gen(11))
+    fg = torch.rand(b, h, w, generator=gen(12)) > 0.5
+    weight = torch.rand(b, h, w, generator=gen(13))
+    weight[2] = 0.0  # an image without anchors does not count
+    got = pixel_contrastive_loss(feat, fg, weight, 0.5, 0.5, 0.07)
+    per = []
+    for i in range(b):
+        f = F.normalize(feat[i].flatten(1).t(), dim=-1)
+        lab = fg[i].flatten().tolist()
+        anchors = (weight[i].flatten() > 0.5).tolist()
+        pos = [[lab[p] == lab[q] for q in range(h * w)] for p in range(h * w)]
+        den = [[True] * (h * w) for _ in range(h * w)]
+        if any(a and sum(pos[p]) > 1 for p, a in enumerate(anchors)):
+            per.append(_loop_supcon(f, anchors, pos, den))
+    assert len(per) == 2
+    assert math.isclose(float(got), sum(per) / len(per), rel_tol=1e-5)
+
+
+# ----------------------------------------------------------------------------- the model
+def test_outputs_are_the_calibrations_of_the_raw_cam() -> None:
+    torch.manual_seed(0)
+    model = SelectiveCL(SelectiveCLConfig(**TINY), SEEN_AFFORDANCES).eval()
+    x, y = torch.rand(3, 3, 112, 112, generator=gen(14)), torch.tensor([0, 5, 35])
+    raw = model.predict(x, y, "raw")
+    assert raw.shape == (3, 14, 14) and model.default_output == "calibrated"
+    aff = cosine_map(model._clip_tokens(x), model.text_features()[0][y])
+    torch.testing.assert_close(model.predict(x, y), calibrate(raw, aff), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(model.predict(x, y, "calibrated_mean"), calibrate(local_mean3x3(raw), aff), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(model.predict(x[1:], y[1:]), model.predict(x, y)[1:], atol=1e-5, rtol=1e-5)
+    binary = SelectiveCL(SelectiveCLConfig(**TINY, calibration="binary"), SEEN_AFFORDANCES).eval()
+    binary.load_state_dict(model.state_dict())
+    torch.testing.assert_close(binary.predict(x, y), calibrate(raw, aff, "binary", 0.6), atol=1e-6, rtol=1e-5)
+    with pytest.raises(AffordError, match="no output 'refined'.*calibrated, raw, calibrated_mean"):
+        model.predict(x, y, "refined")
+
+
+def test_text_features_are_encoded_one_prompt_at_a_time_and_cached() -> None:
+    model = SelectiveCL(SelectiveCLConfig(**TINY), SEEN_AFFORDANCES[:3]).eval()
+    act, ent = model.text_features()
+    te = model.text_encoder
+    for i, prompt in enumerate(model.prompts()):
+        one = te.encode_text([prompt])[0]
+        torch.testing.assert_close((act if i < 3 else ent)[i % 3], one, atol=0, rtol=0)
+    assert model.text_features()[0].data_ptr() == act.data_ptr()  # computed once, then cached
+    assert model.prompts()[0] == "an item to beat with"
+
+
+def test_param_groups_keep_the_classifier_at_the_base_rate_and_the_towers_frozen() -> None:
+    model = SelectiveCL(SelectiveCLConfig(**TINY), SEEN_AFFORDANCES)
+    groups = {g.name: g for g in model.param_groups()}
+    assert groups["aff_classifier:weight"].lr_mult == 1.0 and groups["aff_classifier:bias"].lr_mult == 2.0
+    assert groups["aff_proj.fc1:weight"].lr_mult == 10.0 and groups["aff_proj.fc2:bias"].lr_mult == 20.0
+    trained = {id(p) for g in groups.values() for p in g.params}
+    for tower in (model.backbone, model.clip, model.text_encoder):
+        assert not any(id(p) in trained for p in tower.parameters())
+    heads = [model.aff_proj, model.aff_ego_proj, model.aff_exo_proj, model.aff_classifier,
+             model.K_contrast_projection, model.pixel_contrast_projection]
+    assert sum(len(g.params) for g in groups.values()) == sum(len(list(h.parameters())) for h in heads)
+
+
+def test_bad_options_and_mismatched_grids_are_named() -> None:
+    with pytest.raises(AffordError, match="model.calibration"):
+        SelectiveCL(SelectiveCLConfig(**TINY, calibration="soft"), SEEN_AFFORDANCES)
+    with pytest.raises(AffordError, match="model.saliency"):
+        SelectiveCL(SelectiveCLConfig(**TINY, saliency="clip"), SEEN_AFFORDANCES)
+    model = SelectiveCL(SelectiveCLConfig(**TINY), SEEN_AFFORDANCES)
+    with pytest.raises(AffordError, match="patch grid"):
+        model._check_grids(torch.zeros(1, 4, 14, 14), torch.zeros(1, 4, 7, 7))
+
+
+def test_training_step_gives_finite_losses_and_gradients_only_to_the_heads() -> None:
+    torch.manual_seed(0)
+    model = SelectiveCL(SelectiveCLConfig(**TINY, saliency="cam"), SEEN_AFFORDANCES).train()
+    batch = {"ego": torch.rand(4, 3, 112, 112, generator=gen(15)), "exo": torch.rand(4, 3, 3, 112, 112, generator=gen(16)),
+             "label": torch.tensor([0, 1, 1, 5])}
+    for epoch in (0, 1):
+        model.zero_grad()
+        out = model.forward_train(batch, epoch)
+        assert {"loss", "ce_ego", "ce_exo", "proto", "pixel", "n_parts"} <= set(out)
+        assert all(torch.isfinite(v) for v in out.values())
+        total = out["ce_ego"] + out["ce_exo"] + out["proto"] + out["pixel"]
+        torch.testing.assert_close(out["loss"], total)
+        out["loss"].backward()
+        assert model.K_contrast_projection.weight.grad.abs().sum() > 0
+        assert model.pixel_contrast_projection.weight.grad.abs().sum() > 0
+        assert model.aff_exo_proj[0].weight.grad.abs().sum() > 0
+        assert all(p.grad is None for p in model.clip.parameters())
+
+
+def test_trains_through_the_engine_and_predicts_from_the_run(synth_root, tmp_path) -> None:
+    from afford.checkpoint import load_run
+    from afford.config import load_config
+    from afford.engine.trainer import train
+
+    cfg = load_config("selectivecl_synthagd_demo", [f"data.root={synth_root}", "data.resize=64", "data.crop=56",
+                                                   "data.test_size=56", "train.batch_size=4", "train.epochs=2",
+                                                   "train.max_steps_per_epoch=2", "model.backbone=tiny_vit"])
+    # tiny_clip's patch 8 at 56 px gives 7x7 like tiny_vit's.
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert result.epochs_done == 2
+    run = load_run(tmp_path / "run")
+    assert run.info["method"] == "selectivecl"
+    x = torch.rand(2, 3, 56, 56, generator=gen(17))
+    y = torch.tensor([0, 3])
+    maps = run.method.predict(x, y)
+    assert maps.shape == (2, 7, 7) and torch.isfinite(maps).all()
+    assert torch.equal(run.method.prompt_ids[0, 0], torch.tensor(512))  # SOT of the char-level vocabulary
+
+
+def test_synth_clip_run_gives_selectivecl_its_towers_and_is_recorded(synth_root, tmp_path) -> None:
+    """The offline demo's CLIP: trained on SynthAGD's weak labels, loaded strictly by SelectiveCL,
+    which records the run (path + sha256); a run of another method or tower is refused."""
+    from afford.checkpoint import load_run
+    from afford.config import load_config
+    from afford.engine.trainer import train
+
+    small = [f"data.root={synth_root}", "data.resize=64", "data.crop=56", "data.test_size=56",
+             "train.batch_size=4", "train.epochs=1", "train.max_steps_per_epoch=2"]
+    train(load_config("synth_clip_synthagd_demo", small), tmp_path / "clip", progress=False)
+    clip_run = load_run(tmp_path / "clip")
+    x, y = torch.rand(2, 3, 56, 56, generator=gen(18)), torch.tensor([0, 3])
+    affinity = clip_run.method.predict(x, y)  # the map SelectiveCL calibrates with
+    assert affinity.shape == (2, 7, 7) and float(affinity.abs().max()) <= 1.0 + 1e-6
+
+    model = SelectiveCL(SelectiveCLConfig(**TINY, clip_weights=str(tmp_path / "clip")), clip_run.classes)
+    for name, v in clip_run.method.clip.state_dict().items():
+        assert torch.equal(model.clip.state_dict()[name], v)
+    src = model.provenance()["clip"]
+    assert src["kind"] == "afford-run" and len(src["sha256"]) == 64 and "synth_clip" in src["how"]
+    model.eval()
+    torch.testing.assert_close(cosine_map(model._clip_tokens(x), model.text_features()[0][y]), affinity,
+                               atol=1e-5, rtol=1e-5)
+    with pytest.raises(AffordError, match="trained 'tiny_clip' towers but this config has model.clip='clip_vitb16'"):
+        SelectiveCL(SelectiveCLConfig(backbone="tiny_vit", clip="clip_vitb16", clip_weights=str(tmp_path / "clip")),
+                    clip_run.classes)
+    train(load_config("locate_synthagd_demo", small), tmp_path / "locate", progress=False)
+    with pytest.raises(AffordError, match="is a 'locate' run, not a synth_clip run"):
+        SelectiveCL(SelectiveCLConfig(**TINY, clip_weights=str(tmp_path / "locate")), clip_run.classes)

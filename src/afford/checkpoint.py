@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -75,6 +76,32 @@ def load_weights(module: torch.nn.Module, path: Path, what: str = "checkpoint") 
     except (SafetensorError, OSError, ValueError) as e:
         raise AffordError(f"{path}: cannot read {what} weights ({e})") from None
     load_strict(module, sd, f"{path} ({what})")
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in 1 MiB chunks (provenance of weights a run builds on)."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_run_weights(path: Path, method: str, field: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The weights of a finished afford run of ``method`` that another method's config names in
+    ``field`` (LoopTrans's cluster run, SelectiveCL's tiny CLIP run), and its provenance:
+    ``{"kind": "afford-run", "path", "sha256", "model"}`` (the run's model config, to check)."""
+    from safetensors.torch import load_file
+
+    if not (path / RUN_FILE).is_file() or not (path / WEIGHTS).is_file():
+        raise AffordError(f"{field}: {path} is a directory but not a finished afford run (no {RUN_FILE} / {WEIGHTS})")
+    info = read_json(path / RUN_FILE, "run record")
+    found = info.get("config", {}).get("method")
+    if found != method:
+        raise AffordError(f"{field}: {path} is a {found!r} run, not a {method} run")
+    return load_file(str(path / WEIGHTS)), {"kind": "afford-run", "path": str(path.resolve()),
+                                           "sha256": file_sha256(path / WEIGHTS),
+                                           "model": dict(info["config"].get("model", {}))}
 
 
 def write_run_info(run_dir: Path, cfg: RunConfig, labels: LabelSpace, extra: dict[str, Any] | None = None) -> None:

@@ -10,6 +10,7 @@ largest id), project.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 from afford.backbones.tokenizer import ClipBPETokenizer, HFTokenizerAdapter
 from afford.errors import AffordError, first_line
 
+log = logging.getLogger(__name__)
 Tokenizer = Callable[..., Tensor]
 #: Environment variable naming a ``bpe_simple_vocab_16e6.txt.gz``, directory or hub name (beats
 #: the model's own tokenizer files, loses to an explicit ``tokenizer``).
@@ -239,6 +241,9 @@ def _hub_tokenizer(spec: str, context_length: int, vocab: int | None = None) -> 
     error = ""
     # HF_HUB_OFFLINE is read when huggingface_hub is imported; honour a later setting too.
     for local in (True,) if _offline() else (True, False):
+        if not local:  # without a network this waits for the hub's retries: say why it is slow
+            log.warning("fetching the CLIP tokenizer %s from the Hugging Face hub (pass --tokenizer or set $%s "
+                        "to skip; HF_HUB_OFFLINE=1 fails at once without a network)", spec, BPE_ENV)
         try:
             tok = CLIPTokenizer.from_pretrained(spec, local_files_only=local)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:  # not MemoryError or bugs

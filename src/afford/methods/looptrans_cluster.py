@@ -11,7 +11,6 @@ and says which it read (path + sha256), for the LoopTrans run record.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,14 +74,6 @@ class LoopTransCluster(Trainable):
 
 
 # ----------------------------------------------------------------------------- loading weights
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_cluster_weights(source: str | Path) -> tuple[dict[str, Tensor], dict[str, Tensor] | None, dict[str, Any]]:
     """Read cluster-module weights from any of its three sources.
 
@@ -95,25 +86,14 @@ def load_cluster_weights(source: str | Path) -> tuple[dict[str, Tensor], dict[st
     source, its sha256 and how the weights were obtained (an afford run's also carries its
     ``model`` config, for the consumer to check against its own).
     """
-    from afford.checkpoint import RUN_FILE, WEIGHTS, read_json
+    from afford.checkpoint import file_sha256, read_run_weights
 
     path = Path(source)
     if path.is_dir():
-        if not (path / RUN_FILE).is_file() or not (path / WEIGHTS).is_file():
-            raise AffordError(f"model.cluster_weights: {path} is a directory but not a finished afford run "
-                              f"(no {RUN_FILE} / {WEIGHTS})")
-        info = read_json(path / RUN_FILE, "run record")
-        method = info.get("config", {}).get("method")
-        if method != "looptrans_cluster":
-            raise AffordError(f"model.cluster_weights: {path} is a {method!r} run, not a looptrans_cluster run")
-        from safetensors.torch import load_file
-
-        sd = load_file(str(path / WEIGHTS))
+        sd, info = read_run_weights(path, "looptrans_cluster", "model.cluster_weights")
         cluster = {k[len("cluster."):]: v for k, v in sd.items() if k.startswith("cluster.")}
         backbone = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
-        return cluster, backbone, {"kind": "afford-run", "path": str(path.resolve()),
-                                   "sha256": _sha256(path / WEIGHTS), "how": RECIPE,
-                                   "model": dict(info["config"].get("model", {}))}
+        return cluster, backbone, {**info, "how": RECIPE}
     from afford.importers import read_official_file
 
     sd = read_official_file(path)
@@ -127,4 +107,4 @@ def load_cluster_weights(source: str | Path) -> tuple[dict[str, Tensor], dict[st
         raise AffordError(f"model.cluster_weights: {path} holds no cluster module (no 'tokens.weight' or "
                           "'cluster.tokens.weight'); expected cluster_seen.pth, cluster_unseen.pth, a LoopTrans "
                           "checkpoint or an afford looptrans_cluster run directory")
-    return cluster, None, {"kind": "file", "path": str(path.resolve()), "sha256": _sha256(path), "how": how}
+    return cluster, None, {"kind": "file", "path": str(path.resolve()), "sha256": file_sha256(path), "how": how}

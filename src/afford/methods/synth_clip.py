@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 
 from afford.backbones import create_backbone, create_text_encoder
-from afford.errors import AffordError
 from afford.methods.base import LabelSpace, Method, ParamGroup
 from afford.modules.clip_affinity import action_prompt, cosine_map, entity_prompt
 from afford.modules.param_groups import groups_from_rules
@@ -102,20 +101,9 @@ def load_clip_run(source: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     ``text_state`` includes ``logit_scale``; provenance carries the run's path, the sha256 of its
     weights and its ``model`` config (the consumer checks the tower name against its own).
     """
-    from safetensors.torch import load_file
+    from afford.checkpoint import read_run_weights
 
-    from afford.checkpoint import RUN_FILE, WEIGHTS, read_json
-    from afford.methods.looptrans_cluster import _sha256
-
-    path = Path(source)
-    if not (path / WEIGHTS).is_file():
-        raise AffordError(f"model.clip_weights: {path} is not a finished afford run (no {WEIGHTS})")
-    info = read_json(path / RUN_FILE, "run record")
-    method = info.get("config", {}).get("method")
-    if method != "synth_clip":
-        raise AffordError(f"model.clip_weights: {path} is a {method!r} run, not a synth_clip run")
-    sd = load_file(str(path / WEIGHTS))
+    sd, info = read_run_weights(Path(source), "synth_clip", "model.clip_weights")
     clip = {k[len("clip."):]: v for k, v in sd.items() if k.startswith("clip.")}
     text = {k[len("text_encoder."):]: v for k, v in sd.items() if k.startswith("text_encoder.")}
-    return clip, text, {"kind": "afford-run", "path": str(path.resolve()), "sha256": _sha256(path / WEIGHTS),
-                        "how": RECIPE, "model": dict(info["config"].get("model", {}))}
+    return clip, text, {**info, "how": RECIPE}

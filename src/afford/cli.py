@@ -58,9 +58,14 @@ def cmd_data_synth(a: argparse.Namespace) -> int:
 
 
 def cmd_data_check(a: argparse.Namespace) -> int:
-    from afford.data.check import check_tree
+    if a.hoi:
+        from afford.hoi.check import check_hicodet
 
-    report = check_tree(a.root, split=a.split)
+        report = check_hicodet(a.root, split=a.split or "test2015")
+    else:
+        from afford.data.check import check_tree
+
+        report = check_tree(a.root, split=a.split)
     if a.json:
         if a.json == "-":
             print(json.dumps(report.to_dict(), indent=2))
@@ -70,6 +75,57 @@ def cmd_data_check(a: argparse.Namespace) -> int:
     else:
         print(report.to_text())
     return 0 if report.ok else 1
+
+
+def cmd_data_synth_hoi(a: argparse.Namespace) -> int:
+    from afford.hoi.synth import generate_synthhoi
+
+    info = generate_synthhoi(Path(a.out), seed=a.seed, n_train=a.n_train, n_test=a.n_test, tile=a.tile, grid=a.grid,
+                             n_unseen=a.unseen, difficulty=a.difficulty, overwrite=a.overwrite, progress=not a.quiet)
+    print(json.dumps(info, indent=2, default=str))
+    return 0
+
+
+# -- hoi ----------------------------------------------------------------------------------------
+def cmd_hoi_eval(a: argparse.Namespace) -> int:
+    from afford.hoi.baselines import baseline_detections, training_counts
+    from afford.hoi.detections import read_detections
+    from afford.hoi.evaluate import evaluate_hoi
+    from afford.hoi.hicodet import load_hicodet
+    from afford.hoi.splits import zero_shot_unseen
+
+    if (a.dets is None) == (a.baseline is None):
+        raise AffordError("hoi eval: give exactly one of --dets FILE or --baseline NAME")
+    if a.train and a.baseline != "frequency-prior":
+        raise AffordError("--train: only the frequency-prior baseline uses the training annotations")
+    ds = load_hicodet(a.data, split=a.split)
+    if a.dets is not None:
+        dets = read_detections(a.dets, ds.filenames, ds.num_classes)
+    else:
+        counts = None
+        if a.baseline == "frequency-prior":
+            if not a.train:
+                raise AffordError("--baseline frequency-prior: pass --train (the training annotations: "
+                                  "instances_train2015.json or its folder)")
+            train = load_hicodet(a.train, split="train2015")
+            counts = training_counts(train.annotations, ds.num_classes)
+        dets = baseline_detections(ds.annotations, ds.hoi_object, a.baseline, counts)
+    if a.zero_shot:
+        unseen = set(zero_shot_unseen(a.zero_shot, ds))
+        groups = {"unseen": sorted(unseen), "seen": [c for c in range(ds.num_classes) if c not in unseen]}
+    else:
+        groups = {"rare": list(ds.rare), "non_rare": list(ds.non_rare)}
+    result = evaluate_hoi(ds.annotations, dets, ds.hoi_object, groups=groups, mode=a.mode, rule=a.rule,
+                          num_classes=ds.num_classes)
+    out = result.to_dict()
+    out.update({"data": str(ds.source), "detections": a.dets or f"baseline: {a.baseline}",
+                "zero_shot": a.zero_shot, "known_object_images": "derived from the box annotations (hoi.md §12)"
+                if a.mode == "known-object" else None})
+    maps = ", ".join(f"{k} {100 * v:.2f}" for k, v in out["mAP"].items())
+    print(f"HOI mAP % ({a.rule} rule, {a.mode} mode): {maps} [images {out['n_images']}, detections "
+          f"{out['n_detections']}, classes without GT {out['n_classes_without_gt']}]")
+    _write_json(a.json, out)
+    return 0
 
 
 # -- train / eval / predict --------------------------------------------------------------------
@@ -332,11 +388,55 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace an existing non-empty split and its extras")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_data_synth)
-    c = data.add_parser("check", help="validate an AGD20K-format tree")
-    c.add_argument("root", help="dataset root (the folder holding Seen/, Unseen/, ...)")
-    c.add_argument("--split", default=None, help="check only this split (default: every split found)")
+    from afford.hoi.synth import generate_synthhoi
+
+    hg = {k: v.default for k, v in inspect.signature(generate_synthhoi).parameters.items()}
+    sh = data.add_parser("synth-hoi", help="generate SynthHOI (HOI detection) in the HICO-DET layout (docs/synthhoi.md)")
+    sh.add_argument("--out", required=True, help="dataset root: instances_{train,test}2015.json, images/, "
+                    "zero_shot_uc.json")
+    sh.add_argument("--seed", type=int, default=hg["seed"],
+                    help="same arguments give byte-identical files (default: %(default)s)")
+    sh.add_argument("--n-train", type=int, default=hg["n_train"], help="training images (default: %(default)s)")
+    sh.add_argument("--n-test", type=int, default=hg["n_test"], help="test images (default: %(default)s)")
+    sh.add_argument("--tile", type=int, default=hg["tile"], help="tile side in pixels (default: %(default)s)")
+    sh.add_argument("--grid", type=int, default=hg["grid"], help="tiles per image side (default: %(default)s)")
+    sh.add_argument("--unseen", type=int, default=hg["n_unseen"],
+                    help="interaction classes held out of training (unseen compositions) (default: %(default)s)")
+    sh.add_argument("--difficulty", type=float, default=hg["difficulty"],
+                    help="0..1 clutter/pose realism of the tiles (default: %(default)s)")
+    sh.add_argument("--overwrite", action="store_true", help="replace an existing non-empty OUT")
+    sh.add_argument("--quiet", action="store_true", help="no progress bar")
+    sh.set_defaults(fn=cmd_data_synth_hoi)
+    c = data.add_parser("check", help="validate an AGD20K-format tree, or a HICO-DET-format one with --hoi")
+    c.add_argument("root", help="dataset root (the folder holding Seen/, Unseen/, ...; with --hoi the folder holding "
+                   "instances_<split>.json and images/<split>/, or the JSON file itself)")
+    c.add_argument("--hoi", action="store_true", help="HICO-DET layout: counts, undecodable images, boxes outside "
+                   "the image or inverted, unknown class indices")
+    c.add_argument("--split", default=None, help="check only this split (default: every split found; with --hoi: "
+                   "test2015)")
     c.add_argument("--json", nargs="?", const="-", default=None, help="write JSON (to stdout without a path)")
     c.set_defaults(fn=cmd_data_check)
+
+    hoi = sub.add_parser("hoi", help="human-object interaction detection tools").add_subparsers(
+        dest="hoi_cmd", required=True)
+    he = hoi.add_parser("eval", help="HICO-DET mAP with the official rule (hoi.md §7, §12)")
+    src = he.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dets", default=None, help="detection file: JSON {image file name: [[hoi, h_x1, h_y1, h_x2, "
+                     "h_y2, o_x1, o_y1, o_x2, o_y2, score], ...]}, 0-based HOI index and pixel coordinates")
+    src.add_argument("--baseline", choices=("object-prior", "frequency-prior"), default=None,
+                     help="score a reference scorer on the ground-truth pairs instead")
+    he.add_argument("--data", required=True, help="HICO-DET-layout root (or its instances_<split>.json)")
+    he.add_argument("--split", default="test2015", help="annotation split to score against (default: %(default)s)")
+    he.add_argument("--train", default=None, help="training annotations (frequency-prior baseline)")
+    he.add_argument("--mode", choices=("default", "known-object"), default="default",
+                    help="Default: every image for every class; Known Object: only images with the class's object")
+    he.add_argument("--rule", choices=("official", "pocket"), default="official",
+                    help="official: MATLAB ho-rcnn (IoU >= 0.5, +1 pixel convention); pocket: the UPT/pocket "
+                    "variant (> 0.5, no +1) for cross-checks (default: %(default)s)")
+    he.add_argument("--zero-shot", default=None, metavar="rf-uc|nf-uc|uo|uv|FILE",
+                    help="report Full / Unseen / Seen for this unseen list (a name or a file of HOI ids)")
+    he.add_argument("--json", default=None, help="write mode, counts, mAP and the per-class AP to this file")
+    he.set_defaults(fn=cmd_hoi_eval)
 
     t = sub.add_parser("train", help="train a method from a YAML config")
     t.add_argument("config", help="YAML path or a packaged config name (afford list)")

@@ -1,0 +1,1 @@
+"""Human–object interaction detection: HICO-DET data, the official mAP rule, zero-shot splits."""

@@ -1,0 +1,80 @@
+"""Read an HOI detection file (``afford hoi eval --dets FILE``) into per-image arrays.
+
+The format is one JSON object mapping an image file name to a list of rows
+``[hoi, h_x1, h_y1, h_x2, h_y2, o_x1, o_y1, o_x2, o_y2, score]``: 0-based HOI index, 0-based pixel
+coordinates (as a detector outputs them; the official rule adds 1 itself). Images absent from the
+file have no detections. Every malformed entry is refused with one line naming the image and the
+row, because a silently skipped row changes the mAP.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from afford.errors import AffordError
+from afford.hoi.types import ImageDetections
+
+ROW = "[hoi, h_x1, h_y1, h_x2, h_y2, o_x1, o_y1, o_x2, o_y2, score]"
+
+
+def read_detections(path: str | Path, filenames: Sequence[str], num_classes: int = 600) -> list[ImageDetections | None]:
+    """Detections aligned with ``filenames`` (None where the file has none for an image)."""
+    p = Path(path)
+    try:
+        obj = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AffordError(f"{p}: detection file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AffordError(f"{p}: not a readable JSON detection file ({type(exc).__name__}: {exc})") from None
+    return parse_detections(obj, filenames, num_classes, str(p))
+
+
+def parse_detections(obj: object, filenames: Sequence[str], num_classes: int = 600,
+                     source: str = "detections") -> list[ImageDetections | None]:
+    """Validate a decoded detection object; see the module docstring for the format."""
+    if not isinstance(obj, Mapping):
+        raise AffordError(f"{source}: expected a JSON object mapping image file names to lists of {ROW}, "
+                          f"got {type(obj).__name__}")
+    index = {name: i for i, name in enumerate(filenames)}
+    out: list[ImageDetections | None] = [None] * len(filenames)
+    for name, rows in obj.items():
+        if name not in index:
+            raise AffordError(f"{source}: image {name!r} is not in the dataset's file list")
+        out[index[name]] = _rows(rows, name, num_classes, source)
+    return out
+
+
+def _rows(rows: object, name: str, num_classes: int, source: str) -> ImageDetections:
+    where = f"{source}: image {name!r}"
+    if not isinstance(rows, list):
+        raise AffordError(f"{where}: expected a list of rows {ROW}, got {type(rows).__name__}")
+    for j, r in enumerate(rows):
+        if not isinstance(r, list) or len(r) != 10:
+            raise AffordError(f"{where}, row {j}: expected 10 numbers {ROW}, got {r!r}"[:300])
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in r):
+            raise AffordError(f"{where}, row {j}: every entry must be a number, got {r!r}"[:300])
+        if not all(math.isfinite(v) for v in r):
+            raise AffordError(f"{where}, row {j}: non-finite value in {r!r}"[:300])
+        hoi = r[0]
+        if hoi != int(hoi) or not 0 <= hoi < num_classes:
+            raise AffordError(f"{where}, row {j}: HOI index {hoi!r} is not an integer in 0..{num_classes - 1}")
+    a = np.asarray(rows, dtype=np.float64).reshape(-1, 10)
+    return ImageDetections(hoi=a[:, 0].astype(np.int64), boxes_h=a[:, 1:5].copy(), boxes_o=a[:, 5:9].copy(),
+                           scores=a[:, 9].copy())
+
+
+def write_detections(path: str | Path, filenames: Sequence[str], dets: Sequence[ImageDetections | None]) -> None:
+    """The inverse of :func:`read_detections` (images without detections are left out)."""
+    obj = {}
+    for name, d in zip(filenames, dets, strict=True):
+        if d is not None and len(d):
+            obj[name] = np.concatenate([d.hoi[:, None].astype(np.float64), d.boxes_h, d.boxes_o, d.scores[:, None]],
+                                       axis=1).tolist()
+            for row in obj[name]:
+                row[0] = int(row[0])
+    Path(path).write_text(json.dumps(obj))

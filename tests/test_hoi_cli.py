@@ -1,0 +1,81 @@
+"""``afford data synth-hoi``, ``afford data check --hoi`` and ``afford hoi eval`` end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from afford.cli import main
+from afford.hoi.detections import write_detections
+from afford.hoi.hicodet import load_hicodet
+from afford.hoi.types import ImageDetections
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "hicodet" / "instances_test2015.json"
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("hoi") / "synthhoi"
+    assert main(["data", "synth-hoi", "--out", str(out), "--n-train", "40", "--n-test", "16", "--tile", "64",
+                 "--quiet"]) == 0
+    return out
+
+
+def test_check_accepts_synthhoi_and_flags_a_broken_box(synth: Path, tmp_path, capsys) -> None:
+    assert main(["data", "check", "--hoi", str(synth)]) == 0
+    assert "OK: usable" in capsys.readouterr().out
+    d = json.loads((synth / "instances_test2015.json").read_text())
+    i = next(k for k, a in enumerate(d["annotation"]) if a["hoi"])
+    x1, y1, x2, y2 = d["annotation"][i]["boxes_h"][0]
+    d["annotation"][i]["boxes_h"][0] = [x2, y1, x1 - 1, y2]  # inverted
+    (tmp_path / "instances_test2015.json").write_text(json.dumps(d))
+    assert main(["data", "check", "--hoi", str(tmp_path / "instances_test2015.json")]) == 1
+    assert d["filenames"][i] in capsys.readouterr().out
+
+
+def test_eval_scores_ground_truth_as_detections_perfectly_and_writes_json(synth: Path, tmp_path, capsys) -> None:
+    ds = load_hicodet(synth)
+    dets = [ImageDetections(g.hoi, g.boxes_h - 1, g.boxes_o - 1, 0.5 + 0 * g.hoi.astype(float)) for g in ds.annotations]
+    write_detections(tmp_path / "gt.json", ds.filenames, dets)
+    for mode in ("default", "known-object"):
+        assert main(["hoi", "eval", "--dets", str(tmp_path / "gt.json"), "--data", str(synth), "--mode", mode,
+                     "--json", str(tmp_path / "r.json")]) == 0
+        r = json.loads((tmp_path / "r.json").read_text())
+        assert r["mode"] == mode and r["rule"] == "official" and r["n_images"] == len(ds.filenames)
+        assert set(r["mAP"]) == {"full", "rare", "non_rare"} and len(r["ap"]) == ds.num_classes
+        # every class with a test pair is found perfectly; the others score 0 and are counted
+        assert sorted({round(a, 9) for a in r["ap"]}) in ([0.0, 1.0], [1.0])
+        assert sum(a < 0.5 for a in r["ap"]) == r["n_classes_without_gt"]
+    assert main(["hoi", "eval", "--dets", str(tmp_path / "gt.json"), "--data", str(synth),
+                 "--zero-shot", str(synth / "zero_shot_uc.json"), "--json", str(tmp_path / "z.json")]) == 0
+    z = json.loads((tmp_path / "z.json").read_text())
+    assert set(z["mAP"]) == {"full", "unseen", "seen"}
+    assert "full" in capsys.readouterr().out
+
+
+def test_baselines_need_what_they_use_and_score(synth: Path, tmp_path, capsys) -> None:
+    assert main(["hoi", "eval", "--baseline", "object-prior", "--data", str(synth), "--json", str(tmp_path / "o.json")]) == 0
+    o = json.loads((tmp_path / "o.json").read_text())
+    assert 0.0 < o["mAP"]["full"] < 1.0 and o["detections"] == "baseline: object-prior"
+    assert main(["hoi", "eval", "--baseline", "frequency-prior", "--data", str(synth)]) == 2
+    assert "--train" in capsys.readouterr().err
+    assert main(["hoi", "eval", "--baseline", "frequency-prior", "--data", str(synth), "--train", str(synth)]) == 0
+
+
+@pytest.mark.parametrize(("rows", "message"), [
+    ({"nope.jpg": []}, "'nope.jpg' is not in the dataset's file list"),
+    ({"SYNTHHOI_test2015_00000000.jpg": [[999, 0, 0, 1, 1, 0, 0, 1, 1, 0.5]]}, "HOI index 999"),
+])
+def test_bad_detection_files_fail_in_one_line(synth: Path, tmp_path, capsys, rows, message: str) -> None:
+    (tmp_path / "d.json").write_text(json.dumps(rows))
+    assert main(["hoi", "eval", "--dets", str(tmp_path / "d.json"), "--data", str(synth)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_real_test_file_with_rf_uc_split(capsys) -> None:
+    assert main(["hoi", "eval", "--baseline", "object-prior", "--data", str(REAL), "--zero-shot", "rf-uc"]) == 0
+    out = capsys.readouterr().out
+    assert "unseen" in out and "images 9658" in out

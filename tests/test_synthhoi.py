@@ -1,0 +1,89 @@
+"""SynthHOI: deterministic bytes, the HICO-DET layout, pairs with several verbs and without
+interaction, a rare tail and an unseen-composition split whose verbs and objects stay seen."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from afford.errors import AffordError
+from afford.hoi.synth import NO_INTERACTION, generate_synthhoi, secondary_verb, vocabulary
+
+SMALL = dict(n_train=60, n_test=20, tile=64)
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synthhoi") / "a"
+    generate_synthhoi(out, seed=3, **SMALL)
+    return out
+
+
+def test_same_seed_same_bytes_other_seed_other_images(synth: Path, tmp_path) -> None:
+    generate_synthhoi(tmp_path / "b", seed=3, **SMALL)
+    assert _digest(synth) == _digest(tmp_path / "b")
+    generate_synthhoi(tmp_path / "c", seed=4, **SMALL)
+    other = _digest(tmp_path / "c")
+    assert other["images/train2015/SYNTHHOI_train2015_00000000.jpg"] != _digest(synth)[
+        "images/train2015/SYNTHHOI_train2015_00000000.jpg"]
+    with pytest.raises(AffordError, match="already exists and is not empty"):
+        generate_synthhoi(tmp_path / "b", seed=3, **SMALL)
+
+
+def test_layout_boxes_and_classes_follow_hicodet(synth: Path) -> None:
+    objects, verbs, classes = vocabulary()
+    for split in ("train2015", "test2015"):
+        d = json.loads((synth / f"instances_{split}.json").read_text())
+        assert d["objects"] == objects and d["verbs"] == verbs
+        assert [tuple(c[1:]) for c in d["correspondence"]] == classes
+        assert len(d["filenames"]) == len(d["annotation"]) == len(d["size"])
+        assert sorted(d["rare"] + d["non_rare"]) == list(range(len(classes)))
+        for i, (name, (w, h), a) in enumerate(zip(d["filenames"], d["size"], d["annotation"], strict=True)):
+            with Image.open(synth / "images" / split / name) as im:
+                assert im.size == (w, h)
+            assert (len(a["hoi"]) == 0) == (i in d["empty"])
+            for bh, bo, hoi, o, v in zip(a["boxes_h"], a["boxes_o"], a["hoi"], a["object"], a["verb"], strict=True):
+                assert d["correspondence"][hoi][1:] == [o, v]
+                for x1, y1, x2, y2 in (bh, bo):  # 1-based inclusive, inside the image
+                    assert 1 <= x1 <= x2 <= w and 1 <= y1 <= y2 <= h
+
+
+def test_several_verbs_per_pair_no_interaction_pairs_and_a_rare_tail(synth: Path) -> None:
+    objects, verbs, classes = vocabulary()
+    d = json.loads((synth / "instances_train2015.json").read_text())
+    multi = no_inter = 0
+    for a in d["annotation"]:
+        keys = [tuple(bh + bo) for bh, bo in zip(a["boxes_h"], a["boxes_o"], strict=True)]
+        multi += len(keys) - len(set(keys))
+        no_inter += sum(verbs[v] == NO_INTERACTION for v in a["verb"])
+    assert multi > 0 and no_inter > 0
+    assert secondary_verb("knife", "cut_with") == "hold" and secondary_verb("cell_phone", "text_on") is None
+    counts = np.bincount([h for a in d["annotation"] for h in a["hoi"]], minlength=len(classes))
+    assert 0 < len(d["rare"]) < len(classes) and all(counts[c] < 10 for c in d["rare"])
+    assert counts.max() >= 10
+
+
+def test_unseen_compositions_are_absent_from_training_with_their_verbs_and_objects_seen(synth: Path) -> None:
+    objects, verbs, classes = vocabulary()
+    unseen = json.loads((synth / "zero_shot_uc.json").read_text())
+    train = json.loads((synth / "instances_train2015.json").read_text())
+    test = json.loads((synth / "instances_test2015.json").read_text())
+    train_hoi = {h for a in train["annotation"] for h in a["hoi"]}
+    assert unseen and not (set(unseen) & train_hoi)
+    interacting = {h for h in train_hoi if verbs[classes[h][1]] != NO_INTERACTION}
+    seen_objs = {classes[h][0] for h in interacting}  # seen in an interaction, not only beside a person
+    seen_verbs = {classes[h][1] for h in interacting}
+    for c in unseen:
+        assert verbs[classes[c][1]] != NO_INTERACTION
+        assert classes[c][0] in seen_objs and classes[c][1] in seen_verbs
+    assert set(unseen) & {h for a in test["annotation"] for h in a["hoi"]}  # tested

@@ -90,8 +90,23 @@ class SplitSummary:
         return rows
 
 
+class Problems:
+    """What every dataset check report shares: ``problems`` carry a severity, and a dataset is
+    usable when none is an error (the CLI's exit status)."""
+
+    problems: list[dict[str, str]]
+
+    @property
+    def errors(self) -> list[dict[str, str]]:
+        return [p for p in self.problems if p["severity"] == "error"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
 @dataclass
-class CheckReport:
+class CheckReport(Problems):
     """Result of :func:`check_tree`; ``ok`` is True only for a usable tree (no errors)."""
 
     root: Path
@@ -101,14 +116,6 @@ class CheckReport:
     def add(self, kind: str, path: Path | str, message: str) -> None:
         severity = "error" if kind in ERROR_KINDS else "warning"
         self.problems.append({"kind": kind, "path": str(path), "message": message, "severity": severity})
-
-    @property
-    def errors(self) -> list[dict[str, str]]:
-        return [p for p in self.problems if p["severity"] == "error"]
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "root": str(self.root), "n_errors": len(self.errors),

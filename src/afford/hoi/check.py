@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from afford.data.check import Problems
 from afford.errors import AffordError
 from afford.hoi.hicodet import HicoDet, read_hicodet
 
@@ -35,7 +36,7 @@ PROGRESS_MIN_ITEMS = 200
 
 
 @dataclass
-class HoiCheckReport:
+class HoiCheckReport(Problems):
     """Result of :func:`check_hicodet`; ``ok`` is True only when nothing would change the results."""
 
     source: Path
@@ -46,14 +47,6 @@ class HoiCheckReport:
     def add(self, kind: str, where: str, message: str) -> None:
         severity = "warning" if kind in WARNING_KINDS else "error"
         self.problems.append({"kind": kind, "where": where, "message": message, "severity": severity})
-
-    @property
-    def errors(self) -> list[dict[str, str]]:
-        return [p for p in self.problems if p["severity"] == "error"]
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "source": str(self.source),

@@ -27,7 +27,7 @@ import numpy as np
 from afford.hoi.evaluate import evaluate_hoi
 from afford.hoi.types import ImageDetections, ImageGT
 
-DEFAULT_PATH = Path("/work/shared/data/hicodet/instances_test2015.json")
+DEFAULT_PATH = Path(__file__).resolve().parents[2] / "shared/data/hicodet/instances_test2015.json"
 SETTINGS = (("default", "official"), ("known-object", "official"), ("default", "pocket"))
 
 

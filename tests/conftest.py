@@ -49,3 +49,18 @@ def tiny_run(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     out = tmp_path_factory.mktemp("runs") / "locate"
     train(build_config("locate", overrides=[f"data.root={synth_root}", *TINY_OVERRIDES]), out, progress=False)
     return out
+
+
+def _hicodet_test_file() -> Path:
+    """The real HICO-DET test annotations (../shared/data beside the repository, as the project
+    lays it out; ``$AFFORD_HICODET_TEST`` overrides)."""
+    repo = Path(__file__).resolve().parents[1]
+    for p in (os.environ.get("AFFORD_HICODET_TEST", ""), repo.parent / "shared/data/hicodet/instances_test2015.json",
+              repo / "shared/data/hicodet/instances_test2015.json", "/work/shared/data/hicodet/instances_test2015.json"):
+        if p and Path(p).is_file():
+            return Path(p)
+    raise FileNotFoundError("HICO-DET test annotations not found: expected ../shared/data/hicodet/"
+                            "instances_test2015.json beside the repository, or set $AFFORD_HICODET_TEST")
+
+
+HICODET_TEST = _hicodet_test_file

@@ -11,8 +11,9 @@ from afford.cli import main
 from afford.hoi.detections import write_detections
 from afford.hoi.hicodet import load_hicodet
 from afford.hoi.types import ImageDetections
+from conftest import HICODET_TEST
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "hicodet" / "instances_test2015.json"
+REAL = HICODET_TEST()
 
 
 @pytest.fixture(scope="module")

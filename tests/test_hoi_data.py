@@ -37,8 +37,9 @@ from afford.hoi.splits import (
     unseen_verb_hois,
     zero_shot_unseen,
 )
+from conftest import HICODET_TEST
 
-REAL = Path("/work/shared/data/hicodet/instances_test2015.json")
+REAL = HICODET_TEST()
 needs_real = pytest.mark.skipif(not REAL.is_file(), reason="real HICO-DET test annotations not available")
 RARE_NOT_RF_UC = {63, 112, 165, 166, 172, 214, 227, 328, 404, 426, 431, 451, 514, 549, 550, 551, 578, 580}
 

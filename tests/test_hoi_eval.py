@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,8 +24,9 @@ from afford.hoi.evaluate import (
     evaluate_hoi,
 )
 from afford.hoi.types import ImageDetections, ImageGT
+from conftest import HICODET_TEST
 
-REAL = Path("/work/shared/data/hicodet/instances_test2015.json")
+REAL = HICODET_TEST()
 EPS = 1e-12
 
 

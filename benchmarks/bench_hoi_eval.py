@@ -56,7 +56,8 @@ def _random_boxes(rng: np.random.Generator, size: np.ndarray) -> np.ndarray:
     return np.concatenate([xy, xy + rng.uniform(0.05, 0.5, (len(size), 2)) * size], 1)
 
 
-def make_detections(gt: list[ImageGT], sizes: np.ndarray, n: int, seed: int) -> list[ImageDetections]:
+def make_detections(gt: list[ImageGT], sizes: np.ndarray, n: int, seed: int,
+                    num_classes: int = 600) -> list[ImageDetections]:
     """``n`` seeded detections, split per image in image order."""
     rng = np.random.default_rng(seed)
     img = np.repeat(np.arange(len(gt)), [len(g) for g in gt])
@@ -66,10 +67,10 @@ def make_detections(gt: list[ImageGT], sizes: np.ndarray, n: int, seed: int) -> 
     src = rng.integers(0, hoi.size, n_copy)
     c_hoi = hoi[src].copy()
     wrong = rng.random(n_copy) < 0.1
-    c_hoi[wrong] = rng.integers(0, 600, int(wrong.sum()))
+    c_hoi[wrong] = rng.integers(0, num_classes, int(wrong.sum()))
     r_img = rng.integers(0, len(gt), n - n_copy)
     d_img = np.concatenate([img[src], r_img])
-    d_hoi = np.concatenate([c_hoi, rng.integers(0, 600, n - n_copy)])
+    d_hoi = np.concatenate([c_hoi, rng.integers(0, num_classes, n - n_copy)])
     d_h = np.concatenate([_jitter(rng, bh[src]), _random_boxes(rng, sizes[r_img])])
     d_o = np.concatenate([_jitter(rng, bo[src]), _random_boxes(rng, sizes[r_img])])
     scores = np.round(rng.random(n), 3)
@@ -83,7 +84,7 @@ def time_one(gt, dets, hoi_object, groups, mode: str, rule: str, repeats: int) -
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        result = evaluate_hoi(gt, dets, hoi_object, groups, mode=mode, rule=rule)
+        result = evaluate_hoi(gt, dets, hoi_object, groups, mode=mode, rule=rule, num_classes=len(hoi_object))
         times.append(time.perf_counter() - t0)
     return statistics.median(times), result.map
 
@@ -98,7 +99,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     gt, hoi_object, groups, sizes = load(args.path)
-    dets = make_detections(gt, sizes, args.n, args.seed)
+    dets = make_detections(gt, sizes, args.n, args.seed, num_classes=len(hoi_object))
     print(f"{len(gt)} images, {sum(len(g) for g in gt)} GT pairs, {args.n} detections "
           f"(built in {time.perf_counter() - t0:.1f} s); median of {args.repeats}")
     for mode, rule in SETTINGS:

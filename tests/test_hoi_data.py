@@ -40,7 +40,6 @@ from afford.hoi.splits import (
 from conftest import HICODET_TEST
 
 REAL = HICODET_TEST()
-needs_real = pytest.mark.skipif(not REAL.is_file(), reason="real HICO-DET test annotations not available")
 RARE_NOT_RF_UC = {63, 112, 165, 166, 172, 214, 227, 328, 404, 426, 431, 451, 514, 549, 550, 551, 578, 580}
 
 
@@ -101,7 +100,6 @@ def one_line_error(raw: dict[str, Any], tmp_path: Path) -> str:
 
 # ---- the real test annotations -----------------------------------------------------------------
 
-@needs_real
 def test_real_counts(real: HicoDet) -> None:
     assert len(real) == len(real.annotations) == real.sizes.shape[0] == 9658
     assert real.num_pairs == 33405
@@ -115,7 +113,6 @@ def test_real_counts(real: HicoDet) -> None:
     assert real.image_dir is None and real.source == REAL
 
 
-@needs_real
 def test_real_names_and_no_interaction(real: HicoDet) -> None:
     names = real.hoi_names
     assert names[0] == "board airplane" and names[599] == "no_interaction zebra"
@@ -127,7 +124,6 @@ def test_real_names_and_no_interaction(real: HicoDet) -> None:
     assert int((real.hoi_verb == 57).sum()) == 80
 
 
-@needs_real
 def test_real_rows_agree_with_correspondence(real: HicoDet) -> None:
     a = real.annotations[0]
     assert a.boxes_h.shape == (len(a), 4) and a.boxes_h.dtype == np.float64 and a.hoi.dtype == np.int64
@@ -137,13 +133,11 @@ def test_real_rows_agree_with_correspondence(real: HicoDet) -> None:
 
 # ---- COCO-80 <-> alphabetical object indices ---------------------------------------------------
 
-@needs_real
 def test_coco80_table_matches_file_names(real: HicoDet) -> None:
     assert len(COCO80_NAMES) == len(set(COCO80_NAMES)) == 80
     assert set(COCO80_NAMES) == set(real.objects)
 
 
-@needs_real
 def test_coco80_round_trip_and_spot_checks(real: HicoDet) -> None:
     a2c, c2a = alpha_to_coco80(real.objects), coco80_to_alpha(real.objects)
     assert np.array_equal(a2c[c2a], np.arange(80)) and np.array_equal(c2a[a2c], np.arange(80))
@@ -168,7 +162,6 @@ def test_coco80_conversion_refuses_unknown_names() -> None:
 
 # ---- zero-shot splits --------------------------------------------------------------------------
 
-@needs_real
 def test_rf_uc_and_nf_uc(real: HicoDet) -> None:
     assert len(RF_UC) == len(set(RF_UC)) == 120 and len(NF_UC) == len(set(NF_UC)) == 120
     assert not set(RF_UC) & set(NF_UC)
@@ -180,14 +173,12 @@ def test_rf_uc_and_nf_uc(real: HicoDet) -> None:
     assert len(set(real.hoi_verb[seen].tolist())) == 117 and len(set(real.hoi_object[seen].tolist())) == 80
 
 
-@needs_real
 def test_uo_is_every_hoi_of_the_twelve_objects(real: HicoDet) -> None:
     assert len(UO_OBJECTS) == 12 and len(UO) == len(set(UO)) == 100
     assert unseen_object_hois(real) == UO
     assert {real.objects[o] for o in real.hoi_object[list(UO)].tolist()} == set(UO_OBJECTS)
 
 
-@needs_real
 def test_uv_derived_from_correspondence(real: HicoDet) -> None:
     uv = unseen_verb_hois(real)
     assert len(UV_VERBS) == 20 and len(uv) == len(set(uv)) == 84
@@ -195,7 +186,6 @@ def test_uv_derived_from_correspondence(real: HicoDet) -> None:
     assert zero_shot_unseen("UV", real) == uv
 
 
-@needs_real
 def test_zero_shot_by_name(real: HicoDet) -> None:
     assert zero_shot_unseen("rf-uc", real) == RF_UC and zero_shot_unseen("NF_UC", real) == NF_UC
     assert zero_shot_unseen("uo", real) == UO
@@ -204,7 +194,6 @@ def test_zero_shot_by_name(real: HicoDet) -> None:
     assert "\n" not in str(e.value)
 
 
-@needs_real
 def test_zero_shot_files(real: HicoDet, tmp_path: Path) -> None:
     good = tmp_path / "ids.txt"
     good.write_text("# my split\n8, 22 27\n\n599\n")
@@ -326,7 +315,6 @@ def test_read_is_lenient_and_collects(tmp_path: Path) -> None:
 
 # ---- the data check ----------------------------------------------------------------------------
 
-@needs_real
 def test_check_real_file_is_ok(real: HicoDet) -> None:
     report = check_hicodet(REAL)
     assert report.ok, report.format()
@@ -339,7 +327,6 @@ def test_check_real_file_is_ok(real: HicoDet) -> None:
     json.dumps(report.to_dict())
 
 
-@needs_real
 def test_check_reports_a_corrupted_copy(real_raw: dict[str, Any], tmp_path: Path) -> None:
     raw = dict(real_raw)
     raw["annotation"] = list(real_raw["annotation"])

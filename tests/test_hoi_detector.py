@@ -119,7 +119,8 @@ def test_filter_rejects_bad_interval() -> None:
 @pytest.fixture(scope="module")
 def detector() -> DetrDetector:
     torch.manual_seed(0)
-    return DetrDetector(None, min_instances=3, max_instances=5, score_thd=0.0)
+    # a random DETR's queries collapse onto one box and class, so NMS is off (IoU never > 1.01)
+    return DetrDetector(None, min_instances=3, max_instances=5, score_thd=0.0, nms_thd=1.01)
 
 
 def _images() -> tuple[torch.Tensor, list[tuple[int, int]]]:
@@ -131,7 +132,7 @@ def test_detr_forward_boxes_inside_and_embeddings(detector: DetrDetector) -> Non
     images, sizes = _images()
     out = detector(images, sizes)
     assert len(out) == 2
-    for inst, (h, w) in zip(out, sizes):
+    for inst, (h, w) in zip(out, sizes, strict=True):
         assert len(inst) >= 3 and inst.embeddings is not None
         assert inst.embeddings.shape == (len(inst), detector.embed_dim) == (len(inst), 32)
         assert (inst.boxes[:, 0] >= 0).all() and (inst.boxes[:, 2] <= w).all()
@@ -155,16 +156,16 @@ def test_detr_is_frozen_even_in_parent_train(detector: DetrDetector) -> None:
 
 def test_detr_local_directory_round_trip(detector: DetrDetector, tmp_path) -> None:
     detector.model.save_pretrained(tmp_path / "detr")
-    loaded = DetrDetector(tmp_path / "detr", min_instances=3, max_instances=5, score_thd=0.0)
+    loaded = DetrDetector(tmp_path / "detr", min_instances=3, max_instances=5, score_thd=0.0, nms_thd=1.01)
     images, sizes = _images()
-    for a, b in zip(detector(images, sizes), loaded(images, sizes)):
+    for a, b in zip(detector(images, sizes), loaded(images, sizes), strict=True):
         assert torch.equal(a.labels, b.labels)
         assert torch.allclose(a.boxes, b.boxes) and torch.allclose(a.scores, b.scores)
         assert a.embeddings is not None and b.embeddings is not None
         assert torch.allclose(a.embeddings, b.embeddings)
     record = detector_record(loaded)
     assert record["kind"] == "detr" and record["weights"] == str(tmp_path / "detr")
-    assert record["thresholds"]["max_instances"] == 5 and record["thresholds"]["nms_thd"] == 0.5
+    assert record["thresholds"]["max_instances"] == 5 and record["thresholds"]["nms_thd"] == 1.01
     json.dumps(record)
 
 
@@ -222,3 +223,25 @@ def test_cached_unknown_image_and_bad_file(tmp_path) -> None:
         assert "\n" not in str(exc.value)
     with pytest.raises(AffordError, match="does not exist"):
         read_cached_detections(tmp_path / "missing.json", ["a.jpg"])
+
+
+def test_detr_timm_config_is_one_line_error(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A timm-backed DETR (the hub's default revision) fails in one line naming the way out. Whether
+    timm is installed or not, the missing-timm path is forced: transformers raises ImportError there."""
+    from transformers import DetrForObjectDetection
+
+    def needs_timm(*args, **kwargs):
+        raise ImportError("TimmBackbone requires the timm library but it was not found in your environment.\nSee ...")
+
+    monkeypatch.setattr(DetrForObjectDetection, "from_pretrained", needs_timm)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(AffordError, match="needs timm .*revision='no_timm'") as exc:
+        DetrDetector(tmp_path)
+    assert "\n" not in str(exc.value)
+
+
+def test_detr_default_thresholds_are_the_spec() -> None:
+    det = DetrDetector(None)
+    assert det.thresholds == {"score_thd": 0.2, "nms_thd": 0.5, "min_instances": 3, "max_instances": 15}
+    assert det.human_label == 1
+    assert DetrDetector(None, human_label=7).human_label == 7

@@ -104,6 +104,14 @@ class Problems:
     def ok(self) -> bool:
         return not self.errors
 
+    def verdict_lines(self, where: str) -> list[str]:
+        """Errors first, then warnings (``where``: the problem field naming the place), then the verdict."""
+        lines = [f"{p['severity'].upper():7} {p['kind']}: {p[where]}: {p['message']}"
+                 for p in sorted(self.problems, key=lambda p: p["severity"] != "error")]
+        n_err = len(self.errors)
+        verdict = "OK: usable" if self.ok else "NOT USABLE"
+        return [*lines, f"{verdict} ({n_err} errors, {len(self.problems) - n_err} warnings)"]
+
 
 @dataclass
 class CheckReport(Problems):
@@ -132,12 +140,7 @@ class CheckReport(Problems):
                       + (f"; non-image files skipped: {s.n_non_image_files}" if s.n_non_image_files else "")]
             if any(s.counts.values()):
                 lines += ["", *s._table(0), "", *s._table(1)]
-        lines.append("")
-        for p in sorted(self.problems, key=lambda p: p["severity"] != "error"):  # errors first
-            lines.append(f"{p['severity'].upper():7} {p['kind']}: {p['path']}: {p['message']}")
-        n_err = len(self.errors)
-        verdict = "OK: usable" if self.ok else "NOT USABLE"
-        lines.append(f"{verdict} ({n_err} errors, {len(self.problems) - n_err} warnings)")
+        lines += ["", *self.verdict_lines("path")]
         return "\n".join(lines)
 
 

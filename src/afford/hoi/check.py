@@ -65,12 +65,7 @@ class HoiCheckReport(Problems):
                       f"{c['objects']} objects, {c['verbs']} verbs",
                       f"  rare: {c['rare']} rare, {c['non_rare']} non-rare" if c["rare"] + c["non_rare"]
                       else "  rare: not in the file (derive it from training counts)"]
-        lines.append("")
-        for p in sorted(self.problems, key=lambda p: p["severity"] != "error"):  # errors first
-            lines.append(f"{p['severity'].upper():7} {p['kind']}: {p['where']}: {p['message']}")
-        n_err = len(self.errors)
-        verdict = "OK: usable" if self.ok else "NOT USABLE"
-        lines.append(f"{verdict} ({n_err} errors, {len(self.problems) - n_err} warnings)")
+        lines += ["", *self.verdict_lines("where")]
         return "\n".join(lines)
 
     to_text = format  # same name as the AGD20K report

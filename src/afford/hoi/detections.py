@@ -16,35 +16,50 @@ from pathlib import Path
 
 import numpy as np
 
-from afford.errors import AffordError
+from afford.errors import AffordError, first_line
 from afford.hoi.types import ImageDetections
 
 ROW = "[hoi, h_x1, h_y1, h_x2, h_y2, o_x1, o_y1, o_x2, o_y2, score]"
 
 
-def read_detections(path: str | Path, filenames: Sequence[str], num_classes: int = 600) -> list[ImageDetections | None]:
-    """Detections aligned with ``filenames`` (None where the file has none for an image)."""
+def read_image_mapping(path: str | Path, filenames: Sequence[str], what: str) -> dict:
+    """A JSON file holding one object keyed by image file name (detections, cached detector
+    outputs), checked against the dataset's file list; one-line errors naming the file."""
     p = Path(path)
     try:
         obj = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise AffordError(f"{p}: detection file not found") from None
+        raise AffordError(f"{p}: {what} file not found (it does not exist)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AffordError(f"{p}: not a readable JSON detection file ({type(exc).__name__}: {exc})") from None
-    return parse_detections(obj, filenames, num_classes, str(p))
+        raise AffordError(f"{p}: not a readable JSON {what} file ({type(exc).__name__}: {first_line(exc)})") from None
+    _check_mapping(obj, filenames, str(p), what)
+    return obj
+
+
+def _check_mapping(obj: object, filenames: Sequence[str], source: str, what: str) -> None:
+    if not isinstance(obj, Mapping):
+        raise AffordError(f"{source}: expected a JSON object mapping image file names to {what}s, "
+                          f"got {type(obj).__name__}")
+    known = set(filenames)
+    unknown = [name for name in obj if name not in known]
+    if unknown:
+        raise AffordError(f"{source}: image {unknown[0]!r} is not in the dataset's file list "
+                          f"({len(unknown)} unknown)")
+
+
+def read_detections(path: str | Path, filenames: Sequence[str], num_classes: int = 600) -> list[ImageDetections | None]:
+    """Detections aligned with ``filenames`` (None where the file has none for an image)."""
+    obj = read_image_mapping(path, filenames, "detection")
+    return parse_detections(obj, filenames, num_classes, str(path))
 
 
 def parse_detections(obj: object, filenames: Sequence[str], num_classes: int = 600,
                      source: str = "detections") -> list[ImageDetections | None]:
     """Validate a decoded detection object; see the module docstring for the format."""
-    if not isinstance(obj, Mapping):
-        raise AffordError(f"{source}: expected a JSON object mapping image file names to lists of {ROW}, "
-                          f"got {type(obj).__name__}")
+    _check_mapping(obj, filenames, source, f"list of {ROW}")
     index = {name: i for i, name in enumerate(filenames)}
     out: list[ImageDetections | None] = [None] * len(filenames)
     for name, rows in obj.items():
-        if name not in index:
-            raise AffordError(f"{source}: image {name!r} is not in the dataset's file list")
         out[index[name]] = _rows(rows, name, num_classes, source)
     return out
 

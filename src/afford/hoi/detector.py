@@ -19,7 +19,6 @@ A timm-free DETR: transformers' ``DetrConfig`` builds a timm backbone unless it 
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from torch import Tensor, nn
 
 from afford.backbones.registry import resolve_weights
 from afford.errors import AffordError, first_line
+from afford.hoi.detections import read_image_mapping
 from afford.hoi.spatial import box_iou
 
 #: DETR's ImageNet normalisation.
@@ -269,17 +269,7 @@ def read_cached_detections(path: str | Path, filenames: Sequence[str],
                            human_label: int = COCO_PERSON) -> list[Instances]:
     """Cached detections aligned with ``filenames`` (format in the module docstring)."""
     p = Path(path)
-    try:
-        obj = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AffordError(f"detections: {p} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AffordError(f"detections: {p} is not readable JSON ({first_line(exc)})") from None
-    if not isinstance(obj, dict):
-        raise AffordError(f"{p}: expected a JSON object mapping image file names to detections")
-    unknown = sorted(set(obj) - set(filenames))
-    if unknown:
-        raise AffordError(f"{p}: unknown image name {unknown[0]!r} ({len(unknown)} not in the split)")
+    obj = read_image_mapping(p, filenames, "cached detection")
     return [_entry(p, n, obj[n], human_label) if n in obj else empty_instances() for n in filenames]
 
 

@@ -193,8 +193,7 @@ class SelectiveCL(Method):
 
     def _clip_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Frozen ClearCLIP patch embeddings ``(N, E, h, w)`` on the DINO grid."""
-        tokens = self.clip(images).tokens[-1].detach().float()
-        return tokens
+        return self.clip(images).tokens[-1].detach().float()
 
     def _heads(self, desc: torch.Tensor, proj: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """``aff_proj`` (no residual) -> the view's conv stack -> (features, CAMs)."""
@@ -220,7 +219,8 @@ class SelectiveCL(Method):
         y_exo = y.repeat_interleave(n)
 
         a_ego = cosine_map(tokens[:b], t_action[y])  # (B, h, w) raw cosine
-        a_exo = exo_affinity(tokens[b:], t_entity[y_exo], t_action[y_exo]).view(b, n, h, w)
+        exo_action_cos = cosine_map(tokens[b:], t_action[y_exo])  # (B*N, h, w), also the pixel loss's
+        a_exo = exo_affinity(tokens[b:], t_entity[y_exo], t_action[y_exo], exo_action_cos).view(b, n, h, w)
         ego_feat, ego_cam = self._heads(desc[:b], self.aff_ego_proj)
         exo_feat, exo_cam = self._heads(desc[b:], self.aff_exo_proj)
         l_ego = F.cross_entropy(ego_cam.mean((2, 3)), y)
@@ -248,9 +248,8 @@ class SelectiveCL(Method):
             y, self.cfg.temperature, self.cfg.base_temperature)
 
         # Pixel contrastive loss on the egocentric patches.
-        exo_action_cos = cosine_map(tokens[b:], t_action[y_exo]).view(b, n, h, w)
         object_mask = minmax(a_ego, eps=0.0).nan_to_num(0.0) > self.cfg.gamma2
-        fg = pixel_foreground(a_ego, exo_action_cos, object_mask)
+        fg = pixel_foreground(a_ego, exo_action_cos.view(b, n, h, w), object_mask)
         l_pix = pixel_contrastive_loss(self.pixel_contrast_projection(ego_feat), fg,
                                        minmax(m_ego).nan_to_num(0.0), self.cfg.pixel_anchor_thd,
                                        self.cfg.temperature, self.cfg.base_temperature)

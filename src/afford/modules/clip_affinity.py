@@ -51,6 +51,11 @@ def local_mean3x3(x: Tensor) -> Tensor:
     return out.reshape(*lead, *x.shape[-2:])
 
 
-def exo_affinity(tokens: Tensor, entity: Tensor, action: Tensor) -> Tensor:
-    """``A_exo = localmean3x3(cos(patch, t_entity)) * cos(patch, t_action)``, ``(B, h, w)``."""
-    return local_mean3x3(cosine_map(tokens, entity)) * cosine_map(tokens, action)
+def exo_affinity(tokens: Tensor, entity: Tensor, action: Tensor, action_cos: Tensor | None = None) -> Tensor:
+    """``A_exo = localmean3x3(cos(patch, t_entity)) * cos(patch, t_action)``, ``(B, h, w)``.
+
+    ``action_cos``: ``cos(patch, t_action)`` when the caller already has it (SelectiveCL's pixel
+    loss needs it too), so it is computed once."""
+    if action_cos is None:
+        action_cos = cosine_map(tokens, action)
+    return local_mean3x3(cosine_map(tokens, entity)) * action_cos

@@ -87,21 +87,68 @@ def cmd_data_synth_hoi(a: argparse.Namespace) -> int:
 
 
 # -- hoi ----------------------------------------------------------------------------------------
+def _hoi_run(path: str, device: str):
+    """A loaded HOI run, or one line saying what the folder holds instead."""
+    from afford.checkpoint import load_run, read_run_info
+    from afford.device import resolve_device
+
+    info = read_run_info(Path(path))
+    if info.get("labels", {}).get("task", "affordance") != "hoi":
+        raise AffordError(f"{path}: a {info['method']} run (affordance grounding), not an HOI detector; "
+                          "HOI commands need a clip4hoi run")
+    return load_run(path, device=resolve_device(device))
+
+
+def _hoi_model_dets(a: argparse.Namespace, ds):
+    """Detections of ``--checkpoint`` on ``ds`` and the zero-shot setting the run recorded."""
+    import dataclasses
+
+    from afford.hoi.task import detect_all, image_set
+
+    run = _hoi_run(a.checkpoint, a.device)
+    if run.labels.names != ds.hoi_names:
+        raise AffordError(f"{a.checkpoint}: the run's {len(run.labels)} HOI classes differ from the "
+                          f"{ds.num_classes} of {ds.source}")
+    cfg = run.config
+    if a.detections:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, detections_test=a.detections))
+    device = next(run.method.parameters()).device
+    dets = detect_all(run.method, image_set(ds, cfg, train=False), device, a.batch_size or cfg.eval.batch_size,
+                      progress=not a.quiet, bf16=a.bf16)
+    return dets, run
+
+
 def cmd_hoi_eval(a: argparse.Namespace) -> int:
     from afford.hoi.baselines import baseline_detections, training_counts
-    from afford.hoi.detections import read_detections
+    from afford.hoi.detections import read_detections, write_detections
     from afford.hoi.evaluate import evaluate_hoi
     from afford.hoi.hicodet import load_hicodet
     from afford.hoi.splits import zero_shot_unseen
 
-    if (a.dets is None) == (a.baseline is None):
-        raise AffordError("hoi eval: give exactly one of --dets FILE or --baseline NAME")
+    if sum(x is not None for x in (a.dets, a.baseline, a.checkpoint)) != 1:
+        raise AffordError("hoi eval: give exactly one of --dets FILE, --baseline NAME or --checkpoint RUN")
     if a.train and a.baseline != "frequency-prior":
         raise AffordError("--train: only the frequency-prior baseline uses the training annotations")
-    ds = load_hicodet(a.data, split=a.split)
+    if not a.checkpoint:
+        ignored = [f for f, v in (("--detections", a.detections), ("--bf16", a.bf16), ("--save-dets", a.save_dets))
+                   if v]
+        if ignored:
+            raise AffordError(f"hoi eval: {', '.join(ignored)} only apply to --checkpoint RUN")
+    run_info: dict = {}
+    if a.checkpoint:
+        from afford.checkpoint import read_run_info
+
+        run_info = read_run_info(Path(a.checkpoint))
+    root = a.data or run_info.get("data_root")
+    if not root:
+        raise AffordError("hoi eval: --data ROOT is required")
+    ds = load_hicodet(root, split=a.split)
+    zero_shot = a.zero_shot
+    if zero_shot is None and run_info.get("split") not in (None, "default"):
+        zero_shot = run_info["split"]  # the run's own zero-shot setting
     if a.dets is not None:
         dets = read_detections(a.dets, ds.filenames, ds.num_classes)
-    else:
+    elif a.baseline is not None:
         counts = None
         if a.baseline == "frequency-prior":
             if not a.train:
@@ -110,21 +157,56 @@ def cmd_hoi_eval(a: argparse.Namespace) -> int:
             train = load_hicodet(a.train, split="train2015")
             counts = training_counts(train.annotations, ds.num_classes)
         dets = baseline_detections(ds.annotations, ds.hoi_object, a.baseline, counts)
-    if a.zero_shot:
-        unseen = set(zero_shot_unseen(a.zero_shot, ds))
+    else:
+        dets, _ = _hoi_model_dets(a, ds)
+        if a.save_dets:
+            write_detections(a.save_dets, ds.filenames, dets)
+    if not ds.rare and run_info:
+        import dataclasses
+
+        from afford.hoi.hicodet import rare_from_counts
+
+        rare, non_rare = rare_from_counts(load_hicodet(root, split="train2015"))
+        ds = dataclasses.replace(ds, rare=rare, non_rare=non_rare)
+    if zero_shot:
+        unseen = set(zero_shot_unseen(zero_shot, ds))
         groups = {"unseen": sorted(unseen), "seen": [c for c in range(ds.num_classes) if c not in unseen]}
     else:
         groups = {"rare": list(ds.rare), "non_rare": list(ds.non_rare)}
     result = evaluate_hoi(ds.annotations, dets, ds.hoi_object, groups=groups, mode=a.mode, rule=a.rule,
                           num_classes=ds.num_classes)
     out = result.to_dict()
-    out.update({"data": str(ds.source), "detections": a.dets or f"baseline: {a.baseline}",
-                "zero_shot": a.zero_shot, "known_object_images": "derived from the box annotations (hoi.md §12)"
+    source = a.dets or (f"baseline: {a.baseline}" if a.baseline else f"checkpoint: {a.checkpoint}")
+    out.update({"data": str(ds.source), "detections": source, "zero_shot": zero_shot,
+                "known_object_images": "derived from the box annotations (hoi.md §12)"
                 if a.mode == "known-object" else None})
+    if a.checkpoint:
+        out.update(method=run_info["method"], selection=run_info.get("selection"),
+                   detector=run_info.get("detector"), unverified=run_info.get("unverified"))
     maps = ", ".join(f"{k} {100 * v:.2f}" for k, v in out["mAP"].items())
     print(f"HOI mAP % ({a.rule} rule, {a.mode} mode): {maps} [images {out['n_images']}, detections "
           f"{out['n_detections']}, classes without GT {out['n_classes_without_gt']}]")
     _write_json(a.json, out)
+    return 0
+
+
+def cmd_hoi_predict(a: argparse.Namespace) -> int:
+    from afford.hoi.predictor import HOIPredictor, draw_hoi
+
+    run = _hoi_run(a.checkpoint, a.device)
+    pred = HOIPredictor(run, device=str(next(run.method.parameters()).device), detections=a.detections)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for image_path in a.images:
+        pred.set_image(image_path)
+        rows = pred.predict(top_k=a.top)
+        stem = Path(image_path).stem
+        (out / f"{stem}_hoi.json").write_text(json.dumps({"image": str(image_path), "triplets": rows}, indent=1))
+        assert pred.image is not None
+        draw_hoi(pred.image, rows[: a.draw]).save(out / f"{stem}_hoi.png")
+        if not a.quiet:
+            best = f"best: {rows[0]['name']} {rows[0]['score']:.3f}" if rows else "no pair found"
+            print(f"{image_path}: {len(rows)} triplet(s), {best} -> {out}")
     return 0
 
 
@@ -419,13 +501,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     hoi = sub.add_parser("hoi", help="human-object interaction detection tools").add_subparsers(
         dest="hoi_cmd", required=True)
+    ht = hoi.add_parser("train", help="train an HOI detector from a YAML config (same as 'afford train')")
+    ht.add_argument("config", help="YAML path or a packaged config name, e.g. clip4hoi_hicodet, clip4hoi_synthhoi_demo")
+    ht.add_argument("--out", required=True, help="run folder to write (run.json, model.safetensors, checkpoints/)")
+    ht.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.epochs=3")
+    ht.add_argument("--resume", action="store_true", help="continue from the last complete epoch checkpoint in --out")
+    ht.add_argument("--select", choices=("last", "best-on-test"), default=None,
+                    help="which epoch's weights the run keeps (default: last)")
+    ht.add_argument("--quiet", action="store_true", help="no progress bars")
+    ht.set_defaults(fn=cmd_train)
     he = hoi.add_parser("eval", help="HICO-DET mAP with the official rule (hoi.md §7, §12)")
     src = he.add_mutually_exclusive_group(required=True)
     src.add_argument("--dets", default=None, help="detection file: JSON {image file name: [[hoi, h_x1, h_y1, h_x2, "
                      "h_y2, o_x1, o_y1, o_x2, o_y2, score], ...]}, 0-based HOI index and pixel coordinates")
     src.add_argument("--baseline", choices=("object-prior", "frequency-prior"), default=None,
                      help="score a reference scorer on the ground-truth pairs instead")
-    he.add_argument("--data", required=True, help="HICO-DET-layout root (or its instances_<split>.json)")
+    src.add_argument("--checkpoint", default=None, help="run folder of a trained HOI detector (clip4hoi)")
+    he.add_argument("--data", default=None, help="HICO-DET-layout root (or its instances_<split>.json); "
+                    "default with --checkpoint: the run's data root")
     he.add_argument("--split", default="test2015", help="annotation split to score against (default: %(default)s)")
     he.add_argument("--train", default=None, help="training annotations (frequency-prior baseline)")
     he.add_argument("--mode", choices=("default", "known-object"), default="default",
@@ -434,9 +527,29 @@ def build_parser() -> argparse.ArgumentParser:
                     help="official: MATLAB ho-rcnn (IoU >= 0.5, +1 pixel convention); pocket: the UPT/pocket "
                     "variant (> 0.5, no +1) for cross-checks (default: %(default)s)")
     he.add_argument("--zero-shot", default=None, metavar="rf-uc|nf-uc|uo|uv|FILE",
-                    help="report Full / Unseen / Seen for this unseen list (a name or a file of HOI ids)")
+                    help="report Full / Unseen / Seen for this unseen list (a name or a file of HOI ids; "
+                    "default with --checkpoint: the run's training setting)")
+    he.add_argument("--detections", default=None, help="--checkpoint with a cached detector: the test images' "
+                    "cached detections (default: the run's model.detections_test)")
+    he.add_argument("--save-dets", default=None, metavar="FILE", help="--checkpoint: also write its detections "
+                    "in the --dets format")
+    he.add_argument("--batch-size", type=int, default=None, help="images per forward pass (--checkpoint)")
+    he.add_argument("--device", default="auto", help=DEVICE_HELP)
+    he.add_argument("--bf16", action="store_true", help="run the model under bfloat16 autocast")
+    he.add_argument("--quiet", action="store_true", help="no progress bars")
     he.add_argument("--json", default=None, help="write mode, counts, mAP and the per-class AP to this file")
     he.set_defaults(fn=cmd_hoi_eval)
+    hp = hoi.add_parser("predict", help="top (human, verb, object) triplets of images: JSON + a picture")
+    hp.add_argument("images", nargs="+", help="image files")
+    hp.add_argument("--checkpoint", required=True, help="run folder of a trained HOI detector (clip4hoi)")
+    hp.add_argument("--out", required=True, help="folder for <image>_hoi.json and <image>_hoi.png")
+    hp.add_argument("--detections", default=None, help="cached detections of the images (runs with a cached "
+                    "detector): JSON {file name: {boxes, scores, labels}}")
+    hp.add_argument("--top", type=int, default=10, help="triplets per image in the JSON (default: %(default)s)")
+    hp.add_argument("--draw", type=int, default=3, help="triplets drawn on the picture (default: %(default)s)")
+    hp.add_argument("--device", default="auto", help=DEVICE_HELP)
+    hp.add_argument("--quiet", action="store_true", help="no progress output")
+    hp.set_defaults(fn=cmd_hoi_predict)
 
     t = sub.add_parser("train", help="train a method from a YAML config")
     t.add_argument("config", help="YAML path or a packaged config name (afford list)")

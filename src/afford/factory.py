@@ -57,6 +57,9 @@ METHODS: dict[str, MethodSpec] = {
     # afford's tiny CLIP trained on SynthAGD's weak labels: the offline demo's SelectiveCL affinity.
     "synth_clip": MethodSpec("afford.methods.synth_clip:SynthCLIP", "afford.methods.synth_clip:SynthCLIPConfig",
                              "synth_clip_synthagd_demo", title="SynthAGD tiny CLIP (afford)"),
+    # CLIP4HOI as reconstructed from the paper and UPT/THID (hoi.md §2; no code was released).
+    "clip4hoi": MethodSpec("afford.methods.clip4hoi:CLIP4HOI", "afford.methods.clip4hoi:CLIP4HOIConfig",
+                           "clip4hoi_hicodet", task="hoi", title="CLIP4HOI (reconstruction)"),
     # LoopTrans's cluster module, pretrained without labels on a split's training images.
     "looptrans_cluster": MethodSpec("afford.methods.looptrans_cluster:LoopTransCluster",
                                     "afford.methods.looptrans_cluster:LoopTransClusterConfig",

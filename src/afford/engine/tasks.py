@@ -119,9 +119,16 @@ class ImagePretrainTask(Task):
         return {"split": self.split.name, "data_root": str(self.split.root)}
 
 
+def _hoi_task(cfg: RunConfig) -> Task:
+    from afford.hoi.task import HOITask  # the HOI package imports this module
+
+    return HOITask.from_config(cfg)
+
+
 #: task name (``MethodSpec.task``) -> builder from a run config.
 TASKS: dict[str, Callable[[RunConfig], Task]] = {"affordance": WSAGTask.from_config,
-                                                 "images": ImagePretrainTask.from_config}
+                                                 "images": ImagePretrainTask.from_config,
+                                                 "hoi": _hoi_task}
 
 
 def task_for(cfg: RunConfig) -> Task:

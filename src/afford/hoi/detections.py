@@ -22,9 +22,10 @@ from afford.hoi.types import ImageDetections
 ROW = "[hoi, h_x1, h_y1, h_x2, h_y2, o_x1, o_y1, o_x2, o_y2, score]"
 
 
-def read_image_mapping(path: str | Path, filenames: Sequence[str], what: str) -> dict:
+def read_image_mapping(path: str | Path, filenames: Sequence[str], what: str, subset: bool = False) -> dict:
     """A JSON file holding one object keyed by image file name (detections, cached detector
-    outputs), checked against the dataset's file list; one-line errors naming the file."""
+    outputs), checked against the dataset's file list; one-line errors naming the file.
+    ``subset``: ``filenames`` are some of the file's images (a predictor's lookup), not the dataset."""
     p = Path(path)
     try:
         obj = json.loads(p.read_text(encoding="utf-8"))
@@ -32,14 +33,16 @@ def read_image_mapping(path: str | Path, filenames: Sequence[str], what: str) ->
         raise AffordError(f"{p}: {what} file not found (it does not exist)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise AffordError(f"{p}: not a readable JSON {what} file ({type(exc).__name__}: {first_line(exc)})") from None
-    _check_mapping(obj, filenames, str(p), what)
+    _check_mapping(obj, () if subset else filenames, str(p), what, check_names=not subset)
     return obj
 
 
-def _check_mapping(obj: object, filenames: Sequence[str], source: str, what: str) -> None:
+def _check_mapping(obj: object, filenames: Sequence[str], source: str, what: str, check_names: bool = True) -> None:
     if not isinstance(obj, Mapping):
         raise AffordError(f"{source}: expected a JSON object mapping image file names to {what}s, "
                           f"got {type(obj).__name__}")
+    if not check_names:
+        return
     known = set(filenames)
     unknown = [name for name in obj if name not in known]
     if unknown:

@@ -146,13 +146,46 @@ def tiny_detr_config() -> Any:
                       encoder_ffn_dim=64, decoder_ffn_dim=64, num_labels=91)
 
 
-def _load_detr(weights: str | Path | None, revision: str | None) -> nn.Module:
-    """A ``DetrForObjectDetection``: random tiny (None), a hub-layout directory or a hub name."""
+#: COCO's 91-id scheme (DETR's classes): ids missing from the 80 categories.
+COCO91_GAPS = (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)
+
+
+def coco91_id2label() -> dict[int, str]:
+    """DETR's ``id2label`` for the 91-id COCO scheme (gaps "N/A"), names spelt with spaces."""
+    from afford.hoi.hicodet import COCO80_NAMES
+
+    ids = [i for i in range(1, 91) if i not in COCO91_GAPS]
+    table = {i: "N/A" for i in range(91)}
+    table.update({i: n.replace("_", " ") for i, n in zip(ids, COCO80_NAMES, strict=True)})
+    return table
+
+
+def detr_r50_config() -> Any:
+    """DETR-R50's architecture (hoi.md §3.1: 100 queries, 6+6 layers, hidden 256), timm-free,
+    randomly initialised: what a run of it is rebuilt from before its weights are loaded."""
+    from transformers import DetrConfig, ResNetConfig
+
+    backbone = ResNetConfig(embedding_size=64, hidden_sizes=[256, 512, 1024, 2048], depths=[3, 4, 6, 3],
+                            layer_type="bottleneck", out_features=["stage4"])
+    table = coco91_id2label()
+    return DetrConfig(backbone_config=backbone, use_timm_backbone=False, use_pretrained_backbone=False,
+                      num_queries=100, d_model=256, encoder_layers=6, decoder_layers=6, num_labels=91,
+                      id2label=table, label2id={v: k for k, v in table.items()})
+
+
+#: architectures a DETR is built from when no weights are given (tests; rebuilding a saved run).
+DETR_ARCHS = {"tiny_detr": tiny_detr_config, "detr_r50": detr_r50_config}
+
+
+def _load_detr(weights: str | Path | None, revision: str | None, arch: str = "tiny_detr") -> nn.Module:
+    """A ``DetrForObjectDetection``: random ``arch`` (None), a hub-layout directory or a hub name."""
     from transformers import DetrForObjectDetection
 
     kind, where = resolve_weights(weights)
     if kind == "random":
-        return DetrForObjectDetection(tiny_detr_config())
+        if arch not in DETR_ARCHS:
+            raise AffordError(f"detector: unknown architecture {arch!r}; expected one of {', '.join(DETR_ARCHS)}")
+        return DetrForObjectDetection(DETR_ARCHS[arch]())
     if kind == "file":
         raise AffordError(f"weights: {where} is a file; DETR needs a hub-layout directory or a hub name")
     kwargs = {} if revision is None else {"revision": revision}
@@ -186,20 +219,21 @@ def cxcywh_to_xyxy(boxes: Tensor, size: tuple[int, int]) -> Tensor:
 class DetrDetector(nn.Module):
     """Frozen DETR giving §3.1's filtered proposals with their decoder embeddings.
 
-    ``weights``: None (tiny random, for tests), a hub-layout directory, or a hub name with
+    ``weights``: None (random ``arch``: ``tiny_detr`` for tests, ``detr_r50`` to rebuild a saved
+    run), a hub-layout directory, or a hub name with
     ``revision`` passed through. The model stays in eval mode and without gradients (§3.1: frozen
     during UPT training), even when a parent module calls ``train()``.
     """
 
     def __init__(self, weights: str | Path | None = None, revision: str | None = None,
-                 human_label: int | None = None, **thresholds: float | int) -> None:
+                 human_label: int | None = None, arch: str = "tiny_detr", **thresholds: float | int) -> None:
         super().__init__()
         unknown = set(thresholds) - set(FILTER_DEFAULTS)
         if unknown:
             raise AffordError(f"DetrDetector: unknown thresholds {sorted(unknown)}; expected {sorted(FILTER_DEFAULTS)}")
         self.weights = None if weights is None else str(weights)
         self.revision = revision
-        self.model = _load_detr(weights, revision)
+        self.model = _load_detr(weights, revision, arch)
         self.model.requires_grad_(False)
         self.id2label = {int(k): str(v) for k, v in self.model.config.id2label.items()}
         self.human_label = _person_id(self.id2label) if human_label is None else int(human_label)
@@ -265,11 +299,15 @@ def _entry(path: Path, name: str, entry: Any, human_label: int) -> Instances:
     return Instances(box, torch.tensor(scores, dtype=torch.float32), lab, lab == human_label)
 
 
-def read_cached_detections(path: str | Path, filenames: Sequence[str],
-                           human_label: int = COCO_PERSON) -> list[Instances]:
-    """Cached detections aligned with ``filenames`` (format in the module docstring)."""
+def read_cached_detections(path: str | Path, filenames: Sequence[str], human_label: int = COCO_PERSON,
+                           subset: bool = False) -> list[Instances]:
+    """Cached detections aligned with ``filenames`` (format in the module docstring); ``subset``:
+    the file may hold other images too, and each of ``filenames`` must have an entry."""
     p = Path(path)
-    obj = read_image_mapping(p, filenames, "cached detection")
+    obj = read_image_mapping(p, filenames, "cached detection", subset=subset)
+    missing = [n for n in filenames if n not in obj] if subset else []
+    if missing:
+        raise AffordError(f"{p}: no cached detections for image {missing[0]!r}")
     return [_entry(p, n, obj[n], human_label) if n in obj else empty_instances() for n in filenames]
 
 
@@ -281,3 +319,36 @@ def detector_record(det: DetrDetector | str | Path, thresholds: Mapping[str, Any
                 "human_label": det.human_label, "thresholds": dict(det.thresholds)}
     return {"kind": "cached", "path": str(det), "revision": None,
             "thresholds": None if thresholds is None else dict(thresholds)}
+
+
+# ----------------------------------------------------------------------------- ground truth
+def ground_truth_entry(gt: Any, human_label: int) -> dict[str, list]:
+    """One image's annotated instances in the cached-detections format: a perfect detector.
+
+    Distinct human boxes get ``human_label``; distinct object boxes their object index (a person
+    that is the object of a pair keeps the object label). Boxes become 0-based (x1 - 1, y1 - 1).
+    Score 1. The oracle-box setting every HOI baseline of afford is scored on.
+    """
+    from afford.hoi.targets import gt_boxes_to_detector
+
+    boxes: list[list[float]] = []
+    labels: list[int] = []
+    seen: set[tuple] = set()
+    rows = [(b, human_label) for b in gt_boxes_to_detector(gt.boxes_h).tolist()]
+    rows += [(b, int(o)) for b, o in zip(gt_boxes_to_detector(gt.boxes_o).tolist(), gt.obj.tolist(), strict=True)]
+    for box, label in rows:
+        key = (*box, label)
+        if key not in seen:
+            seen.add(key)
+            boxes.append([float(v) for v in box])
+            labels.append(int(label))
+    return {"boxes": boxes, "scores": [1.0] * len(boxes), "labels": labels}
+
+
+def write_ground_truth_detections(path: str | Path, filenames: Sequence[str], annotations: Sequence[Any],
+                                  human_label: int) -> None:
+    """A cached-detections file of the annotated instances (see :func:`ground_truth_entry`)."""
+    import json
+
+    obj = {n: ground_truth_entry(g, human_label) for n, g in zip(filenames, annotations, strict=True)}
+    Path(path).write_text(json.dumps(obj, separators=(",", ":")) + "\n")

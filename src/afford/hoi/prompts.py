@@ -65,52 +65,81 @@ class HOIPromptLearner(nn.Module):
         for v, o in self.hoi_pairs:
             if not (0 <= v < len(verbs) and 0 <= o < len(objects)):
                 raise AffordError(f"hoi_pairs: ({v}, {o}) out of range for {len(verbs)} verbs, {len(objects)} objects")
-        special = text_encoder.tokenize(["", PLACEHOLDER])
+        width = text_encoder.width
+        self.prefix = nn.Parameter(torch.empty(n_prefix, width).normal_(std=init_std))
+        self.conjun = nn.Parameter(torch.empty(n_conjun, width).normal_(std=init_std))
+        # Persistent, so a saved run predicts without the vocabulary (as SelectiveCL's prompt ids).
+        shape = (len(self.hoi_pairs), text_encoder.context_length)
+        self.register_buffer("token_ids", torch.zeros(shape, dtype=torch.long))
+        self.register_buffer("learned_index", torch.full(shape, -1, dtype=torch.long))
+        self.register_buffer("bounds", torch.zeros(shape[0], 3, dtype=torch.long))  # CONJUN start, object start, EOT
+        self._pending = True
+        if text_encoder.tokenizer is not None:
+            self.tokenize()
+        self.register_load_state_dict_post_hook(self._loaded)
+
+    @staticmethod
+    def _loaded(module: nn.Module, incompatible: object) -> None:
+        missing = getattr(incompatible, "missing_keys", [])
+        if not any(k.endswith(("token_ids", "learned_index", "bounds")) for k in missing):
+            module._pending = False  # type: ignore[assignment]
+
+    def tokenize(self) -> None:
+        """Fill ``token_ids``/``learned_index`` with the text tower's vocabulary (hub fallback if needed)."""
+        te = self.text_encoder
+        special = te.tokenize(["", PLACEHOLDER])
         sot, eot = int(special[0, 0]), int(special[0, 1])
         placeholder = _word_ids(special[1])
         if len(placeholder) != 1:
             raise AffordError(f"tokenizer: {PLACEHOLDER!r} is not one token ({placeholder})")
-        verb_ids = [_word_ids(r) for r in text_encoder.tokenize(self.verbs)]
-        obj_ids = [_word_ids(r) for r in text_encoder.tokenize(self.objects)]
-        length = text_encoder.context_length
-        ids = torch.zeros(len(self.hoi_pairs), length, dtype=torch.long)
-        # index into cat([prefix, conjun]) at learned positions, -1 elsewhere
-        learned = torch.full_like(ids, -1)
-        self._positions: list[dict[str, slice | int]] = []
+        verb_ids = [_word_ids(r) for r in te.tokenize(self.verbs)]
+        obj_ids = [_word_ids(r) for r in te.tokenize(self.objects)]
+        ids = torch.zeros_like(self.token_ids, device="cpu")
+        bounds = torch.zeros_like(self.bounds, device="cpu")
+        learned = torch.full_like(ids, -1)  # index into cat([prefix, conjun]) at learned positions
+        n_prefix, n_conjun, length = self.n_prefix, self.n_conjun, ids.shape[1]
         for c, (v, o) in enumerate(self.hoi_pairs):
-            nv, no = len(verb_ids[v]), len(obj_ids[o])
-            p0, v0 = 1, 1 + n_prefix
-            c0 = v0 + nv
+            v0 = 1 + n_prefix
+            c0 = v0 + len(verb_ids[v])
             o0 = c0 + n_conjun
-            e = o0 + no
+            e = o0 + len(obj_ids[o])
             if e >= length:
                 raise AffordError(f"hoi class {c} ({self.verbs[v]} {self.objects[o]}): prompt of {e + 1} tokens "
                                   f"exceeds the context length {length}")
             ids[c, 0], ids[c, e] = sot, eot
-            ids[c, p0:v0] = placeholder[0]
+            ids[c, 1:v0] = placeholder[0]
             ids[c, v0:c0] = torch.tensor(verb_ids[v], dtype=torch.long)
             ids[c, c0:o0] = placeholder[0]
             ids[c, o0:e] = torch.tensor(obj_ids[o], dtype=torch.long)
-            learned[c, p0:v0] = torch.arange(n_prefix)
+            learned[c, 1:v0] = torch.arange(n_prefix)
             learned[c, c0:o0] = n_prefix + torch.arange(n_conjun)
-            self._positions.append(dict(prefix=slice(p0, v0), verb=slice(v0, c0), conjun=slice(c0, o0),
-                                        object=slice(o0, e), eot=e))
-        if bool((ids.argmax(dim=-1) != torch.tensor([p["eot"] for p in self._positions])).any()):
+            bounds[c] = torch.tensor([c0, o0, e])
+        if bool((ids.argmax(dim=-1) != (ids == eot).long().argmax(dim=-1)).any()):
             raise AffordError(f"tokenizer: EOT id {eot} is not the largest id of every prompt")
-        width = text_encoder.width
-        self.prefix = nn.Parameter(torch.empty(n_prefix, width).normal_(std=init_std))
-        self.conjun = nn.Parameter(torch.empty(n_conjun, width).normal_(std=init_std))
-        self.register_buffer("token_ids", ids, persistent=False)
-        self.register_buffer("learned_index", learned, persistent=False)
+        self.token_ids.copy_(ids)
+        self.learned_index.copy_(learned)
+        self.bounds.copy_(bounds)
+        self._pending = False
+
+    def _ensure_ids(self) -> None:
+        if self._pending:  # a fresh model without a vocabulary at hand: the lazy hub fallback
+            self.tokenize()
 
     def positions(self, c: int) -> dict[str, slice | int]:
-        """Where class ``c``'s parts lie: ``prefix``/``verb``/``conjun``/``object`` slices, ``eot`` index."""
-        if not 0 <= c < len(self._positions):
-            raise AffordError(f"class index {c} out of range [0, {len(self._positions)})")
-        return dict(self._positions[c])
+        """Where class ``c``'s parts lie: ``prefix``/``verb``/``conjun``/``object`` slices, ``eot`` index.
+
+        Read back from the stored ids, so a loaded run answers without its vocabulary.
+        """
+        if not 0 <= c < len(self.hoi_pairs):
+            raise AffordError(f"class index {c} out of range [0, {len(self.hoi_pairs)})")
+        self._ensure_ids()
+        c0, o0, eot = (int(x) for x in self.bounds[c])
+        return dict(prefix=slice(1, 1 + self.n_prefix), verb=slice(1 + self.n_prefix, c0), conjun=slice(c0, o0),
+                    object=slice(o0, eot), eot=eot)
 
     def prompt_embeddings(self) -> Tensor:
         """``(C, L, W)``: word embeddings of ``token_ids`` with the learned vectors spliced in."""
+        self._ensure_ids()
         emb = self.text_encoder.token_embedding
         base = emb(self.token_ids.to(emb.weight.device))
         learned = torch.cat([self.prefix, self.conjun]).to(base.dtype)
@@ -120,4 +149,5 @@ class HOIPromptLearner(nn.Module):
 
     def forward(self) -> Tensor:
         """``(C, E)`` text features, one per HOI class (not L2-normalised)."""
-        return self.text_encoder.encode_prompt_embeddings(self.prompt_embeddings(), self.token_ids)
+        emb = self.prompt_embeddings()
+        return self.text_encoder.encode_prompt_embeddings(emb, self.token_ids.to(emb.device))

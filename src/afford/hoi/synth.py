@@ -9,6 +9,8 @@ every machine can generate in seconds. The page ``docs/synthhoi.md`` is its spec
 
     <out>/instances_train2015.json, <out>/instances_test2015.json   (fredzzhang/hicodet layout)
     <out>/images/train2015/*.jpg, <out>/images/test2015/*.jpg
+    <out>/detections_gt_{train,test}2015.json                        the annotated instances as cached
+                                                                     detections (a perfect detector)
     <out>/zero_shot_uc.json                                          unseen-composition HOI ids
     <out>/synthhoi.json                                              generator settings + counts
 
@@ -33,12 +35,16 @@ from PIL import Image
 from tqdm import tqdm
 
 from afford.errors import AffordError
+from afford.hoi.detector import write_ground_truth_detections
+from afford.hoi.types import ImageGT
 from afford.synthagd.generate import render_ego, render_exo
 from afford.synthagd.render import background
 from afford.synthagd.shapes import bbox
 from afford.synthagd.world import VOCAB, make_world
 
 VERSION = "1"
+#: the label of people in the ground-truth detection files (SynthHOI has no "person" object)
+HUMAN_LABEL = -1
 NO_INTERACTION = "no_interaction"
 SPLIT_FILES = {"train": "train2015", "test": "test2015"}
 _SPLIT_ID = {"train": 1, "test": 2}
@@ -215,6 +221,9 @@ def generate_synthhoi(out: str | Path, seed: int = 0, n_train: int = 2000, n_tes
                "rare": rare, "non_rare": [c for c in range(len(classes)) if c not in rare],
                "source": f"SynthHOI v{VERSION} seed {seed}"}
         (out / f"instances_{SPLIT_FILES[split]}.json").write_text(json.dumps(doc, separators=(",", ":")) + "\n")
+        gts = [ImageGT(*(np.asarray(a[k], np.float64).reshape(-1, 4) for k in ("boxes_h", "boxes_o")),
+                       *(np.asarray(a[k], np.int64) for k in ("hoi", "object", "verb"))) for a in annotation]
+        write_ground_truth_detections(out / f"detections_gt_{SPLIT_FILES[split]}.json", filenames, gts, HUMAN_LABEL)
     seconds = time.perf_counter() - t0
     summary["rare"] = int(sum(counts < 10))
     summary["classes"] = len(classes)

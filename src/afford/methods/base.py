@@ -28,7 +28,8 @@ from afford.modules.param_groups import ParamGroup
 OutputKind = Literal["logits", "scores"]
 OUTPUT_KINDS: tuple[str, ...] = ("logits", "scores")
 
-__all__ = ["OUTPUT_KINDS", "Grounder", "LabelSpace", "Method", "OutputKind", "ParamGroup", "Trainable"]
+__all__ = ["OUTPUT_KINDS", "Grounder", "InteractionDetector", "LabelSpace", "Method", "OutputKind", "ParamGroup",
+           "Trainable"]
 
 
 class Trainable(nn.Module):
@@ -108,3 +109,31 @@ class Method(Trainable, Grounder):
     @property
     def classnames(self) -> tuple[str, ...]:
         return self.labels.names
+
+
+class InteractionDetector(Trainable):
+    """An HOI detector: trained on an HOI task, finds scored (human, verb, object) triplets.
+
+    Built as ``cls(model_cfg, labels)`` with an HOI :class:`LabelSpace`. Batches come from
+    :class:`afford.hoi.data.HOIImageSet` through :func:`afford.hoi.data.collate_hoi`: ``image``
+    ``(B, 3, S, S)`` in [0, 1], per-image ``size`` ``(h, w)``, ``gt``, ``instances`` (cached
+    detections or None), ``detr`` (detector inputs), and ``unseen`` (classes left out of the
+    loss in zero-shot training).
+    """
+
+    name: ClassVar[str] = "interaction_detector"
+
+    def __init__(self, labels: LabelSpace) -> None:
+        super().__init__()
+        if not isinstance(labels, LabelSpace) or labels.task != "hoi":
+            got = labels.task if isinstance(labels, LabelSpace) else type(labels).__name__
+            raise AffordError(f"{type(self).__name__}: an HOI detector needs HOI labels, got {got!r}")
+        self.labels = labels
+
+    @property
+    def classnames(self) -> tuple[str, ...]:
+        return self.labels.names
+
+    def detect(self, batch: dict[str, Any]) -> list[Any]:
+        """One :class:`afford.hoi.types.ImageDetections` per image (0-based boxes, original frame)."""
+        raise NotImplementedError

@@ -1,0 +1,124 @@
+"""HOI images as model inputs: one sample per image, its ground truth and (optionally) its cached detections.
+
+Why one class for training and detection: the same image must reach CLIP, the detector and the
+targets in the same frame. Boxes stay in the original image's pixel frame (the model maps them to
+its inputs), so a horizontal flip is the only augmentation that moves them: it flips the image,
+the ground truth (1-based inclusive: ``x -> W + 1 - x``) and the cached detections (0-based:
+``x -> W - x``) together. Every draw is a function of (seed, epoch, index), so resume is exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from afford.data.transforms import DECODE_ERRORS, to_tensor
+from afford.errors import AffordError
+from afford.hoi.detector import Instances
+from afford.hoi.hicodet import HicoDet
+from afford.hoi.types import ImageGT
+
+
+def read_rgb(path: Path) -> Image.Image:
+    """An image as RGB; one line naming the file when it is missing or does not decode."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise AffordError(f"{path}: image file not found") from None
+    except (*DECODE_ERRORS, EOFError) as e:
+        raise AffordError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+
+
+def flip_gt(gt: ImageGT, width: int) -> ImageGT:
+    """Mirror 1-based inclusive boxes: pixel column ``x`` becomes ``W + 1 - x``."""
+    def mirror(b: np.ndarray) -> np.ndarray:
+        out = b.copy()
+        out[:, 0], out[:, 2] = width + 1 - b[:, 2], width + 1 - b[:, 0]
+        return out
+
+    return ImageGT(mirror(gt.boxes_h), mirror(gt.boxes_o), gt.hoi, gt.obj, gt.verb)
+
+
+def flip_instances(inst: Instances, width: int) -> Instances:
+    """Mirror 0-based continuous boxes: ``x -> W - x``."""
+    b = inst.boxes.clone()
+    b[:, 0], b[:, 2] = width - inst.boxes[:, 2], width - inst.boxes[:, 0]
+    return Instances(b, inst.scores, inst.labels, inst.is_human, inst.embeddings, inst.names)
+
+
+def detector_size(width: int, height: int, short: int, longest: int) -> tuple[int, int]:
+    """(w, h) for DETR's test resize: short side ``short``, long side at most ``longest``."""
+    scale = min(short / min(width, height), longest / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+class HOIImageSet(Dataset):
+    """Images of a :class:`HicoDet` split as model inputs.
+
+    Each sample: ``image`` ``(3, S, S)`` in [0, 1] (CLIP's square resize), ``detr`` (the detector's
+    resize, only with ``detector_resize``), ``size`` ``(h, w)`` of the original, ``gt`` (ImageGT),
+    ``instances`` (cached detections or None), ``index`` and ``filename``.
+    """
+
+    def __init__(self, data: HicoDet, image_size: int, *, flip: bool = False, seed: int = 0,
+                 detector_resize: tuple[int, int] | None = None, cached: Sequence[Instances] | None = None,
+                 cache_images: bool = False) -> None:
+        if data.image_dir is None:
+            raise AffordError(f"{data.source}: no image folder found for this split (expected images/<split>/ "
+                              "beside the annotation file)")
+        if cached is not None and len(cached) != len(data):
+            raise AffordError(f"cached detections: {len(cached)} entries for {len(data)} images")
+        self.data, self.image_size, self.flip, self.seed = data, int(image_size), flip, int(seed)
+        self.detector_resize, self.cached = detector_resize, cached
+        self.epoch = 0
+        self._images: dict[int, Image.Image] | None = {} if cache_images else None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def _image(self, i: int) -> Image.Image:
+        if self._images is not None and i in self._images:
+            return self._images[i]
+        assert self.data.image_dir is not None
+        img = read_rgb(self.data.image_dir / self.data.filenames[i])
+        if self._images is not None:
+            self._images[i] = img
+        return img
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        img = self._image(i)
+        w, h = img.size
+        gt = self.data.annotations[i]
+        inst = self.cached[i] if self.cached is not None else None
+        if self.flip and np.random.default_rng([self.seed, self.epoch, i, 11]).random() < 0.5:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+            gt = flip_gt(gt, w)
+            inst = None if inst is None else flip_instances(inst, w)
+        sample: dict[str, Any] = {
+            "image": to_tensor(img.resize((self.image_size, self.image_size), Image.BICUBIC)),
+            "size": (h, w), "gt": gt, "instances": inst, "index": i, "filename": self.data.filenames[i],
+        }
+        if self.detector_resize is not None:
+            sample["detr"] = to_tensor(img.resize(detector_size(w, h, *self.detector_resize), Image.BILINEAR))
+        return sample
+
+
+def collate_hoi(samples: list[dict[str, Any]], unseen: Sequence[int] = ()) -> dict[str, Any]:
+    """Stack the CLIP images; everything of per-image size stays a list. ``unseen``: the classes a
+    zero-shot training leaves out of the loss (a property of the split, carried by every batch)."""
+    out: dict[str, Any] = {"image": torch.stack([s["image"] for s in samples]), "unseen": tuple(unseen)}
+    for key in ("size", "gt", "instances", "index", "filename"):
+        out[key] = [s[key] for s in samples]
+    if "detr" in samples[0]:
+        out["detr"] = [s["detr"] for s in samples]
+    return out

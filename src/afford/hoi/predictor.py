@@ -1,0 +1,105 @@
+"""HOI predictions for single images: ``HOIPredictor`` (``set_image`` / ``predict``) and the picture.
+
+The predictor goes through the model's own ``detect`` on a one-image batch built exactly as the
+test set's (:class:`afford.hoi.data.HOIImageSet`), so there is no second inference path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from afford.checkpoint import LoadedRun, load_run
+from afford.data.transforms import to_tensor
+from afford.errors import AffordError
+from afford.hoi.data import detector_size, read_rgb
+from afford.hoi.detector import Instances, read_cached_detections
+
+
+class HOIPredictor:
+    """Top HOI triplets of an image from a trained ``clip4hoi`` run.
+
+    ``detections``: a cached-detections file (JSON per image file name) for runs whose detector
+    is ``cached``; images are looked up by file name.
+    """
+
+    def __init__(self, run: LoadedRun | str | Path, device: str = "cpu", detections: str | Path | None = None) -> None:
+        self.run = run if isinstance(run, LoadedRun) else load_run(run, device=device)
+        if self.run.labels.task != "hoi":
+            raise AffordError(f"{self.run.path}: a {self.run.info['method']} run grounds affordances; "
+                              "HOI prediction needs an HOI run (e.g. clip4hoi)")
+        self.model = self.run.method
+        self.cfg = self.run.config.model
+        self.device = torch.device(device)
+        self.detections = None if detections is None else Path(detections)
+        if self.cfg.detector == "cached" and self.detections is None:
+            raise AffordError(f"{self.run.path}: this run reads cached detections (model.detector=cached); "
+                              "pass the detections of your images (--detections FILE)")
+        self.image: Image.Image | None = None
+        self._batch: dict[str, Any] | None = None
+
+    def set_image(self, image: str | Path | Image.Image | np.ndarray, name: str | None = None,
+                  instances: Instances | None = None) -> None:
+        """Prepare one image; ``name`` looks it up in the detections file (default: the file name)."""
+        if isinstance(image, (str, Path)):
+            name = name or Path(image).name
+            img = read_rgb(Path(image))
+        elif isinstance(image, np.ndarray):
+            img = Image.fromarray(image.astype(np.uint8)).convert("RGB")
+        elif isinstance(image, Image.Image):
+            img = image.convert("RGB")
+        else:
+            raise AffordError(f"set_image: expected a path, a PIL image or an (H, W, 3) array, got {type(image).__name__}")
+        w, h = img.size
+        if instances is None and self.cfg.detector == "cached":
+            if name is None:
+                raise AffordError("set_image: cached detections are looked up by file name; pass name=")
+            assert self.detections is not None
+            instances = read_cached_detections(self.detections, [name], self.model.cached_human_label, subset=True)[0]
+        s = self.cfg.image_size
+        batch: dict[str, Any] = {"image": to_tensor(img.resize((s, s), Image.BICUBIC))[None].to(self.device),
+                                 "size": [(h, w)], "gt": [None], "instances": [instances], "unseen": ()}
+        if self.cfg.detector != "cached":
+            batch["detr"] = [to_tensor(img.resize(detector_size(w, h, self.cfg.detector_short,
+                                                                self.cfg.detector_max), Image.BILINEAR))]
+        self.image, self._batch = img, batch
+
+    def predict(self, top_k: int = 10) -> list[dict[str, Any]]:
+        """The ``top_k`` highest-scoring (human, verb, object) triplets, best first."""
+        if self._batch is None:
+            raise AffordError("predict: call set_image first")
+        det = self.model.detect(self._batch)[0]
+        order = np.argsort(-det.scores, kind="stable")[: max(int(top_k), 0)]
+        labels = self.run.labels
+        rows = []
+        for i in order:
+            c = int(det.hoi[i])
+            v, o = labels.pairs[c]
+            rows.append({"hoi": c, "name": labels.names[c], "verb": labels.verbs[v], "object": labels.objects[o],
+                         "score": float(det.scores[i]), "human_box": [float(x) for x in det.boxes_h[i]],
+                         "object_box": [float(x) for x in det.boxes_o[i]]})
+        return rows
+
+
+def draw_hoi(image: Image.Image, rows: list[dict[str, Any]]) -> Image.Image:
+    """The image with each triplet's human box (blue), object box (red), a line between their
+    centres and ``verb object score`` written at the line's middle."""
+    out = image.convert("RGB").copy()
+    draw = ImageDraw.Draw(out)
+    for r in rows:
+        hb, ob = r["human_box"], r["object_box"]
+        draw.rectangle(hb, outline=(40, 110, 255), width=2)
+        draw.rectangle(ob, outline=(235, 50, 50), width=2)
+        hc = ((hb[0] + hb[2]) / 2, (hb[1] + hb[3]) / 2)
+        oc = ((ob[0] + ob[2]) / 2, (ob[1] + ob[3]) / 2)
+        draw.line([hc, oc], fill=(255, 220, 0), width=2)
+        mid = ((hc[0] + oc[0]) / 2, (hc[1] + oc[1]) / 2)
+        text = f"{r['verb'].replace('_', ' ')} {r['object'].replace('_', ' ')} {r['score']:.2f}"
+        box = draw.textbbox(mid, text)
+        draw.rectangle(box, fill=(0, 0, 0))
+        draw.text(mid, text, fill=(255, 255, 255))
+    return out

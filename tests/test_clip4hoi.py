@@ -1,0 +1,216 @@
+"""CLIP4HOI through the engine: train / resume / eval / predict on SynthHOI, both detector paths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from afford import checkpoint as ckpt
+from afford.cli import main
+from afford.config import load_config
+from afford.engine.trainer import train
+from afford.errors import AffordError
+from afford.hoi.data import HOIImageSet, collate_hoi, flip_gt, flip_instances
+from afford.hoi.detector import Instances, ground_truth_entry, tiny_detr_config
+from afford.hoi.hicodet import load_hicodet
+from afford.hoi.task import HOITask, hoi_labels
+from afford.hoi.types import ImageGT
+from afford.methods.clip4hoi import CLIP4HOI, box_pool
+from conftest import HICODET_TEST
+
+TINY = ["train.epochs=1", "train.max_steps_per_epoch=2", "train.batch_size=4", "eval.batch_size=8",
+        "model.image_size=64"]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("c4h") / "synthhoi"
+    assert main(["data", "synth-hoi", "--out", str(out), "--n-train", "24", "--n-test", "8", "--tile", "64",
+                 "--quiet"]) == 0
+    return out
+
+
+def cfg_for(synth: Path, *extra: str):
+    return load_config("clip4hoi_synthhoi_demo", [
+        f"data.root={synth}", f"model.detections_train={synth}/detections_gt_train2015.json",
+        f"model.detections_test={synth}/detections_gt_test2015.json", *TINY, *extra])
+
+
+# ------------------------------------------------------------------------------------- pieces
+def test_box_pool_averages_the_tokens_whose_centres_lie_in_the_box() -> None:
+    tokens = torch.arange(2 * 4 * 4, dtype=torch.float32).view(2, 4, 4)  # 4x4 grid over a 40x40 image
+    boxes = torch.tensor([[0.0, 0.0, 20.0, 10.0],  # centres (5, 5) and (15, 5): cells (0,0), (0,1)
+                          [31.0, 31.0, 33.0, 33.0]])  # holds no centre: the cell under its centre (3,3)
+    out = box_pool(tokens, boxes, (40, 40))
+    assert torch.allclose(out[0], tokens[:, 0, :2].mean(1))
+    assert torch.allclose(out[1], tokens[:, 3, 3])
+
+
+def test_flips_mirror_both_box_conventions_and_are_involutions() -> None:
+    gt = ImageGT(np.array([[1.0, 2.0, 10.0, 20.0]]), np.array([[5.0, 5.0, 100.0, 9.0]]), np.array([0]),
+                 np.array([0]), np.array([0]))
+    f = flip_gt(gt, 100)
+    assert f.boxes_h.tolist() == [[91.0, 2.0, 100.0, 20.0]] and f.boxes_o.tolist() == [[1.0, 5.0, 96.0, 9.0]]
+    assert flip_gt(f, 100).boxes_h.tolist() == gt.boxes_h.tolist()
+    inst = Instances(torch.tensor([[0.0, 1.0, 10.0, 5.0]]), torch.ones(1), torch.zeros(1, dtype=torch.long),
+                     torch.ones(1, dtype=torch.bool))
+    assert flip_instances(inst, 100).boxes.tolist() == [[90.0, 1.0, 100.0, 5.0]]
+
+
+def test_ground_truth_entry_lists_each_instance_once_in_detector_coordinates() -> None:
+    gt = ImageGT(np.array([[11.0, 11.0, 20.0, 20.0]] * 2), np.array([[1.0, 1.0, 5.0, 5.0]] * 2),
+                 np.array([3, 4]), np.array([7, 7]), np.array([0, 1]))
+    e = ground_truth_entry(gt, human_label=-1)
+    assert e["boxes"] == [[10.0, 10.0, 20.0, 20.0], [0.0, 0.0, 5.0, 5.0]] and e["labels"] == [-1, 7]
+    assert e["scores"] == [1.0, 1.0]
+
+
+def test_detr_r50_labels_map_to_every_hicodet_object_by_name() -> None:
+    from afford.methods.clip4hoi import CLIP4HOIConfig
+
+    labels = hoi_labels(load_hicodet(HICODET_TEST()))
+    cfg = CLIP4HOIConfig(clip="tiny_clip", clip_weights=None, detector="detr_r50", detector_weights=None,
+                         embed_dim=256, spatial_dim=32, pair_dim=32, heads=2, branches=2, decoder_dim=32,
+                         decoder_heads=2, decoder_layers=1)
+    model = CLIP4HOI(cfg, labels)
+    table = model.label_to_object
+    mapped = table[table >= 0]
+    assert len(mapped) == 80 and sorted(mapped.tolist()) == list(range(80))
+    assert labels.objects[int(table[1])] == "person"  # DETR id 1 is COCO's person
+    assert model.cached_human_label == labels.objects.index("person")
+
+
+# ------------------------------------------------------------------------------------- engine
+def test_train_resume_eval_predict_with_cached_detections(synth: Path, tmp_path: Path, capsys) -> None:
+    cfg = cfg_for(synth, "train.epochs=2")
+    straight = train(cfg, tmp_path / "a", progress=False)
+    half = cfg_for(synth, "train.epochs=1")
+    train(half, tmp_path / "b", progress=False)
+    train(cfg, tmp_path / "b", resume=True, progress=False)  # "killed" after epoch 1, resumed
+    wa = load_file(tmp_path / "a" / ckpt.WEIGHTS)
+    wb = load_file(tmp_path / "b" / ckpt.WEIGHTS)
+    assert straight.epochs_done == 2 and wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    info = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert info["task"] == "hoi" and info["detector"]["kind"] == "cached" and "decoder_layers" in info["unverified"]
+    assert info["labels"]["task"] == "hoi" and len(info["labels"]["pairs"]) == 49
+
+    assert main(["hoi", "eval", "--checkpoint", str(tmp_path / "a"), "--quiet", "--json", str(tmp_path / "e.json"),
+                 "--save-dets", str(tmp_path / "d.json")]) == 0
+    e = json.loads((tmp_path / "e.json").read_text())
+    assert 0.0 <= e["mAP"]["full"] <= 1.0 and e["n_detections"] > 0 and e["method"] == "clip4hoi"
+    # the saved detections score the same through --dets
+    assert main(["hoi", "eval", "--dets", str(tmp_path / "d.json"), "--data", str(synth), "--json",
+                 str(tmp_path / "e2.json")]) == 0
+    assert json.loads((tmp_path / "e2.json").read_text())["mAP"] == e["mAP"]
+
+    img = synth / "images" / "test2015" / "SYNTHHOI_test2015_00000001.jpg"
+    assert main(["hoi", "predict", str(img), "--checkpoint", str(tmp_path / "a"), "--out", str(tmp_path / "p"),
+                 "--detections", str(synth / "detections_gt_test2015.json"), "--top", "5", "--quiet"]) == 0
+    rows = json.loads((tmp_path / "p" / "SYNTHHOI_test2015_00000001_hoi.json").read_text())["triplets"]
+    assert 0 < len(rows) <= 5 and rows == sorted(rows, key=lambda r: -r["score"])
+    assert (tmp_path / "p" / "SYNTHHOI_test2015_00000001_hoi.png").is_file()
+    dets = [d for d in json.loads((tmp_path / "d.json").read_text())["SYNTHHOI_test2015_00000001.jpg"]]
+    assert max(d[-1] for d in dets) == pytest.approx(rows[0]["score"], rel=1e-5)  # one inference path
+
+
+def test_zero_shot_training_records_the_split_and_keeps_unseen_out_of_the_loss(synth: Path, tmp_path: Path) -> None:
+    uc = synth / "zero_shot_uc.json"
+    cfg = cfg_for(synth, f"data.split={uc}")
+    task = HOITask.from_config(cfg)
+    unseen = set(json.loads(uc.read_text()))
+    assert set(task.unseen) == unseen
+    assert not any(set(g.hoi.tolist()) & unseen for g in task.train_data.annotations)
+    torch.manual_seed(0)
+    model = CLIP4HOI(cfg.model, task.labels)
+    batch = collate_hoi([task.train_set(cfg)[i] for i in range(4)], unseen=task.unseen)
+    full = model.forward_train(batch, 0)["loss"]
+    none = model.forward_train({**batch, "unseen": tuple(range(len(task.labels)))}, 0)["loss"]
+    assert float(full.detach()) > 0 and float(none.detach()) == 0.0  # every class unseen: nothing left to learn from
+    train(cfg, tmp_path / "zs", progress=False)
+    info = json.loads((tmp_path / "zs" / "run.json").read_text())
+    assert sorted(info["unseen"]) == sorted(unseen) and "removed" in info["zero_shot_removal"]
+
+
+def test_detr_from_a_local_hub_layout_directory_runs_end_to_end(synth: Path, tmp_path: Path, monkeypatch) -> None:
+    from transformers import DetrForObjectDetection
+
+    from afford.hoi.detector import DetrDetector
+
+    torch.manual_seed(0)
+    config = tiny_detr_config()  # a detector that knows people (id 1) and a SynthHOI object (id 2) by name
+    objects = load_hicodet(synth, "train2015").objects
+    config.id2label = {i: f"LABEL_{i}" for i in range(config.num_labels)} | {1: "person", 2: objects[0]}
+    config.label2id = {}
+    DetrForObjectDetection(config).save_pretrained(tmp_path / "detr")
+    # A random DETR gives every query the same class; alternate people and objects so pairs exist.
+    proposals = DetrDetector._proposals
+
+    def alternating(self, boxes, scores, labels, emb, size):  # noqa: ANN001, ANN202
+        return proposals(self, boxes, scores, 1 + torch.arange(len(labels)) % 2, emb, size)
+
+    monkeypatch.setattr(DetrDetector, "_proposals", alternating)
+    cfg = cfg_for(synth, "model.detector=tiny_detr", f"model.detector_weights={tmp_path / 'detr'}",
+                  "model.instance_tokens=detector", "model.embed_dim=32", "model.detector_short=96",
+                  "model.detector_max=128")
+    train(cfg, tmp_path / "r", progress=False)
+    info = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert info["detector"]["kind"] == "detr" and info["detector"]["weights"] == str(tmp_path / "detr")
+    assert main(["hoi", "eval", "--checkpoint", str(tmp_path / "r"), "--quiet", "--json", str(tmp_path / "e.json")]) == 0
+    e = json.loads((tmp_path / "e.json").read_text())
+    n_classes = sum(1 for _, o, _ in load_hicodet(synth, "train2015").correspondence.tolist() if o == 0)
+    assert e["n_detections"] > 0 and e["n_detections"] % n_classes == 0  # every pair scored on its object's classes
+
+
+def test_cached_detections_need_instance_tokens_from_clip() -> None:
+    from afford.methods.clip4hoi import CLIP4HOIConfig
+
+    labels = hoi_labels(load_hicodet(HICODET_TEST()))
+    with pytest.raises(AffordError, match="instance_tokens=clip_box"):
+        CLIP4HOI(CLIP4HOIConfig(clip="tiny_clip", clip_weights=None, detector="cached"), labels)
+
+
+def test_hoi_commands_refuse_affordance_runs_and_undecodable_images_in_one_line(synth: Path, tmp_path: Path,
+                                                                                 capsys) -> None:
+    run = tmp_path / "locate_run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"method": "locate", "classes": ["hold"], "config": {},
+                                              "labels": {"task": "affordance", "names": ["hold"]}}))
+    assert main(["hoi", "eval", "--checkpoint", str(run), "--data", str(synth)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not an HOI detector" in err and len(err.splitlines()) == 1
+    assert main(["hoi", "predict", str(synth / "zero_shot_uc.json"), "--checkpoint", str(run), "--out",
+                 str(tmp_path / "p")]) == 2
+    assert "not an HOI detector" in capsys.readouterr().err
+
+    cfg = cfg_for(synth)
+    train(cfg, tmp_path / "r", progress=False)
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    assert main(["hoi", "predict", str(bad), "--checkpoint", str(tmp_path / "r"), "--out", str(tmp_path / "p"),
+                 "--detections", str(synth / "detections_gt_test2015.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "broken.jpg: not a readable image" in err and len(err.splitlines()) == 1
+
+
+def test_training_images_flip_boxes_with_the_image(synth: Path) -> None:
+    cfg = cfg_for(synth)
+    task = HOITask.from_config(cfg)
+    plain = HOIImageSet(task.train_data, 64, flip=False, cached=None)
+    flipped = HOIImageSet(task.train_data, 64, flip=True, seed=3)
+    flipped.set_epoch(0)
+    hits = 0
+    for i in range(len(plain)):
+        a, b = plain[i], flipped[i]
+        if torch.equal(a["image"], b["image"]):
+            continue
+        hits += 1
+        assert torch.allclose(a["image"].flip(-1), b["image"], atol=0.05)  # bicubic resize of a mirror
+        w = a["size"][1]
+        assert np.allclose(flip_gt(a["gt"], w).boxes_h, b["gt"].boxes_h)
+    assert 0 < hits < len(plain)

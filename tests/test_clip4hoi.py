@@ -214,3 +214,15 @@ def test_training_images_flip_boxes_with_the_image(synth: Path) -> None:
         w = a["size"][1]
         assert np.allclose(flip_gt(a["gt"], w).boxes_h, b["gt"].boxes_h)
     assert 0 < hits < len(plain)
+
+
+def test_affordance_commands_refuse_an_hoi_run_in_one_line(synth: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "hoi_run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"method": "clip4hoi", "classes": ["ride bicycle"], "config": {},
+                                              "labels": {"task": "hoi", "names": ["ride bicycle"]}}))
+    for argv in (["eval", "--checkpoint", str(run), "--data", str(synth)],
+                 ["predict", str(synth / "zero_shot_uc.json"), "--checkpoint", str(run), "--out", str(tmp_path)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "HOI detection" in err and "afford hoi" in err and len(err.splitlines()) == 1

@@ -135,3 +135,19 @@ def test_demo_marker_lets_a_rerun_replace_its_own_output(demo_out):
         assert (demo_out / MARKER).is_file()
     finally:
         (demo_out / MARKER).write_text(json.dumps(marker))
+
+
+def test_quick_demo_reports_clip4hoi_beside_the_hoi_baselines(demo_out):
+    hoi = json.loads((demo_out / "hoi" / "metrics.json").read_text())
+    rows = hoi["rows"]
+    for setting, groups in (("supervised", {"full", "rare", "non_rare"}), ("unseen composition",
+                                                                           {"full", "unseen", "seen"})):
+        mine = {k: v for k, v in rows.items() if k.startswith(setting + " | ")}
+        assert len(mine) == 3 and all(set(v) == groups for v in mine.values())
+        assert any("CLIP4HOI" in k for k in mine)
+        assert all(0.0 <= v["full"] <= 1.0 for v in mine.values())
+    assert (demo_out / "runs" / "clip4hoi" / "run.json").is_file()
+    assert json.loads((demo_out / "runs" / "clip4hoi_uc" / "run.json").read_text())["unseen"] == hoi["data"]["unseen"]
+    assert hoi["drawn"] and all(Path(p).is_file() for p in hoi["drawn"])
+    report = (demo_out / "report.md").read_text()
+    assert "## HOI detection on SynthHOI" in report and "| baseline: frequency-prior |" in report

@@ -215,6 +215,25 @@ def test_prompt_learned_vectors_shared_and_trainable(learner):
     assert all(p.grad is None and not p.requires_grad for p in learner.text_encoder.parameters())
 
 
+def test_prompt_features_skip_padding_exactly(learner):
+    # causal attention: running the tower only up to the longest prompt's EOT changes nothing
+    with torch.no_grad():
+        full = learner.text_encoder.encode_prompt_embeddings(learner.prompt_embeddings(), learner.token_ids)
+        torch.testing.assert_close(learner(), full, rtol=1e-5, atol=1e-6)
+
+
+def test_prompt_ids_are_saved_so_a_run_needs_no_vocabulary(learner):
+    from afford.backbones import create_text_encoder
+
+    state = learner.state_dict()
+    assert {"token_ids", "learned_index", "bounds"} <= state.keys()
+    enc = create_text_encoder("tiny_clip", tokenizer=lambda texts, context_length: 1 / 0)  # would fail if used
+    enc.tokenizer = None
+    fresh = HOIPromptLearner(enc, ["ride", "no_interaction"], ["bicycle", "tennis_racket"], [(0, 0), (1, 1)])
+    fresh.load_state_dict(state)
+    assert fresh.positions(1) == learner.positions(1) and torch.equal(fresh.token_ids, learner.token_ids)
+
+
 def test_prompt_bad_input(learner):
     enc = learner.text_encoder
     with pytest.raises(AffordError):

@@ -87,6 +87,17 @@ def cmd_data_synth_hoi(a: argparse.Namespace) -> int:
 
 
 # -- hoi ----------------------------------------------------------------------------------------
+def _affordance_run_info(path: str) -> dict:
+    """run.json of an affordance run, or one line pointing HOI runs at the HOI commands."""
+    from afford.checkpoint import read_run_info
+
+    info = read_run_info(Path(path))
+    if info.get("labels", {}).get("task") == "hoi":
+        raise AffordError(f"{path}: a {info['method']} run (HOI detection), not an affordance model; "
+                          "use 'afford hoi eval' / 'afford hoi predict'")
+    return info
+
+
 def _hoi_run(path: str, device: str):
     """A loaded HOI run, or one line saying what the folder holds instead."""
     from afford.checkpoint import load_run, read_run_info
@@ -114,7 +125,7 @@ def _hoi_model_dets(a: argparse.Namespace, ds):
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, detections_test=a.detections))
     device = next(run.method.parameters()).device
     dets = detect_all(run.method, image_set(ds, cfg, train=False), device, a.batch_size or cfg.eval.batch_size,
-                      progress=not a.quiet, bf16=a.bf16)
+                      progress=not a.quiet, bf16=a.bf16, num_workers=cfg.data.num_workers)
     return dets, run
 
 
@@ -276,7 +287,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
         summary = evaluate_baseline(a.baseline, split, ecfg, progress=progress)
         title = f"baseline {a.baseline}"
     else:
-        from afford.checkpoint import load_run, read_run_info
+        from afford.checkpoint import load_run
         from afford.device import resolve_device
         from afford.engine.evaluator import (
             check_output_protocol,
@@ -286,7 +297,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
         )
         from afford.engine.refinement import refined
 
-        split = _open_eval_split(a, read_run_info(Path(a.checkpoint)))
+        split = _open_eval_split(a, _affordance_run_info(a.checkpoint))
         device = resolve_device(a.device)
         run = load_run(a.checkpoint, device=device, expect_classes=split.affordances)
         refine = _refiner(a, run)
@@ -327,6 +338,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from afford.visualize import overlay
 
     device = resolve_device(a.device)
+    _affordance_run_info(a.checkpoint)
     run = load_run(a.checkpoint, device=device)
     pred = Predictor(run, device=str(device), refine=_refiner(a, run), output=a.output)
     if a.affordance:

@@ -4,7 +4,8 @@ Generates SynthAGD, trains the methods on a frozen, randomly initialised tiny Vi
 weights exist offline; see configs/*_synthagd_demo.yaml for the documented deviations from the
 papers), evaluates them beside the four baselines of synthagd.md (uniform, centre, whole object,
 egocentric-only CAM) under the standard protocol, and writes ``report.md``, ``metrics.json`` and
-overlay PNGs.
+overlay PNGs. Then the HOI section: SynthHOI, CLIP4HOI (reconstruction) beside the two HOI
+baselines (:mod:`afford.hoi.demo`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from afford.config import EvalConfig, RunConfig, load_config
 from afford.data.agd20k import open_split
 from afford.errors import AffordError
 from afford.factory import METHODS, method_spec
+from afford.hoi.demo import HOI_FULL, HOI_QUICK, HOIDemoPlan, run_hoi_demo
 from afford.metrics.report import format_breakdown, format_table, wins_over
 from afford.synthagd import generate
 
@@ -51,14 +53,15 @@ class DemoPlan:
     default_labels: tuple[tuple[str, str], ...] = (("selectivecl", "calibrated (b)"),)
     refine_epochs: int = 2
     refine_radius: int = 5  # gamma in feature cells; must fit the grid (7x7 in the quick plan)
+    hoi: HOIDemoPlan | None = None  # the HOI section (SynthHOI, CLIP4HOI against the HOI baselines)
 
 
 # epochs=0 keeps each preset's own epoch count.
 FULL = DemoPlan(size=128, difficulty=0.3, n_exo=32, n_ego=12, n_test=4, epochs=0, max_steps=0,
-                methods=("locate", "wsma", "looptrans", "selectivecl"))
+                methods=("locate", "wsma", "looptrans", "selectivecl"), hoi=HOI_FULL)
 QUICK = DemoPlan(size=64, difficulty=0.3, n_exo=4, n_ego=2, n_test=1, epochs=1, max_steps=4,
                  methods=("locate", "looptrans", "selectivecl"),
-                 refine_epochs=1, refine_radius=3)
+                 refine_epochs=1, refine_radius=3, hoi=HOI_QUICK)
 
 
 def _method_config(preset: str, data_root: Path, plan: DemoPlan, seed: int, extra: tuple[str, ...] = ()):
@@ -86,10 +89,10 @@ def _is_demo_output(out: Path) -> bool:
 
 
 def _claim_output(out: Path, overwrite: bool) -> None:
-    """Refuse (before anything is written) to replace ``out/data`` or ``out/runs`` that afford did
+    """Refuse (before anything is written) to replace ``out/data``, ``out/runs`` or ``out/hoi`` that afford did
     not create: ``afford demo --out .`` inside a project must not delete ``./data``. Then mark ``out``."""
     if not overwrite and not _is_demo_output(out):
-        for p in (out / "data", out / "runs"):
+        for p in (out / "data", out / "runs", out / "hoi"):
             if p.is_symlink() or (p.exists() and (not p.is_dir() or any(p.iterdir()))):
                 raise AffordError(f"{p} exists and is not an afford demo output (no {out / MARKER}); "
                                   "choose another --out, or pass --overwrite to replace its data/ and runs/")
@@ -221,15 +224,20 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, progress: bool = Tru
             row["selection"] = selection
             rows[f"{title} + AffinityNet refinement (trained affinity head)"] = row
 
+    hoi_lines: list[str] = []
+    if plan.hoi is not None:
+        hoi_metrics, hoi_lines = run_hoi_demo(out, plan.hoi, seed, progress, timings)
+        (out / "hoi" / "metrics.json").write_text(json.dumps(hoi_metrics, indent=2, default=float))
     timings["total"] = time.perf_counter() - t_start
     metrics = {name: {k: v for k, v in s.items() if not k.startswith("_")} for name, s in rows.items()}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
     report = out / "report.md"
-    report.write_text(_report_text(rows, plan, seed, timings))
+    report.write_text(_report_text(rows, plan, seed, timings, hoi_lines))
     return report
 
 
-def _report_text(rows: dict[str, dict], plan: DemoPlan, seed: int, timings: dict[str, float]) -> str:
+def _report_text(rows: dict[str, dict], plan: DemoPlan, seed: int, timings: dict[str, float],
+                 hoi_lines: list[str] = ()) -> str:
     lines = [
         "# afford demo on SynthAGD (Seen)",
         "",
@@ -248,6 +256,7 @@ def _report_text(rows: dict[str, dict], plan: DemoPlan, seed: int, timings: dict
         *_output_text(rows, plan),
         *_breakdown_text(rows),
         *_label_text(rows),
+        *hoi_lines,
         "Timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()),
         "",
     ]

@@ -277,7 +277,7 @@ class DetrDetector(nn.Module):
 
 
 # ----------------------------------------------------------------------------- cached
-def _entry(path: Path, name: str, entry: Any, human_label: int) -> Instances:
+def cached_entry(path: Path, name: str, entry: Any, human_label: int) -> Instances:
     """One image's cached detections, refused in one line when malformed."""
     where = f"{path}: image {name!r}"
     if not isinstance(entry, Mapping) or not {"boxes", "scores", "labels"} <= set(entry):
@@ -302,13 +302,11 @@ def _entry(path: Path, name: str, entry: Any, human_label: int) -> Instances:
 def read_cached_detections(path: str | Path, filenames: Sequence[str], human_label: int = COCO_PERSON,
                            subset: bool = False) -> list[Instances]:
     """Cached detections aligned with ``filenames`` (format in the module docstring); ``subset``:
-    the file may hold other images too, and each of ``filenames`` must have an entry."""
+    the file may hold other images too (``filenames`` are some of its images: a zero-shot training
+    set without the removed images, a predictor's lookup)."""
     p = Path(path)
     obj = read_image_mapping(p, filenames, "cached detection", subset=subset)
-    missing = [n for n in filenames if n not in obj] if subset else []
-    if missing:
-        raise AffordError(f"{p}: no cached detections for image {missing[0]!r}")
-    return [_entry(p, n, obj[n], human_label) if n in obj else empty_instances() for n in filenames]
+    return [cached_entry(p, n, obj[n], human_label) if n in obj else empty_instances() for n in filenames]
 
 
 # ----------------------------------------------------------------------------- record

@@ -17,7 +17,8 @@ from afford.checkpoint import LoadedRun, load_run
 from afford.data.transforms import to_tensor
 from afford.errors import AffordError
 from afford.hoi.data import detector_size, read_rgb
-from afford.hoi.detector import Instances, read_cached_detections
+from afford.hoi.detections import read_image_mapping
+from afford.hoi.detector import Instances, cached_entry
 
 
 class HOIPredictor:
@@ -39,6 +40,7 @@ class HOIPredictor:
         if self.cfg.detector == "cached" and self.detections is None:
             raise AffordError(f"{self.run.path}: this run reads cached detections (model.detector=cached); "
                               "pass the detections of your images (--detections FILE)")
+        self._cached: dict | None = None
         self.image: Image.Image | None = None
         self._batch: dict[str, Any] | None = None
 
@@ -59,7 +61,11 @@ class HOIPredictor:
             if name is None:
                 raise AffordError("set_image: cached detections are looked up by file name; pass name=")
             assert self.detections is not None
-            instances = read_cached_detections(self.detections, [name], self.model.cached_human_label, subset=True)[0]
+            if self._cached is None:  # read once: a detections file covers many images
+                self._cached = read_image_mapping(self.detections, [], "cached detection", subset=True)
+            if name not in self._cached:
+                raise AffordError(f"{self.detections}: no cached detections for image {name!r}")
+            instances = cached_entry(self.detections, name, self._cached[name], self.model.cached_human_label)
         s = self.cfg.image_size
         batch: dict[str, Any] = {"image": to_tensor(img.resize((s, s), Image.BICUBIC))[None].to(self.device),
                                  "size": [(h, w)], "gt": [None], "instances": [instances], "unseen": ()}

@@ -61,13 +61,14 @@ def person_label(data: HicoDet) -> int:
     return names.index("person") if "person" in names else -1
 
 
-def cached_instances(path: str | None, data: HicoDet, field: str) -> list[Instances] | None:
-    """Cached detections aligned with ``data``'s images (labels = the dataset's object indices)."""
+def cached_instances(path: str | None, data: HicoDet, field: str, subset: bool = False) -> list[Instances] | None:
+    """Cached detections aligned with ``data``'s images (labels = the dataset's object indices);
+    ``subset``: ``data`` holds some of the file's images (zero-shot removal dropped the others)."""
     if path is None:
         return None
     if not Path(path).is_file():
         raise AffordError(f"model.{field}: {path} not found (cached detections: JSON per image)")
-    return read_cached_detections(path, data.filenames, human_label=person_label(data))
+    return read_cached_detections(path, data.filenames, human_label=person_label(data), subset=subset)
 
 
 def image_set(data: HicoDet, cfg: RunConfig, *, train: bool) -> HOIImageSet:
@@ -77,7 +78,7 @@ def image_set(data: HicoDet, cfg: RunConfig, *, train: bool) -> HOIImageSet:
     resize = None
     if m.detector == "cached":
         field = "detections_train" if train else "detections_test"
-        cached = cached_instances(getattr(m, field), data, field)
+        cached = cached_instances(getattr(m, field), data, field, subset=train)
         if cached is None:
             raise AffordError(f"model.{field}: detector=cached needs a cached-detections file for the "
                               f"{'training' if train else 'test'} images")
@@ -88,9 +89,9 @@ def image_set(data: HicoDet, cfg: RunConfig, *, train: bool) -> HOIImageSet:
 
 
 def detect_all(model: torch.nn.Module, images: HOIImageSet, device: torch.device, batch_size: int = 8,
-               progress: bool = False, bf16: bool = False) -> list[ImageDetections]:
+               progress: bool = False, bf16: bool = False, num_workers: int = 0) -> list[ImageDetections]:
     """Run ``model.detect`` over every image, in the dataset's order."""
-    loader = DataLoader(images, batch_size=batch_size, shuffle=False, collate_fn=collate_hoi)
+    loader = DataLoader(images, batch_size=batch_size, shuffle=False, collate_fn=collate_hoi, num_workers=num_workers)
     out: list[ImageDetections] = []
     was = model.training
     model.eval()
@@ -108,7 +109,8 @@ def evaluate_detector(model: torch.nn.Module, test: HicoDet, cfg: RunConfig, dev
                       unseen: tuple[int, ...] = (), progress: bool = False, mode: str = "default",
                       bf16: bool = False) -> dict[str, Any]:
     """Detections of ``model`` on ``test``, scored by the official rule (hoi.md §7)."""
-    dets = detect_all(model, image_set(test, cfg, train=False), device, cfg.eval.batch_size, progress, bf16)
+    dets = detect_all(model, image_set(test, cfg, train=False), device, cfg.eval.batch_size, progress, bf16,
+                      cfg.data.num_workers)
     result = evaluate_hoi(test.annotations, dets, test.hoi_object, groups=report_groups(test, unseen),
                           mode=mode, num_classes=test.num_classes)
     out = result.to_dict()

@@ -37,13 +37,13 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from bench_methods import timed  # benchmarks/ is on sys.path when a script in it runs
 
 from afford.backbones.tokenizer import ClipBPETokenizer
 from afford.hoi.data import detector_size
@@ -55,19 +55,6 @@ from afford.methods.clip4hoi import CLIP4HOI, CLIP4HOIConfig
 HICODET_TEST = Path(__file__).resolve().parents[2] / "shared/data/hicodet/instances_test2015.json"
 ORIGINAL = (480, 640)  # (h, w): HICO-DET's typical image
 PAIRS_PER_IMAGE = 3
-
-
-def timed(fn, iters: int, warmup: bool = True) -> float:
-    if warmup:
-        fn()  # warm-up
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def hoi_label_space(path: Path | None, classes: int) -> tuple[LabelSpace, str]:

@@ -30,8 +30,10 @@ from afford.data.classes import SEEN_AFFORDANCES
 from afford.factory import create_method, recipe_config
 
 
-def timed(fn, iters: int) -> float:
-    fn()  # warm-up
+def timed(fn, iters: int, warmup: bool = True) -> float:
+    """Median wall time of ``iters`` calls (after one untimed call unless ``warmup`` is False)."""
+    if warmup:
+        fn()
     times = []
     for _ in range(iters):
         start = time.perf_counter()

@@ -424,6 +424,19 @@ OUTPUT_HELP = ("which of the method's outputs to use (default: the method's own,
                "'raw' is the unrefined CAM)")
 
 
+def _add_train_parser(sub, help_text: str, config_help: str) -> None:  # noqa: ANN001 - argparse's private type
+    """``afford train`` and ``afford hoi train``: one verb, the same engine."""
+    t = sub.add_parser("train", help=help_text)
+    t.add_argument("config", help=config_help)
+    t.add_argument("--out", required=True, help="run folder to write (run.json, model.safetensors, checkpoints/)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.epochs=3")
+    t.add_argument("--resume", action="store_true", help="continue from the last complete epoch checkpoint in --out")
+    t.add_argument("--select", choices=("last", "best-on-test"), default=None,
+                   help="which epoch's weights the run keeps (same as --set train.select=...; default: last)")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(fn=cmd_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     # Choices and defaults come from the modules that define them, never retyped here.
     from afford.baselines import BASELINES
@@ -513,15 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     hoi = sub.add_parser("hoi", help="human-object interaction detection tools").add_subparsers(
         dest="hoi_cmd", required=True)
-    ht = hoi.add_parser("train", help="train an HOI detector from a YAML config (same as 'afford train')")
-    ht.add_argument("config", help="YAML path or a packaged config name, e.g. clip4hoi_hicodet, clip4hoi_synthhoi_demo")
-    ht.add_argument("--out", required=True, help="run folder to write (run.json, model.safetensors, checkpoints/)")
-    ht.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.epochs=3")
-    ht.add_argument("--resume", action="store_true", help="continue from the last complete epoch checkpoint in --out")
-    ht.add_argument("--select", choices=("last", "best-on-test"), default=None,
-                    help="which epoch's weights the run keeps (default: last)")
-    ht.add_argument("--quiet", action="store_true", help="no progress bars")
-    ht.set_defaults(fn=cmd_train)
+    _add_train_parser(hoi, "train an HOI detector from a YAML config (same as 'afford train')",
+                      "YAML path or a packaged config name, e.g. clip4hoi_hicodet, clip4hoi_synthhoi_demo")
     he = hoi.add_parser("eval", help="HICO-DET mAP with the official rule (hoi.md §7, §12)")
     src = he.add_mutually_exclusive_group(required=True)
     src.add_argument("--dets", default=None, help="detection file: JSON {image file name: [[hoi, h_x1, h_y1, h_x2, "
@@ -563,15 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
     hp.add_argument("--quiet", action="store_true", help="no progress output")
     hp.set_defaults(fn=cmd_hoi_predict)
 
-    t = sub.add_parser("train", help="train a method from a YAML config")
-    t.add_argument("config", help="YAML path or a packaged config name (afford list)")
-    t.add_argument("--out", required=True, help="run folder to write (run.json, model.safetensors, checkpoints/)")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.epochs=3")
-    t.add_argument("--resume", action="store_true", help="continue from the last complete epoch checkpoint in --out")
-    t.add_argument("--select", choices=("last", "best-on-test"), default=None,
-                   help="which epoch's weights the run keeps (same as --set train.select=...; default: last)")
-    t.add_argument("--quiet", action="store_true", help="no progress bars")
-    t.set_defaults(fn=cmd_train)
+    _add_train_parser(sub, "train a method from a YAML config", "YAML path or a packaged config name (afford list)")
 
     e = sub.add_parser("eval", help="score predictions, a baseline or a checkpoint")
     e.add_argument("--data", default=None,

@@ -112,7 +112,8 @@ def run_hoi_demo(out: Path, plan: HOIDemoPlan, seed: int, progress: bool,
 
 
 def _draw(run: Any, test: HicoDet, root: Path, where: Path, n: int) -> list[Path]:
-    """The top-3 triplets of the first ``n`` test images with an interaction, drawn."""
+    """The top-3 interactions (``no_interaction`` triplets left out) of the first ``n`` test images
+    with an interaction, drawn."""
     from afford.hoi.predictor import HOIPredictor, draw_hoi
 
     assert test.image_dir is not None
@@ -128,7 +129,8 @@ def _draw(run: Any, test: HicoDet, root: Path, where: Path, n: int) -> list[Path
         pred.set_image(test.image_dir / test.filenames[i])
         assert pred.image is not None
         p = where / f"{Path(test.filenames[i]).stem}.png"
-        draw_hoi(pred.image, pred.predict(top_k=3)).save(p)
+        rows = [r for r in pred.predict(top_k=50) if r["verb"] != "no_interaction"]  # the interactions
+        draw_hoi(pred.image, rows[:3]).save(p)
         paths.append(p)
     return paths
 
@@ -160,6 +162,6 @@ def _report(rows: dict[str, dict], info: dict, drawn: list[Path], out: Path) -> 
         "context, the interactor and the object prior transfer to a pair never trained on, not CLIP's "
         "zero-shot knowledge; with OpenAI's CLIP (the HICO-DET presets) the unseen prompts also mean something.",
         "",
-        "Predictions (top 3 triplets: human blue, object red): "
+        "Predictions (top 3 interaction triplets, no_interaction left out: human blue, object red): "
         + ", ".join(f"`{p.relative_to(out)}`" for p in drawn), "",
     ]

@@ -226,3 +226,18 @@ def test_affordance_commands_refuse_an_hoi_run_in_one_line(synth: Path, tmp_path
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert "HOI detection" in err and "afford hoi" in err and len(err.splitlines()) == 1
+
+
+def test_prompt_features_are_cached_at_inference_until_the_prompts_change(synth: Path) -> None:
+    cfg = cfg_for(synth)
+    model = CLIP4HOI(cfg.model, HOITask.from_config(cfg).labels).eval()
+    calls = []
+    model.prompts.register_forward_hook(lambda *_: calls.append(1))
+    a = model.text_features()
+    model.eval()
+    b = model.text_features()
+    assert len(calls) == 1 and a is b  # eval() again does not recompute
+    with torch.no_grad():
+        model.prompts.prefix.add_(1.0)  # an optimizer step
+    c = model.text_features()
+    assert len(calls) == 2 and not torch.allclose(a, c)

@@ -183,7 +183,7 @@ class CLIP4HOI(InteractionDetector):
         hoi_object = torch.tensor([o for _, o in self.labels.pairs], dtype=torch.long)
         valid = hoi_object[None, :] == torch.arange(n_obj + 1)[:, None]  # last row: no dataset object
         self.register_buffer("valid", valid, persistent=False)
-        self._text_cache: Tensor | None = None
+        self._text_cache: tuple[tuple, Tensor] | None = None
 
     # -- construction ------------------------------------------------------------------------
     @staticmethod
@@ -238,11 +238,6 @@ class CLIP4HOI(InteractionDetector):
         """One group at the base rate: the towers and the detector are frozen (§2)."""
         return [ParamGroup("clip4hoi heads + prompts", [p for p in self.parameters() if p.requires_grad], 1.0)]
 
-    def train(self, mode: bool = True) -> CLIP4HOI:
-        super().train(mode)
-        self._text_cache = None
-        return self
-
     # -- forward -----------------------------------------------------------------------------
     def _object_index(self, inst: Instances) -> Tensor:
         """Dataset object index of each instance (``n_objects``: none, e.g. a person in SynthHOI)."""
@@ -285,13 +280,17 @@ class CLIP4HOI(InteractionDetector):
         return out
 
     def text_features(self) -> Tensor:
-        """``(C, E)`` L2-normalised prompt features; cached outside training."""
+        """``(C, E)`` L2-normalised prompt features; outside training computed once per state of
+        the prompts (keyed by their versions, which every optimizer step and load bumps)."""
         if self.training:
             return F.normalize(self.prompts(), dim=-1)
-        if self._text_cache is None:
+        p = self.prompts
+        key = (p.prefix.device, p.prefix.dtype, p.prefix._version, p.conjun._version, p.token_ids._version,
+               torch.is_autocast_enabled())
+        if self._text_cache is None or self._text_cache[0] != key:
             with torch.no_grad():
-                self._text_cache = F.normalize(self.prompts(), dim=-1)
-        return self._text_cache
+                self._text_cache = (key, F.normalize(self.prompts(), dim=-1))
+        return self._text_cache[1]
 
     def _forward(self, batch: dict[str, Any], exponent: float) -> list[tuple[Instances, Tensor, Tensor, Tensor]]:
         """Per image ``(instances, pairs (P, 2), logits (P, C), prior (P, C))``."""

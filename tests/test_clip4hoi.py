@@ -196,6 +196,14 @@ def test_hoi_commands_refuse_affordance_runs_and_undecodable_images_in_one_line(
                  "--detections", str(synth / "detections_gt_test2015.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert "broken.jpg: not a readable image" in err and len(err.splitlines()) == 1
+    train_img = synth / "images" / "train2015" / "SYNTHHOI_train2015_00000000.jpg"
+    for extra, message in (([], "pass the detections of your images"),
+                           (["--detections", str(synth / "detections_gt_test2015.json")],
+                            "no cached detections for image 'SYNTHHOI_train2015_00000000.jpg'")):
+        assert main(["hoi", "predict", str(train_img), "--checkpoint", str(tmp_path / "r"), "--out",
+                     str(tmp_path / "p"), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
 
 
 def test_training_images_flip_boxes_with_the_image(synth: Path) -> None:

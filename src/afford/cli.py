@@ -383,6 +383,16 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(a: argparse.Namespace) -> int:
+    from afford.bench import run_bench
+
+    rows, table = run_bench(tuple(a.methods), steps=a.steps, device=a.device, bf16=a.bf16, threads=a.threads,
+                            progress=not a.quiet)
+    print(table)
+    _write_json(a.json, {"rows": rows})
+    return 0
+
+
 def cmd_list(a: argparse.Namespace) -> int:
     from afford.backbones import list_backbones, list_text_encoders
     from afford.baselines import BASELINES
@@ -634,6 +644,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"affinity neighbourhood gamma in feature cells (default: {DEFAULT_RADIUS})")
     rt.add_argument("--quiet", action="store_true", help="no progress bars")
     rt.set_defaults(fn=cmd_refine_train)
+
+    from afford.bench import BENCH_METHODS
+
+    bn = sub.add_parser("bench", help="per method: training step uncached / cached, frozen-forward floor, "
+                        "inference images/s (random weights, paper shapes)")
+    bn.add_argument("--methods", nargs="+", default=list(BENCH_METHODS), choices=BENCH_METHODS,
+                    help="methods to measure (default: all)")
+    bn.add_argument("--steps", type=int, default=3, help="timed steps per row, median (default: %(default)s)")
+    bn.add_argument("--device", default="cpu", help="cpu | cuda (default: %(default)s)")
+    bn.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU users; slow on CPUs without AMX)")
+    bn.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
+    bn.add_argument("--json", default=None, help="also write the rows as JSON")
+    bn.add_argument("--quiet", action="store_true", help="no progress lines")
+    bn.set_defaults(fn=cmd_bench)
 
     ls = sub.add_parser("list", help="methods, importers, presets, backbones, text encoders, protocols, baselines, refiners")
     ls.set_defaults(fn=cmd_list)

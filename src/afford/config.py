@@ -33,6 +33,11 @@ class DataConfig:
     sampling: str = "anchor_plus_random"  # afford.data.sampling.SAMPLINGS: "anchor_plus_random" | "consecutive_window"
     num_workers: int = 0
     cache_images: bool = False  # keep decoded training images in memory (small datasets: SynthAGD)
+    # Frozen-feature cache (afford.engine.feature_cache): frozen towers' outputs stored on disk per
+    # distinct input; training crops then come from cache_views fixed views per image.
+    feature_cache: bool = False
+    cache_views: int = 4
+    cache_dir: str = ""  # "" = $AFFORD_CACHE/features (default ~/.cache/afford/features)
 
 
 @dataclass

@@ -35,6 +35,7 @@ from afford.data.sampling import (
     anchor_plus_random_indices,
     consecutive_window_indices,
     sample_generator,
+    view_generator,
 )
 from afford.data.transforms import TrainTransform, eval_transform, load_rgb
 from afford.errors import AffordError, did_you_mean
@@ -166,6 +167,12 @@ def open_split(data_root: str | Path, split: str | None = None, test_folder: str
     return Split(root, name, classes.affordances, objects, classes.source, test_folder, scans)
 
 
+def _check_views(views: int) -> int:
+    if isinstance(views, bool) or not isinstance(views, int) or views < 0:
+        raise AffordError(f"data.cache_views: expected a non-negative integer, got {views!r}")
+    return views
+
+
 class AffordanceTrainSet(Dataset):
     """Exocentric training samples with exocentric and egocentric partners.
 
@@ -180,6 +187,8 @@ class AffordanceTrainSet(Dataset):
     Each item's draws (partners, egocentric image, crops, flips) come from a generator seeded by
     (seed, epoch, index): call :meth:`set_epoch` before each epoch. DataLoader workers hold copies
     of the dataset, so use ``persistent_workers=False`` (the default) for the epoch to reach them.
+    ``views > 0`` (the frozen-feature cache): each image's crop and flip are one of ``views`` fixed
+    views of that image (:func:`afford.data.sampling.view_generator`), the view drawn per sample.
     """
 
     def __init__(
@@ -190,6 +199,7 @@ class AffordanceTrainSet(Dataset):
         sampling: str = "anchor_plus_random",
         seed: int = 0,
         cache_images: bool = False,
+        views: int = 0,
     ) -> None:
         if sampling not in SAMPLINGS:
             raise AffordError(f"sampling: expected one of {', '.join(SAMPLINGS)}, got '{sampling}'"
@@ -199,6 +209,7 @@ class AffordanceTrainSet(Dataset):
         self.split, self.n_exo, self.sampling, self.seed = split, n_exo, sampling, seed
         self.transform = transform if transform is not None else TrainTransform()
         self.epoch = 0
+        self.views = _check_views(views)
         # Decoded images kept in memory (per process): decoding is ~20 % of a small-model step on
         # SynthAGD; AGD20K at full resolution would need several GB, hence opt-in.
         self._decoded: dict[Path, Image.Image] | None = {} if cache_images else None
@@ -250,6 +261,13 @@ class AffordanceTrainSet(Dataset):
         ego = egos[int(torch.randint(0, len(egos), (1,), generator=g).item())]
         return [files[i] for i in idx], ego, g
 
+    def _view(self, path: Path, g: torch.Generator) -> torch.Generator:
+        """The crop/flip generator of ``path``: the sample's own, or one of its fixed views."""
+        if not self.views:
+            return g
+        v = int(torch.randint(0, self.views, (1,), generator=g).item())
+        return view_generator(self.seed, path.relative_to(self.split.root).as_posix(), v)
+
     def _load(self, path: Path) -> Image.Image:
         if self._decoded is None:
             return load_rgb(path)
@@ -262,8 +280,8 @@ class AffordanceTrainSet(Dataset):
         if not 0 <= index < len(self._samples):
             raise IndexError(index)
         exo_files, ego_file, g = self._draw(index)
-        exo = torch.stack([self.transform(self._load(p), g) for p in exo_files])
-        ego = self.transform(self._load(ego_file), g)
+        exo = torch.stack([self.transform(self._load(p), self._view(p, g)) for p in exo_files])
+        ego = self.transform(self._load(ego_file), self._view(ego_file, g))
         label, obj = self._group_info[self._samples[index][0]]
         return {"exo": exo, "ego": ego, "label": torch.tensor(label, dtype=torch.int64), "object": obj}
 
@@ -277,8 +295,9 @@ class TrainImageSet(Dataset):
     """
 
     def __init__(self, split: Split, transform: TrainTransform | None = None, seed: int = 0,
-                 cache_images: bool = False) -> None:
+                 cache_images: bool = False, views: int = 0) -> None:
         self.split, self.seed, self.epoch = split, seed, 0
+        self.views = _check_views(views)
         self.transform = transform if transform is not None else TrainTransform()
         self.files: list[Path] = [p for groups in (split.ego_groups(), split.exo_groups())
                                   for key in sorted(groups) for p in groups[key]]
@@ -300,7 +319,11 @@ class TrainImageSet(Dataset):
             img = load_rgb(path)
         else:
             img = self._decoded.get(path) or self._decoded.setdefault(path, load_rgb(path))
-        return {"image": self.transform(img, sample_generator(self.seed, self.epoch, index))}
+        g = sample_generator(self.seed, self.epoch, index)
+        if self.views:  # one of the image's fixed views (frozen-feature cache)
+            v = int(torch.randint(0, self.views, (1,), generator=g).item())
+            g = view_generator(self.seed, self.files[index].relative_to(self.split.root).as_posix(), v)
+        return {"image": self.transform(img, g)}
 
 
 class AffordanceTestSet(Dataset):

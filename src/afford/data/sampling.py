@@ -16,6 +16,15 @@ import torch
 SAMPLINGS: tuple[str, ...] = ("anchor_plus_random", "consecutive_window")
 
 
+def view_generator(seed: int, name: str, view: int) -> torch.Generator:
+    """The generator of view ``view`` of the image ``name``: the same crop and flip in every epoch
+    and every sample that shows that image (what a frozen-feature cache can reuse)."""
+    digest = hashlib.blake2b(f"view:{seed}:{name}:{view}".encode(), digest_size=8).digest()
+    g = torch.Generator()
+    g.manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
+    return g
+
+
 def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
     """A generator seeded from (seed, epoch, index) only.
 

@@ -82,6 +82,7 @@ class WSAGTask(Task):
         return AffordanceTrainSet(
             self.split, n_exo=d.n_exo, sampling=d.sampling, seed=cfg.train.seed, cache_images=d.cache_images,
             transform=TrainTransform(resize=d.resize, crop=d.crop, flip=True, square=d.square_resize),
+            views=d.cache_views if d.feature_cache else 0,
         )
 
     def evaluate(self, model: torch.nn.Module, cfg: RunConfig, device: torch.device, progress: bool) -> dict:
@@ -113,7 +114,8 @@ class ImagePretrainTask(Task):
     def train_set(self, cfg: RunConfig) -> TrainImageSet:
         d = cfg.data
         return TrainImageSet(self.split, seed=cfg.train.seed, cache_images=d.cache_images,
-                             transform=TrainTransform(resize=d.resize, crop=d.crop, flip=True, square=d.square_resize))
+                             transform=TrainTransform(resize=d.resize, crop=d.crop, flip=True, square=d.square_resize),
+                             views=d.cache_views if d.feature_cache else 0)
 
     def run_info(self) -> dict[str, Any]:
         return {"split": self.split.name, "data_root": str(self.split.root)}

@@ -149,6 +149,11 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         raise AffordError(f"train.select: task {task.name!r} has no test evaluation to select an epoch by; use 'last'")
     seed_everything(t.seed)
     method = build_method(cfg.method, cfg.model, task.labels).to(device)
+    cache_info = None
+    if cfg.data.feature_cache:
+        from afford.engine.feature_cache import attach_feature_cache
+
+        cache_info = attach_feature_cache(method, cfg.data.cache_dir or None)
     optimizer, group_rows = _build_optimizer(method, cfg)
     scheduler = _build_scheduler(optimizer, cfg)
     history: list[dict[str, Any]] = []
@@ -163,7 +168,10 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         history = state.get("history", [])
         start_epoch = last + 1
     else:
-        ckpt.write_run_info(run_dir, cfg, task.labels, {"task": task.name, **task.run_info(), **method.provenance()})
+        extra = {"task": task.name, **task.run_info(), **method.provenance()}
+        if cache_info is not None:
+            extra["feature_cache"] = cache_info
+        ckpt.write_run_info(run_dir, cfg, task.labels, extra)
 
     logger = JsonlLogger(run_dir / "log.jsonl")
     if start_epoch == 0:
@@ -223,6 +231,10 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
             scheduler.step()
         record: dict[str, Any] = {"epoch": epoch, "seconds": time.perf_counter() - t0,
                                   **{k: v / max(steps_per_epoch, 1) for k, v in sums.items()}}
+        if cache_info is not None:
+            from afford.engine.feature_cache import cache_stats
+
+            record["feature_cache"] = cache_stats(method)
         if t.select == "best-on-test":
             summary = task.evaluate(method, cfg, device, progress)
             record["test"] = {k: summary[k] for k in task.report_keys}

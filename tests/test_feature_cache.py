@@ -1,0 +1,114 @@
+"""The frozen-feature cache: content keys, float16 values, invalidation, fixed views, exact resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from afford import checkpoint as ckpt
+from afford.backbones import create_backbone
+from afford.config import build_config
+from afford.data.agd20k import AffordanceTrainSet, open_split
+from afford.data.transforms import TrainTransform
+from afford.engine.feature_cache import attach_feature_cache, cache_stats
+from afford.engine.trainer import train
+from afford.errors import AffordError
+from conftest import TINY_OVERRIDES
+
+
+class Holder(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.backbone = create_backbone("tiny_vit", layers=(-1,))
+
+
+def test_cached_tower_returns_the_stored_float16_features_and_hits_on_repeats(tmp_path: Path) -> None:
+    m = Holder()
+    images = torch.rand(3, 3, 56, 56, generator=torch.Generator().manual_seed(1))
+    plain = m.backbone(images)
+    keys_before = set(m.state_dict())
+    attach_feature_cache(m, tmp_path)
+    assert set(m.state_dict()) == keys_before  # checkpoints are unaffected
+    first = m.backbone(images)
+    again = m.backbone(torch.cat([images[1:], images[:1]]))  # same images, another order
+    assert cache_stats(m) == {"backbone": {"hits": 3, "misses": 3}}
+    for a, b in ((first.keys[0], plain.keys[0]), (first.cls_attn, plain.cls_attn), (first.tokens[0], plain.tokens[0])):
+        torch.testing.assert_close(a, b.half().float())  # float16 storage, nothing else
+    assert torch.equal(again.keys[0], torch.cat([first.keys[0][1:], first.keys[0][:1]]))
+    assert torch.equal(first.saliency, plain.saliency)
+    # A new process (a new model on the same directory) reads what the first one stored.
+    m2 = Holder()
+    attach_feature_cache(m2, tmp_path)
+    assert torch.equal(m2.backbone(images).keys[0], first.keys[0])
+    assert cache_stats(m2)["backbone"] == {"hits": 3, "misses": 0}
+
+
+def test_other_weights_or_outputs_are_other_cache_entries(tmp_path: Path) -> None:
+    m = Holder()
+    attach_feature_cache(m, tmp_path)
+    images = torch.rand(2, 3, 56, 56)
+    a = m.backbone(images)
+    with torch.no_grad():
+        next(m.backbone.parameters()).add_(0.5)
+    b = m.backbone(images)
+    assert cache_stats(m)["backbone"]["misses"] == 4  # new weights: nothing reused
+    assert not torch.allclose(a.keys[0], b.keys[0])
+    m.backbone(images, return_tokens=False)
+    assert cache_stats(m)["backbone"]["misses"] == 6  # another set of outputs: another entry
+    assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 3
+
+
+def test_a_trainable_backbone_cannot_be_cached(tmp_path: Path) -> None:
+    m = Holder()
+    m.backbone = create_backbone("tiny_vit", trainable=True)
+    with pytest.raises(AffordError, match="no frozen vision tower"):
+        attach_feature_cache(m, tmp_path)
+
+
+def test_fixed_views_repeat_each_image_crop_across_epochs(synth_root: Path) -> None:
+    split = open_split(synth_root, "Seen")
+    ds = AffordanceTrainSet(split, n_exo=2, transform=TrainTransform(64, 48), seed=0, views=2)
+    crops: dict[str, set[bytes]] = {}
+    for epoch in range(6):
+        ds.set_epoch(epoch)
+        for i in range(len(ds)):
+            item = ds[i]
+            ego_file = ds._draw(i)[1]
+            crops.setdefault(str(ego_file), set()).add(item["ego"].numpy().tobytes())
+    assert max(len(v) for v in crops.values()) == 2  # at most `views` distinct crops per image
+    with pytest.raises(AffordError, match="cache_views"):
+        AffordanceTrainSet(split, views=-1)
+
+
+def test_training_with_the_cache_resumes_exactly_and_records_it(synth_root: Path, tmp_path: Path) -> None:
+    over = [f"data.root={synth_root}", *TINY_OVERRIDES, "model.train_backbone=false", "data.feature_cache=true",
+            f"data.cache_dir={tmp_path / 'cache'}", "data.cache_views=1"]
+    train(build_config("locate", overrides=[*over, "train.epochs=2"]), tmp_path / "a", progress=False)
+    train(build_config("locate", overrides=[*over, "train.epochs=1"]), tmp_path / "b", progress=False)
+    train(build_config("locate", overrides=[*over, "train.epochs=2"]), tmp_path / "b", resume=True, progress=False)
+    wa, wb = load_file(tmp_path / "a" / ckpt.WEIGHTS), load_file(tmp_path / "b" / ckpt.WEIGHTS)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    info = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert info["feature_cache"]["towers"] == ["backbone"] and info["feature_cache"]["dtype"] == "float16"
+    # run b's first epoch shows run a's first epoch's images again: all read from a's cache
+    first = next(json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()
+                 if '"kind": "epoch"' in line)
+    assert first["feature_cache"]["backbone"]["misses"] == 0 and first["feature_cache"]["backbone"]["hits"] > 0
+
+
+def test_bench_refuses_what_it_cannot_measure(capsys) -> None:
+    from afford.bench import run_bench
+    from afford.cli import main
+
+    with pytest.raises(AffordError, match="not an affordance method"):
+        run_bench(("clip4hoi",))
+    with pytest.raises(AffordError, match="--steps"):
+        run_bench(("locate",), steps=0)
+    with pytest.raises(SystemExit):  # argparse's choices
+        main(["bench", "--methods", "nope"])
+    assert "invalid choice" in capsys.readouterr().err

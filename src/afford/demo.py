@@ -65,7 +65,9 @@ QUICK = DemoPlan(size=64, difficulty=0.3, n_exo=4, n_ego=2, n_test=1, epochs=1, 
 
 
 def _method_config(preset: str, data_root: Path, plan: DemoPlan, seed: int, extra: tuple[str, ...] = ()):
-    overrides = [f"data.root={data_root}", "data.split=Seen", f"train.seed={seed}", *extra]
+    # The frozen-feature cache (on in the demo presets) lives in the demo's own folder, next to its data.
+    overrides = [f"data.root={data_root}", "data.split=Seen", f"train.seed={seed}",
+                 f"data.cache_dir={data_root.parent / 'feature_cache'}", *extra]
     if plan.epochs:
         overrides.append(f"train.epochs={plan.epochs}")
     if plan.max_steps:
@@ -92,7 +94,7 @@ def _claim_output(out: Path, overwrite: bool) -> None:
     """Refuse (before anything is written) to replace ``out/data``, ``out/runs`` or ``out/hoi`` that afford did
     not create: ``afford demo --out .`` inside a project must not delete ``./data``. Then mark ``out``."""
     if not overwrite and not _is_demo_output(out):
-        for p in (out / "data", out / "runs", out / "hoi"):
+        for p in (out / "data", out / "runs", out / "hoi", out / "feature_cache"):
             if p.is_symlink() or (p.exists() and (not p.is_dir() or any(p.iterdir()))):
                 raise AffordError(f"{p} exists and is not an afford demo output (no {out / MARKER}); "
                                   "choose another --out, or pass --overwrite to replace its data/ and runs/")
@@ -136,6 +138,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, progress: bool = Tru
     timings: dict[str, float] = {}
     data_root = out / "data"
     _remove(data_root)
+    _remove(out / "feature_cache")  # keyed by content, but a new dataset makes the old entries dead weight
     t0 = time.perf_counter()
     generate(data_root, split="seen", seed=seed, size=plan.size, n_exo=plan.n_exo, n_ego=plan.n_ego,
              n_test=plan.n_test, difficulty=plan.difficulty, progress=progress)

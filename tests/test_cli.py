@@ -15,7 +15,8 @@ from afford.cli import main
 
 TINY = ["--set", "model.backbone=tiny_vit", "--set", "model.train_backbone=true", "--set", "data.resize=64",
         "--set", "data.crop=56", "--set", "data.test_size=56", "--set", "train.batch_size=4",
-        "--set", "train.epochs=1", "--set", "train.max_steps_per_epoch=2"]
+        "--set", "train.epochs=1", "--set", "train.max_steps_per_epoch=2",
+        "--set", "data.feature_cache=false"]  # a trainable backbone has nothing to cache
 
 
 @pytest.fixture(scope="module")

@@ -333,3 +333,25 @@ def test_padded_pairs_are_not_attended():
         other[0, 2] += 3 * torch.randn(32)
         torch.testing.assert_close(dec(other, tokens, pair_valid=valid)[0, :2], out[0, :2])
         assert not torch.allclose(dec(other, tokens)[0, :2], dec(pairs, tokens)[0, :2])
+
+
+def test_prompt_gradients_do_not_depend_on_thread_scheduling():
+    # The shared vectors reach ~all classes; a gather's backward accumulated them in a thread-dependent
+    # order, which made two identical training runs differ with 2 CPU threads.
+    from afford.backbones import create_text_encoder
+
+    torch.manual_seed(0)
+    enc = create_text_encoder("tiny_clip")
+    verbs, objects = [f"v{i}" for i in range(20)], [f"o{i}" for i in range(10)]
+    learner = HOIPromptLearner(enc, verbs, objects, [(v, o) for v in range(20) for o in range(10)])
+    prev = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = []
+        for _ in range(3):
+            learner.zero_grad()
+            learner().pow(2).sum().backward()
+            grads.append(learner.prefix.grad.clone())
+    finally:
+        torch.set_num_threads(prev)
+    assert all(torch.equal(grads[0], g) for g in grads[1:])

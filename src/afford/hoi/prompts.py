@@ -143,9 +143,14 @@ class HOIPromptLearner(nn.Module):
         emb = self.text_encoder.token_embedding
         base = emb(self.token_ids.to(emb.weight.device))
         learned = torch.cat([self.prefix, self.conjun]).to(base.dtype)
+        if learned.shape[0] == 0:
+            return base
         index = self.learned_index.to(base.device)
         mask = (index >= 0)[..., None]
-        return torch.where(mask, learned[index.clamp(min=0)], base)
+        # A one-hot matmul, not ``learned[index]``: the gather's backward accumulates the shared
+        # vectors' gradients with index_put, whose order (hence rounding) varies with CPU threads.
+        onehot = torch.nn.functional.one_hot(index.clamp(min=0), learned.shape[0]).to(base.dtype)
+        return torch.where(mask, onehot @ learned, base)
 
     def forward(self) -> Tensor:
         """``(C, E)`` text features, one per HOI class (not L2-normalised)."""

@@ -198,7 +198,7 @@ class CLIP4HOI(InteractionDetector):
                               "use instance_tokens=clip_box with detector=cached")
 
     def _build_clip(self, cfg: CLIP4HOIConfig) -> None:
-        from afford.methods.synth_clip import is_run_dir, load_clip_run
+        from afford.methods.synth_clip import is_run_dir, load_clip_towers
 
         from_run = is_run_dir(cfg.clip_weights)
         weights = None if from_run else cfg.clip_weights
@@ -207,16 +207,7 @@ class CLIP4HOI(InteractionDetector):
         self.text_encoder = create_text_encoder(cfg.clip, weights=weights, tokenizer=cfg.tokenizer)
         self._clip_source: dict[str, Any] = {"kind": "weights", "where": cfg.clip_weights or "random init"}
         if from_run:
-            from afford.backbones.convert import load_strict
-
-            clip, text, info = load_clip_run(str(cfg.clip_weights))
-            theirs = info.pop("model").get("clip")
-            if theirs != cfg.clip:
-                raise AffordError(f"model.clip_weights: the run {cfg.clip_weights} trained {theirs!r} towers but "
-                                  f"this config has model.clip={cfg.clip!r}")
-            load_strict(self.clip, clip, f"model.clip_weights={cfg.clip_weights} (image tower)")
-            load_strict(self.text_encoder, text, f"model.clip_weights={cfg.clip_weights} (text tower)")
-            self._clip_source = info
+            self._clip_source = load_clip_towers(self.clip, self.text_encoder, str(cfg.clip_weights), cfg.clip)
         self.text_encoder.requires_grad_(False)
         if self.clip.token_dim != self.text_encoder.embed_dim:
             raise AffordError(f"model.clip: {cfg.clip}'s image ({self.clip.token_dim}) and text "

@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from afford.backbones import create_backbone, create_text_encoder
-from afford.backbones.convert import load_strict
 from afford.errors import AffordError
 from afford.losses.selectivecl import (
     calibrate,
@@ -38,7 +37,7 @@ from afford.losses.selectivecl import (
     weighted_embedding,
 )
 from afford.methods.base import LabelSpace, Method, ParamGroup
-from afford.methods.synth_clip import is_run_dir, load_clip_run
+from afford.methods.synth_clip import is_run_dir, load_clip_towers
 from afford.modules.clip_affinity import action_prompt, cosine_map, entity_prompt, exo_affinity, local_mean3x3
 from afford.modules.heads import Mlp, conv_bn_relu_stack, minmax, project_map
 from afford.modules.param_groups import groups_from_rules
@@ -116,7 +115,7 @@ class SelectiveCL(Method):
         self.text_encoder = create_text_encoder(cfg.clip, weights=weights, tokenizer=cfg.tokenizer)
         self._clip_source: dict[str, Any] = {"kind": "weights", "where": cfg.clip_weights or "random init"}
         if from_run:
-            self._load_clip_run(cfg.clip_weights)
+            self._clip_source = load_clip_towers(self.clip, self.text_encoder, cfg.clip_weights, cfg.clip)
         if self.clip.token_dim != self.text_encoder.embed_dim:
             raise AffordError(f"model.clip: {cfg.clip}'s image embeddings ({self.clip.token_dim}) and text "
                               f"embeddings ({self.text_encoder.embed_dim}) differ")
@@ -138,15 +137,6 @@ class SelectiveCL(Method):
         self._text_cache: tuple[Any, torch.Tensor] | None = None
         self._kmeans_gen = torch.Generator()
 
-    def _load_clip_run(self, source: str) -> None:
-        clip, text, info = load_clip_run(source)
-        theirs = info.pop("model").get("clip")
-        if theirs != self.cfg.clip:
-            raise AffordError(f"model.clip_weights: the run {source} trained {theirs!r} towers but this config has "
-                              f"model.clip={self.cfg.clip!r}")
-        load_strict(self.clip, clip, f"model.clip_weights={source} (image tower)")
-        load_strict(self.text_encoder, text, f"model.clip_weights={source} (text tower)")
-        self._clip_source = info
 
     # -- text ---------------------------------------------------------------------------------
     def prompts(self) -> list[str]:

@@ -107,3 +107,19 @@ def load_clip_run(source: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     clip = {k[len("clip."):]: v for k, v in sd.items() if k.startswith("clip.")}
     text = {k[len("text_encoder."):]: v for k, v in sd.items() if k.startswith("text_encoder.")}
     return clip, text, {**info, "how": RECIPE}
+
+
+def load_clip_towers(clip: torch.nn.Module, text_encoder: torch.nn.Module, source: str, clip_name: str) -> dict[str, Any]:
+    """Load a ``synth_clip`` run's two towers strictly into ``clip`` and ``text_encoder`` (the consumer's
+    ``model.clip`` must name the same towers); returns the provenance to record."""
+    from afford.backbones.convert import load_strict
+    from afford.errors import AffordError
+
+    clip_state, text_state, info = load_clip_run(source)
+    theirs = info.pop("model").get("clip")
+    if theirs != clip_name:
+        raise AffordError(f"model.clip_weights: the run {source} trained {theirs!r} towers but this config has "
+                          f"model.clip={clip_name!r}")
+    load_strict(clip, clip_state, f"model.clip_weights={source} (image tower)")
+    load_strict(text_encoder, text_state, f"model.clip_weights={source} (text tower)")
+    return info

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -14,7 +16,7 @@ from afford.backbones import create_backbone
 from afford.config import build_config
 from afford.data.agd20k import AffordanceTrainSet, open_split
 from afford.data.transforms import TrainTransform
-from afford.engine.feature_cache import attach_feature_cache, cache_stats
+from afford.engine.feature_cache import FeatureStore, attach_feature_cache, cache_stats
 from afford.engine.trainer import train
 from afford.errors import AffordError
 from conftest import TINY_OVERRIDES
@@ -46,6 +48,42 @@ def test_cached_tower_returns_the_stored_float16_features_and_hits_on_repeats(tm
     attach_feature_cache(m2, tmp_path)
     assert torch.equal(m2.backbone(images).keys[0], first.keys[0])
     assert cache_stats(m2)["backbone"] == {"hits": 3, "misses": 0}
+
+
+def _write_entries(root: str, keys: list[str]) -> None:
+    """One writer process: a chunk per key, value = the key's number, through one store."""
+    store = FeatureStore(Path(root))
+    for k in keys:
+        store.put([k], {"keys_0": torch.full((1, 4), float(k.split("_")[1]))})
+
+
+def test_concurrent_writers_share_one_store_without_losing_or_tearing_entries(tmp_path: Path) -> None:
+    # Two processes write 40 entries each into one directory at once (10 keys written by both).
+    a = [f"k_{i}" for i in range(40)]
+    b = [f"k_{i}" for i in range(30, 70)]
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_write_entries, args=(str(tmp_path), keys)) for keys in (a, b)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    store = FeatureStore(tmp_path)
+    assert sorted(store.index, key=lambda k: int(k.split("_")[1])) == [f"k_{i}" for i in range(70)]
+    for k in store.index:
+        assert np.array_equal(store.get(k)["keys_0"], np.full(4, float(k.split("_")[1]), dtype=np.float16))
+    chunks = sorted(int(d.name.split("_")[1]) for d in tmp_path.glob("chunk_*"))
+    assert chunks == list(range(80))  # every chunk got its own number: none overwritten
+
+
+def test_a_reader_picks_up_entries_another_process_wrote_after_it_opened(tmp_path: Path) -> None:
+    reader = FeatureStore(tmp_path)
+    _write_entries(str(tmp_path), ["k_7"])  # as another process would: a store of its own
+    assert "k_7" not in reader.index
+    reader.refresh()
+    assert np.array_equal(reader.get("k_7")["keys_0"], np.full(4, 7.0, dtype=np.float16))
+    reader.put(["k_8"], {"keys_0": torch.full((1, 4), 8.0)})  # takes the next number, not chunk 0 again
+    assert sorted(d.name for d in tmp_path.glob("chunk_*")) == ["chunk_000000", "chunk_000001"]
 
 
 def test_other_weights_or_outputs_are_other_cache_entries(tmp_path: Path) -> None:

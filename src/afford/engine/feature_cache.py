@@ -17,11 +17,15 @@ the tower's call, keyed by content, so no method changes and nothing can go stal
 Augmentation must produce repeated inputs for a content cache to hit: with ``data.feature_cache``
 the training set draws each image's crop and flip from ``data.cache_views`` fixed views per image
 (:class:`afford.data.agd20k.AffordanceTrainSet` ``views``) instead of a fresh draw per epoch.
-One process writes a cache directory at a time.
+Several processes may share a cache directory (the demo's parallel jobs, distributed ranks): a
+writer takes an advisory lock on ``<fingerprint>/lock`` to name its chunk and append its index line,
+and a reader that misses first picks up the lines other writers appended since it last looked.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -73,7 +77,11 @@ def _fields(f: Features) -> dict[str, Tensor]:
 
 
 class FeatureStore:
-    """Append-only per-image float16 arrays of one tower fingerprint, memory-mapped on read."""
+    """Append-only per-image float16 arrays of one tower fingerprint, memory-mapped on read.
+
+    Safe for concurrent writers on one machine: chunk numbers are taken and index lines appended
+    under an exclusive ``flock``; :meth:`refresh` reads the index lines appended since the last look.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -81,17 +89,37 @@ class FeatureStore:
         self.index: dict[str, tuple[int, int]] = {}
         self._chunks: dict[int, dict[str, np.ndarray]] = {}
         self._next = 0
-        idx = root / "index.jsonl"
-        if idx.is_file():
-            for line in idx.read_text().splitlines():
-                try:
-                    rec = json.loads(line)
-                    chunk, keys = int(rec["chunk"]), list(rec["keys"])
-                except (ValueError, KeyError, TypeError):
-                    continue  # a line cut by a kill: its chunk is simply recomputed
-                if (root / f"chunk_{chunk:06d}").is_dir():
-                    self.index.update({k: (chunk, r) for r, k in enumerate(keys)})
-                    self._next = max(self._next, chunk + 1)
+        self._offset = 0  # bytes of index.jsonl already read
+        self.refresh()
+
+    @contextlib.contextmanager
+    def _locked(self):
+        with (self.root / "lock").open("a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def refresh(self) -> None:
+        """Index the entries appended (by this or another process) since the last read."""
+        idx = self.root / "index.jsonl"
+        if not idx.is_file():
+            return
+        with idx.open("rb") as f:
+            f.seek(self._offset)
+            data = f.read()
+        complete = data[: data.rfind(b"\n") + 1]  # a line still being written is read next time
+        self._offset += len(complete)
+        for line in complete.decode().splitlines():
+            try:
+                rec = json.loads(line)
+                chunk, keys = int(rec["chunk"]), list(rec["keys"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut by a kill: its chunk is simply recomputed
+            if (self.root / f"chunk_{chunk:06d}").is_dir():
+                self.index.update({k: (chunk, r) for r, k in enumerate(keys)})
+            self._next = max(self._next, chunk + 1)
 
     def _chunk(self, n: int) -> dict[str, np.ndarray]:
         if n not in self._chunks:
@@ -104,14 +132,18 @@ class FeatureStore:
         return {name: arr[row] for name, arr in self._chunk(chunk).items()}
 
     def put(self, keys: list[str], fields: dict[str, Tensor]) -> None:
-        n = self._next
-        tmp = self.root / f".chunk_{n:06d}.{os.getpid()}"
+        tmp = self.root / f".chunk.{os.getpid()}"
         tmp.mkdir(parents=True, exist_ok=True)
         for name, t in fields.items():
             np.save(tmp / f"{name}.npy", t.detach().float().cpu().numpy().astype(np.float16))
-        tmp.rename(self.root / f"chunk_{n:06d}")
-        with (self.root / "index.jsonl").open("a") as f:
-            f.write(json.dumps({"chunk": n, "keys": keys}) + "\n")
+        with self._locked():
+            self.refresh()  # other writers' chunks: take the next free number
+            n = self._next
+            while (self.root / f"chunk_{n:06d}").exists():  # a chunk whose index line a kill cut
+                n += 1
+            tmp.rename(self.root / f"chunk_{n:06d}")
+            with (self.root / "index.jsonl").open("a") as f:
+                f.write(json.dumps({"chunk": n, "keys": keys}) + "\n")
         self.index.update({k: (n, r) for r, k in enumerate(keys)})
         self._next = n + 1
 
@@ -142,6 +174,8 @@ class _CachedForward:
             return self.original(tower, images, return_tokens)  # its own error message
         _, store = self.store(want)
         keys = image_keys(images)
+        if any(k not in store.index for k in keys):
+            store.refresh()  # another process may have computed them meanwhile
         todo = [i for i, k in enumerate(keys) if k not in store.index]
         todo_keys = list(dict.fromkeys(keys[i] for i in todo))
         self.hits += len(keys) - len(todo)

@@ -43,9 +43,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from bench_methods import timed  # benchmarks/ is on sys.path when a script in it runs
 
 from afford.backbones.tokenizer import ClipBPETokenizer
+from afford.bench import timed
 from afford.hoi.data import detector_size
 from afford.hoi.detector import Instances
 from afford.hoi.types import ImageGT
@@ -219,7 +219,7 @@ def bench(a: argparse.Namespace, dev: torch.device) -> dict[str, Any]:
     floors[f"text tower over {len(labels)} prompts forward (autograd on)"] = timed(prompts_fwd, a.steps,
                                                                                    warmup=False)
     t_prompt_bwd = timed(prompts_fwd_bwd, a.steps, warmup=False) if a.prompt_backward else float("nan")
-    t_inf = timed(infer, a.steps)  # its warm-up fills the eval-mode prompt cache
+    t_inf = timed(infer, a.steps, warmup=True)  # its warm-up fills the eval-mode prompt cache
     return {"labels": source, "classes": len(labels), "batch": b, "first_step": first, "step": t_step,
             "infer": t_inf, "floors": floors, "prompts_fwd_bwd": t_prompt_bwd,
             "positives": last.get("positives", 0.0), "detections": last.get("detections", 0.0),

@@ -151,3 +151,45 @@ def test_quick_demo_reports_clip4hoi_beside_the_hoi_baselines(demo_out):
     assert hoi["drawn"] and all(Path(p).is_file() for p in hoi["drawn"])
     report = (demo_out / "report.md").read_text()
     assert "## HOI detection on SynthHOI" in report and "| baseline: frequency-prior |" in report
+
+
+def test_quick_demo_report_opens_with_the_comparison_picture(demo_out):
+    from PIL import Image
+
+    from afford.visualize import TITLE_HEIGHT
+
+    report = (demo_out / "report.md").read_text().splitlines()
+    first_table = next(i for i, line in enumerate(report) if line.startswith("| "))
+    picture = next(i for i, line in enumerate(report) if line.startswith("!["))
+    assert picture < first_table and "(figure.png)" in report[picture]
+    metrics = json.loads((demo_out / "metrics.json").read_text())
+    trained = [n for n in metrics if not n.startswith("baseline: ") or "CAM" in n]  # the rows with maps
+    lines = min(4, len(metrics["baseline: object"]["per_affordance"]))
+    with Image.open(demo_out / "figure.png") as im:
+        w, h = im.size
+    cell, pad = 128, 4
+    assert w == (2 + len(trained)) * (cell + pad) + pad  # image, ground truth, one map per trained row
+    assert h == lines * (cell + TITLE_HEIGHT + pad) + pad
+
+
+def test_demo_jobs_are_one_per_core_and_refuse_nonsense(monkeypatch):
+    from afford.demo import resolve_jobs
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert resolve_jobs(None, 6) == (2, 1)  # two workers, one torch thread each
+    assert resolve_jobs(1, 6) == (1, None)  # in this process, torch's own threads
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert resolve_jobs(None, 6) == (6, 2)  # never more workers than jobs; the cores shared out
+    with pytest.raises(AffordError, match="--jobs"):
+        resolve_jobs(0, 6)
+
+
+def test_demo_shares_jobs_out_so_the_busiest_worker_is_least_loaded():
+    from afford.demo import partition_jobs
+
+    cost = {"a": 165, "b": 133, "c": 123, "d": 112, "e": 90, "f": 21}
+    shares = partition_jobs(list(cost), 2, cost)
+    assert sorted(n for s in shares for n in s) == sorted(cost)  # every job once
+    assert max(sum(cost[n] for n in s) for s in shares) == 325  # the optimum (longest-first greedy: 346)
+    assert all(s == sorted(s) for s in shares)  # report order kept within a worker
+    assert partition_jobs(["a", "b"], 1, cost) == [["a", "b"]]

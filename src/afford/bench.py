@@ -12,6 +12,9 @@ part selection runs). Per method:
 - **cached**: a step that reads them (:mod:`afford.engine.feature_cache`, float16);
 - **infer**: images/s of ``predict`` (uncached).
 
+- **tower shares**: the part of the uncached step spent inside each frozen tower (the text tower
+  of SelectiveCL included: its prompt features are computed once, so it costs ~nothing per step).
+
 Ratios: uncached / floor (how close the step is to its floor) and uncached / cached (the cache's
 speed-up). Medians of ``steps`` timed calls after one warm-up.
 """
@@ -31,7 +34,43 @@ from afford.errors import AffordError
 BENCH_METHODS: tuple[str, ...] = ("locate", "wsma", "looptrans", "selectivecl")
 
 
-def _timed(fn: Callable[[], Any], steps: int, sync: Callable[[], None]) -> float:
+class TowerClock:
+    """Wall time spent inside each frozen child module (every tower without a trainable parameter:
+    vision towers, and SelectiveCL's text tower)."""
+
+    def __init__(self, method: torch.nn.Module, sync: Callable[[], None]) -> None:
+        self.total: dict[str, float] = {}
+        self._start: dict[str, float] = {}
+        self._sync = sync
+        self.on = False
+        for name, child in method.named_children():
+            params = list(child.parameters())
+            if params and not any(p.requires_grad for p in params):
+                child.register_forward_pre_hook(lambda m, a, n=name: self._enter(n))
+                child.register_forward_hook(lambda m, a, o, n=name: self._leave(n))
+                self.total[name] = 0.0
+
+    def _enter(self, name: str) -> None:
+        if self.on:
+            self._sync()
+            self._start[name] = time.perf_counter()
+
+    def _leave(self, name: str) -> None:
+        if self.on and name in self._start:
+            self._sync()
+            self.total[name] += time.perf_counter() - self._start.pop(name)
+
+
+def _no_sync() -> None:
+    pass
+
+
+def timed(fn: Callable[[], Any], steps: int, sync: Callable[[], None] | None = None, warmup: bool = False) -> float:
+    """Median wall time of ``steps`` calls (after one untimed call with ``warmup``); ``sync`` waits for
+    the device (default: ``torch.cuda.synchronize`` when CUDA is available)."""
+    sync = sync or (torch.cuda.synchronize if torch.cuda.is_available() else _no_sync)
+    if warmup:
+        fn()
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
@@ -95,20 +134,29 @@ def bench_method(name: str, steps: int = 3, device: str = "cpu", bf16: bool = Fa
             for tower, images, want in seen:
                 tower(images, return_tokens=want)
 
-    floor_s = _timed(floor, steps, sync)
-    uncached = _timed(step, steps, sync)
-    infer_s = _timed(infer, steps, sync)
+    floor_s = timed(floor, steps, sync)
+    clock = TowerClock(method, sync)
+    clock.on = True
+    t0 = time.perf_counter()
+    uncached = timed(step, steps, sync)
+    shares = {k: v / (time.perf_counter() - t0) for k, v in clock.total.items()}
+    clock.on = False
+    infer_s = timed(infer, steps, sync)
     with tempfile.TemporaryDirectory(prefix="afford-bench-") as tmp:
         attach_feature_cache(method, tmp)
         t0 = time.perf_counter()
         step()
         sync()
         fill = time.perf_counter() - t0
-        cached = _timed(step, steps, sync)
+        cached = timed(step, steps, sync)
     return {"method": name, "batch": b, "images_per_step": b * (1 + n_exo), "floor_s": floor_s,
             "uncached_s": uncached, "fill_s": fill, "cached_s": cached, "infer_images_per_s": b / infer_s,
             "uncached_over_floor": uncached / floor_s, "speedup": uncached / cached,
-            "towers": sorted(towers)}
+            "towers": sorted(towers), "tower_share": shares}
+
+
+def _shares(row: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {100 * v:.0f}%" for k, v in row["tower_share"].items())
 
 
 def run_bench(methods: tuple[str, ...] = BENCH_METHODS, steps: int = 3, device: str = "cpu", bf16: bool = False,
@@ -132,9 +180,85 @@ def run_bench(methods: tuple[str, ...] = BENCH_METHODS, steps: int = 3, device: 
     head = (f"device {device}, {torch.get_num_threads()} threads, {'bf16' if bf16 else 'fp32'}, torch "
             f"{torch.__version__}, 224 px, random weights, median of {steps}")
     lines = [head, "",
-             "| method | batch (images) | floor s | uncached s | ×floor | fill s | cached s | speed-up | infer img/s |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| method | batch (images) | floor s | uncached s | ×floor | fill s | cached s | speed-up | infer img/s "
+             "| uncached step in each frozen tower |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     lines += [f"| {r['method']} | {r['batch']} ({r['images_per_step']}) | {r['floor_s']:.2f} | {r['uncached_s']:.2f} | "
               f"{r['uncached_over_floor']:.2f} | {r['fill_s']:.2f} | {r['cached_s']:.2f} | {r['speedup']:.1f}× | "
-              f"{r['infer_images_per_s']:.1f} |" for r in rows]
+              f"{r['infer_images_per_s']:.1f} | {_shares(r)} |" for r in rows]
     return rows, "\n".join(lines)
+
+
+AGD20K_SEEN_TEST = 1675  # egocentric test images with GT in AGD20K Seen (protocol.md)
+
+
+def _write_eval_split(root, n_images: int, size: tuple[int, int] = (640, 480)) -> None:
+    """An AGD20K-layout ``Seen`` test set of ``n_images`` noise JPEGs at a typical AGD20K size with
+    blob GT pngs, spread over the Seen affordances and objects (no training images needed)."""
+    import numpy as np
+    from PIL import Image
+
+    from afford.data.classes import OBJECTS, SEEN_AFFORDANCES
+
+    rng = np.random.default_rng(0)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    for i in range(n_images):
+        aff, obj = SEEN_AFFORDANCES[i % len(SEEN_AFFORDANCES)], OBJECTS[(i // len(SEEN_AFFORDANCES)) % len(OBJECTS)]
+        img_dir = root / "Seen" / "testset" / "egocentric" / aff / obj
+        gt_dir = root / "Seen" / "testset" / "GT" / aff / obj
+        img_dir.mkdir(parents=True, exist_ok=True)
+        gt_dir.mkdir(parents=True, exist_ok=True)
+        noise = rng.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8)
+        Image.fromarray(noise).resize((w, h), Image.BILINEAR).save(img_dir / f"{i:05d}.jpg", quality=90)
+        cy, cx = rng.uniform(0.2, 0.8) * h, rng.uniform(0.2, 0.8) * w
+        gt = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (0.08 * w) ** 2))
+        Image.fromarray((gt * 255).astype(np.uint8)).save(gt_dir / f"{i:05d}.png")
+
+
+def bench_eval(n_images: int = AGD20K_SEEN_TEST, method: str = "locate", device: str = "cpu", bf16: bool = False,
+               batch_size: int = 64, progress: bool = True) -> dict[str, Any]:
+    """Scoring a test set of AGD20K Seen's size: the GT cache build, the scoring alone (a baseline's
+    maps) and a whole ``afford eval`` of a method at its paper architecture (random weights), in
+    images/s. Everything goes through the one evaluator (:mod:`afford.engine.evaluator`)."""
+    import os
+
+    from afford.config import EvalConfig, build_config
+    from afford.data.agd20k import GTCache, open_split
+    from afford.engine.evaluator import evaluate_baseline, evaluate_method
+    from afford.factory import create_method
+
+    dev = torch.device(device)
+    ecfg = EvalConfig(batch_size=batch_size)
+    with tempfile.TemporaryDirectory(prefix="afford-bench-eval-") as tmp:
+        root = __import__("pathlib").Path(tmp)
+        old = os.environ.get("AFFORD_CACHE")
+        os.environ["AFFORD_CACHE"] = str(root / "cache")  # a cold GT cache, removed with the folder
+        try:
+            t0 = time.perf_counter()
+            _write_eval_split(root / "data", n_images)
+            write_s = time.perf_counter() - t0
+            split = open_split(root / "data", "Seen")
+            t0 = time.perf_counter()
+            GTCache(split)
+            gt_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            base = evaluate_baseline("center", split, ecfg, progress=progress)
+            score_s = time.perf_counter() - t0
+            cfg = build_config(method)
+            torch.manual_seed(0)
+            model = create_method(method, cfg.model, split.affordances).to(dev)
+            t0 = time.perf_counter()
+            summary = evaluate_method(model, split, ecfg, dev, size=cfg.data.test_size, progress=progress, bf16=bf16)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            eval_s = time.perf_counter() - t0
+        finally:
+            if old is None:
+                os.environ.pop("AFFORD_CACHE", None)
+            else:
+                os.environ["AFFORD_CACHE"] = old
+    assert base["n_images"] == summary["n_images"] == n_images
+    return {"n_images": n_images, "write_s": write_s, "gt_cache_s": gt_s, "score_s": score_s,
+            "eval_s": eval_s, "method": method, "batch_size": batch_size,
+            "score_images_per_s": n_images / score_s, "eval_images_per_s": n_images / eval_s}

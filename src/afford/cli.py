@@ -378,7 +378,8 @@ def cmd_refine_train(a: argparse.Namespace) -> int:
 def cmd_demo(a: argparse.Namespace) -> int:
     from afford.demo import run_demo
 
-    report = run_demo(Path(a.out), quick=a.quick, seed=a.seed, progress=not a.quiet, overwrite=a.overwrite)
+    report = run_demo(Path(a.out), quick=a.quick, seed=a.seed, progress=not a.quiet, overwrite=a.overwrite,
+                      jobs=a.jobs)
     print(f"demo report: {report}")
     return 0
 
@@ -386,6 +387,22 @@ def cmd_demo(a: argparse.Namespace) -> int:
 def cmd_bench(a: argparse.Namespace) -> int:
     from afford.bench import run_bench
 
+    if a.eval is not None:
+        import torch
+
+        from afford.bench import bench_eval
+
+        if a.threads:
+            torch.set_num_threads(a.threads)
+        r = bench_eval(a.eval, device=a.device, bf16=a.bf16, progress=not a.quiet)
+        print(f"scoring {r['n_images']} test images ({r['method']} at its paper shape, random weights, batch "
+              f"{r['batch_size']}, {a.device}, {torch.get_num_threads()} threads):\n"
+              f"  GT cache build {r['gt_cache_s']:.1f} s (first run only)\n"
+              f"  scoring alone (centre baseline maps) {r['score_s']:.1f} s = {r['score_images_per_s']:.0f} images/s\n"
+              f"  afford eval of the model (decode, predict, score) {r['eval_s']:.1f} s = "
+              f"{r['eval_images_per_s']:.1f} images/s")
+        _write_json(a.json, r)
+        return 0
     rows, table = run_bench(tuple(a.methods), steps=a.steps, device=a.device, bf16=a.bf16, threads=a.threads,
                             progress=not a.quiet)
     print(table)
@@ -478,6 +495,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--overwrite", action="store_true",
                    help="replace OUT/data and OUT/runs/<preset> even when OUT is not a previous demo output")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
+    d.add_argument("--jobs", type=int, default=None,
+                   help="worker processes training the demo's independent rows side by side (default: one per "
+                        "core, the cores shared out as torch threads; 1: one after another in this process, "
+                        "with progress bars)")
     d.set_defaults(fn=cmd_demo)
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_cmd", required=True)
@@ -655,6 +676,9 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--device", default="cpu", help="cpu | cuda (default: %(default)s)")
     bn.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU users; slow on CPUs without AMX)")
     bn.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
+    bn.add_argument("--eval", type=int, nargs="?", const=1675, default=None, metavar="N",
+                    help="instead: time scoring a test set of N images (default N: AGD20K Seen's 1,675) through "
+                         "the evaluator, the scoring alone and a whole model evaluation")
     bn.add_argument("--json", default=None, help="also write the rows as JSON")
     bn.add_argument("--quiet", action="store_true", help="no progress lines")
     bn.set_defaults(fn=cmd_bench)

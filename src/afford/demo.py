@@ -12,20 +12,26 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import multiprocessing
+import os
 import shutil
 import time
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from afford.config import EvalConfig, RunConfig, load_config
+from afford.config import EvalConfig, load_config
 from afford.data.agd20k import open_split
 from afford.errors import AffordError
 from afford.factory import METHODS, method_spec
 from afford.hoi.demo import HOI_FULL, HOI_QUICK, HOIDemoPlan, run_hoi_demo
 from afford.metrics.report import format_breakdown, format_table, wins_over
 from afford.synthagd import generate
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,13 +57,13 @@ class DemoPlan:
     score_needed: tuple[str, ...] = ("synth_clip",)  # prerequisites that are grounders get a row too
     # (method, label of its default-output row) where the method has several outputs
     default_labels: tuple[tuple[str, str], ...] = (("selectivecl", "calibrated (b)"),)
-    refine_epochs: int = 2
+    refine_epochs: int = 1
     refine_radius: int = 5  # gamma in feature cells; must fit the grid (7x7 in the quick plan)
     hoi: HOIDemoPlan | None = None  # the HOI section (SynthHOI, CLIP4HOI against the HOI baselines)
 
 
 # epochs=0 keeps each preset's own epoch count.
-FULL = DemoPlan(size=128, difficulty=0.3, n_exo=32, n_ego=12, n_test=4, epochs=0, max_steps=0,
+FULL = DemoPlan(size=128, difficulty=0.3, n_exo=16, n_ego=8, n_test=4, epochs=0, max_steps=0,
                 methods=("locate", "wsma", "looptrans", "selectivecl"), hoi=HOI_FULL)
 QUICK = DemoPlan(size=64, difficulty=0.3, n_exo=4, n_ego=2, n_test=1, epochs=1, max_steps=4,
                  methods=("locate", "looptrans", "selectivecl"),
@@ -111,30 +117,264 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
 
 
+def _jobs(plan: DemoPlan) -> list[str]:
+    """The demo's independent jobs, in report order: each trains one row's method (with its
+    prerequisites and refinement) and scores it; ``hoi`` is the HOI section."""
+    return [*(["egocam"] if plan.ego_cam else []), *plan.methods, *(["hoi"] if plan.hoi is not None else [])]
+
+
+#: Seconds of each job in one worker of two on 2 cores (measured, full plan): to share them out.
+_JOB_COST = {"selectivecl": 165.0, "locate": 133.0, "wsma": 123.0, "hoi": 112.0, "looptrans": 90.0, "egocam": 21.0}
+
+
+def partition_jobs(names: list[str], workers: int, cost: dict[str, float] | None = None) -> list[list[str]]:
+    """Share the jobs out so that the busiest worker's estimated load is smallest (exhaustive for a
+    few jobs, longest-first greedy beyond); each list keeps report order."""
+    cost = cost or _JOB_COST
+    est = [cost.get(n, 60.0) for n in names]
+    if workers <= 1 or len(names) <= 1:
+        return [list(names)]
+    best: list[int] | None = None
+    if workers ** len(names) <= 50_000:
+        best_load = float("inf")
+        for code in range(workers ** len(names)):
+            assign, load = [], [0.0] * workers
+            for e in est:
+                code, w = divmod(code, workers)
+                assign.append(w)
+                load[w] += e
+            if max(load) < best_load - 1e-9:
+                best, best_load = assign, max(load)
+    else:
+        load = [0.0] * workers
+        best = [0] * len(names)
+        for i in sorted(range(len(names)), key=lambda i: -est[i]):
+            w = min(range(workers), key=lambda w: load[w])
+            best[i], load[w] = w, load[w] + est[i]
+    lists = [[n for n, w in zip(names, best, strict=True) if w == k] for k in range(workers)]
+    return [group for group in lists if group]
+
+
+def resolve_jobs(jobs: int | None, n_jobs: int) -> tuple[int, int | None]:
+    """(worker processes, torch threads per worker): by default one worker per core (at most one
+    per job), the cores shared out; ``jobs=1`` runs in this process with torch's own threads."""
+    cores = os.cpu_count() or 1
+    if jobs is not None and jobs < 1:
+        raise AffordError(f"--jobs: expected a positive number of worker processes, got {jobs}")
+    workers = min(jobs or cores, max(n_jobs, 1))
+    return workers, (max(1, cores // workers) if workers > 1 else None)
+
+
+@dataclass
+class JobResult:
+    """What one job hands back to the report: its rows (in order), timings and scored maps."""
+
+    rows: dict[str, dict] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    maps: dict[str, list] = field(default_factory=dict)  # row -> maps index-aligned with the test items
+    hoi: tuple[dict, list[str]] | None = None
+
+
+def run_job(out: Path, quick: bool, seed: int, name: str, progress: bool = True,
+            threads: int | None = None) -> JobResult:
+    """Run one demo job into ``out`` (a worker process's entry point; picklable arguments only)."""
+    if threads:
+        torch.set_num_threads(threads)
+    plan = QUICK if quick else FULL
+    res = JobResult()
+    if name == "hoi":
+        assert plan.hoi is not None
+        res.hoi = run_hoi_demo(out, plan.hoi, seed, progress, res.timings)
+        return res
+    _MethodJob(out, plan, seed, progress, res).run(name)
+    return res
+
+
+class _MethodJob:
+    """Train one affordance row (its prerequisites first) and score its outputs into a JobResult."""
+
+    def __init__(self, out: Path, plan: DemoPlan, seed: int, progress: bool, res: JobResult) -> None:
+        from afford.device import resolve_device
+        from afford.engine.tasks import WSAGTask
+
+        self.out, self.plan, self.seed, self.progress, self.res = out, plan, seed, progress, res
+        self.data_root = out / "data"
+        self.split = open_split(self.data_root, "Seen")
+        self.ecfg = EvalConfig()
+        self.device = resolve_device("cpu")
+        self.task = WSAGTask(self.split)
+
+    def _timed(self, key: str, fn, *args, **kwargs):
+        t0 = time.perf_counter()
+        value = fn(*args, **kwargs)
+        self.res.timings[key] = time.perf_counter() - t0
+        return value
+
+    def train_needed(self, preset: str) -> tuple[str, ...]:
+        """Train the run ``preset``'s method needs first (LoopTrans: its cluster module, without
+        labels); returns the override that points the method's config at it."""
+        from afford.checkpoint import load_run
+        from afford.engine.trainer import train
+
+        spec = method_spec(preset) if preset in METHODS else None
+        needs = dict(self.plan.demo_needs).get(preset) or (spec.needs if spec else None)
+        if needs is None:
+            return ()
+        needed, key = needs
+        cfg = _method_config(needed, self.data_root, self.plan, self.seed)
+        run_dir = self.out / "runs" / needed
+        _remove(run_dir)
+        result = self._timed(f"train {needed}", train, cfg, run_dir, progress=self.progress)  # its own task
+        if needed in self.plan.score_needed:  # a grounder itself (the tiny CLIP's affinity map): show it
+            title = method_spec(needed).display_name(needed)
+            self.score(load_run(run_dir), needed, f"{title}: affinity map alone ({result.selection['rule']})",
+                       cfg.data.test_size, result.selection)
+        return (f"{key}={run_dir}",)
+
+    def score(self, run, preset: str, row: str, size: int, selection: dict, output: str | None = None) -> None:
+        """Score one named output of a trained run (default: the method's) into ``rows[row]``."""
+        from afford.engine.evaluator import evaluate_method, label_sensitivity, method_map_fn
+        from afford.visualize import save_eval_overlays
+
+        t0 = time.perf_counter()
+        ocfg = dataclasses.replace(self.ecfg, output=output)
+        summary = evaluate_method(run.method, self.split, ocfg, self.device, size=size, progress=self.progress,
+                                  keep_maps=True)
+        maps = summary.pop("_maps")
+        save_eval_overlays(self.split, maps, self.out / "overlays" / (preset + (f"_{output}" if output else "")))
+        summary["label_sensitivity"] = label_sensitivity(method_map_fn(run.method, self.device, output=output),
+                                                         self.split, self.ecfg, size=size, progress=self.progress)
+        self.res.timings[f"eval {preset}" + (f" {output}" if output else "")] = time.perf_counter() - t0
+        summary["selection"] = selection
+        self.res.rows[row] = summary
+        self.res.maps[row] = [m.float().numpy() for m in maps]
+
+    def run(self, preset: str) -> None:
+        """Train ``<preset>_synthagd_demo``, score its default output, any ``extra_outputs`` and, for
+        the ``refined`` methods, the AffinityNet-refined maps."""
+        from afford.checkpoint import load_run
+        from afford.engine.trainer import train
+
+        plan = self.plan
+        if preset == "egocam":  # a preset of LOCATE's ego-only mode, not a method
+            title, row = "ego-only CAM", "baseline: ego-only CAM (tiny ViT, {rule})"
+        else:
+            title = method_spec(preset).display_name(preset)
+            label = dict(plan.default_labels).get(preset)
+            row = f"{title}{' ' + label if label else ''} (tiny ViT, {{rule}})"
+        cfg = _method_config(preset, self.data_root, plan, self.seed, self.train_needed(preset))
+        run_dir = self.out / "runs" / preset
+        _remove(run_dir)
+        result = self._timed(f"train {preset}", train, cfg, run_dir, progress=self.progress, task=self.task)
+        run = load_run(run_dir)
+        rule = result.selection["rule"]
+        self.score(run, preset, row.format(rule=rule), cfg.data.test_size, result.selection)
+        for method, output, label in plan.extra_outputs:
+            if method == preset:
+                self.score(run, preset, f"{title} {label} (tiny ViT, {rule})", cfg.data.test_size,
+                           result.selection, output)
+        if preset in plan.refined:
+            self.refine(run_dir, title, cfg.data.test_size, result.selection)
+
+    def refine(self, run_dir: Path, title: str, size: int, selection: dict) -> None:
+        """The AffinityNet-refined row of a trained run (its affinity head trained on the run's CAMs)."""
+        from afford.checkpoint import load_run
+        from afford.engine.evaluator import evaluate_fn, label_sensitivity, method_map_fn
+        from afford.engine.refinement import refined, refiner_for_run, train_refiner_for_run
+
+        self._timed("train affinity head", train_refiner_for_run, run_dir, epochs=self.plan.refine_epochs,
+                    seed=self.seed, progress=self.progress, radius=self.plan.refine_radius)
+        run = load_run(run_dir)
+        refine = refiner_for_run(run, "affinity")
+        refined_fn = refined(method_map_fn(run.method, self.device), refine)
+        t0 = time.perf_counter()
+        row = evaluate_fn(refined_fn, self.split, self.ecfg, size=size, progress=self.progress, keep_maps=True)
+        maps = row.pop("_maps")
+        row["label_sensitivity"] = label_sensitivity(refined_fn, self.split, self.ecfg, size=size,
+                                                     progress=self.progress)
+        self.res.timings[f"eval {run_dir.name}+affinity"] = time.perf_counter() - t0
+        row["refine"] = refine.params
+        row["selection"] = selection
+        name = f"{title} + AffinityNet refinement (trained affinity head)"
+        self.res.rows[name] = row
+        self.res.maps[name] = [m.float().numpy() for m in maps]
+
+
+def _start_workers(n_jobs: int, jobs: int | None) -> tuple[ProcessPoolExecutor | None, int]:
+    """The worker pool (None: run in this process) and its size; its workers start importing torch and afford at
+    once, while this process generates the data."""
+    workers, threads = resolve_jobs(jobs, n_jobs)
+    if workers == 1:
+        return None, 1
+    log.info("running %d jobs in %d worker processes, %d torch thread(s) each", n_jobs, workers, threads)
+    ctx = multiprocessing.get_context("spawn")  # fork after torch's thread pools started is unsafe
+    level = logging.getLogger("afford").getEffectiveLevel()
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(threads, level))
+    for _ in range(workers):
+        pool.submit(_ready)
+    return pool, workers
+
+
+def _init_worker(threads: int, level: int) -> None:
+    torch.set_num_threads(threads)
+    logging.basicConfig(format="afford: %(message)s", level=logging.WARNING)
+    logging.getLogger("afford").setLevel(level)
+    import afford.engine.trainer  # noqa: F401  the heavy imports (transformers), done while data generates
+    import afford.factory  # noqa: F401
+
+
+def _ready() -> None:
+    pass
+
+
+def run_jobs(out: Path, quick: bool, seed: int, names: list[str], t0: float) -> dict[str, JobResult]:
+    """One worker's share of the jobs, one after another (a line logged as each ends)."""
+    results = {}
+    for name in names:
+        results[name] = run_job(out, quick, seed, name, progress=False)
+        spent = ", ".join(f"{k} {v:.0f} s" for k, v in results[name].timings.items())
+        log.info("[%3.0f s] done: %s (%s)", time.time() - t0, name, spent)
+    return results
+
+
+def _run_jobs(pool: ProcessPoolExecutor | None, workers: int, out: Path, quick: bool, seed: int, names: list[str],
+              progress: bool) -> dict[str, JobResult]:
+    """Run the jobs in this process (no pool) or shared out over the pool's workers."""
+    if pool is None:
+        return {n: run_job(out, quick, seed, n, progress) for n in names}
+    results: dict[str, JobResult] = {}
+    shares = partition_jobs(names, workers)
+    futures = [pool.submit(run_jobs, out, quick, seed, share, time.time()) for share in shares]
+    for fut in as_completed(futures):
+        results.update(fut.result())  # a failed job raises here; the caller shuts the pool down
+    return {n: results[n] for n in names}
+
+
 def run_demo(out: Path, quick: bool = False, seed: int = 0, progress: bool = True,
-             overwrite: bool = False) -> Path:
+             overwrite: bool = False, jobs: int | None = None) -> Path:
     """Run the whole pipeline into ``out``; returns the path of ``report.md``.
 
     ``out/data`` and ``out/runs/<preset>`` are replaced only when ``out`` is a previous demo output
     (it holds ``.afford-demo``) or with ``overwrite``; otherwise existing files raise AffordError.
+    The trainings are independent jobs; ``jobs`` worker processes run them side by side (default:
+    one per core; each job's numbers depend only on its seed and its torch thread count).
     """
     _claim_output(out, overwrite)
-    from afford.checkpoint import load_run
-    from afford.device import resolve_device
-    from afford.engine.evaluator import (
-        evaluate_baseline,
-        evaluate_fn,
-        evaluate_method,
-        label_sensitivity,
-        method_map_fn,
-    )
-    from afford.engine.refinement import refined, refiner_for_run, train_refiner_for_run
-    from afford.engine.tasks import WSAGTask
-    from afford.engine.trainer import train
-    from afford.visualize import save_eval_overlays
-
     plan = QUICK if quick else FULL
     t_start = time.perf_counter()
+    names = _jobs(plan)
+    pool, workers = _start_workers(len(names), jobs)
+    try:
+        return _run_demo(out, plan, quick, seed, progress, names, pool, workers, t_start)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+def _run_demo(out: Path, plan: DemoPlan, quick: bool, seed: int, progress: bool, names: list[str],
+              pool: ProcessPoolExecutor | None, workers: int, t_start: float) -> Path:
+    from afford.engine.evaluator import evaluate_baseline
+
     timings: dict[str, float] = {}
     data_root = out / "data"
     _remove(data_root)
@@ -144,106 +384,67 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, progress: bool = Tru
              n_test=plan.n_test, difficulty=plan.difficulty, progress=progress)
     timings["synthagd"] = time.perf_counter() - t0
     split = open_split(data_root, "Seen")
-    ecfg = EvalConfig()
-
     rows: dict[str, dict] = {}
     for kind in ("uniform", "center", "object"):
-        rows[f"baseline: {kind}"] = evaluate_baseline(kind, split, ecfg, progress=progress)
+        rows[f"baseline: {kind}"] = evaluate_baseline(kind, split, EvalConfig(), progress=progress)
 
-    overlays = out / "overlays"
-    device = resolve_device("cpu")
-    task = WSAGTask(split)
-
-    def train_needed(preset: str) -> tuple[str, ...]:
-        """Train the run ``preset``'s method needs first (LoopTrans: its cluster module, without
-        labels); returns the override that points the method's config at it."""
-        spec = method_spec(preset) if preset in METHODS else None
-        needs = dict(plan.demo_needs).get(preset) or (spec.needs if spec else None)
-        if needs is None:
-            return ()
-        needed, key = needs
-        cfg = _method_config(needed, data_root, plan, seed)
-        run_dir = out / "runs" / needed
-        _remove(run_dir)
-        t0 = time.perf_counter()
-        result = train(cfg, run_dir, progress=progress)  # its own task (registry), e.g. label-free images
-        timings[f"train {needed}"] = time.perf_counter() - t0
-        if needed in plan.score_needed:  # a grounder itself (the tiny CLIP's affinity map): show it
-            title = method_spec(needed).display_name(needed)
-            score(load_run(run_dir), needed, f"{title}: affinity map alone ({result.selection['rule']})",
-                  cfg.data.test_size, result.selection)
-        return (f"{key}={run_dir}",)
-
-    def score(run, preset: str, row: str, size: int, selection: dict, output: str | None = None) -> None:
-        """Score one named output of a trained run (default: the method's) into ``rows[row]``."""
-        t0 = time.perf_counter()
-        ocfg = dataclasses.replace(ecfg, output=output)
-        summary = evaluate_method(run.method, split, ocfg, device, size=size, progress=progress, keep_maps=True)
-        timings[f"eval {preset}" + (f" {output}" if output else "")] = time.perf_counter() - t0
-        save_eval_overlays(split, summary.pop("_maps"), overlays / (preset + (f"_{output}" if output else "")))
-        summary["label_sensitivity"] = label_sensitivity(method_map_fn(run.method, device, output=output), split,
-                                                         ecfg, size=size, progress=progress)
-        summary["selection"] = selection
-        rows[row] = summary
-
-    def train_eval(preset: str, row: str) -> tuple[Path, RunConfig, dict]:
-        """Train ``<preset>_synthagd_demo`` and score its default output (and any ``extra_outputs``);
-        the report row is ``row``."""
-        cfg = _method_config(preset, data_root, plan, seed, train_needed(preset))
-        run_dir = out / "runs" / preset
-        _remove(run_dir)
-        t0 = time.perf_counter()
-        result = train(cfg, run_dir, progress=progress, task=task)
-        timings[f"train {preset}"] = time.perf_counter() - t0
-        run = load_run(run_dir)
-        rule = result.selection["rule"]
-        score(run, preset, row.format(rule=rule), cfg.data.test_size, result.selection)
-        for method, output, label in plan.extra_outputs:
-            if method == preset:
-                title = method_spec(method).display_name(method)
-                score(run, preset, f"{title} {label} (tiny ViT, {rule})", cfg.data.test_size, result.selection, output)
-        return run_dir, cfg, result.selection
-
-    if plan.ego_cam:
-        train_eval("egocam", "baseline: ego-only CAM (tiny ViT, {rule})")
-    for method in plan.methods:
-        title = method_spec(method).display_name(method)
-        label = dict(plan.default_labels).get(method)
-        run_dir, cfg, selection = train_eval(method, f"{title}{' ' + label if label else ''} (tiny ViT, {{rule}})")
-        if method in plan.refined:
-            t0 = time.perf_counter()
-            train_refiner_for_run(run_dir, epochs=plan.refine_epochs, seed=seed, progress=progress,
-                                  radius=plan.refine_radius)
-            timings["train affinity head"] = time.perf_counter() - t0
-            run = load_run(run_dir)
-            refine = refiner_for_run(run, "affinity")
-            refined_fn = refined(method_map_fn(run.method, device), refine)
-            t0 = time.perf_counter()
-            row = evaluate_fn(refined_fn, split, ecfg, size=cfg.data.test_size, progress=progress)
-            row["label_sensitivity"] = label_sensitivity(refined_fn, split, ecfg, size=cfg.data.test_size,
-                                                         progress=progress)
-            timings[f"eval {method}+affinity"] = time.perf_counter() - t0
-            row["refine"] = refine.params
-            row["selection"] = selection
-            rows[f"{title} + AffinityNet refinement (trained affinity head)"] = row
-
+    t0 = time.perf_counter()
+    results = _run_jobs(pool, workers, out, quick, seed, names, progress)
+    timings["jobs (wall)"] = time.perf_counter() - t0
+    maps: dict[str, list] = {}
     hoi_lines: list[str] = []
-    if plan.hoi is not None:
-        hoi_metrics, hoi_lines = run_hoi_demo(out, plan.hoi, seed, progress, timings)
-        (out / "hoi" / "metrics.json").write_text(json.dumps(hoi_metrics, indent=2, default=float))
+    for name in names:  # report order, whatever order the jobs finished in
+        res = results[name]
+        rows.update(res.rows)
+        maps.update(res.maps)
+        timings.update(res.timings)
+        if res.hoi is not None:
+            hoi_metrics, hoi_lines = res.hoi
+            (out / "hoi" / "metrics.json").write_text(json.dumps(hoi_metrics, indent=2, default=float))
+    figure = _figure(out, split, rows, maps)
     timings["total"] = time.perf_counter() - t_start
     metrics = {name: {k: v for k, v in s.items() if not k.startswith("_")} for name, s in rows.items()}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
     report = out / "report.md"
-    report.write_text(_report_text(rows, plan, seed, timings, hoi_lines))
+    report.write_text(_report_text(rows, plan, seed, timings, hoi_lines, figure))
     return report
 
 
+def _figure(out: Path, split, rows: dict[str, dict], maps: dict[str, list], n_images: int = 4) -> Path | None:
+    """The report's opening picture: a few test images (different affordances), their ground truth
+    and every trained row's map."""
+    from afford.visualize import comparison_figure
+
+    if not maps:
+        return None
+    items = split.test_items()
+    picks, seen = [], set()
+    for i, it in enumerate(items):  # the first image of evenly spaced affordances
+        if it.affordance not in seen:
+            seen.add(it.affordance)
+            picks.append(i)
+    step = max(1, len(picks) // n_images)
+    picks = picks[::step][:n_images]
+    columns = [(_short(name), maps[name]) for name in rows if name in maps]
+    return comparison_figure(items, picks, columns, out / "figure.png")
+
+
+def _short(row: str) -> str:
+    """A column title: the row's name without its parenthesised details."""
+    for long, short in ((" calibrated (b)", " (b)"), (" raw CAM (a)", " (a) raw"), (" + AffinityNet refinement", " + AffinityNet")):
+        row = row.replace(long, short)
+    return row.split(" (tiny")[0].split(": affinity")[0].removeprefix("baseline: ")
+
+
 def _report_text(rows: dict[str, dict], plan: DemoPlan, seed: int, timings: dict[str, float],
-                 hoi_lines: list[str] = ()) -> str:
+                 hoi_lines: list[str] = (), figure: Path | None = None) -> str:
+    picture = [f"![test images, ground truth and each row's map]({figure.name})", "",
+               "Each line: a test image with the affordance asked for, its ground truth, and every trained row's "
+               "map (jet: red = high) for that affordance.", ""] if figure else []
     lines = [
         "# afford demo on SynthAGD (Seen)",
         "",
+        *picture,
         f"SynthAGD seed {seed}, {plan.size} px, difficulty {plan.difficulty}; methods trained on CPU "
         f"(torch {torch.__version__}) on a frozen randomly initialised tiny ViT (no pretrained weights "
         "offline; see configs/*_synthagd_demo.yaml for the documented deviations from the papers).",

@@ -153,3 +153,33 @@ def save_eval_overlays(
         written.append(out_dir / f"{aff}.png")
         save_grid(tiles, written[-1], cols=4)
     return written
+
+
+def comparison_figure(
+    items: Sequence[object], picks: Sequence[int], columns: Sequence[tuple[str, Sequence[np.ndarray | torch.Tensor]]],
+    path: str | Path, cell: int = 128,
+) -> Path:
+    """One line per picked test item: the image, its ground truth, then each column's map.
+
+    ``items`` are the split's test items (``image``, ``gt``, ``affordance``, ``object``);
+    ``columns`` are ``(title, maps)`` with maps index-aligned with ``items``. Maps are min-maxed
+    and overlaid on the image, as the metric sees them after its min-max.
+    """
+    from afford.data.agd20k import load_gt  # data sits below visualisation; imported lazily
+    from afford.data.transforms import load_rgb
+
+    chars = max(4, cell // 6)  # PIL's default font is ~6 px per character
+
+    def fit(title: str) -> str:
+        return title if len(title) <= chars else title[: chars - 2] + ".."
+
+    tiles: list[tuple[ImageLike, str]] = []
+    for i in picks:
+        it = items[i]
+        img = load_rgb(it.image).resize((cell, cell), Image.BILINEAR)  # type: ignore[attr-defined]
+        tiles.append((img, fit(f"{it.affordance} / {it.object}")))  # type: ignore[attr-defined]
+        tiles.append((overlay(img, load_gt(it.gt).astype(np.float64)), "ground truth"))  # type: ignore[attr-defined]
+        tiles += [(overlay(img, maps[i]), fit(title)) for title, maps in columns]
+    path = Path(path)
+    save_grid(tiles, path, cols=2 + len(columns))
+    return path

@@ -1,0 +1,55 @@
+"""``afford bench``: the tower clock behind the per-tower shares, and the evaluation benchmark."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from afford.bench import TowerClock, bench_eval
+from afford.cli import main
+
+
+class _Slow(torch.nn.Module):
+    def __init__(self, trainable: bool) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 2)
+        self.lin.requires_grad_(trainable)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.02)
+        return self.lin(x)
+
+
+class _Model(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tower = _Slow(trainable=False)
+        self.head = _Slow(trainable=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.tower(x))
+
+
+def test_tower_clock_times_frozen_children_only_and_only_while_on() -> None:
+    m = _Model()
+    clock = TowerClock(m, lambda: None)
+    assert list(clock.total) == ["tower"]  # the trainable head is not a tower
+    m(torch.zeros(1, 2))
+    assert clock.total["tower"] == 0.0  # off: nothing recorded
+    clock.on = True
+    m(torch.zeros(1, 2))
+    m(torch.zeros(1, 2))
+    assert 0.04 <= clock.total["tower"] < 0.2
+
+
+def test_bench_eval_scores_every_image_through_the_evaluator(tmp_path: Path, capsys) -> None:
+    r = bench_eval(n_images=12, batch_size=8, progress=False)
+    assert r["n_images"] == 12 and r["score_s"] > 0 and r["eval_s"] > 0
+    assert r["eval_images_per_s"] == 12 / r["eval_s"]
+    out = tmp_path / "eval.json"
+    assert main(["bench", "--eval", "6", "--quiet", "--json", str(out)]) == 0
+    assert "scoring 6 test images" in capsys.readouterr().out
+    assert json.loads(out.read_text())["n_images"] == 6

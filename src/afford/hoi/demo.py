@@ -39,7 +39,7 @@ class HOIDemoPlan:
     n_draw: int = 4
 
 
-HOI_FULL = HOIDemoPlan(n_train=400, n_test=200, tile=112, epochs=3)
+HOI_FULL = HOIDemoPlan(n_train=300, n_test=200, tile=112, epochs=3)
 HOI_QUICK = HOIDemoPlan(n_train=40, n_test=16, tile=64, epochs=1, max_steps=3, image_size=64, n_draw=2)
 
 

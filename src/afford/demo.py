@@ -15,6 +15,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -435,7 +436,8 @@ def _short(row: str) -> str:
     """A column title: the row's name without its parenthesised details."""
     for long, short in ((" calibrated (b)", " (b)"), (" raw CAM (a)", " (a) raw"), (" + AffinityNet refinement", " + AffinityNet")):
         row = row.replace(long, short)
-    return row.split(" (tiny")[0].split(": affinity")[0].removeprefix("baseline: ")
+    row = re.sub(r" \((?![ab]\))[^)]*\)", "", row)  # every parenthesis but SelectiveCL's (a) / (b)
+    return row.removeprefix("baseline: ").split(": ")[0]
 
 
 def _report_text(rows: dict[str, dict], plan: DemoPlan, seed: int, timings: dict[str, float],

@@ -193,3 +193,19 @@ def test_demo_shares_jobs_out_so_the_busiest_worker_is_least_loaded():
     assert max(sum(cost[n] for n in s) for s in shares) == 325  # the optimum (longest-first greedy: 346)
     assert all(s == sorted(s) for s in shares)  # report order kept within a worker
     assert partition_jobs(["a", "b"], 1, cost) == [["a", "b"]]
+
+
+def test_a_demo_worker_that_dies_ends_the_demo_with_one_clear_error(tmp_path):
+    import os
+    import signal
+
+    from afford.demo import _run_jobs, _start_workers
+
+    pool, workers = _start_workers(2, 2)
+    try:
+        pids = list(pool._processes)  # the workers started at once (they import while data generates)
+        os.kill(pids[0], signal.SIGKILL)
+        with pytest.raises(AffordError, match="worker process died.*--jobs 1"):
+            _run_jobs(pool, workers, tmp_path, True, 0, ["egocam", "locate"], False)
+    finally:
+        pool.shutdown(cancel_futures=True)

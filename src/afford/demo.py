@@ -19,6 +19,7 @@ import re
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -347,9 +348,13 @@ def _run_jobs(pool: ProcessPoolExecutor | None, workers: int, out: Path, quick: 
         return {n: run_job(out, quick, seed, n, progress) for n in names}
     results: dict[str, JobResult] = {}
     shares = partition_jobs(names, workers)
-    futures = [pool.submit(run_jobs, out, quick, seed, share, time.time()) for share in shares]
-    for fut in as_completed(futures):
-        results.update(fut.result())  # a failed job raises here; the caller shuts the pool down
+    try:
+        futures = [pool.submit(run_jobs, out, quick, seed, share, time.time()) for share in shares]
+        for fut in as_completed(futures):
+            results.update(fut.result())  # a failed job raises here; the caller shuts the pool down
+    except BrokenProcessPool as e:
+        raise AffordError("a demo worker process died (killed, or out of memory); rerun with --jobs 1 to train "
+                          "the rows one after another in this process") from e
     return {n: results[n] for n in names}
 
 

@@ -217,21 +217,24 @@ def _write_eval_split(root, n_images: int, size: tuple[int, int] = (640, 480)) -
 
 
 def bench_eval(n_images: int = AGD20K_SEEN_TEST, method: str = "locate", device: str = "cpu", bf16: bool = False,
-               batch_size: int = 64, progress: bool = True) -> dict[str, Any]:
+               batch_size: int = 64, threads: int = 0, progress: bool = True) -> dict[str, Any]:
     """Scoring a test set of AGD20K Seen's size: the GT cache build, the scoring alone (a baseline's
     maps) and a whole ``afford eval`` of a method at its paper architecture (random weights), in
     images/s. Everything goes through the one evaluator (:mod:`afford.engine.evaluator`)."""
     import os
+    from pathlib import Path
 
     from afford.config import EvalConfig, build_config
     from afford.data.agd20k import GTCache, open_split
     from afford.engine.evaluator import evaluate_baseline, evaluate_method
     from afford.factory import create_method
 
+    if threads:
+        torch.set_num_threads(threads)
     dev = torch.device(device)
     ecfg = EvalConfig(batch_size=batch_size)
     with tempfile.TemporaryDirectory(prefix="afford-bench-eval-") as tmp:
-        root = __import__("pathlib").Path(tmp)
+        root = Path(tmp)
         old = os.environ.get("AFFORD_CACHE")
         os.environ["AFFORD_CACHE"] = str(root / "cache")  # a cold GT cache, removed with the folder
         try:

@@ -392,9 +392,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
         from afford.bench import bench_eval
 
-        if a.threads:
-            torch.set_num_threads(a.threads)
-        r = bench_eval(a.eval, device=a.device, bf16=a.bf16, progress=not a.quiet)
+        r = bench_eval(a.eval, device=a.device, bf16=a.bf16, threads=a.threads, progress=not a.quiet)
         print(f"scoring {r['n_images']} test images ({r['method']} at its paper shape, random weights, batch "
               f"{r['batch_size']}, {a.device}, {torch.get_num_threads()} threads):\n"
               f"  GT cache build {r['gt_cache_s']:.1f} s (first run only)\n"

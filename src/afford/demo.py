@@ -177,11 +177,8 @@ class JobResult:
     hoi: tuple[dict, list[str]] | None = None
 
 
-def run_job(out: Path, quick: bool, seed: int, name: str, progress: bool = True,
-            threads: int | None = None) -> JobResult:
-    """Run one demo job into ``out`` (a worker process's entry point; picklable arguments only)."""
-    if threads:
-        torch.set_num_threads(threads)
+def run_job(out: Path, quick: bool, seed: int, name: str, progress: bool = True) -> JobResult:
+    """Run one demo job into ``out`` (in this process or a worker's; picklable arguments only)."""
     plan = QUICK if quick else FULL
     res = JobResult()
     if name == "hoi":
@@ -235,21 +232,27 @@ class _MethodJob:
 
     def score(self, run, preset: str, row: str, size: int, selection: dict, output: str | None = None) -> None:
         """Score one named output of a trained run (default: the method's) into ``rows[row]``."""
-        from afford.engine.evaluator import evaluate_method, label_sensitivity, method_map_fn
+        from afford.engine.evaluator import evaluate_method, method_map_fn
         from afford.visualize import save_eval_overlays
 
         t0 = time.perf_counter()
         ocfg = dataclasses.replace(self.ecfg, output=output)
         summary = evaluate_method(run.method, self.split, ocfg, self.device, size=size, progress=self.progress,
                                   keep_maps=True)
-        maps = summary.pop("_maps")
-        save_eval_overlays(self.split, maps, self.out / "overlays" / (preset + (f"_{output}" if output else "")))
-        summary["label_sensitivity"] = label_sensitivity(method_map_fn(run.method, self.device, output=output),
-                                                         self.split, self.ecfg, size=size, progress=self.progress)
+        save_eval_overlays(self.split, summary["_maps"],
+                           self.out / "overlays" / (preset + (f"_{output}" if output else "")))
+        self._record(row, summary, method_map_fn(run.method, self.device, output=output), size, selection)
         self.res.timings[f"eval {preset}" + (f" {output}" if output else "")] = time.perf_counter() - t0
+
+    def _record(self, row: str, summary: dict, map_fn, size: int, selection: dict) -> None:
+        """Add the label-sensitivity check and the selection to a scored row; keep its maps for the figure."""
+        from afford.engine.evaluator import label_sensitivity
+
+        self.res.maps[row] = [m.float().numpy() for m in summary.pop("_maps")]
+        summary["label_sensitivity"] = label_sensitivity(map_fn, self.split, self.ecfg, size=size,
+                                                         progress=self.progress)
         summary["selection"] = selection
         self.res.rows[row] = summary
-        self.res.maps[row] = [m.float().numpy() for m in maps]
 
     def run(self, preset: str) -> None:
         """Train ``<preset>_synthagd_demo``, score its default output, any ``extra_outputs`` and, for
@@ -281,7 +284,7 @@ class _MethodJob:
     def refine(self, run_dir: Path, title: str, size: int, selection: dict) -> None:
         """The AffinityNet-refined row of a trained run (its affinity head trained on the run's CAMs)."""
         from afford.checkpoint import load_run
-        from afford.engine.evaluator import evaluate_fn, label_sensitivity, method_map_fn
+        from afford.engine.evaluator import evaluate_fn, method_map_fn
         from afford.engine.refinement import refined, refiner_for_run, train_refiner_for_run
 
         self._timed("train affinity head", train_refiner_for_run, run_dir, epochs=self.plan.refine_epochs,
@@ -290,16 +293,10 @@ class _MethodJob:
         refine = refiner_for_run(run, "affinity")
         refined_fn = refined(method_map_fn(run.method, self.device), refine)
         t0 = time.perf_counter()
-        row = evaluate_fn(refined_fn, self.split, self.ecfg, size=size, progress=self.progress, keep_maps=True)
-        maps = row.pop("_maps")
-        row["label_sensitivity"] = label_sensitivity(refined_fn, self.split, self.ecfg, size=size,
-                                                     progress=self.progress)
+        summary = evaluate_fn(refined_fn, self.split, self.ecfg, size=size, progress=self.progress, keep_maps=True)
+        summary["refine"] = refine.params
+        self._record(f"{title} + AffinityNet refinement (trained affinity head)", summary, refined_fn, size, selection)
         self.res.timings[f"eval {run_dir.name}+affinity"] = time.perf_counter() - t0
-        row["refine"] = refine.params
-        row["selection"] = selection
-        name = f"{title} + AffinityNet refinement (trained affinity head)"
-        self.res.rows[name] = row
-        self.res.maps[name] = [m.float().numpy() for m in maps]
 
 
 def _start_workers(n_jobs: int, jobs: int | None) -> tuple[ProcessPoolExecutor | None, int]:

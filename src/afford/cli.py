@@ -329,13 +329,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
-    import numpy as np
-    from PIL import Image
-
     from afford.checkpoint import load_run
     from afford.device import resolve_device
-    from afford.predictor import Predictor
-    from afford.visualize import overlay
+    from afford.predictor import Predictor, save_prediction
 
     device = resolve_device(a.device)
     _affordance_run_info(a.checkpoint)
@@ -343,18 +339,12 @@ def cmd_predict(a: argparse.Namespace) -> int:
     pred = Predictor(run, device=str(device), refine=_refiner(a, run), output=a.output)
     if a.affordance:
         pred.label_index(a.affordance)  # validate before touching any image
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
     for image_path in a.images:
         pred.set_image(image_path)
         maps = pred.predict(a.affordance)
-        stem = Path(image_path).stem
-        for aff, m in maps.items():
-            np.save(out / f"{stem}_{aff}.npy", m.astype(np.float32))
-            Image.fromarray((m * 255).round().astype(np.uint8)).save(out / f"{stem}_{aff}.png")
-            overlay(pred.image, m).save(out / f"{stem}_{aff}_overlay.png")
+        save_prediction(a.out, Path(image_path).stem, pred.image, maps)
         if not a.quiet:
-            print(f"{image_path}: {len(maps)} heatmap(s) -> {out}")
+            print(f"{image_path}: {len(maps)} heatmap(s) -> {a.out}")
     return 0
 
 
@@ -405,6 +395,23 @@ def cmd_bench(a: argparse.Namespace) -> int:
                             progress=not a.quiet)
     print(table)
     _write_json(a.json, {"rows": rows})
+    return 0
+
+
+def cmd_app(a: argparse.Namespace) -> int:
+    from afford.app.registry import demo_runs, load_registry
+    from afford.app.ui import serve
+    from afford.device import resolve_device
+
+    paths = a.run or demo_runs(a.demo_out)
+    if not paths:
+        raise AffordError(f"{a.demo_out}/runs: no trained runs; run 'afford demo' first or pass --run RUN_DIR ...")
+    reg = load_registry(paths, detections=a.detections, device=str(resolve_device(a.device)))
+    for why in reg.failed.values():
+        print(f"afford: warning: {why} (the app shows this and serves the other runs)", file=sys.stderr)
+    print(f"serving {len(reg.affordance)} affordance model(s) and {len(reg.hoi)} HOI model(s) from "
+          f"{len(paths) - len(reg.failed)} run(s) on http://{a.host}:{a.port}", flush=True)
+    serve(reg, host=a.host, port=a.port)
     return 0
 
 
@@ -680,6 +687,20 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--json", default=None, help="also write the rows as JSON")
     bn.add_argument("--quiet", action="store_true", help="no progress lines")
     bn.set_defaults(fn=cmd_bench)
+
+    ap = sub.add_parser("app", help="a web page (Gradio) to ground affordances, compare runs and detect "
+                        "interactions on uploaded photos; needs the [app] extra")
+    ap.add_argument("--run", nargs="+", default=None, metavar="RUN",
+                    help="trained or imported run directories, affordance or HOI (default: the runs of --demo-out)")
+    ap.add_argument("--demo-out", default="demo_out", help="where 'afford demo' wrote its runs (default: %(default)s)")
+    ap.add_argument("--detections", default=None,
+                    help="cached detections (JSON per image file name) for an HOI run with model.detector=cached "
+                         "(default: the run's own test detections file)")
+    ap.add_argument("--host", default="127.0.0.1", help="address to serve on (default: %(default)s; 0.0.0.0 "
+                    "for other machines)")
+    ap.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
+    ap.add_argument("--device", default="cpu", help="auto | cpu | cuda (default: %(default)s)")
+    ap.set_defaults(fn=cmd_app)
 
     ls = sub.add_parser("list", help="methods, importers, presets, backbones, text encoders, protocols, baselines, refiners")
     ls.set_defaults(fn=cmd_list)

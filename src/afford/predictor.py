@@ -94,3 +94,19 @@ class Predictor:
         w, h = self._image.size
         maps = minmax(resize_bilinear(cams, (h, w)))
         return {a: maps[i].float().numpy() for i, a in enumerate(names)}
+
+
+def save_prediction(out: str | Path, stem: str, image: Image.Image, maps: dict[str, np.ndarray]) -> list[Path]:
+    """Write what ``afford predict`` writes for one image: per affordance the map as ``.npy``
+    (float32), as an 8-bit ``.png`` and as an overlay on the image. Returns the paths written."""
+    from afford.visualize import overlay
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for aff, m in maps.items():
+        written += [out / f"{stem}_{aff}.npy", out / f"{stem}_{aff}.png", out / f"{stem}_{aff}_overlay.png"]
+        np.save(written[-3], m.astype(np.float32))
+        Image.fromarray((m * 255).round().astype(np.uint8)).save(written[-2])
+        overlay(image, m).save(written[-1])
+    return written

@@ -1,0 +1,146 @@
+"""What each tab of the app computes, without the web framework: testable as plain functions.
+
+Every answer goes through the library's predictors and writers (``Predictor.predict``,
+``save_prediction``, ``overlay``, ``draw_hoi``), so the page shows exactly what ``afford predict``
+and ``afford hoi predict`` produce for the same image. Bad input raises :class:`AffordError`
+with a message meant for the page.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from afford.app.registry import Registry
+from afford.data.transforms import DECODE_ERRORS
+from afford.errors import AffordError
+
+#: the largest image the app accepts (pixels): 4096 x 4096. A map is computed at the image's own
+#: resolution, as ``afford predict`` does, so memory grows with the pixel count.
+MAX_PIXELS = 4096 * 4096
+ALL = "all"
+
+
+def open_image(path: str | Path | None, shown_as: str | None = None) -> Image.Image:
+    """The uploaded file as RGB, or an AffordError naming it (``shown_as``: the user's file name)."""
+    if path is None or str(path) == "":
+        raise AffordError("no image: upload one or pick an example")
+    name = shown_as or Path(path).name
+    try:
+        with Image.open(path) as im:
+            w, h = im.size  # the header only: a huge image is refused before it is decoded
+            if w * h > MAX_PIXELS:
+                raise AffordError(f"{name}: {w} x {h} pixels ({w * h / 1e6:.1f} MP) is too large; the app takes "
+                                  f"images up to {MAX_PIXELS / 1e6:.1f} MP (e.g. 4096 x 4096): resize it first")
+            return im.convert("RGB")
+    except Image.DecompressionBombError:  # PIL refuses to open images above ~179 MP at all
+        raise AffordError(f"{name}: too large (over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} MP); the app takes images "
+                          f"up to {MAX_PIXELS / 1e6:.1f} MP (e.g. 4096 x 4096): resize it first") from None
+    except (*DECODE_ERRORS, EOFError):
+        raise AffordError(f"{name}: not an image this app can read; upload a PNG, JPEG, BMP or WebP file") from None
+
+
+@dataclass
+class AffordanceAnswer:
+    picture: Image.Image  # the overlay of one affordance, or the labelled grid of all
+    maps: dict[str, np.ndarray]
+    files: list[Path]  # what ``afford predict`` writes: .npy, .png and overlay per affordance
+    summary: str
+
+
+def affordance_answer(reg: Registry, image_path: str | Path | None, model: str, affordance: str,
+                      out_dir: str | Path | None = None) -> AffordanceAnswer:
+    """One affordance's overlay (or ``"all"``: the grid of every class) and the files to download."""
+    from afford.predictor import save_prediction
+    from afford.visualize import overlay, save_grid
+
+    m = _affordance_model(reg, model)
+    image = open_image(image_path)
+    if affordance != ALL and affordance not in m.classes:
+        raise AffordError(f"affordance {affordance!r}: not a class of {model} (choose one of its "
+                          f"{len(m.classes)} or 'all')")
+    with reg.lock:
+        pred = m.predictor()
+        pred.set_image(image)
+        maps = pred.predict(None if affordance == ALL else affordance)
+    out = Path(out_dir or tempfile.mkdtemp(prefix="afford_app_"))
+    files = save_prediction(out, Path(image_path).stem, image, maps)  # type: ignore[arg-type]
+    if affordance == ALL:
+        small = _thumbnail(image)
+        picture = save_grid([(overlay(small, m_), a) for a, m_ in maps.items()], None, cols=6)
+        summary = f"{model}: all {len(maps)} affordances"
+    else:
+        picture = overlay(image, maps[affordance])
+        summary = f"{model}: {affordance}"
+    return AffordanceAnswer(picture, maps, files, summary)
+
+
+def _affordance_model(reg: Registry, name: str) -> Any:
+    if name not in reg.affordance:
+        raise AffordError(f"model {name!r}: not loaded (choose one of: {', '.join(reg.affordance) or 'none'})")
+    return reg.affordance[name]
+
+
+def _thumbnail(image: Image.Image, side: int = 192) -> Image.Image:
+    w, h = image.size
+    s = side / max(w, h)
+    return image.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR)
+
+
+def compare_answer(reg: Registry, image_path: str | Path | None, models: Sequence[str], affordance: str,
+                   others: Sequence[str] = ()) -> tuple[Image.Image, str]:
+    """A grid with one line per model: the chosen affordance's map, then the ``others`` (the
+    object's other affordances) — a map that does not change with the label is label-blind.
+    Returns the grid and a Markdown table of each model's correlation between those maps."""
+    from afford.metrics.report import map_correlation
+    from afford.visualize import overlay, save_grid
+
+    if not models:
+        raise AffordError("compare: choose at least one model")
+    full = open_image(image_path)
+    image = _thumbnail(full)  # the maps are computed on the full image, shown small
+    names = [affordance, *[o for o in others if o != affordance]]
+    tiles, rows = [], []
+    for name in models:
+        m = _affordance_model(reg, name)
+        missing = [a for a in names if a not in m.classes]
+        if missing:
+            raise AffordError(f"{name}: has no class {missing[0]!r}; compare runs trained on the same classes")
+        with reg.lock:
+            pred = m.predictor()
+            pred.set_image(full)
+            maps = pred.predict(names)
+        tiles += [(overlay(image, maps[a]), f"{name}: {a}"[:40]) for a in names]
+        if len(names) > 1:
+            t = {a: torch.from_numpy(maps[a]) for a in names}
+            cc = np.mean([map_correlation(t[names[0]], t[a]) for a in names[1:]])
+            rows.append(f"| {name} | {cc:.3f} |")
+    grid = save_grid(tiles, None, cols=len(names))
+    table = ""
+    if rows:
+        table = ("| model | map correlation, chosen vs other affordances (1 = label-blind) |\n|---|---:|\n"
+                 + "\n".join(rows))
+    return grid, table
+
+
+def hoi_answer(reg: Registry, image_path: str | Path | None, model: str, top: int = 5) -> tuple[Image.Image, list[list]]:
+    """The image with its top triplets drawn, and their rows (verb, object, score, boxes)."""
+    from afford.hoi.predictor import draw_hoi
+
+    if model not in reg.hoi:
+        raise AffordError(f"model {model!r}: not loaded (choose one of: {', '.join(reg.hoi) or 'none'})")
+    image = open_image(image_path)
+    with reg.lock:
+        pred = reg.hoi[model].predictor()
+        pred.set_image(image, name=Path(image_path).name)  # type: ignore[arg-type]
+        rows = pred.predict(top_k=top)
+    table = [[r["verb"], r["object"], round(r["score"], 4), [round(x, 1) for x in r["human_box"]],
+              [round(x, 1) for x in r["object_box"]]] for r in rows]
+    return draw_hoi(image, rows), table

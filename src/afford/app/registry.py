@@ -1,0 +1,179 @@
+"""The runs a web app serves: loaded once, each offered under every way it can answer.
+
+A run directory becomes one *model* per output it can give (SelectiveCL's calibrated and raw
+maps are two models) plus one with AffinityNet refinement when the run holds a trained affinity
+head. Predictors are the library's own (:class:`afford.predictor.Predictor`,
+:class:`afford.hoi.predictor.HOIPredictor`), so the app has no second inference path. A run that
+does not load is kept with its one-line reason, for the page to show, instead of stopping the app.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from afford.errors import AffordError
+
+log = logging.getLogger(__name__)
+
+#: at most this many example images per run are offered (one per affordance / image, in order)
+MAX_EXAMPLES = 8
+
+
+def _device(run: Any) -> str:
+    return str(next(run.method.parameters()).device)
+
+
+@dataclass
+class AffordanceModel:
+    """One way to ground affordances: a run, one of its outputs, optionally refined."""
+
+    name: str
+    run: Any  # LoadedRun
+    output: str
+    refine: str | None = None
+    _predictor: Any = None
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.run.classes
+
+    def predictor(self) -> Any:
+        """The run's :class:`~afford.predictor.Predictor` for this output (built on first use)."""
+        if self._predictor is None:
+            from afford.engine.refinement import refiner_for_run
+            from afford.predictor import Predictor
+
+            refine = refiner_for_run(self.run, self.refine) if self.refine else None
+            self._predictor = Predictor(self.run, device=_device(self.run), refine=refine, output=self.output)
+        return self._predictor
+
+
+@dataclass
+class HOIModel:
+    """A CLIP4HOI run with the detections file its cached-detector setting needs, if any."""
+
+    name: str
+    run: Any
+    detections: Path | None
+    _predictor: Any = None
+
+    def predictor(self) -> Any:
+        if self._predictor is None:
+            from afford.hoi.predictor import HOIPredictor
+
+            self._predictor = HOIPredictor(self.run, device=_device(self.run), detections=self.detections)
+        return self._predictor
+
+
+@dataclass
+class Registry:
+    """Everything the app can run, what failed to load, example images and objects' affordances."""
+
+    affordance: dict[str, AffordanceModel] = field(default_factory=dict)
+    hoi: dict[str, HOIModel] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)  # run path -> one-line reason
+    examples: list[Path] = field(default_factory=list)
+    hoi_examples: list[Path] = field(default_factory=list)
+    object_affordances: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: predictors hold the current image: one request at a time uses them
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def demo_runs(demo_out: str | Path) -> list[Path]:
+    """The run directories ``afford demo`` left in ``demo_out/runs`` (sorted by name)."""
+    runs = Path(demo_out) / "runs"
+    return sorted(p for p in runs.iterdir() if (p / "run.json").is_file()) if runs.is_dir() else []
+
+
+def load_registry(paths: Sequence[str | Path], detections: str | Path | None = None, device: str = "cpu") -> Registry:
+    """Load every run of ``paths`` onto ``device`` into a :class:`Registry`; never raises for a bad run."""
+    from afford.checkpoint import load_run
+
+    reg = Registry()
+    for path in paths:
+        try:
+            run = load_run(path, device=device)
+            if run.labels.task == "hoi":
+                _add_hoi(reg, run, detections)
+            else:
+                _add_affordance(reg, run)
+        except AffordError as e:
+            reg.failed[str(path)] = str(e)
+        except Exception as e:  # a corrupt file deep inside torch/safetensors: still one line
+            log.exception("run %s did not load", path)
+            reg.failed[str(path)] = f"{path}: did not load ({type(e).__name__}: {e})"
+    return reg
+
+
+def _unique(reg: Registry, name: str) -> str:
+    taken = set(reg.affordance) | set(reg.hoi)
+    if name not in taken:
+        return name
+    i = 2
+    while f"{name} ({i})" in taken:
+        i += 1
+    return f"{name} ({i})"
+
+
+def _add_affordance(reg: Registry, run: Any) -> None:
+    from afford.engine.refinement import REFINER_DIR
+
+    base = _unique(reg, run.path.name)
+    method = run.method
+    default = method.resolve_output(None)
+    reg.affordance[base] = AffordanceModel(base, run, default)
+    for output in method.outputs:
+        if output != default:
+            reg.affordance[f"{base} · {output}"] = AffordanceModel(f"{base} · {output}", run, output)
+    if (run.path / REFINER_DIR).is_dir():
+        reg.affordance[f"{base} + AffinityNet"] = AffordanceModel(f"{base} + AffinityNet", run, default, "affinity")
+    _add_examples(reg, run)
+
+
+def _add_examples(reg: Registry, run: Any) -> None:
+    """Test images of the run's dataset (one per affordance first), and each object's affordances."""
+    from afford.data.agd20k import open_split
+
+    cfg = run.config.data
+    try:
+        split = open_split(run.info.get("data_root") or cfg.root, run.info.get("split") or cfg.split)
+        items = split.test_items()
+    except (AffordError, OSError):  # the dataset is not on this machine: the run still serves uploads
+        return
+    affs: dict[str, set[str]] = {}
+    for it in items:
+        affs.setdefault(it.object, set()).add(it.affordance)
+    for obj, a in affs.items():
+        reg.object_affordances.setdefault(obj, tuple(sorted(a)))
+    seen = {p.parent.parent.name for p in reg.examples}
+    for it in items:
+        if len(reg.examples) >= MAX_EXAMPLES:
+            break
+        if it.affordance not in seen and it.image not in reg.examples:
+            seen.add(it.affordance)
+            reg.examples.append(it.image)
+
+
+def _add_hoi(reg: Registry, run: Any, detections: str | Path | None) -> None:
+    cfg = run.config
+    dets = None
+    if cfg.model.detector == "cached":
+        dets = Path(detections or cfg.model.detections_test or "")
+        if not dets.is_file():
+            raise AffordError(f"{run.path}: this run reads cached detections and its test detections file "
+                              f"{str(dets)!r} is not here; pass one with --detections FILE")
+    name = _unique(reg, run.path.name)
+    reg.hoi[name] = HOIModel(name, run, dets)
+    if dets is not None:  # a cached-detector run answers only for images its file covers: offer those
+        import json
+
+        covered = json.loads(dets.read_text())
+        image_dir = Path(cfg.data.root) / "images" / "test2015"
+        for fname in list(covered)[: MAX_EXAMPLES]:
+            if (image_dir / fname).is_file() and image_dir / fname not in reg.hoi_examples:
+                reg.hoi_examples.append(image_dir / fname)

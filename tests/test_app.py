@@ -1,0 +1,298 @@
+"""``afford app``: the answers behind each tab (plain functions), then the page in headless Chromium.
+
+The browser test starts the real ``afford app`` server and drives it with Playwright in Debian's
+Chromium (``/usr/bin/chromium``; nothing is downloaded). CI installs Chromium (``.ci/run``) and
+sets ``CI``, where a missing browser fails the test; elsewhere it is skipped with the command
+that installs it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from afford.app.answers import ALL, affordance_answer, compare_answer, hoi_answer, open_image
+from afford.app.registry import load_registry
+from afford.cli import main
+from afford.errors import AffordError
+from afford.predictor import Predictor
+from afford.visualize import overlay
+
+TINY_HOI = ["train.epochs=1", "train.max_steps_per_epoch=2", "train.batch_size=4", "eval.batch_size=8",
+            "model.image_size=64"]
+
+
+def _png_claiming(width: int, height: int, path: Path) -> Path:
+    """A valid 1 x 1 PNG whose header says ``width x height``: what a huge upload looks like to a
+    reader that checks the header before decoding (without spending the memory to make one)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = 8 + 8  # signature, then length + "IHDR"
+    data[ihdr : ihdr + 8] = struct.pack(">II", width, height)
+    data[ihdr + 13 : ihdr + 17] = struct.pack(">I", zlib.crc32(bytes(data[ihdr - 4 : ihdr + 13])))
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def hoi_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CLIP4HOI run (tiny CLIP, cached ground-truth detections, 2 steps) on a small SynthHOI."""
+    from afford.config import load_config
+    from afford.engine.trainer import train
+
+    tmp = tmp_path_factory.mktemp("app_hoi")
+    synth = tmp / "synthhoi"
+    assert main(["data", "synth-hoi", "--out", str(synth), "--n-train", "16", "--n-test", "4", "--tile", "64",
+                 "--quiet"]) == 0
+    cfg = load_config("clip4hoi_synthhoi_demo", [
+        f"data.root={synth}", f"model.detections_train={synth}/detections_gt_train2015.json",
+        f"model.detections_test={synth}/detections_gt_test2015.json", *TINY_HOI])
+    train(cfg, tmp / "clip4hoi", progress=False)
+    return tmp / "clip4hoi"
+
+
+@pytest.fixture(scope="module")
+def refined_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the tiny LOCATE run with an AffinityNet head: a second model to compare."""
+    from afford.engine.refinement import train_refiner_for_run
+
+    run = tmp_path_factory.mktemp("app_refined") / "locate_refined"
+    shutil.copytree(tiny_run, run)
+    train_refiner_for_run(run, epochs=1, batch_size=4, radius=2, progress=False)
+    return run
+
+
+@pytest.fixture(scope="module")
+def registry(tiny_run: Path, refined_run: Path, hoi_run: Path, tmp_path_factory: pytest.TempPathFactory):
+    broken = tmp_path_factory.mktemp("broken")
+    (broken / "run.json").write_text("{not json")
+    return load_registry([tiny_run, refined_run, hoi_run, broken])
+
+
+def test_registry_serves_good_runs_and_keeps_a_readable_reason_for_a_bad_one(registry, tiny_run: Path,
+                                                                              refined_run: Path) -> None:
+    assert list(registry.affordance) == [tiny_run.name, refined_run.name, f"{refined_run.name} + AffinityNet"]
+    assert registry.affordance[f"{refined_run.name} + AffinityNet"].refine == "affinity"
+    assert list(registry.hoi) == ["clip4hoi"]
+    (path, why), = registry.failed.items()
+    assert Path(path).name.startswith("broken") and "run.json" in why and "Traceback" not in why
+    # the run's dataset is on disk: its test images are offered as examples, one per affordance first
+    assert registry.examples and all(p.is_file() for p in registry.examples)
+    assert len({p.parent.parent.name for p in registry.examples}) == len(registry.examples)
+    assert registry.hoi_examples and registry.object_affordances
+
+
+def test_bad_uploads_get_one_line_naming_the_file(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(AffordError, match=r"^notes\.txt: not an image .*PNG, JPEG"):
+        open_image(tmp_path / "notes.txt")
+    with pytest.raises(AffordError, match=r"big\.png: 5000 x 4000 pixels \(20\.0 MP\) is too large"):
+        open_image(_png_claiming(5000, 4000, tmp_path / "big.png"))
+    with pytest.raises(AffordError, match=r"huge\.png: too large \(over \d+ MP\)"):  # past PIL's own limit
+        open_image(_png_claiming(20000, 20000, tmp_path / "huge.png"))
+    with pytest.raises(AffordError, match="no image"):
+        open_image(None)
+    assert open_image(_png_claiming(1, 1, tmp_path / "ok.png")).size == (1, 1)  # the crafted header is valid
+
+
+def test_affordance_answer_is_what_the_predictor_and_afford_predict_give(registry, tiny_run: Path,
+                                                                         tmp_path: Path) -> None:
+    image = registry.examples[0]
+    aff = registry.affordance[tiny_run.name].classes[1]
+    ans = affordance_answer(registry, image, tiny_run.name, aff, tmp_path / "app")
+    pred = Predictor(tiny_run)
+    pred.set_image(image)
+    want = pred.predict(aff)[aff]
+    assert np.array_equal(ans.maps[aff], want)
+    assert np.array_equal(np.asarray(ans.picture), np.asarray(overlay(pred.image, want)))
+    assert main(["predict", str(image), "--checkpoint", str(tiny_run), "--affordance", aff, "--out",
+                 str(tmp_path / "cli"), "--quiet"]) == 0
+    assert sorted(p.name for p in ans.files) == sorted(p.name for p in (tmp_path / "cli").iterdir())
+    for p in ans.files:
+        assert p.read_bytes() == (tmp_path / "cli" / p.name).read_bytes()
+    every = affordance_answer(registry, image, tiny_run.name, ALL, tmp_path / "all")
+    assert set(every.maps) == set(registry.affordance[tiny_run.name].classes) and len(every.files) == 3 * len(every.maps)
+    with pytest.raises(AffordError, match="not a class of"):
+        affordance_answer(registry, image, tiny_run.name, "fly")
+
+
+def test_compare_lines_up_models_and_measures_label_blindness(registry, tiny_run: Path) -> None:
+    classes = registry.affordance[tiny_run.name].classes
+    grid, table = compare_answer(registry, registry.examples[0], [tiny_run.name, tiny_run.name], classes[0],
+                                 classes[1:3])
+    assert grid.size[0] > 3 * 150 and grid.size[1] > 2 * 150  # 2 lines x 3 maps of a 192 px thumbnail
+    assert table.count(f"| {tiny_run.name} |") == 2
+    with pytest.raises(AffordError, match="at least one model"):
+        compare_answer(registry, registry.examples[0], [], classes[0])
+
+
+def test_hoi_answer_draws_the_predictors_triplets(registry) -> None:
+    picture, rows = hoi_answer(registry, registry.hoi_examples[0], "clip4hoi", top=3)
+    assert 0 < len(rows) <= 3 and [r[2] for r in rows] == sorted((r[2] for r in rows), reverse=True)
+    assert picture.size == Image.open(registry.hoi_examples[0]).size
+    with pytest.raises(AffordError, match="no cached detections"):
+        hoi_answer(registry, registry.examples[0], "clip4hoi")  # not in the run's detections file
+
+
+# ------------------------------------------------------------------------------- in a browser
+def _chromium() -> str:
+    for candidate in (os.environ.get("AFFORD_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
+        found = candidate and shutil.which(candidate)
+        if found:
+            return found
+    how = "apt-get install chromium (Debian), or set AFFORD_CHROMIUM to a Chromium/Chrome executable"
+    if os.environ.get("CI"):
+        pytest.fail(f"the browser test needs Chromium and CI must have it: {how}")
+    pytest.skip(f"no Chromium on this machine: {how}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_run: Path, refined_run: Path, hoi_run: Path, registry, tmp_path_factory: pytest.TempPathFactory):
+    broken = next(iter(registry.failed))
+    port = _free_port()
+    log = tmp_path_factory.mktemp("app_log") / "server.log"
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1"}
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "afford.cli", "app", "--run", str(tiny_run), str(refined_run), str(hoi_run),
+                                 broken, "--port", str(port)], stdout=f, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"afford app exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail(f"afford app did not listen within 120 s:\n{log.read_text()}")
+    yield url, log
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def _choose(page, elem_id: str, value: str) -> None:
+    """Pick ``value`` in a Gradio dropdown the way a user does: open it, click the option."""
+    page.click(f"#{elem_id} input")
+    page.get_by_role("option", name=value, exact=True).click()
+
+
+def _rendered(page, selector: str, after: str | None, timeout_s: float = 60) -> tuple[bytes, float]:
+    """The bytes of the image at ``selector`` once its source differs from ``after``; seconds waited."""
+    t0 = time.perf_counter()
+    page.wait_for_function(
+        "([sel, old]) => { const i = document.querySelector(sel); return i && i.complete && i.naturalWidth > 0"
+        " && i.src !== old; }", arg=[selector, after], timeout=timeout_s * 1000)
+    waited = time.perf_counter() - t0
+    src = page.locator(selector).get_attribute("src")
+    return page.request.get(src).body(), waited
+
+
+def test_the_page_in_headless_chromium(server, registry, tiny_run: Path, hoi_run: Path, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from afford.hoi.predictor import HOIPredictor, draw_hoi
+
+    url, log = server
+    shots = Path(os.environ.get("AFFORD_APP_SCREENSHOTS") or tmp_path / "shots")
+    shots.mkdir(parents=True, exist_ok=True)
+    image = registry.examples[0]
+    aff = registry.affordance[tiny_run.name].classes[1]
+    timings = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(url, wait_until="networkidle")
+        # a run that did not load is named in the page, the others are served
+        assert "did not load" in page.locator("#load-status").inner_text()
+
+        # Affordance tab: upload, choose an affordance, ground: the heatmap is the predictor's
+        page.set_input_files("#aff-upload input[type=file]", str(image))
+        _choose(page, "aff-affordance", aff)
+        t0 = time.perf_counter()
+        page.click("#aff-run")
+        got, _ = _rendered(page, "#aff-result img", None)
+        timings["click_to_heatmap_s"] = time.perf_counter() - t0
+        pred = Predictor(tiny_run)
+        pred.set_image(image)
+        want = np.asarray(overlay(pred.image, pred.predict(aff)[aff]))
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(got)).convert("RGB")), want)
+        page.wait_for_selector("#aff-files a", timeout=30_000)  # the downloads of afford predict
+        links = [a.get_attribute("href") for a in page.locator("#aff-files a").all()]
+        npy = [h for h in links if h.endswith(f"{image.stem}_{aff}.npy")]
+        assert len(npy) == 1 and any(h.endswith(f"{image.stem}_{aff}_overlay.png") for h in links)
+        downloaded = np.load(io.BytesIO(page.request.get(npy[0]).body()))
+        assert np.array_equal(downloaded, pred.predict(aff)[aff])
+        page.screenshot(path=str(shots / "affordance.png"), full_page=True)
+
+        # a text file instead of an image: a message in the page, and the server keeps serving
+        (tmp_path / "notes.txt").write_text("not an image")
+        page.click("#aff-upload button[aria-label='Clear']")
+        page.set_input_files("#aff-upload input[type=file]", str(tmp_path / "notes.txt"))
+        page.wait_for_function("() => document.querySelector('#aff-status').innerText.includes('not an image')",
+                               timeout=30_000)
+        status = page.locator("#aff-status").inner_text()
+        assert "notes.txt: not an image" in status and "Traceback" not in status
+        page.screenshot(path=str(shots / "error.png"), full_page=True)
+
+        # Compare tab: the same image through two models, the object's other affordances beside
+        page.get_by_role("tab", name="Compare").click()
+        image = next(p for p in registry.examples if len(registry.object_affordances[p.parent.name]) > 1)
+        page.set_input_files("#cmp-upload input[type=file]", str(image))
+        obj = image.parent.name
+        _choose(page, "cmp-affordance", image.parent.parent.name)
+        _choose(page, "cmp-object", obj)  # fills the object's other affordances
+        others = [a for a in registry.object_affordances[obj] if a != image.parent.parent.name]
+        page.wait_for_function("(n) => document.querySelectorAll('#cmp-others .token').length === n",
+                               arg=len(others), timeout=30_000)
+        models = list(registry.affordance)
+        page.locator("#cmp-models").get_by_label(models[-1]).check()  # the refined variant is not checked first
+        page.click("#cmp-run")
+        grid = Image.open(io.BytesIO(_rendered(page, "#cmp-result img", None)[0]))
+        assert grid.width > (1 + len(others)) * 150 and grid.height > len(models) * 150  # a map per cell
+        table = page.locator("#cmp-table table").inner_text()  # rendered as a table, a line per model
+        assert all(m in table for m in models)
+        page.screenshot(path=str(shots / "compare.png"), full_page=True)
+
+        # HOI tab: boxes, pair lines and verb scores
+        page.get_by_role("tab", name="HOI").click()
+        page.set_input_files("#hoi-upload input[type=file]", str(registry.hoi_examples[0]))
+        t0 = time.perf_counter()
+        page.click("#hoi-run")
+        drawn, _ = _rendered(page, "#hoi-result img", None)
+        timings["click_to_hoi_s"] = time.perf_counter() - t0
+        hp = HOIPredictor(hoi_run, detections=registry.hoi["clip4hoi"].detections)
+        hp.set_image(registry.hoi_examples[0])
+        rows = hp.predict(top_k=5)
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(drawn)).convert("RGB")),
+                              np.asarray(draw_hoi(hp.image, rows)))
+        shown = page.locator("#hoi-rows").inner_text()
+        assert all(r["verb"] in shown and f"{r['score']:.4f}" in shown for r in rows)
+        page.screenshot(path=str(shots / "hoi.png"), full_page=True)
+        browser.close()
+    (shots / "timings.json").write_text(json.dumps(timings, indent=1))
+    assert "Traceback" not in log.read_text()

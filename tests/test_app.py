@@ -228,7 +228,7 @@ def test_the_page_in_headless_chromium(server, registry, tiny_run: Path, hoi_run
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(url, wait_until="networkidle")
         # a run that did not load is named in the page, the others are served
-        assert "did not load" in page.locator("#load-status").inner_text()
+        assert "corrupt run file" in page.locator("#load-status").inner_text()
 
         # Affordance tab: upload, choose an affordance, ground: the heatmap is the predictor's
         page.set_input_files("#aff-upload input[type=file]", str(image))

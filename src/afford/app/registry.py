@@ -80,6 +80,7 @@ class Registry:
     examples: list[Path] = field(default_factory=list)
     hoi_examples: list[Path] = field(default_factory=list)
     object_affordances: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    datasets: set[tuple[str, str | None]] = field(default_factory=set)  # (root, split) already read
     #: predictors hold the current image: one request at a time uses them
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -122,9 +123,13 @@ def _unique(reg: Registry, name: str) -> str:
 
 def _add_affordance(reg: Registry, run: Any) -> None:
     from afford.engine.refinement import REFINER_DIR
+    from afford.methods.base import Grounder
 
-    base = _unique(reg, run.path.name)
     method = run.method
+    if not isinstance(method, Grounder):
+        raise AffordError(f"{run.path}: a {run.info['method']} run is a training stage that makes no maps "
+                          "(e.g. LoopTrans's cluster module); not served")
+    base = _unique(reg, run.path.name)
     default = method.resolve_output(None)
     reg.affordance[base] = AffordanceModel(base, run, default)
     for output in method.outputs:
@@ -140,9 +145,12 @@ def _add_examples(reg: Registry, run: Any) -> None:
     from afford.data.agd20k import open_split
 
     cfg = run.config.data
+    where = (str(run.info.get("data_root") or cfg.root), run.info.get("split") or cfg.split)
+    if where in reg.datasets:
+        return
+    reg.datasets.add(where)
     try:
-        split = open_split(run.info.get("data_root") or cfg.root, run.info.get("split") or cfg.split)
-        items = split.test_items()
+        items = open_split(*where).test_items()
     except (AffordError, OSError):  # the dataset is not on this machine: the run still serves uploads
         return
     affs: dict[str, set[str]] = {}

@@ -59,7 +59,7 @@ def _in_page(n_outputs: int) -> Callable:
 def _load_message(reg: Registry) -> str:
     lines = []
     if reg.failed:
-        lines.append("**Runs that did not load** (the others are served):")
+        lines.append("**Runs not served** (the others are):")
         lines += [f"- `{path}`: {why}" for path, why in reg.failed.items()]
     if not reg.affordance and not reg.hoi:
         lines.append("**No model loaded.** Start the app with `afford app --run RUN_DIR ...`, or run "

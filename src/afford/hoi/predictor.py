@@ -93,9 +93,11 @@ class HOIPredictor:
 
 def draw_hoi(image: Image.Image, rows: list[dict[str, Any]]) -> Image.Image:
     """The image with each triplet's human box (blue), object box (red), a line between their
-    centres and ``verb object score`` written at the line's middle."""
+    centres and ``verb object score`` written at the line's middle; the labels of one pair are
+    stacked, and kept inside the image."""
     out = image.convert("RGB").copy()
     draw = ImageDraw.Draw(out)
+    stacked: dict[tuple[float, float], int] = {}
     for r in rows:
         hb, ob = r["human_box"], r["object_box"]
         draw.rectangle(hb, outline=(40, 110, 255), width=2)
@@ -105,7 +107,11 @@ def draw_hoi(image: Image.Image, rows: list[dict[str, Any]]) -> Image.Image:
         draw.line([hc, oc], fill=(255, 220, 0), width=2)
         mid = ((hc[0] + oc[0]) / 2, (hc[1] + oc[1]) / 2)
         text = f"{r['verb'].replace('_', ' ')} {r['object'].replace('_', ' ')} {r['score']:.2f}"
-        box = draw.textbbox(mid, text)
+        k = stacked[mid] = stacked.get(mid, -1) + 1
+        x0, y0, x1, y1 = draw.textbbox((0, 0), text)
+        at = (min(max(mid[0], 0), max(out.width - (x1 - x0), 0)),
+              min(max(mid[1] + k * (y1 - y0 + 2), 0), max(out.height - (y1 - y0), 0)))
+        box = draw.textbbox(at, text)
         draw.rectangle(box, fill=(0, 0, 0))
-        draw.text(mid, text, fill=(255, 255, 255))
+        draw.text(at, text, fill=(255, 255, 255))
     return out

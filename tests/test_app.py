@@ -12,11 +12,9 @@ import io
 import json
 import os
 import shutil
-import socket
 import struct
-import subprocess
-import sys
 import time
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import pytest
 from PIL import Image
 
 from afford.app.answers import ALL, affordance_answer, compare_answer, hoi_answer, open_image
+from afford.app.browser import INSTALL_HINT, app_server, choose, find_chromium, launch, rendered
 from afford.app.registry import load_registry
 from afford.cli import main
 from afford.errors import AffordError
@@ -126,6 +125,11 @@ def test_affordance_answer_is_what_the_predictor_and_afford_predict_give(registr
         assert p.read_bytes() == (tmp_path / "cli" / p.name).read_bytes()
     every = affordance_answer(registry, image, tiny_run.name, ALL, tmp_path / "all")
     assert set(every.maps) == set(registry.affordance[tiny_run.name].classes) and len(every.files) == 3 * len(every.maps)
+    assert ans.downloads == ans.files
+    (zipped,) = every.downloads  # all affordances: one zip of the same files
+    with zipfile.ZipFile(zipped) as z:
+        assert sorted(z.namelist()) == sorted(p.name for p in every.files)
+        assert z.read(every.files[0].name) == every.files[0].read_bytes()
     with pytest.raises(AffordError, match="not a class of"):
         affordance_answer(registry, image, tiny_run.name, "fly")
 
@@ -150,64 +154,19 @@ def test_hoi_answer_draws_the_predictors_triplets(registry) -> None:
 
 # ------------------------------------------------------------------------------- in a browser
 def _chromium() -> str:
-    for candidate in (os.environ.get("AFFORD_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
-        found = candidate and shutil.which(candidate)
-        if found:
-            return found
-    how = "apt-get install chromium (Debian), or set AFFORD_CHROMIUM to a Chromium/Chrome executable"
+    found = find_chromium()
+    if found:
+        return found
     if os.environ.get("CI"):
-        pytest.fail(f"the browser test needs Chromium and CI must have it: {how}")
-    pytest.skip(f"no Chromium on this machine: {how}")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        pytest.fail(f"the browser test needs Chromium and CI must have it: {INSTALL_HINT}")
+    pytest.skip(f"no Chromium on this machine: {INSTALL_HINT}")
 
 
 @pytest.fixture(scope="module")
 def server(tiny_run: Path, refined_run: Path, hoi_run: Path, registry, tmp_path_factory: pytest.TempPathFactory):
-    broken = next(iter(registry.failed))
-    port = _free_port()
     log = tmp_path_factory.mktemp("app_log") / "server.log"
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1"}
-    with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "afford.cli", "app", "--run", str(tiny_run), str(refined_run), str(hoi_run),
-                                 broken, "--port", str(port)], stdout=f, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"afford app exited with {proc.returncode}:\n{log.read_text()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail(f"afford app did not listen within 120 s:\n{log.read_text()}")
-    yield url, log
-    proc.terminate()
-    proc.wait(timeout=30)
-
-
-def _choose(page, elem_id: str, value: str) -> None:
-    """Pick ``value`` in a Gradio dropdown the way a user does: open it, click the option."""
-    page.click(f"#{elem_id} input")
-    page.get_by_role("option", name=value, exact=True).click()
-
-
-def _rendered(page, selector: str, after: str | None, timeout_s: float = 60) -> tuple[bytes, float]:
-    """The bytes of the image at ``selector`` once its source differs from ``after``; seconds waited."""
-    t0 = time.perf_counter()
-    page.wait_for_function(
-        "([sel, old]) => { const i = document.querySelector(sel); return i && i.complete && i.naturalWidth > 0"
-        " && i.src !== old; }", arg=[selector, after], timeout=timeout_s * 1000)
-    waited = time.perf_counter() - t0
-    src = page.locator(selector).get_attribute("src")
-    return page.request.get(src).body(), waited
+    with app_server([tiny_run, refined_run, hoi_run, next(iter(registry.failed))], log) as url:
+        yield url, log
 
 
 def test_the_page_in_headless_chromium(server, registry, tiny_run: Path, hoi_run: Path, tmp_path: Path) -> None:
@@ -222,9 +181,7 @@ def test_the_page_in_headless_chromium(server, registry, tiny_run: Path, hoi_run
     aff = registry.affordance[tiny_run.name].classes[1]
     timings = {}
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = launch(p, _chromium())
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(url, wait_until="networkidle")
         # a run that did not load is named in the page, the others are served
@@ -232,10 +189,10 @@ def test_the_page_in_headless_chromium(server, registry, tiny_run: Path, hoi_run
 
         # Affordance tab: upload, choose an affordance, ground: the heatmap is the predictor's
         page.set_input_files("#aff-upload input[type=file]", str(image))
-        _choose(page, "aff-affordance", aff)
+        choose(page, "aff-affordance", aff)
         t0 = time.perf_counter()
         page.click("#aff-run")
-        got, _ = _rendered(page, "#aff-result img", None)
+        got = rendered(page, "#aff-result img")
         timings["click_to_heatmap_s"] = time.perf_counter() - t0
         pred = Predictor(tiny_run)
         pred.set_image(image)
@@ -264,15 +221,15 @@ def test_the_page_in_headless_chromium(server, registry, tiny_run: Path, hoi_run
         image = next(p for p in registry.examples if len(registry.object_affordances[p.parent.name]) > 1)
         page.set_input_files("#cmp-upload input[type=file]", str(image))
         obj = image.parent.name
-        _choose(page, "cmp-affordance", image.parent.parent.name)
-        _choose(page, "cmp-object", obj)  # fills the object's other affordances
+        choose(page, "cmp-affordance", image.parent.parent.name)
+        choose(page, "cmp-object", obj)  # fills the object's other affordances
         others = [a for a in registry.object_affordances[obj] if a != image.parent.parent.name]
         page.wait_for_function("(n) => document.querySelectorAll('#cmp-others .token').length === n",
                                arg=len(others), timeout=30_000)
         models = list(registry.affordance)
         page.locator("#cmp-models").get_by_label(models[-1]).check()  # the refined variant is not checked first
         page.click("#cmp-run")
-        grid = Image.open(io.BytesIO(_rendered(page, "#cmp-result img", None)[0]))
+        grid = Image.open(io.BytesIO(rendered(page, "#cmp-result img")))
         assert grid.width > (1 + len(others)) * 150 and grid.height > len(models) * 150  # a map per cell
         table = page.locator("#cmp-table table").inner_text()  # rendered as a table, a line per model
         assert all(m in table for m in models)
@@ -283,7 +240,7 @@ def test_the_page_in_headless_chromium(server, registry, tiny_run: Path, hoi_run
         page.set_input_files("#hoi-upload input[type=file]", str(registry.hoi_examples[0]))
         t0 = time.perf_counter()
         page.click("#hoi-run")
-        drawn, _ = _rendered(page, "#hoi-result img", None)
+        drawn = rendered(page, "#hoi-result img")
         timings["click_to_hoi_s"] = time.perf_counter() - t0
         hp = HOIPredictor(hoi_run, detections=registry.hoi["clip4hoi"].detections)
         hp.set_image(registry.hoi_examples[0])

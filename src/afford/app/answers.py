@@ -9,6 +9,7 @@ with a message meant for the page.
 from __future__ import annotations
 
 import tempfile
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +53,18 @@ class AffordanceAnswer:
     picture: Image.Image  # the overlay of one affordance, or the labelled grid of all
     maps: dict[str, np.ndarray]
     files: list[Path]  # what ``afford predict`` writes: .npy, .png and overlay per affordance
-    summary: str
+    stem: str  # the image's file name without its suffix, as the files are named
+
+    @property
+    def downloads(self) -> list[Path]:
+        """What the page offers: the files of one affordance, or one zip of all of them."""
+        if len(self.maps) == 1:
+            return self.files
+        zipped = self.files[0].parent / f"{self.stem}_all_affordances.zip"
+        with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as z:
+            for f in self.files:
+                z.write(f, f.name)
+        return [zipped]
 
 
 def affordance_answer(reg: Registry, image_path: str | Path | None, model: str, affordance: str,
@@ -71,15 +83,14 @@ def affordance_answer(reg: Registry, image_path: str | Path | None, model: str, 
         pred.set_image(image)
         maps = pred.predict(None if affordance == ALL else affordance)
     out = Path(out_dir or tempfile.mkdtemp(prefix="afford_app_"))
-    files = save_prediction(out, Path(image_path).stem, image, maps)  # type: ignore[arg-type]
+    stem = Path(image_path).stem  # type: ignore[arg-type]
+    files = save_prediction(out, stem, image, maps)
     if affordance == ALL:
         small = _thumbnail(image)
         picture = save_grid([(overlay(small, m_), a) for a, m_ in maps.items()], None, cols=6)
-        summary = f"{model}: all {len(maps)} affordances"
     else:
         picture = overlay(image, maps[affordance])
-        summary = f"{model}: {affordance}"
-    return AffordanceAnswer(picture, maps, files, summary)
+    return AffordanceAnswer(picture, maps, files, stem)
 
 
 def _affordance_model(reg: Registry, name: str) -> Any:

@@ -86,7 +86,7 @@ def build_app(reg: Registry) -> Any:
     @_in_page(2)
     def ground(path: str | None, model: str, affordance: str) -> tuple:
         a = affordance_answer(reg, path, model, affordance)
-        return a.picture, [str(p) for p in a.files]
+        return a.picture, [str(p) for p in a.downloads]
 
     @_in_page(2)
     def compare(path: str | None, models: list[str], affordance: str, others: list[str]) -> tuple:

@@ -49,7 +49,7 @@ class Centres(Trainable):
         self._gen = torch.Generator()
         self.seeds: list[int] = []
 
-    def set_step_seed(self, seed: int) -> None:
+    def set_step_seed(self, seed: int, first_row: int = 0) -> None:
         self._gen.manual_seed(seed)
         self.seeds.append(seed)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -229,8 +230,16 @@ def cmd_train(a: argparse.Namespace) -> int:
     overrides = list(a.set or [])
     if a.select:
         overrides.append(f"train.select={a.select}")
-    cfg = load_config(a.config, overrides)
+    cfg = load_config(a.config, overrides)  # a bad config fails here, before any process starts
+    if a.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from afford.engine.distributed import DistContext, check_batch
+        from afford.engine.launch import launch_torchrun
+
+        check_batch(cfg.train.batch_size, DistContext(world=a.nproc))
+        return launch_torchrun(a.nproc, a.argv, a.out)
     result = train(cfg, a.out, resume=a.resume, progress=not a.quiet)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # rank 0 reports for the data-parallel run
     print(f"trained {cfg.method}: {result.epochs_done} epochs -> {result.run_dir} "
           f"(weights selected by {result.selection['rule']}, epoch {result.selection['epoch']})")
     return 0
@@ -465,6 +474,10 @@ def _add_train_parser(sub, help_text: str, config_help: str) -> None:  # noqa: A
     t.add_argument("--resume", action="store_true", help="continue from the last complete epoch checkpoint in --out")
     t.add_argument("--select", choices=("last", "best-on-test"), default=None,
                    help="which epoch's weights the run keeps (same as --set train.select=...; default: last)")
+    t.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="data-parallel processes on this machine, launched with torchrun (gloo on CPU, nccl on "
+                        "GPU; the global batch stays train.batch_size; default: 1). Multi-node: run "
+                        "'torchrun ... -m afford.cli train ...' yourself (docs/distributed.md)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(fn=cmd_train)
 
@@ -717,6 +730,7 @@ def _configure_logging(level: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what --nproc relaunches under torchrun
     _configure_logging(args.log_level)
     try:
         return int(args.fn(args) or 0)

@@ -13,8 +13,11 @@ written atomically after every epoch; a kill mid-epoch resumes from the last com
 from __future__ import annotations
 
 import json
+import math
+import os
 import random
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,20 +32,19 @@ from tqdm import tqdm
 from afford import checkpoint as ckpt
 from afford.config import RunConfig, config_from_dict
 from afford.device import resolve_device
+from afford.engine.distributed import (
+    average_gradients,
+    check_batch,
+    from_env,
+    mean_over_ranks,
+    use_global_batchnorm,
+)
 from afford.engine.tasks import Task, task_for
 from afford.errors import AffordError
 from afford.factory import create_method
 from afford.methods.base import Trainable
 from afford.modules.param_groups import describe_groups
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (SplitMix64 mixing), stable across platforms."""
-    x = 0x9E3779B97F4A7C15
-    for p in parts:
-        x = (x ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        x ^= x >> 31
-    return x & 0x7FFFFFFFFFFFFFFF
+from afford.seeding import derive_seed
 
 
 def seed_everything(seed: int) -> None:
@@ -76,6 +78,25 @@ class JsonlLogger:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+class NullLogger:
+    """What ranks other than 0 log to: nothing (rank 0 logs the global batch's values)."""
+
+    def log(self, record: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def fault_point(epoch: int, step: int, rank: int) -> None:
+    """Die like a killed process (SIGKILL: no cleanup) after ``epoch:step`` on ``rank`` when
+    ``$AFFORD_FAULT_AT`` says so (0-based, e.g. ``1:2:1``); how the tests kill a run mid-epoch
+    at a known point. Unset, it costs one dictionary lookup per step."""
+    at = os.environ.get("AFFORD_FAULT_AT")
+    if at and tuple(int(x) for x in at.split(":")) == (epoch, step, rank):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -135,6 +156,11 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     t = cfg.train
     if t.select not in ("last", "best-on-test"):
         raise AffordError(f"train.select: expected 'last' or 'best-on-test', got '{t.select}'")
+    device = resolve_device(t.device, "train.device")
+    ctx = from_env(device.type)
+    if ctx.active and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
+    check_batch(t.batch_size, ctx)
     done = ckpt.completed_epochs(run_dir)
     if (run_dir / ckpt.RUN_FILE).exists():
         if not resume:
@@ -142,13 +168,14 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         _check_resume(run_dir, cfg)
     elif resume and not done:
         resume = False  # nothing to resume: start fresh
-
-    device = resolve_device(t.device, "train.device")
+    ctx.barrier()  # every rank has looked before rank 0 writes run.json
     task = task or task_for(cfg)
     if t.select == "best-on-test" and task.selection_key is None:
         raise AffordError(f"train.select: task {task.name!r} has no test evaluation to select an epoch by; use 'last'")
     seed_everything(t.seed)
     method = build_method(cfg.method, cfg.model, task.labels).to(device)
+    if ctx.active:
+        use_global_batchnorm(method)  # statistics of the global batch, as in one process
     cache_info = None
     if cfg.data.feature_cache:
         from afford.engine.feature_cache import attach_feature_cache
@@ -167,16 +194,17 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
             scheduler.load_state_dict(state["scheduler"])
         history = state.get("history", [])
         start_epoch = last + 1
-    else:
+    elif ctx.main:
         extra = {"task": task.name, **task.run_info(), **method.provenance()}
         if cache_info is not None:
             extra["feature_cache"] = cache_info
         ckpt.write_run_info(run_dir, cfg, task.labels, extra)
 
-    logger = JsonlLogger(run_dir / "log.jsonl")
+    logger = JsonlLogger(run_dir / "log.jsonl") if ctx.main else NullLogger()
     if start_epoch == 0:
         logger.log({"kind": "start", "method": cfg.method, "task": task.name, "n_classes": len(task.labels),
-                    "param_groups": group_rows, "device": str(device), "config": cfg.to_dict()})
+                    "param_groups": group_rows, "device": str(device), "config": cfg.to_dict(),
+                    "processes": ctx.world})
     dataset = task.train_set(cfg)
     if len(dataset) < t.batch_size:
         where = task.run_info().get("data_root", task.name)
@@ -193,33 +221,35 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         method.train()
         dataset.set_epoch(epoch)
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(derive_seed(t.seed, epoch)))
-        batches = [order[i * t.batch_size:(i + 1) * t.batch_size].tolist() for i in range(steps_per_epoch)]
+        batches = [ctx.shard(order[i * t.batch_size:(i + 1) * t.batch_size].tolist()) for i in range(steps_per_epoch)]
         loader = DataLoader(dataset, batch_sampler=batches, num_workers=cfg.data.num_workers, collate_fn=task.collate)
         sums: dict[str, float] = {}
         t0 = time.perf_counter()
-        bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not progress)
+        bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not (progress and ctx.main))
         for step, batch in enumerate(bar):
             global_step = epoch * steps_per_epoch + step
             torch.manual_seed(derive_seed(t.seed, epoch, step))
-            method.set_step_seed(derive_seed(t.seed, epoch, step, 1))
+            method.set_step_seed(derive_seed(t.seed, epoch, step, 1), first_row=ctx.rank * len(batches[step]))
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.bf16):
                 losses = method.forward_train(batch, epoch)
             loss = losses["loss"].float()
-            if not torch.isfinite(loss):
+            vals = mean_over_ranks({k: float(v.detach()) for k, v in losses.items()}, ctx)  # the global batch's
+            if not math.isfinite(vals["loss"]):  # every rank sees the same value and stops together
                 last_good = ckpt.completed_epochs(run_dir)
                 where = ckpt.epoch_dir(run_dir, last_good[-1]) if last_good else "none (first epoch)"
-                logger.log({"kind": "error", "epoch": epoch, "step": global_step, "loss": float(loss.detach())})
+                logger.log({"kind": "error", "epoch": epoch, "step": global_step, "loss": vals["loss"]})
                 raise AffordError(
-                    f"training stopped: non-finite loss ({float(loss.detach())}) at epoch {epoch + 1} step {step + 1}; "
+                    f"training stopped: non-finite loss ({vals['loss']}) at epoch {epoch + 1} step {step + 1}; "
                     f"last good checkpoint: {where}"
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            average_gradients(method.parameters(), ctx)
             if t.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(method.parameters(), t.grad_clip)
             optimizer.step()
-            vals = {k: float(v.detach()) for k, v in losses.items()}
+            fault_point(epoch, step, ctx.rank)
             for k, v in vals.items():
                 sums[k] = sums.get(k, 0.0) + v
             rate = (step + 1) * t.batch_size / max(time.perf_counter() - t0, 1e-9)
@@ -235,7 +265,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
             from afford.engine.feature_cache import cache_stats
 
             record["feature_cache"] = cache_stats(method)
-        if t.select == "best-on-test":
+        if t.select == "best-on-test" and ctx.main:
             summary = task.evaluate(method, cfg, device, progress)
             record["test"] = {k: summary[k] for k in task.report_keys}
             if task.better(record["test"], best["test"] if best else None):
@@ -245,12 +275,21 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
                  "scheduler": scheduler.state_dict() if scheduler is not None else None,
                  "history": history}
         protect = (best["epoch"],) if best is not None else ()
-        ckpt.save_epoch_checkpoint(run_dir, epoch, method, state, keep=t.keep_checkpoints, protect=protect)
+        if ctx.main:
+            ckpt.save_epoch_checkpoint(run_dir, epoch, method, state, keep=t.keep_checkpoints, protect=protect)
+        ctx.barrier()  # every rank has finished the epoch once its checkpoint is on disk
         logger.log({"kind": "epoch", "step": (epoch + 1) * steps_per_epoch, **{k: v for k, v in record.items() if k != "test"},
                     **({f"test_{k}": v for k, v in record["test"].items()} if "test" in record else {})})
 
     logger.close()
-    return _finalize(run_dir, t.select, t.epochs, history, best)
+    if ctx.main:
+        result = _finalize(run_dir, t.select, t.epochs, history, best)
+    ctx.barrier()
+    if not ctx.main:
+        info = ckpt.read_run_info(run_dir)
+        result = TrainResult(run_dir=run_dir, epochs_done=info["epochs_done"], selection=info["selection"],
+                             history=history)
+    return result
 
 
 def _finalize(run_dir: Path, rule: str, epochs: int, history: list[dict], best: dict | None) -> TrainResult:

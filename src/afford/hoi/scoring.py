@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from afford.errors import AffordError
+from afford.global_batch import per_process_denominator
 
 #: §3.3: prior exponent p in training and at inference (``upt.py::postprocessing``).
 TRAIN_EXPONENT = 1.0
@@ -75,7 +76,7 @@ def focal_loss(x: Tensor, y: Tensor, alpha: float = 0.5, gamma: float = 0.2,
 def normalised_focal_loss(x: Tensor, y: Tensor, alpha: float = 0.5, gamma: float = 0.2,
                           eps: float = FOCAL_EPS) -> Tensor:
     """Summed focal loss / max(1, number of positives), as UPT normalises (§3.3)."""
-    n_pos = max(1, int((y > 0).sum()))
+    n_pos = per_process_denominator((y > 0).sum(), floor=1.0)  # the global batch's positives (UPT all-reduces them)
     return focal_loss(x, y, alpha, gamma, reduction="sum", eps=eps) / n_pos
 
 

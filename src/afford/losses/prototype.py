@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from afford.global_batch import per_process_denominator
 from afford.modules.heads import minmax
 
 
@@ -50,4 +51,4 @@ def prototype_loss(
     per = torch.relu(1 - cos - margin)
     valid = valid.bool()
     per = torch.where(valid, per, torch.zeros_like(per))
-    return per.sum() / (valid.sum().to(per.dtype) + 1e-15)
+    return per.sum() / (per_process_denominator(valid.sum()) + 1e-15)  # the global batch's valid samples

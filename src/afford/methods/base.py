@@ -43,11 +43,13 @@ class Trainable(nn.Module):
         """Explicit parameter groups with the method's LR multipliers (methods.md §0.3)."""
         raise NotImplementedError
 
-    def set_step_seed(self, seed: int) -> None:
+    def set_step_seed(self, seed: int, first_row: int = 0) -> None:
         """Seed the model's own random draws (k-means initialisations) before each step.
 
         The engine calls it with a seed derived from (seed, epoch, step), which makes resume
-        exact. Models without their own generators keep this no-op.
+        exact, and with the position of this process's first sample in the global batch (0
+        unless data-parallel): per-sample draws keyed by it are the same however the batch is
+        split. Models without their own generators keep this no-op.
         """
 
     def provenance(self) -> dict[str, Any]:

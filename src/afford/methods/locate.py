@@ -25,6 +25,7 @@ from afford.modules.heads import Mlp, conv_bn_relu_stack, project_map
 from afford.modules.param_groups import groups_from_rules
 from afford.modules.prototypes import select_part_prototypes
 from afford.modules.saliency import PARTIOU_SALIENCIES, partiou_saliency
+from afford.seeding import sample_seeds
 
 
 @dataclass
@@ -79,7 +80,7 @@ class LOCATE(Method):
         self.aff_ego_proj = conv_bn_relu_stack(dim, 2)
         self.aff_exo_proj = conv_bn_relu_stack(dim, 2)
         self.aff_fc = nn.Conv2d(dim, len(self.classnames), 1)
-        self._kmeans_gen = torch.Generator()
+        self._step_seed, self._first_row = 0, 0  # per-sample k-means seeds (set_step_seed)
 
     # -- features -------------------------------------------------------------------------
     def _descriptors(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,7 +150,7 @@ class LOCATE(Method):
             exo_cam_y.detach().float(), exo_desc.detach().float().view(b, n, *exo_desc.shape[1:]),
             ego_desc.detach().float(), ego_sal.bool(),
             cam_thd=self.cfg.aff_cam_thd, iou_thd=self.cfg.part_iou_thd, k=self.cfg.cluster_num,
-            generator=self._kmeans_gen,
+            generator=sample_seeds(self._step_seed, self._first_row, b),
         )
 
     def _forward_ego_only(self, ego: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -158,9 +159,10 @@ class LOCATE(Method):
         l_cls = F.cross_entropy(logits, y)
         return {"cls": l_cls, "loss": l_cls}
 
-    def set_step_seed(self, seed: int) -> None:
-        """Seed the k-means initialisation (the engine calls this per step for exact resume)."""
-        self._kmeans_gen.manual_seed(seed)
+    def set_step_seed(self, seed: int, first_row: int = 0) -> None:
+        """Seed the k-means initialisations, one seed per sample keyed by its global batch row
+        (the engine calls this per step: exact resume, and data-parallel runs draw the same)."""
+        self._step_seed, self._first_row = seed, first_row
 
     # -- inference ---------------------------------------------------------------------------
     def predict(self, images: torch.Tensor, labels: torch.Tensor, output: str | None = None) -> torch.Tensor:

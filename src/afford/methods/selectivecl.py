@@ -43,6 +43,7 @@ from afford.modules.heads import Mlp, conv_bn_relu_stack, minmax, project_map
 from afford.modules.param_groups import groups_from_rules
 from afford.modules.prototypes import discover_parts
 from afford.modules.saliency import PARTIOU_SALIENCIES, partiou_saliency
+from afford.seeding import sample_seeds
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ class SelectiveCL(Method):
             self.tokenize_prompts()
         self.register_load_state_dict_post_hook(self._ids_loaded)
         self._text_cache: tuple[Any, torch.Tensor] | None = None
-        self._kmeans_gen = torch.Generator()
+        self._step_seed, self._first_row = 0, 0  # per-sample k-means seeds (set_step_seed)
 
 
     # -- text ---------------------------------------------------------------------------------
@@ -264,7 +265,7 @@ class SelectiveCL(Method):
         ego_w = ego_desc * a_ego[:, None]  # descriptors weighted by the affinity before matching
         sel = discover_parts(region.float(), exo_desc.float(), ego_w.float(), saliency.bool(),
                              cam_thd=self.cfg.gamma1, iou_thd=self.cfg.alpha, k=self.cfg.cluster_num,
-                             generator=self._kmeans_gen, iters=self.cfg.kmeans_iters, iou_eps=1e-10)
+                             generator=sample_seeds(self._step_seed, self._first_row, b), iters=self.cfg.kmeans_iters, iou_eps=1e-10)
         centroid = sel.centroids[torch.arange(b, device=a_ego.device), sel.best]  # (B, D)
         part_ego = two_map_part(ego_w, centroid)
         part_exo = two_map_part(exo_desc.flatten(0, 1), centroid.repeat_interleave(n, 0)).view(b, n, h, w)
@@ -272,9 +273,10 @@ class SelectiveCL(Method):
         return PartChoice(found, torch.where(found[:, None, None], part_ego, a_ego),
                           torch.where(found[:, None, None, None], part_exo, a_exo), sel.piou)
 
-    def set_step_seed(self, seed: int) -> None:
-        """Seed the k-means initialisation (the engine calls this per step for exact resume)."""
-        self._kmeans_gen.manual_seed(seed)
+    def set_step_seed(self, seed: int, first_row: int = 0) -> None:
+        """Seed the k-means initialisations, one seed per sample keyed by its global batch row
+        (the engine calls this per step: exact resume, and data-parallel runs draw the same)."""
+        self._step_seed, self._first_row = seed, first_row
 
     # -- inference ------------------------------------------------------------------------------
     @torch.no_grad()

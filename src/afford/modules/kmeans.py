@@ -9,11 +9,16 @@ running the same algorithm sample by sample from the same initial centroids.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
+#: a batch-wide generator, or one integer seed per sample (see :func:`init_centroids`)
+Generator = torch.Generator | Sequence[int]
 
-def init_centroids(x: Tensor, valid: Tensor, k: int = 3, generator: torch.Generator | None = None) -> Tensor:
+
+def init_centroids(x: Tensor, valid: Tensor, k: int = 3, generator: Generator | None = None) -> Tensor:
     """Pick ``k`` distinct valid points of each sample, uniformly at random, as initial centroids.
 
     Vectorised form of the reference's per-sample random choice: every valid point gets a
@@ -23,7 +28,9 @@ def init_centroids(x: Tensor, valid: Tensor, k: int = 3, generator: torch.Genera
         x: points, ``(B, N, D)``.
         valid: ``(B, N)`` bool, which points belong to each sample.
         k: number of centroids.
-        generator: source of all randomness (reproducible part selection).
+        generator: source of all randomness (reproducible part selection): a ``torch.Generator``
+            for the whole batch, or one integer seed per sample, which makes each sample's draw
+            independent of the batch it sits in (its padding, its position, a data-parallel split).
 
     Returns:
         ``(B, k, D)``; rows of samples with fewer than ``k`` valid points are zeros.
@@ -31,10 +38,20 @@ def init_centroids(x: Tensor, valid: Tensor, k: int = 3, generator: torch.Genera
     b, n, d = x.shape
     if n < k:
         return x.new_zeros(b, k, d)
-    # Draw on the generator's device so a CPU generator also drives CUDA inputs.
-    gen_device = generator.device if generator is not None else x.device
-    scores = torch.rand(b, n, generator=generator, device=gen_device).to(x.device)
-    scores = scores.masked_fill(~valid, float("-inf"))
+    if isinstance(generator, Sequence):
+        if len(generator) != b:
+            raise ValueError(f"init_centroids: {len(generator)} sample seeds for a batch of {b}")
+        scores = torch.full((b, n), float("-inf"))
+        counts = valid.sum(1).tolist()
+        for i, (seed, count) in enumerate(zip(generator, counts, strict=True)):  # b small draws
+            draw = torch.rand(int(count), generator=torch.Generator().manual_seed(int(seed)))
+            scores[i, valid[i].cpu()] = draw
+        scores = scores.to(x.device)
+    else:
+        # Draw on the generator's device so a CPU generator also drives CUDA inputs.
+        gen_device = generator.device if generator is not None else x.device
+        scores = torch.rand(b, n, generator=generator, device=gen_device).to(x.device)
+        scores = scores.masked_fill(~valid, float("-inf"))
     idx = scores.topk(k, dim=1).indices  # (B, k)
     cent = torch.gather(x, 1, idx.unsqueeze(-1).expand(b, k, d))
     enough = valid.sum(1) >= k
@@ -57,7 +74,7 @@ def batched_kmeans(
     k: int = 3,
     iters: int = 300,
     tol: float = 1e-4,
-    generator: torch.Generator | None = None,
+    generator: Generator | None = None,
     init: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Lloyd's K-means for B independent point sets at once.

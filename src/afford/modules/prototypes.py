@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from afford.modules.heads import minmax
-from afford.modules.kmeans import batched_kmeans
+from afford.modules.kmeans import Generator, batched_kmeans
 
 
 def part_iou(part_maps: Tensor, saliency: Tensor, eps: float = 0.0) -> Tensor:
@@ -123,7 +123,7 @@ def discover_parts(
     cam_thd: float = 0.6,
     iou_thd: float = 0.6,
     k: int = 3,
-    generator: torch.Generator | None = None,
+    generator: Generator | None = None,
     *,
     iters: int = 300,
     iou_eps: float = 0.0,
@@ -169,7 +169,7 @@ def select_part_prototypes(
     cam_thd: float = 0.6,
     iou_thd: float = 0.6,
     k: int = 3,
-    generator: torch.Generator | None = None,
+    generator: Generator | None = None,
     *,
     iters: int = 300,
     iou_eps: float = 0.0,

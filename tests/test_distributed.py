@@ -1,0 +1,105 @@
+"""Data-parallel training under torchrun (gloo, CPU): the same weights as one process, exact resume
+after a killed rank, and the pieces that make the global batch's statistics global."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from afford import checkpoint as ckpt
+from afford.cli import main
+from afford.engine.launch import without_nproc
+from afford.modules.kmeans import init_centroids
+
+#: float32 sums split over two processes round differently from one sum (BatchNorm statistics,
+#: gradients), and training amplifies rounding: after these 6 steps one process with 2 threads
+#: differs from one with 1 thread by 1.40e-4 (max |weight difference|, measured), and two
+#: processes differ from one by the same 1.40e-4. After 3 steps: 2.9e-7. The tolerance is that
+#: run-to-run noise of a single process, with room.
+ATOL = 5e-4
+LOCATE = ["--set", "model.train_backbone=true", "--set", "data.resize=64", "--set", "data.crop=56",
+          "--set", "data.test_size=56", "--set", "train.batch_size=4", "--set", "train.max_steps_per_epoch=3",
+          "--set", "data.feature_cache=false", "--set", "model.warm_epoch=9", "--quiet"]
+
+
+def _train(config: str, out: Path, *args: str, nproc: int = 1, fault: str | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "AFFORD_FAULT_AT")}
+    env["OMP_NUM_THREADS"] = "1"
+    if fault:
+        env["AFFORD_FAULT_AT"] = fault
+    return subprocess.run([sys.executable, "-m", "afford.cli", "train", config, "--out", str(out), *args,
+                           "--nproc", str(nproc)], env=env, capture_output=True, text=True, timeout=600)
+
+
+def _max_diff(a: Path, b: Path) -> float:
+    wa, wb = load_file(a / ckpt.WEIGHTS), load_file(b / ckpt.WEIGHTS)
+    assert wa.keys() == wb.keys()
+    return max(float((wa[k].double() - wb[k].double()).abs().max()) for k in wa)
+
+
+@pytest.fixture(scope="module")
+def locate_runs(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """LOCATE for 2 epochs x 3 steps of a global batch of 4: in one process, and in two."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    args = ["--set", f"data.root={synth_root}", *LOCATE, "--set", "train.epochs=2"]
+    runs = {"one": tmp / "one", "two": tmp / "two"}
+    for name, nproc in (("one", 1), ("two", 2)):
+        r = _train("locate_synthagd_demo", runs[name], *args, nproc=nproc)
+        assert r.returncode == 0, r.stderr[-3000:]
+    return runs | {"args": args}  # type: ignore[return-value]
+
+
+def test_two_gloo_processes_train_the_weights_of_one(locate_runs) -> None:
+    assert 0 < _max_diff(locate_runs["one"], locate_runs["two"]) <= ATOL  # not bitwise: two sums, not one
+    logs = [(p / "log.jsonl").read_text() for p in (locate_runs["one"], locate_runs["two"])]
+    assert '"processes": 2' in logs[1] and '"processes": 1' in logs[0]  # rank 0 alone wrote the log
+
+
+def test_a_killed_rank_stops_the_run_and_resume_reaches_the_uninterrupted_weights(locate_runs, tmp_path: Path) -> None:
+    args = locate_runs["args"]
+    killed = tmp_path / "killed"
+    r = _train("locate_synthagd_demo", killed, *args, nproc=2, fault="1:1:1")  # rank 1, epoch 2, step 2
+    assert r.returncode == 2
+    assert "a training process failed" in r.stderr and "the last good checkpoint is epoch 1" in r.stderr
+    assert ckpt.completed_epochs(killed) == [0] and not (killed / ckpt.WEIGHTS).exists()
+    on_one = tmp_path / "killed_then_one"
+    shutil.copytree(killed, on_one)
+    r = _train("locate_synthagd_demo", killed, *args, "--resume", nproc=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _max_diff(killed, locate_runs["two"]) == 0.0  # the same processes: bit for bit
+    r = _train("locate_synthagd_demo", on_one, *args, "--resume", nproc=1)  # resumed on one process
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _max_diff(on_one, locate_runs["one"]) <= ATOL
+
+
+def test_a_global_batch_that_does_not_split_is_refused_before_any_process_starts(synth_root: Path, tmp_path: Path,
+                                                                                capsys) -> None:
+    assert main(["train", "locate_synthagd_demo", "--out", str(tmp_path / "r"), "--set", f"data.root={synth_root}",
+                 "--set", "train.batch_size=5", "--nproc", "2", "--quiet"]) == 2
+    assert "does not split into 2 processes" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_nproc_is_taken_out_of_the_relaunched_command() -> None:
+    assert without_nproc(["train", "c", "--nproc", "2", "--out", "r"]) == ["train", "c", "--out", "r"]
+    assert without_nproc(["train", "c", "--nproc=4", "--quiet"]) == ["train", "c", "--quiet"]
+
+
+def test_per_sample_kmeans_draws_ignore_padding_and_position() -> None:
+    """A sample's initial centroids depend on its seed alone: not on the batch's padding or on its
+    row, which is what lets a process holding half the batch draw what one process draws."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 10, 4)
+    valid = torch.zeros(3, 10, dtype=torch.bool)
+    valid[0, :6], valid[1, :9], valid[2, :4] = True, True, True
+    together = init_centroids(x, valid, 3, [11, 12, 13])
+    alone = init_centroids(x[1:2, :9], valid[1:2, :9], 3, [12])  # less padding, first row
+    assert torch.equal(together[1], alone[0])
+    with pytest.raises(ValueError, match="3 sample seeds for a batch of 2"):
+        init_centroids(x[:2], valid[:2], 3, [1, 2, 3])

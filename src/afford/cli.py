@@ -272,9 +272,18 @@ def _open_eval_split(a: argparse.Namespace, info: dict | None):
 def cmd_eval(a: argparse.Namespace) -> int:
     from afford.config import EvalConfig
 
+    if a.runs:
+        if a.pred or a.baseline or a.checkpoint:
+            raise AffordError("eval: --runs scores runs on their own test sets; drop --pred/--baseline/--checkpoint")
+        from afford.sweep import format_summary, summarise_runs
+
+        per_run, summary = summarise_runs(a.runs, progress=not a.quiet)
+        print(format_summary(summary, f"{len(a.runs)} runs"))
+        _write_json(a.json, {"runs": per_run, "summary": summary})
+        return 0
     sources = [x for x in (a.pred, a.baseline, a.checkpoint) if x]
     if len(sources) != 1:
-        raise AffordError("eval: give exactly one of --pred DIR, --baseline KIND, --checkpoint RUN")
+        raise AffordError("eval: give exactly one of --pred DIR, --baseline KIND, --checkpoint RUN (or --runs RUN ...)")
     if not a.checkpoint:
         ignored = [flag for attr, flag in MODEL_ONLY_FLAGS.items() if getattr(a, attr) not in (None, False, "auto")]
         if ignored:
@@ -404,6 +413,16 @@ def cmd_bench(a: argparse.Namespace) -> int:
                             progress=not a.quiet)
     print(table)
     _write_json(a.json, {"rows": rows})
+    return 0
+
+
+def cmd_sweep(a: argparse.Namespace) -> int:
+    from afford.sweep import format_summary, parse_seeds, run_sweep
+
+    overrides = list(a.set or []) + ([f"train.select={a.select}"] if a.select else [])
+    result = run_sweep(a.config, parse_seeds(a.seeds), a.out, overrides, nproc=a.nproc, progress=not a.quiet)
+    print(format_summary(result["summary"], a.config))
+    print(f"-> {Path(a.out) / 'summary.md'}, {Path(a.out) / 'summary.json'}")
     return 0
 
 
@@ -628,6 +647,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--pred", help="folder <aff>/<obj>/<name>.png|.npy of saved maps to score")
     e.add_argument("--baseline", choices=BASELINES, help="score a training-free baseline map")
     e.add_argument("--checkpoint", help="run folder of a trained or imported model to score")
+    e.add_argument("--runs", nargs="+", metavar="RUN", default=None,
+                   help="instead: score several runs of one config (e.g. seeds; affordance or HOI) on their own "
+                        "test sets and print mean ± std per metric and per model-selection rule")
     e.add_argument("--protocol", default=PROTOCOLS[0], choices=PROTOCOLS,
                    help=f"scoring protocol (protocol.md; default: {PROTOCOLS[0]})")
     e.add_argument("--exact", action="store_true", help="reference NaN behaviour for constant maps")
@@ -700,6 +722,20 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--json", default=None, help="also write the rows as JSON")
     bn.add_argument("--quiet", action="store_true", help="no progress lines")
     bn.set_defaults(fn=cmd_bench)
+
+    sw = sub.add_parser("sweep", help="train and evaluate one config with several seeds; mean ± std per metric and "
+                        "per model-selection rule")
+    sw.add_argument("config", help="YAML path or a packaged config name (affordance or HOI)")
+    sw.add_argument("--seeds", default="0,1,2", help="comma-separated train.seed values (default: %(default)s)")
+    sw.add_argument("--out", required=True, help="folder for seed_<s>/ runs, summary.json and summary.md; rerun to "
+                    "resume: finished seeds are kept, a partial one resumes")
+    sw.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every seed, e.g. train.epochs=3")
+    sw.add_argument("--select", choices=("last", "best-on-test"), default=None,
+                    help="best-on-test scores every epoch, so the summary also reports the best epoch on the test "
+                         "set, labelled as such (the runs then keep that epoch's weights)")
+    sw.add_argument("--nproc", type=int, default=1, metavar="N", help="data-parallel processes per seed (torchrun)")
+    sw.add_argument("--quiet", action="store_true", help="no progress bars")
+    sw.set_defaults(fn=cmd_sweep)
 
     ap = sub.add_parser("app", help="a web page (Gradio) to ground affordances, compare runs and detect "
                         "interactions on uploaded photos; needs the [app] extra")

@@ -1,0 +1,152 @@
+"""Several seeds of one config, reported as mean ± std per metric and per model-selection rule.
+
+The literature reports single runs, often the epoch that scored best on the test set. A sweep
+trains the same config with ``train.seed`` = each seed (``DIR/seed_<s>``; a finished run is kept,
+a partial one resumed), evaluates each, and summarises: **last epoch** (the sound rule) always;
+**best epoch on the test set** (labelled so) when the runs evaluated every epoch
+(``--select best-on-test``). ``summarise_runs`` does the same for runs that already exist
+(``afford eval --runs``). The standard deviation is the sample one (n − 1).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from afford import checkpoint as ckpt
+from afford.errors import AffordError
+
+LAST = "last epoch"
+BEST = "best epoch on the test set (selected on test: optimistic)"
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``; one line naming the flag otherwise."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise AffordError(f"--seeds: expected comma-separated integers like 0,1,2, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise AffordError(f"--seeds: expected distinct seeds, got {text!r}")
+    return seeds
+
+
+def _finished(run_dir: Path, epochs: int) -> bool:
+    if not (run_dir / ckpt.WEIGHTS).is_file():
+        return False
+    return ckpt.read_run_info(run_dir).get("epochs_done") == epochs
+
+
+def train_seed(config: str, overrides: Sequence[str], seed: int, run_dir: Path, nproc: int, progress: bool) -> str:
+    """Train one seed (skip it when finished, resume it when partial); returns what was done."""
+    from afford.config import load_config
+    from afford.engine.trainer import train
+
+    cfg = load_config(config, [*overrides, f"train.seed={seed}"])
+    if _finished(run_dir, cfg.train.epochs):
+        return "kept (finished)"
+    resume = (run_dir / ckpt.RUN_FILE).exists()
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "afford.cli", "train", config, "--out", str(run_dir), "--nproc", str(nproc),
+               *[x for o in [*overrides, f"train.seed={seed}"] for x in ("--set", o)]]
+        cmd += ["--resume"] * resume + ["--quiet"] * (not progress)
+        if subprocess.run(cmd, env=dict(os.environ)).returncode != 0:
+            raise AffordError(f"{run_dir}: seed {seed} failed (its error is printed above); rerun the sweep to resume it")
+    else:
+        train(cfg, run_dir, resume=resume, progress=progress)
+    return "resumed" if resume else "trained"
+
+
+def evaluate_run(run_dir: Path, progress: bool = False) -> dict[str, dict[str, float]]:
+    """``{rule: {metric: value}}`` of one run: its weights' scores (last epoch, or the selected
+    epoch when the run selected on test) and, when every epoch was scored, the best epoch's."""
+    import torch
+
+    from afford.checkpoint import load_run
+    from afford.engine.tasks import task_for
+
+    run = load_run(run_dir)
+    task = task_for(run.config)
+    keys = [k for k in task.report_keys if not k.startswith("n_")]
+    info = run.info
+    history = torch.load(ckpt.epoch_dir(run_dir, info["epochs_done"] - 1) / ckpt.STATE, map_location="cpu",
+                         weights_only=False).get("history", []) if ckpt.completed_epochs(run_dir) else []
+    scored = [h for h in history if "test" in h]
+    out: dict[str, dict[str, float]] = {}
+    if scored and len(scored) == len(history):
+        out[LAST] = {k: float(scored[-1]["test"][k]) for k in keys}
+        best = None
+        for h in scored:
+            if task.better(h["test"], best["test"] if best else None):
+                best = h
+        assert best is not None
+        out[BEST] = {k: float(best["test"][k]) for k in keys} | {"epoch": best["epoch"] + 1}
+    else:
+        device = next(run.method.parameters()).device
+        summary = task.evaluate(run.method, run.config, device, progress)
+        out[LAST] = {k: float(summary[k]) for k in keys}
+    return out
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    return mean, (math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0)
+
+
+def summarise(per_run: dict[str, dict[str, dict[str, float]]]) -> dict[str, Any]:
+    """``{run: {rule: {metric: v}}}`` -> ``{rule: {metric: {mean, std, n, values}}}`` (rules all runs have)."""
+    rules = [r for r in (LAST, BEST) if all(r in v for v in per_run.values())]
+    out: dict[str, Any] = {}
+    for rule in rules:
+        metrics = [k for k in next(iter(per_run.values()))[rule] if k != "epoch"]
+        out[rule] = {}
+        for m in metrics:
+            values = [v[rule][m] for v in per_run.values()]
+            mu, sd = mean_std(values)
+            out[rule][m] = {"mean": mu, "std": sd, "n": len(values), "values": values}
+    return out
+
+
+def format_summary(summary: dict[str, Any], title: str) -> str:
+    """Markdown: one line per rule, ``mean ± std`` per metric."""
+    rules = list(summary)
+    if not rules:
+        return f"{title}: no rule common to all runs"
+    metrics = list(summary[rules[0]])
+    n = summary[rules[0]][metrics[0]]["n"]
+    lines = [f"{title} ({n} seeds, mean ± sample std)", "",
+             "| model selection | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
+    for rule in rules:
+        cells = [f"{summary[rule][m]['mean']:.3f} ± {summary[rule][m]['std']:.3f}" for m in metrics]
+        lines.append(f"| {rule} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def summarise_runs(run_dirs: Sequence[str | Path], progress: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Evaluate existing runs and summarise them: ``(per_run, summary)``."""
+    per_run = {str(p): evaluate_run(Path(p), progress) for p in run_dirs}
+    return per_run, summarise(per_run)
+
+
+def run_sweep(config: str, seeds: Sequence[int], out: str | Path, overrides: Sequence[str] = (), nproc: int = 1,
+              progress: bool = True) -> dict[str, Any]:
+    """Train and evaluate every seed into ``out/seed_<s>``; write ``out/summary.json`` and ``summary.md``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    done = {}
+    for s in seeds:
+        done[s] = train_seed(config, overrides, s, out / f"seed_{s}", nproc, progress)
+        print(f"seed {s}: {done[s]} -> {out / f'seed_{s}'}", flush=True)
+    per_run, summary = summarise_runs([out / f"seed_{s}" for s in seeds], progress)
+    result = {"config": config, "overrides": list(overrides), "seeds": list(seeds), "runs": per_run,
+              "summary": summary}
+    (out / "summary.json").write_text(json.dumps(result, indent=1))
+    (out / "summary.md").write_text(format_summary(summary, f"{config}") + "\n")
+    return result

@@ -1,0 +1,49 @@
+"""``afford sweep`` and ``afford eval --runs``: several seeds, mean ± std per metric and rule."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from afford.cli import main
+from afford.errors import AffordError
+from afford.sweep import BEST, LAST, mean_std, parse_seeds
+from conftest import TINY_OVERRIDES
+
+
+def test_seeds_and_sample_std() -> None:
+    assert parse_seeds("0,1, 2") == [0, 1, 2]
+    for bad in ("0,x", "1,1", ""):
+        with pytest.raises(AffordError, match="--seeds"):
+            parse_seeds(bad)
+    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0) and mean_std([4.0]) == (4.0, 0.0)
+
+
+def test_sweep_trains_each_seed_reports_both_rules_and_resumes(synth_root: Path, tmp_path: Path, capsys) -> None:
+    sets = [x for o in [f"data.root={synth_root}", *TINY_OVERRIDES, "train.epochs=2", "data.feature_cache=false"]
+            for x in ("--set", o)]
+    args = ["sweep", "locate_synthagd_demo", "--seeds", "3,4", "--out", str(tmp_path), *sets,
+            "--select", "best-on-test", "--quiet"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "seed 3: trained" in out and "seed 4: trained" in out and "± " in out and "best epoch on the test set" in out
+    r = json.loads((tmp_path / "summary.json").read_text())
+    assert set(r["summary"]) == {LAST, BEST}
+    kld = r["summary"][LAST]["KLD"]
+    values = [r["runs"][str(tmp_path / f"seed_{s}")][LAST]["KLD"] for s in (3, 4)]
+    assert kld["values"] == values and kld["n"] == 2 and values[0] != values[1]  # different seeds, different runs
+    assert math.isclose(kld["std"], abs(values[0] - values[1]) / math.sqrt(2))
+    for s in (3, 4):  # the best rule never scores worse than the last on the selection metric
+        run = r["runs"][str(tmp_path / f"seed_{s}")]
+        assert run[BEST]["KLD"] <= run[LAST]["KLD"]
+    assert (tmp_path / "summary.md").read_text().startswith("locate_synthagd_demo (2 seeds")
+
+    assert main(args) == 0  # rerun: finished seeds are kept, not retrained
+    assert "seed 3: kept (finished)" in capsys.readouterr().out
+
+    assert main(["eval", "--runs", str(tmp_path / "seed_3"), str(tmp_path / "seed_4"), "--quiet", "--json",
+                 str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["summary"] == r["summary"]

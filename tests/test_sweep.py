@@ -47,3 +47,13 @@ def test_sweep_trains_each_seed_reports_both_rules_and_resumes(synth_root: Path,
     assert main(["eval", "--runs", str(tmp_path / "seed_3"), str(tmp_path / "seed_4"), "--quiet", "--json",
                  str(tmp_path / "e.json")]) == 0
     assert json.loads((tmp_path / "e.json").read_text())["summary"] == r["summary"]
+
+
+def test_seeds_trained_in_parallel_processes_equal_the_sequential_ones(synth_root: Path, tmp_path: Path) -> None:
+    sets = [x for o in [f"data.root={synth_root}", *TINY_OVERRIDES, "data.feature_cache=false"] for x in ("--set", o)]
+    for name, jobs in (("seq", "1"), ("par", "2")):
+        assert main(["sweep", "locate_synthagd_demo", "--seeds", "5,6", "--out", str(tmp_path / name), *sets,
+                     "--jobs", jobs, "--quiet"]) == 0
+    seq, par = (json.loads((tmp_path / n / "summary.json").read_text()) for n in ("seq", "par"))
+    assert par["trained"] == {"5": "trained", "6": "trained"}
+    assert [v[LAST] for v in seq["runs"].values()] == [v[LAST] for v in par["runs"].values()]

@@ -420,7 +420,8 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     from afford.sweep import format_summary, parse_seeds, run_sweep
 
     overrides = list(a.set or []) + ([f"train.select={a.select}"] if a.select else [])
-    result = run_sweep(a.config, parse_seeds(a.seeds), a.out, overrides, nproc=a.nproc, progress=not a.quiet)
+    result = run_sweep(a.config, parse_seeds(a.seeds), a.out, overrides, nproc=a.nproc, jobs=a.jobs,
+                       progress=not a.quiet)
     print(format_summary(result["summary"], a.config))
     print(f"-> {Path(a.out) / 'summary.md'}, {Path(a.out) / 'summary.json'}")
     return 0
@@ -734,6 +735,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="best-on-test scores every epoch, so the summary also reports the best epoch on the test "
                          "set, labelled as such (the runs then keep that epoch's weights)")
     sw.add_argument("--nproc", type=int, default=1, metavar="N", help="data-parallel processes per seed (torchrun)")
+    sw.add_argument("--jobs", type=int, default=1, metavar="J",
+                    help="seeds trained at once, in separate processes sharing the cores (default: one after another)")
     sw.add_argument("--quiet", action="store_true", help="no progress bars")
     sw.set_defaults(fn=cmd_sweep)
 

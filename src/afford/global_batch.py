@@ -1,10 +1,13 @@
-"""Counts over the global batch, for losses that average over a subset of it.
+"""The global batch inside a loss: counts over it, and its rows gathered from every process.
 
 A loss averaged over "the samples that have a part" or "the positive pairs" divides by a count
 that depends on the batch. In a data-parallel run each process holds a slice of the batch and
 the gradients are averaged over processes, so each process must divide by the global count over
 the number of processes (not by its own count) for the result to equal one process's gradient
-on the whole batch. In a single process these functions return the local values unchanged.
+on the whole batch. A loss that compares samples with each other (a contrastive loss) needs the
+other processes' samples: :func:`gather_rows` concatenates every process's rows in global batch
+order and routes the gradient back to the process each row came from. In a single process these
+functions return the local values unchanged.
 """
 
 from __future__ import annotations
@@ -32,3 +35,54 @@ def global_sum(n: torch.Tensor | float) -> float:
 def per_process_denominator(local_count: torch.Tensor | float, floor: float = 0.0) -> float:
     """``max(global count, floor) / processes``: what each process divides its summed loss by."""
     return max(global_sum(local_count), floor) / world_size()
+
+
+def rank() -> int:
+    return dist.get_rank() if world_size() > 1 else 0
+
+
+class _GatherRows(torch.autograd.Function):
+    """All processes' ``x`` concatenated along dim 0; backward: the sum over processes of the
+    gradient of the concatenation, sliced to this process's rows."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001 - autograd's context
+        parts = [torch.empty_like(x) for _ in range(world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rows = x.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        g = grad.contiguous().clone()
+        dist.all_reduce(g)
+        start = rank() * ctx.rows
+        return g[start : start + ctx.rows]
+
+
+def gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """Every process's rows of ``x`` (equal counts), in global batch order, with gradient."""
+    if world_size() == 1:
+        return x
+    if not x.requires_grad:
+        parts = [torch.empty_like(x) for _ in range(world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+    return _GatherRows.apply(x)
+
+
+def local_rows(n_local: int, device: torch.device | None = None) -> torch.Tensor:
+    """``(n_local * processes,)`` bool: which rows of a :func:`gather_rows` result are this process's."""
+    mask = torch.zeros(n_local * world_size(), dtype=torch.bool, device=device)
+    mask[rank() * n_local : (rank() + 1) * n_local] = True
+    return mask
+
+
+def mean_over_processes(x: torch.Tensor) -> torch.Tensor:
+    """The mean of ``x`` over processes (no gradient): with equal slices, the mean of per-slice
+    means is the global batch's mean."""
+    if world_size() == 1:
+        return x
+    y = x.detach().clone()
+    dist.all_reduce(y)
+    return y / world_size()

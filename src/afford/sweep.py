@@ -43,24 +43,52 @@ def _finished(run_dir: Path, epochs: int) -> bool:
     return ckpt.read_run_info(run_dir).get("epochs_done") == epochs
 
 
-def train_seed(config: str, overrides: Sequence[str], seed: int, run_dir: Path, nproc: int, progress: bool) -> str:
-    """Train one seed (skip it when finished, resume it when partial); returns what was done."""
+def _train_command(config: str, overrides: Sequence[str], seed: int, run_dir: Path, nproc: int, resume: bool,
+                   progress: bool) -> list[str]:
+    cmd = [sys.executable, "-m", "afford.cli", "train", config, "--out", str(run_dir), "--nproc", str(nproc),
+           *[x for o in [*overrides, f"train.seed={seed}"] for x in ("--set", o)]]
+    return cmd + ["--resume"] * resume + ["--quiet"] * (not progress)
+
+
+def train_seeds(config: str, overrides: Sequence[str], seeds: Sequence[int], out: Path, nproc: int = 1,
+                jobs: int = 1, progress: bool = True) -> dict[int, str]:
+    """Train every seed into ``out/seed_<s>`` (a finished one is kept, a partial one resumed);
+    ``jobs`` seeds at a time in separate processes sharing the cores. Returns what was done."""
     from afford.config import load_config
     from afford.engine.trainer import train
 
-    cfg = load_config(config, [*overrides, f"train.seed={seed}"])
-    if _finished(run_dir, cfg.train.epochs):
-        return "kept (finished)"
-    resume = (run_dir / ckpt.RUN_FILE).exists()
-    if nproc > 1:
-        cmd = [sys.executable, "-m", "afford.cli", "train", config, "--out", str(run_dir), "--nproc", str(nproc),
-               *[x for o in [*overrides, f"train.seed={seed}"] for x in ("--set", o)]]
-        cmd += ["--resume"] * resume + ["--quiet"] * (not progress)
-        if subprocess.run(cmd, env=dict(os.environ)).returncode != 0:
-            raise AffordError(f"{run_dir}: seed {seed} failed (its error is printed above); rerun the sweep to resume it")
-    else:
-        train(cfg, run_dir, resume=resume, progress=progress)
-    return "resumed" if resume else "trained"
+    todo, done = [], {}
+    for s in seeds:
+        run_dir = out / f"seed_{s}"
+        cfg = load_config(config, [*overrides, f"train.seed={s}"])  # a bad override fails before any training
+        if _finished(run_dir, cfg.train.epochs):
+            done[s] = "kept (finished)"
+        else:
+            todo.append((s, run_dir, cfg, (run_dir / ckpt.RUN_FILE).exists()))
+    if jobs <= 1 and nproc <= 1:
+        for s, run_dir, cfg, resume in todo:
+            train(cfg, run_dir, resume=resume, progress=progress)
+            done[s] = "resumed" if resume else "trained"
+            print(f"seed {s}: {done[s]} -> {run_dir}", flush=True)
+        return done
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // (max(jobs, 1) * nproc))))
+    running: list[tuple[int, Path, bool, subprocess.Popen]] = []
+    failed = []
+    while todo or running:
+        while todo and len(running) < max(jobs, 1):
+            s, run_dir, _, resume = todo.pop(0)
+            cmd = _train_command(config, overrides, s, run_dir, nproc, resume, progress and jobs <= 1)
+            running.append((s, run_dir, resume, subprocess.Popen(cmd, env=env)))
+        s, run_dir, resume, proc = running.pop(0)
+        if proc.wait() != 0:
+            failed.append(f"seed {s} ({run_dir})")
+            continue
+        done[s] = "resumed" if resume else "trained"
+        print(f"seed {s}: {done[s]} -> {run_dir}", flush=True)
+    if failed:
+        raise AffordError(f"{', '.join(failed)} failed (the error is printed above); rerun the sweep to resume")
+    return done
 
 
 def evaluate_run(run_dir: Path, progress: bool = False) -> dict[str, dict[str, float]]:
@@ -136,16 +164,16 @@ def summarise_runs(run_dirs: Sequence[str | Path], progress: bool = False) -> tu
 
 
 def run_sweep(config: str, seeds: Sequence[int], out: str | Path, overrides: Sequence[str] = (), nproc: int = 1,
-              progress: bool = True) -> dict[str, Any]:
+              jobs: int = 1, progress: bool = True) -> dict[str, Any]:
     """Train and evaluate every seed into ``out/seed_<s>``; write ``out/summary.json`` and ``summary.md``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    done = {}
+    done = train_seeds(config, overrides, seeds, out, nproc, jobs, progress)
     for s in seeds:
-        done[s] = train_seed(config, overrides, s, out / f"seed_{s}", nproc, progress)
-        print(f"seed {s}: {done[s]} -> {out / f'seed_{s}'}", flush=True)
+        if done[s].startswith("kept"):
+            print(f"seed {s}: {done[s]} -> {out / f'seed_{s}'}", flush=True)
     per_run, summary = summarise_runs([out / f"seed_{s}" for s in seeds], progress)
-    result = {"config": config, "overrides": list(overrides), "seeds": list(seeds), "runs": per_run,
+    result = {"config": config, "overrides": list(overrides), "seeds": list(seeds), "trained": done, "runs": per_run,
               "summary": summary}
     (out / "summary.json").write_text(json.dumps(result, indent=1))
     (out / "summary.md").write_text(format_summary(summary, f"{config}") + "\n")

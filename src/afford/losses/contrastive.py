@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from afford.global_batch import per_process_denominator
+
 
 def supcon_loss(
     features: Tensor,
@@ -25,6 +27,7 @@ def supcon_loss(
     anchor_mask: Tensor | None = None,
     positive_mask: Tensor | None = None,
     denominator_mask: Tensor | None = None,
+    global_batch: bool = False,
 ) -> Tensor:
     """SupCon over N embeddings.
 
@@ -45,6 +48,10 @@ def supcon_loss(
         positive_mask: ``(N, N)`` bool, ``[i, j]`` = j is a positive of anchor i (overrides labels).
         denominator_mask: ``(N, N)`` bool, which samples enter anchor i's denominator (default:
             all). Positives are always added to it, so each log-probability is ≤ 0.
+
+        global_batch: the embeddings are a data-parallel run's global batch (gathered) and the
+            anchors this process's: divide by the global batch's anchor count over the number of
+            processes (:mod:`afford.global_batch`), so averaged gradients equal one process's.
 
     The diagonal (self-pairs) is always excluded from positives and denominators.
 
@@ -78,6 +85,8 @@ def supcon_loss(
     mean_pos = sum_pos / n_pos.clamp_min(1).to(sum_pos.dtype)
     per_anchor = -(temperature / base_temperature) * mean_pos
     per_anchor = torch.where(use, per_anchor, torch.zeros_like(per_anchor))
+    if global_batch:
+        return per_anchor.sum() / per_process_denominator(use.sum(), floor=1.0)
     return per_anchor.sum() / use.sum().clamp_min(1).to(per_anchor.dtype)
 
 

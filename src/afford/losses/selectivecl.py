@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from afford.global_batch import gather_rows, local_rows, per_process_denominator
 from afford.losses.contrastive import supcon_loss
 from afford.modules.heads import minmax
 
@@ -90,10 +91,18 @@ def prototype_contrastive_loss(anchor: Tensor, ego_pos: Tensor, ego_neg: Tensor,
         labels: ``(B,)`` affordance classes.
     """
     n_exo = exo_pos.shape[0] // labels.shape[0]
+    b = labels.shape[0]
+    # The positives and denominators span the batch: in a data-parallel run, the global one
+    # (gathered; this process's anchors only). One process: the batch as it is.
+    anchor, ego_pos, ego_neg, exo_pos, exo_neg, labels = (
+        gather_rows(t) for t in (anchor, ego_pos, ego_neg, exo_pos, exo_neg, labels))
     anchors, positive, denominator, _ = prototype_membership(labels, n_exo)
+    mine = local_rows(b, labels.device)
+    anchors = anchors & torch.cat([mine, torch.zeros(anchors.shape[0] - mine.shape[0], dtype=torch.bool,
+                                                            device=mine.device)])
     feats = torch.cat([anchor, ego_pos, ego_neg, exo_pos, exo_neg])
     return supcon_loss(feats, None, temperature, base_temperature, anchor_mask=anchors,
-                       positive_mask=positive, denominator_mask=denominator)
+                       positive_mask=positive, denominator_mask=denominator, global_batch=True)
 
 
 def pixel_foreground(ego_action_cos: Tensor, exo_action_cos: Tensor, object_mask: Tensor) -> Tensor:
@@ -138,7 +147,8 @@ def pixel_contrastive_loss(pixel_feat: Tensor, foreground: Tensor, weight_map: T
         has_pos = (same.sum(1) > 1) & anchors[i]
         if has_pos.any():
             losses.append(supcon_loss(feats[i], labels[i], temperature, base_temperature, anchor_mask=anchors[i]))
-    return torch.stack(losses).mean() if losses else pixel_feat.sum() * 0.0
+    # the mean over the global batch's images with an anchor (afford.global_batch)
+    return (torch.stack(losses).sum() if losses else pixel_feat.sum() * 0.0) / per_process_denominator(len(losses), 1.0)
 
 
 def calibrate(cam: Tensor, affinity: Tensor, mode: str = "continuous", thd: float = 0.6) -> Tensor:

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from afford.global_batch import mean_over_processes
+
 NMF_EPS = 1e-6
 
 
@@ -94,7 +96,7 @@ class Hamburger(nn.Module):
     @torch.no_grad()
     def _online_update(self, bases: torch.Tensor) -> None:
         """Move the stored bases towards this batch's mean solution: ``b ← b + η (mean − b)``."""
-        self.bases += self.eta * (bases.mean(0) - self.bases)
+        self.bases += self.eta * (mean_over_processes(bases.mean(0)) - self.bases)  # the global batch's mean
         self.bases.copy_(F.normalize(self.bases, dim=0))
 
     def decompose(self, z: torch.Tensor) -> torch.Tensor:

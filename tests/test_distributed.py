@@ -79,6 +79,22 @@ def test_a_killed_rank_stops_the_run_and_resume_reaches_the_uninterrupted_weight
     assert _max_diff(on_one, locate_runs["one"]) <= ATOL
 
 
+def test_clip4hoi_in_two_processes_equals_one_without_dropout(tmp_path: Path) -> None:
+    """CLIP4HOI's positives are counted over the global batch; its dropout (UPT's interactor)
+    draws masks per process, so the numerical comparison turns dropout off."""
+    synth = tmp_path / "synthhoi"
+    assert main(["data", "synth-hoi", "--out", str(synth), "--n-train", "16", "--n-test", "4", "--tile", "64",
+                 "--quiet"]) == 0
+    args = [x for o in [f"data.root={synth}", f"model.detections_train={synth}/detections_gt_train2015.json",
+                        f"model.detections_test={synth}/detections_gt_test2015.json", "model.image_size=64",
+                        "train.batch_size=4", "train.epochs=2", "train.max_steps_per_epoch=2", "model.dropout=0"]
+            for x in ("--set", o)]
+    for name, nproc in (("one", 1), ("two", 2)):
+        r = _train("clip4hoi_synthhoi_demo", tmp_path / name, *args, "--quiet", nproc=nproc)
+        assert r.returncode == 0, r.stderr[-3000:]
+    assert _max_diff(tmp_path / "one", tmp_path / "two") <= ATOL  # measured: 2.0e-6 (1 vs 2 threads: 7.8e-6)
+
+
 def test_a_global_batch_that_does_not_split_is_refused_before_any_process_starts(synth_root: Path, tmp_path: Path,
                                                                                 capsys) -> None:
     assert main(["train", "locate_synthagd_demo", "--out", str(tmp_path / "r"), "--set", f"data.root={synth_root}",

@@ -228,7 +228,8 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not (progress and ctx.main))
         for step, batch in enumerate(bar):
             global_step = epoch * steps_per_epoch + step
-            torch.manual_seed(derive_seed(t.seed, epoch, step))
+            # The global RNG (dropout) draws per process: ranks seeded alike would drop the same units.
+            torch.manual_seed(derive_seed(t.seed, epoch, step, *((ctx.rank, 2) if ctx.active else ())))
             method.set_step_seed(derive_seed(t.seed, epoch, step, 1), first_row=ctx.rank * len(batches[step]))
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.bf16):

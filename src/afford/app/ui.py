@@ -67,9 +67,12 @@ def _load_message(reg: Registry) -> str:
     return "\n".join(lines)
 
 
-def _example_labels(reg: Registry) -> list[str]:
-    """``affordance · object`` of each example (AGD20K layout ``.../<affordance>/<object>/<image>``)."""
-    return [f"{p.parent.parent.name} · {p.parent.name}" for p in reg.examples]
+def _examples(gr: Any, reg: Registry, upload: Any) -> None:
+    """The dataset's example images for ``upload``, labelled ``affordance · object`` (AGD20K layout
+    ``.../<affordance>/<object>/<image>``)."""
+    if reg.examples:
+        gr.Examples([[str(p)] for p in reg.examples], inputs=[upload], label="Examples",
+                    example_labels=[f"{p.parent.parent.name} · {p.parent.name}" for p in reg.examples])
 
 
 def build_app(reg: Registry) -> Any:
@@ -121,9 +124,7 @@ def build_app(reg: Registry) -> Any:
                     affordance = gr.Dropdown([ALL, *classes_of(first)], value=(classes_of(first) or [ALL])[0],
                                              label="Affordance", elem_id="aff-affordance")
                     run = gr.Button("Ground", variant="primary", elem_id="aff-run")
-                    if reg.examples:
-                        gr.Examples([[str(p)] for p in reg.examples], inputs=[upload], label="Examples",
-                                    example_labels=_example_labels(reg))
+                    _examples(gr, reg, upload)
                 with gr.Column(scale=2):
                     aff_status = gr.Markdown(elem_id="aff-status")
                     result = gr.Image(label="Heatmap", format="png", interactive=False, height=480,
@@ -146,9 +147,7 @@ def build_app(reg: Registry) -> Any:
                     c_others = gr.Dropdown(classes_of(first), value=[], multiselect=True,
                                            label="Other affordances of the object", elem_id="cmp-others")
                     c_run = gr.Button("Compare", variant="primary", elem_id="cmp-run")
-                    if reg.examples:
-                        gr.Examples([[str(p)] for p in reg.examples], inputs=[c_upload], label="Examples",
-                                    example_labels=_example_labels(reg))
+                    _examples(gr, reg, c_upload)
                 with gr.Column(scale=2):
                     c_status = gr.Markdown(elem_id="cmp-status")
                     c_grid = gr.Image(label="One line per model: the chosen affordance, then the others",

@@ -68,3 +68,25 @@ def test_other_dtypes_are_an_error(predictor, bad):
 def test_wrong_shape_is_an_error(predictor):
     with pytest.raises(AffordError, match="image: expected an \\(H, W, 3\\) array"):
         predictor.set_image(np.zeros((8, 8), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("method", ["locate", "looptrans"])
+def test_all_labels_of_one_image_in_one_pass_equal_one_pass_per_label(method: str) -> None:
+    """LOCATE and LoopTrans answer every affordance of one image from one forward (the app's
+    "all"); the maps equal asking the image once per label (the default of any method)."""
+    from afford.methods.base import Grounder
+
+    torch.manual_seed(0)
+    cfg = build_config(method, overrides=["model.backbone=tiny_vit", "data.test_size=56"])
+    m = create_method(method, cfg.model, CLASSES).eval()
+    image, labels = torch.rand(1, 3, 56, 56), torch.tensor([2, 0, 1, 0])
+    with torch.no_grad():
+        one_pass = m.predict_labels(image, labels)
+        per_label = Grounder.predict_labels(m, image, labels)  # the default: image repeated, predict
+    assert one_pass.shape == (4, *per_label.shape[1:])
+    torch.testing.assert_close(one_pass, per_label, rtol=1e-5, atol=1e-5)
+    pred = Predictor(LoadedRun(method=m, labels=LabelSpace.affordances(CLASSES), config=cfg, info={}, path=Path("x")))
+    pred.set_image(_image())
+    every = pred.predict()  # the expanded image goes through predict_labels
+    for a in CLASSES:
+        np.testing.assert_allclose(every[a], pred.predict(a)[a], atol=1e-5)

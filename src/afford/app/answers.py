@@ -61,9 +61,9 @@ class AffordanceAnswer:
         if len(self.maps) == 1:
             return self.files
         zipped = self.files[0].parent / f"{self.stem}_all_affordances.zip"
-        with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as z:
+        with zipfile.ZipFile(zipped, "w") as z:  # PNGs are compressed already; float maps barely shrink
             for f in self.files:
-                z.write(f, f.name)
+                z.write(f, f.name, zipfile.ZIP_STORED if f.suffix == ".png" else zipfile.ZIP_DEFLATED, 1)
         return [zipped]
 
 

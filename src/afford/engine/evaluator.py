@@ -94,8 +94,12 @@ def method_map_fn(method: Grounder, device: torch.device, bf16: bool = False, ou
     name = method.resolve_output(output)
 
     def fn(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        one_image = images.shape[0] > 1 and images.stride(0) == 0  # one image expanded: several labels of it
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = method.predict(images.to(device), labels.to(device), output=name)
+            if one_image:
+                out = method.predict_labels(images[:1].to(device), labels.to(device), output=name)
+            else:
+                out = method.predict(images.to(device), labels.to(device), output=name)
         return out.float().cpu()
 
     return fn

@@ -80,6 +80,12 @@ class Grounder(nn.Module):
         """Maps of ``labels`` at feature resolution, ``(B, h, w)``, as the named ``output``."""
         raise NotImplementedError
 
+    def predict_labels(self, image: torch.Tensor, labels: torch.Tensor, output: str | None = None) -> torch.Tensor:
+        """Maps of several ``labels`` for one image ``(1, 3, S, S)``, ``(A, h, w)`` (a user asking
+        for every affordance). Default: the image repeated once per label; methods whose forward
+        yields every class at once override it to answer in one pass."""
+        return self.predict(image.expand(len(labels), -1, -1, -1), labels, output)
+
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Frozen per-pixel features ``[(B, D_l, h, w), ...]`` for refinement (AffinityNet).
 

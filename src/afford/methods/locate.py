@@ -168,9 +168,18 @@ class LOCATE(Method):
     def predict(self, images: torch.Tensor, labels: torch.Tensor, output: str | None = None) -> torch.Tensor:
         """Raw CAM of ``labels`` at feature resolution (checkpoints/locate.md §4), ``(B, h, w)``."""
         self.resolve_output(output)
-        desc, _ = self._descriptors(images)
-        cam = self.aff_fc(self.aff_ego_proj(self._project(desc)))
+        cam = self.class_cams(images)
         return cam[torch.arange(cam.shape[0], device=cam.device), labels]
+
+    def predict_labels(self, image: torch.Tensor, labels: torch.Tensor, output: str | None = None) -> torch.Tensor:
+        """Every class's CAM comes out of one forward: one pass for all ``labels`` of one image."""
+        self.resolve_output(output)
+        return self.class_cams(image)[0, labels]
+
+    def class_cams(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw CAMs of every class, ``(B, C, h, w)``."""
+        desc, _ = self._descriptors(images)
+        return self.aff_fc(self.aff_ego_proj(self._project(desc)))
 
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The DINO key descriptor the CAMs are computed from (refinement's affinity features)."""

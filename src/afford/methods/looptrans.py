@@ -177,9 +177,18 @@ class LoopTrans(Method):
     def predict(self, images: torch.Tensor, labels: torch.Tensor, output: str | None = None) -> torch.Tensor:
         """Raw ``pixel_dec`` CAM of ``labels`` at feature resolution (looptrans.md §4), ``(B, h, w)``."""
         self.resolve_output(output)
-        desc, _ = self._descriptors(images)
-        cam = self.aff_fc(self.pixel_dec(self._project(desc)))
+        cam = self.class_cams(images)
         return cam[torch.arange(cam.shape[0], device=cam.device), labels]
+
+    def predict_labels(self, image: torch.Tensor, labels: torch.Tensor, output: str | None = None) -> torch.Tensor:
+        """Every class's CAM comes out of one forward: one pass for all ``labels`` of one image."""
+        self.resolve_output(output)
+        return self.class_cams(image)[0, labels]
+
+    def class_cams(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw CAMs of every class, ``(B, C, h, w)``."""
+        desc, _ = self._descriptors(images)
+        return self.aff_fc(self.pixel_dec(self._project(desc)))
 
     @torch.no_grad()
     def pseudo_masks(self, images: torch.Tensor, labels: torch.Tensor,

@@ -66,7 +66,7 @@ def main() -> None:
         "CLIP4HOI, dropout off": ("clip4hoi_synthhoi_demo", [*hoi_sets, "model.dropout=0"]),
         "CLIP4HOI (dropout 0.1, per process)": ("clip4hoi_synthhoi_demo", hoi_sets),
     }
-    print("| method | 1 vs 2 threads (one process) | 1 vs 2 processes | largest |entry| of the state dict |\n|---|---:|---:|---:|")
+    print("| method | 1 vs 2 threads (one process) | 1 vs 2 processes | largest abs. entry of the state dict |\n|---|---:|---:|---:|")
     for i, (name, (config, sets)) in enumerate(rows.items()):
         needs = [s.split("=", 1)[1] for s in sets if s.startswith(("model.cluster_weights=", "model.clip_weights="))]
         if any(not Path(n).is_dir() for n in needs):

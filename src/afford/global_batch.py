@@ -25,10 +25,8 @@ def global_sum(n: torch.Tensor | float) -> float:
     value = float(n.detach()) if torch.is_tensor(n) else float(n)
     if world_size() == 1:
         return value
-    t = torch.tensor([value], dtype=torch.float64, device=n.device if torch.is_tensor(n) else "cpu")
-    if dist.get_backend() == "nccl" and t.device.type != "cuda":
-        t = t.cuda()
-    dist.all_reduce(t)
+    t = torch.tensor([value], dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t)  # nccl reduces CUDA tensors only, gloo CPU ones
     return float(t)
 
 

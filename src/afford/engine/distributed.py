@@ -109,9 +109,11 @@ def mean_over_ranks(values: dict[str, float], ctx: DistContext) -> dict[str, flo
     if not ctx.active or not values:
         return values
     keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"  # nccl reduces CUDA tensors only
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(t)
-    return {k: float(v) if k.startswith("n_") else float(v) / ctx.world for k, v in zip(keys, t.tolist(), strict=True)}
+    return {k: float(v) if k.startswith("n_") else float(v) / ctx.world
+            for k, v in zip(keys, t.cpu().tolist(), strict=True)}
 
 
 class _SumOverRanks(torch.autograd.Function):

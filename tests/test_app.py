@@ -253,3 +253,13 @@ def test_the_page_in_headless_chromium(server, registry, tiny_run: Path, hoi_run
         browser.close()
     (shots / "timings.json").write_text(json.dumps(timings, indent=1))
     assert "Traceback" not in log.read_text()
+
+
+def test_answers_keep_only_the_last_requests_files(registry, tiny_run: Path, monkeypatch) -> None:
+    from afford.app import registry as reg_module
+
+    monkeypatch.setattr(reg_module, "KEEP_ANSWERS", 3)
+    aff = registry.affordance[tiny_run.name].classes[0]
+    dirs = [affordance_answer(registry, registry.examples[0], tiny_run.name, aff).files[0].parent for _ in range(5)]
+    kept = sorted(registry.answers_root.iterdir())
+    assert len(kept) == 3 and dirs[-1] in kept and dirs[0] not in kept and not dirs[0].exists()

@@ -8,7 +8,6 @@ with a message meant for the page.
 
 from __future__ import annotations
 
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -82,7 +81,7 @@ def affordance_answer(reg: Registry, image_path: str | Path | None, model: str, 
         pred = m.predictor()
         pred.set_image(image)
         maps = pred.predict(None if affordance == ALL else affordance)
-    out = Path(out_dir or tempfile.mkdtemp(prefix="afford_app_"))
+    out = Path(out_dir) if out_dir is not None else reg.answer_dir()
     stem = Path(image_path).stem  # type: ignore[arg-type]
     files = save_prediction(out, stem, image, maps)
     if affordance == ALL:

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 #: at most this many example images per run are offered (one per affordance / image, in order)
 MAX_EXAMPLES = 8
+#: request folders of downloads kept on disk (a page shows one answer at a time)
+KEEP_ANSWERS = 32
 
 
 def _device(run: Any) -> str:
@@ -83,6 +85,21 @@ class Registry:
     datasets: set[tuple[str, str | None]] = field(default_factory=set)  # (root, split) already read
     #: predictors hold the current image: one request at a time uses them
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: where answers write their downloads: one folder per request, the oldest removed past KEEP_ANSWERS
+    answers_root: Path | None = None
+
+    def answer_dir(self) -> Path:
+        """A new folder for one request's files; keeps the last :data:`KEEP_ANSWERS` requests' only."""
+        import shutil
+        import tempfile
+
+        with self.lock:
+            if self.answers_root is None:
+                self.answers_root = Path(tempfile.mkdtemp(prefix="afford_app_"))
+            old = sorted(self.answers_root.iterdir(), key=lambda p: p.stat().st_mtime)
+            for stale in old[: max(0, len(old) - KEEP_ANSWERS + 1)]:
+                shutil.rmtree(stale, ignore_errors=True)
+            return Path(tempfile.mkdtemp(dir=self.answers_root))
 
 
 def demo_runs(demo_out: str | Path) -> list[Path]:

@@ -25,6 +25,11 @@ from afford.errors import AffordError
 #: the largest image the app accepts (pixels): 4096 x 4096. A map is computed at the image's own
 #: resolution, as ``afford predict`` does, so memory grows with the pixel count.
 MAX_PIXELS = 4096 * 4096
+#: "all" computes every class's map at the image's resolution at once: classes x pixels is capped
+#: (36 classes of a 640 x 480 photo take 11 M; the float64 maps of 24 M take ~0.6 GB while computed)
+ALL_CLASS_PIXELS = 24_000_000
+#: the formats the page accepts (Pillow knows many more, some through external programs)
+FORMATS = ("PNG", "JPEG", "BMP", "WEBP")
 ALL = "all"
 
 
@@ -34,7 +39,7 @@ def open_image(path: str | Path | None, shown_as: str | None = None) -> Image.Im
         raise AffordError("no image: upload one or pick an example")
     name = shown_as or Path(path).name
     try:
-        with Image.open(path) as im:
+        with Image.open(path, formats=FORMATS) as im:
             w, h = im.size  # the header only: a huge image is refused before it is decoded
             if w * h > MAX_PIXELS:
                 raise AffordError(f"{name}: {w} x {h} pixels ({w * h / 1e6:.1f} MP) is too large; the app takes "
@@ -43,7 +48,9 @@ def open_image(path: str | Path | None, shown_as: str | None = None) -> Image.Im
     except Image.DecompressionBombError:  # PIL refuses to open images above ~179 MP at all
         raise AffordError(f"{name}: too large (over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} MP); the app takes images "
                           f"up to {MAX_PIXELS / 1e6:.1f} MP (e.g. 4096 x 4096): resize it first") from None
-    except (*DECODE_ERRORS, EOFError):
+    except AffordError:
+        raise
+    except (*DECODE_ERRORS, EOFError, Exception):  # a malformed file can fail anywhere inside a decoder
         raise AffordError(f"{name}: not an image this app can read; upload a PNG, JPEG, BMP or WebP file") from None
 
 
@@ -77,6 +84,11 @@ def affordance_answer(reg: Registry, image_path: str | Path | None, model: str, 
     if affordance != ALL and affordance not in m.classes:
         raise AffordError(f"affordance {affordance!r}: not a class of {model} (choose one of its "
                           f"{len(m.classes)} or 'all')")
+    w, h = image.size
+    if affordance == ALL and len(m.classes) * w * h > ALL_CLASS_PIXELS:
+        raise AffordError(f"'all' computes {len(m.classes)} maps at {w} x {h}; that is limited to "
+                          f"{ALL_CLASS_PIXELS / 1e6:.0f} M class-pixels here: choose one affordance, or resize the "
+                          f"image to at most {int((ALL_CLASS_PIXELS / len(m.classes)) ** 0.5)} px a side")
     with reg.lock:
         pred = m.predictor()
         pred.set_image(image)
@@ -117,12 +129,13 @@ def compare_answer(reg: Registry, image_path: str | Path | None, models: Sequenc
     full = open_image(image_path)
     image = _thumbnail(full)  # the maps are computed on the full image, shown small
     names = [affordance, *[o for o in others if o != affordance]]
+    for name in models:  # every model checked before any is run
+        missing = [a for a in names if a not in _affordance_model(reg, name).classes]
+        if missing:
+            raise AffordError(f"{name}: has no class {missing[0]!r}; compare runs trained on the same classes")
     tiles, rows = [], []
     for name in models:
         m = _affordance_model(reg, name)
-        missing = [a for a in names if a not in m.classes]
-        if missing:
-            raise AffordError(f"{name}: has no class {missing[0]!r}; compare runs trained on the same classes")
         with reg.lock:
             pred = m.predictor()
             pred.set_image(full)
@@ -151,6 +164,12 @@ def hoi_answer(reg: Registry, image_path: str | Path | None, model: str, top: in
         pred = reg.hoi[model].predictor()
         pred.set_image(image, name=Path(image_path).name)  # type: ignore[arg-type]
         rows = pred.predict(top_k=top)
+    w, h = image.size
+    if reg.hoi[model].detections is not None and any(
+            b[2] > w + 1 or b[3] > h + 1 for r in rows for b in (r["human_box"], r["object_box"])):
+        raise AffordError(f"{Path(image_path).name}: the run's cached detections under this name do not fit a "
+                          f"{w} x {h} image; this run answers for its dataset's images as they are (or use a run "
+                          "with a DETR detector)")
     table = [[r["verb"], r["object"], round(r["score"], 4), [round(x, 1) for x in r["human_box"]],
               [round(x, 1) for x in r["object_box"]]] for r in rows]
     return draw_hoi(image, rows), table

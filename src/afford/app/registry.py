@@ -148,13 +148,17 @@ def _add_affordance(reg: Registry, run: Any) -> None:
                           "(e.g. LoopTrans's cluster module); not served")
     base = _unique(reg, run.path.name)
     default = method.resolve_output(None)
-    reg.affordance[base] = AffordanceModel(base, run, default)
-    for output in method.outputs:
-        if output != default:
-            reg.affordance[f"{base} · {output}"] = AffordanceModel(f"{base} · {output}", run, output)
-    if (run.path / REFINER_DIR).is_dir():
-        reg.affordance[f"{base} + AffinityNet"] = AffordanceModel(f"{base} + AffinityNet", run, default, "affinity")
     _add_examples(reg, run)
+    models = [AffordanceModel(base, run, default)]
+    models += [AffordanceModel(f"{base} · {o}", run, o) for o in method.outputs if o != default]
+    if (run.path / REFINER_DIR).is_dir():
+        refined = AffordanceModel(f"{base} + AffinityNet", run, default, "affinity")
+        try:
+            refined.predictor()  # an interrupted 'afford refine train' leaves a head that does not load
+            models.append(refined)
+        except AffordError as e:
+            reg.failed[f"{run.path} + AffinityNet"] = str(e)
+    reg.affordance.update({m.name: m for m in models})  # registered last: a run is served or failed, not both
 
 
 def _add_examples(reg: Registry, run: Any) -> None:
@@ -192,13 +196,13 @@ def _add_hoi(reg: Registry, run: Any, detections: str | Path | None) -> None:
         if not dets.is_file():
             raise AffordError(f"{run.path}: this run reads cached detections and its test detections file "
                               f"{str(dets)!r} is not here; pass one with --detections FILE")
+    examples = []
+    if dets is not None:  # a cached-detector run answers only for images its file covers: offer those
+        from afford.hoi.detections import read_image_mapping
+
+        covered = read_image_mapping(dets, [], "cached detection", subset=True)  # checked before serving
+        image_dir = Path(cfg.data.root) / "images" / "test2015"
+        examples = [image_dir / f for f in list(covered)[:MAX_EXAMPLES] if (image_dir / f).is_file()]
     name = _unique(reg, run.path.name)
     reg.hoi[name] = HOIModel(name, run, dets)
-    if dets is not None:  # a cached-detector run answers only for images its file covers: offer those
-        import json
-
-        covered = json.loads(dets.read_text())
-        image_dir = Path(cfg.data.root) / "images" / "test2015"
-        for fname in list(covered)[: MAX_EXAMPLES]:
-            if (image_dir / fname).is_file() and image_dir / fname not in reg.hoi_examples:
-                reg.hoi_examples.append(image_dir / fname)
+    reg.hoi_examples += [p for p in examples if p not in reg.hoi_examples]

@@ -60,7 +60,9 @@ def _load_message(reg: Registry) -> str:
     lines = []
     if reg.failed:
         lines.append("**Runs not served** (the others are):")
-        lines += [f"- `{path}`: {why}" for path, why in reg.failed.items()]
+        # names, not the server's paths: the page may be served to other machines (--host 0.0.0.0)
+        lines += [f"- `{Path(path).name}`: {why.replace(str(Path(path).parent) + '/', '')}"
+                  for path, why in reg.failed.items()]
     if not reg.affordance and not reg.hoi:
         lines.append("**No model loaded.** Start the app with `afford app --run RUN_DIR ...`, or run "
                      "`afford demo` first so that `demo_out/runs` holds trained runs.")
@@ -104,14 +106,27 @@ def build_app(reg: Registry) -> Any:
         cls = classes_of(name)
         return gr.Dropdown(choices=[ALL, *cls], value=cls[0] if cls else ALL)
 
-    def object_others(obj: str | None, affordance: str) -> Any:
-        affs = [a for a in reg.object_affordances.get(obj or "", ()) if a != affordance]
-        return gr.Dropdown(value=affs)
+    def shared_classes(names: list[str] | None) -> list[str]:
+        """The classes every chosen model has, in the first one's order."""
+        chosen = [reg.affordance[n].classes for n in names or [] if n in reg.affordance]
+        return [c for c in chosen[0] if all(c in other for other in chosen[1:])] if chosen else []
+
+    def object_others(obj: str | None, affordance: str, names: list[str]) -> Any:
+        allowed = shared_classes(names)
+        return gr.Dropdown(value=[a for a in reg.object_affordances.get(obj or "", ()) if a != affordance and a in allowed])
+
+    def new_models(names: list[str], affordance: str | None, others: list[str] | None) -> tuple[Any, Any]:
+        """The affordance lists offer the classes every chosen model has; choices still valid stay."""
+        cls = shared_classes(names)
+        keep = affordance if affordance in cls else (cls[0] if cls else None)
+        return gr.Dropdown(choices=cls, value=keep), gr.Dropdown(choices=cls, value=[o for o in others or [] if o in cls])
 
     models = list(reg.affordance)
     first = models[0] if models else None
-    defaults = [m for m in models if " · " not in m and "+" not in m][:4]
-    with gr.Blocks(title="afford", analytics_enabled=False) as app:
+    defaults = [m for m in models if " · " not in m and "+" not in m]
+    defaults = [m for m in defaults if reg.affordance[m].classes == reg.affordance[defaults[0]].classes][:4]
+    # Gradio's own copies of uploads and answers are removed after an hour (checked every 10 min)
+    with gr.Blocks(title="afford", analytics_enabled=False, delete_cache=(600, 3600)) as app:
         gr.Markdown("# afford\nWeakly supervised affordance grounding and HOI detection: upload a photo (or "
                     "pick an example), choose a model and an affordance or an interaction.")
         gr.Markdown(_load_message(reg), elem_id="load-status")
@@ -153,7 +168,8 @@ def build_app(reg: Registry) -> Any:
                     c_grid = gr.Image(label="One line per model: the chosen affordance, then the others",
                                       format="png", interactive=False, height=560, elem_id="cmp-result")
                     c_table = gr.Markdown(elem_id="cmp-table")
-            c_obj.change(object_others, [c_obj, c_aff], c_others)
+            c_models.change(new_models, [c_models, c_aff, c_others], [c_aff, c_others])
+            c_obj.change(object_others, [c_obj, c_aff, c_models], c_others)
             c_run.click(compare, [c_upload, c_models, c_aff, c_others], [c_grid, c_table, c_status])
 
         if reg.hoi:
@@ -177,14 +193,15 @@ def build_app(reg: Registry) -> Any:
 
 
 def allowed_paths(reg: Registry) -> list[str]:
-    """Folders the page may serve files from: the example images' (the answers live in temp)."""
-    return sorted({str(Path(p).parent) for p in [*reg.examples, *reg.hoi_examples]})
+    """The files the page may serve besides its answers: the example images themselves (not their
+    folders, which may hold other files)."""
+    return sorted({str(p) for p in [*reg.examples, *reg.hoi_examples]})
 
 
 def serve(reg: Registry, host: str = "127.0.0.1", port: int = 7860, block: bool = True) -> Any:
     """Launch the page on ``host:port``; returns the ``gr.Blocks`` (``block=False``: don't wait)."""
     app = build_app(reg)
-    app.queue(default_concurrency_limit=1)
+    app.queue(default_concurrency_limit=1, max_size=32)  # a request past 32 waiting ones is refused
     app.launch(server_name=host, server_port=port, max_file_size=MAX_FILE_SIZE, show_error=False,
                allowed_paths=allowed_paths(reg), ssr_mode=False, css=CSS, prevent_thread_lock=not block, quiet=False)
     return app

@@ -19,7 +19,7 @@ def test_seeds_and_sample_std() -> None:
     for bad in ("0,x", "1,1", ""):
         with pytest.raises(AffordError, match="--seeds"):
             parse_seeds(bad)
-    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0) and mean_std([4.0]) == (4.0, 0.0)
+    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0) and mean_std([4.0]) == (4.0, None)
 
 
 def test_sweep_trains_each_seed_reports_both_rules_and_resumes(synth_root: Path, tmp_path: Path, capsys) -> None:
@@ -43,6 +43,8 @@ def test_sweep_trains_each_seed_reports_both_rules_and_resumes(synth_root: Path,
 
     assert main(args) == 0  # rerun: finished seeds are kept, not retrained
     assert "seed 3: kept (finished)" in capsys.readouterr().out
+    assert main([a for a in args if a not in ("--select", "best-on-test")]) == 2  # another config, same folder
+    assert "holds a run of another config (train.select: run has 'best-on-test', now 'last')" in capsys.readouterr().err
 
     assert main(["eval", "--runs", str(tmp_path / "seed_3"), str(tmp_path / "seed_4"), "--quiet", "--json",
                  str(tmp_path / "e.json")]) == 0

@@ -210,3 +210,23 @@ def test_outputs_are_declared_and_plsp_refuses_the_refined_scores() -> None:
     with pytest.raises(AffordError, match="has no output 'cam'"):
         m.predict(x, y, output="cam")
     assert len(m.features(x)) == 2 and m.features(x)[0].shape[-2:] == (SIZE // 8, SIZE // 8)
+
+
+def test_resume_continues_from_the_online_nmf_bases(synth_root, tmp_path) -> None:
+    """The NMF bases are not in the weights (as in the reference) but training moves them: the
+    epoch checkpoint's state keeps them, so a resumed run equals an uninterrupted one."""
+    from safetensors.torch import load_file
+
+    from afford import checkpoint as ckpt
+    from afford.config import load_config
+    from afford.engine.trainer import train
+
+    sets = [f"data.root={synth_root}", "data.resize=64", "data.crop=56", "data.test_size=56", "model.grid=7",
+            "data.feature_cache=false", "train.batch_size=4", "train.max_steps_per_epoch=2"]
+    train(load_config("wsma_synthagd_demo", [*sets, "train.epochs=2"]), tmp_path / "a", progress=False)
+    train(load_config("wsma_synthagd_demo", [*sets, "train.epochs=1"]), tmp_path / "b", progress=False)
+    state = torch.load(ckpt.epoch_dir(tmp_path / "b", 0) / ckpt.STATE, weights_only=False)
+    assert any(k.endswith("bases") for k in state["buffers"])
+    train(load_config("wsma_synthagd_demo", [*sets, "train.epochs=2"]), tmp_path / "b", resume=True, progress=False)
+    wa, wb = load_file(tmp_path / "a" / ckpt.WEIGHTS), load_file(tmp_path / "b" / ckpt.WEIGHTS)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -84,3 +84,25 @@ def mean_over_processes(x: torch.Tensor) -> torch.Tensor:
     y = x.detach().clone()
     dist.all_reduce(y)
     return y / world_size()
+
+
+class _SumOverProcesses(torch.autograd.Function):
+    """``all_reduce(SUM)`` with its gradient: the sum over processes of the outputs' gradients."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001 - autograd's context
+        y = x.clone()
+        dist.all_reduce(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        g = grad.clone()
+        dist.all_reduce(g)
+        return g
+
+
+def sum_over_processes(x: torch.Tensor) -> torch.Tensor:
+    """``x`` summed over processes, with gradient (a statistic of the global batch that every
+    process's samples feed, e.g. BatchNorm's sums). One process: ``x``."""
+    return x if world_size() == 1 else _SumOverProcesses.apply(x)

@@ -37,10 +37,20 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def _finished(run_dir: Path, epochs: int) -> bool:
-    if not (run_dir / ckpt.WEIGHTS).is_file():
+def _finished(run_dir: Path, cfg: Any) -> bool:
+    """Whether ``run_dir`` holds this config's finished run; AffordError when it holds another
+    config's (e.g. a rerun with another --select or --set), naming the difference."""
+    from afford.engine.trainer import check_resume_config
+
+    if not (run_dir / ckpt.RUN_FILE).is_file():
         return False
-    return ckpt.read_run_info(run_dir).get("epochs_done") == epochs
+    try:
+        check_resume_config(run_dir, cfg)
+    except AffordError as e:
+        why = str(e).split("different config", 1)[-1].strip(" ()")
+        raise AffordError(f"{run_dir}: holds a run of another config ({why}); use another --out, or the same "
+                          "--set / --select as before") from None
+    return (run_dir / ckpt.WEIGHTS).is_file() and ckpt.read_run_info(run_dir).get("epochs_done") == cfg.train.epochs
 
 
 def _train_command(config: str, overrides: Sequence[str], seed: int, run_dir: Path, nproc: int, resume: bool,
@@ -61,7 +71,7 @@ def train_seeds(config: str, overrides: Sequence[str], seeds: Sequence[int], out
     for s in seeds:
         run_dir = out / f"seed_{s}"
         cfg = load_config(config, [*overrides, f"train.seed={s}"])  # a bad override fails before any training
-        if _finished(run_dir, cfg.train.epochs):
+        if _finished(run_dir, cfg):
             done[s] = "kept (finished)"
         else:
             todo.append((s, run_dir, cfg, (run_dir / ckpt.RUN_FILE).exists()))
@@ -122,10 +132,11 @@ def evaluate_run(run_dir: Path, progress: bool = False) -> dict[str, dict[str, f
     return out
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
+def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for one value: no spread can be measured)."""
     n = len(values)
     mean = sum(values) / n
-    return mean, (math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0)
+    return mean, (math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None)
 
 
 def summarise(per_run: dict[str, dict[str, dict[str, float]]]) -> dict[str, Any]:
@@ -152,7 +163,8 @@ def format_summary(summary: dict[str, Any], title: str) -> str:
     lines = [f"{title} ({n} seeds, mean ± sample std)", "",
              "| model selection | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
     for rule in rules:
-        cells = [f"{summary[rule][m]['mean']:.3f} ± {summary[rule][m]['std']:.3f}" for m in metrics]
+        cells = [f"{summary[rule][m]['mean']:.3f} ± " + ("n/a" if summary[rule][m]["std"] is None
+                                                           else f"{summary[rule][m]['std']:.3f}") for m in metrics]
         lines.append(f"| {rule} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -24,13 +24,15 @@ from __future__ import annotations
 import datetime
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from afford.errors import AffordError
+from afford.global_batch import sum_over_processes
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,8 @@ class DistContext:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    #: a gloo group with a long timeout for waiting (rank 0 evaluating while the others wait)
+    wait_group: Any = field(default=None, compare=False)
 
     @property
     def active(self) -> bool:
@@ -56,8 +60,10 @@ class DistContext:
         return list(batch[self.rank * per : (self.rank + 1) * per])
 
     def barrier(self) -> None:
+        """Wait for every process; the wait may be long (rank 0 evaluating an epoch), so it uses a
+        group whose timeout is ``$AFFORD_DIST_WAIT_TIMEOUT`` s (default a day), not the collectives' one."""
         if self.active:
-            dist.barrier()
+            dist.barrier(group=self.wait_group)
 
 
 def from_env(device_type: str) -> DistContext:
@@ -66,14 +72,15 @@ def from_env(device_type: str) -> DistContext:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext()
-    ctx = DistContext(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
         timeout = datetime.timedelta(seconds=float(os.environ.get("AFFORD_DIST_TIMEOUT", "1800")))
         if backend == "nccl":
-            torch.cuda.set_device(ctx.local_rank)
+            torch.cuda.set_device(local_rank)
         dist.init_process_group(backend, timeout=timeout)
-    return ctx
+    wait = datetime.timedelta(seconds=float(os.environ.get("AFFORD_DIST_WAIT_TIMEOUT", "86400")))
+    return DistContext(rank, world, local_rank, dist.new_group(backend="gloo", timeout=wait))
 
 
 def check_batch(global_batch: int, ctx: DistContext) -> None:
@@ -116,22 +123,6 @@ def mean_over_ranks(values: dict[str, float], ctx: DistContext) -> dict[str, flo
             for k, v in zip(keys, t.cpu().tolist(), strict=True)}
 
 
-class _SumOverRanks(torch.autograd.Function):
-    """``all_reduce(SUM)`` with its gradient: the sum over ranks of the outputs' gradients."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001 - autograd's context
-        y = x.clone()
-        dist.all_reduce(y)
-        return y
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-        g = grad.clone()
-        dist.all_reduce(g)
-        return g
-
-
 class GlobalBatchNorm(nn.BatchNorm2d):
     """BatchNorm whose training statistics are those of the global batch across ranks.
 
@@ -143,10 +134,11 @@ class GlobalBatchNorm(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
+        out_dtype, x = x.dtype, x.float()  # statistics in float32, as BatchNorm keeps them under autocast
         count = torch.tensor([float(x.numel() // x.shape[1])], device=x.device)
         dist.all_reduce(count)
-        mean = _SumOverRanks.apply(x.sum((0, 2, 3))) / count
-        var = _SumOverRanks.apply((x - mean[None, :, None, None]).pow(2).sum((0, 2, 3))) / count
+        mean = sum_over_processes(x.sum((0, 2, 3))) / count
+        var = sum_over_processes((x - mean[None, :, None, None]).pow(2).sum((0, 2, 3))) / count
         if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
             with torch.no_grad():
                 n = float(count)
@@ -155,7 +147,9 @@ class GlobalBatchNorm(nn.BatchNorm2d):
                 self.running_var.mul_(1 - m).add_(var.detach() * n / max(n - 1, 1), alpha=m)
                 self.num_batches_tracked.add_(1)
         y = (x - mean[None, :, None, None]) / torch.sqrt(var[None, :, None, None] + self.eps)
-        return y * self.weight[None, :, None, None] + self.bias[None, :, None, None] if self.affine else y
+        if self.affine:
+            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return y.to(out_dtype)
 
 
 def use_global_batchnorm(module: nn.Module) -> int:

@@ -90,6 +90,18 @@ class NullLogger:
         pass
 
 
+def _unsaved_buffers(method: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Buffers the weights file leaves out (non-persistent) but training changes, such as WSMA's
+    online NMF bases: the checkpoint's state keeps them, so resume continues from them."""
+    out = {}
+    for prefix, module in method.named_modules():
+        for name in module._non_persistent_buffers_set:
+            buf = getattr(module, name, None)
+            if torch.is_tensor(buf) and buf.is_floating_point():
+                out[f"{prefix}.{name}" if prefix else name] = buf.detach().cpu().clone()
+    return out
+
+
 def fault_point(epoch: int, step: int, rank: int) -> None:
     """Die like a killed process (SIGKILL: no cleanup) after ``epoch:step`` on ``rank`` when
     ``$AFFORD_FAULT_AT`` says so (0-based, e.g. ``1:2:1``); how the tests kill a run mid-epoch
@@ -131,7 +143,8 @@ def _build_scheduler(opt: torch.optim.Optimizer, cfg: RunConfig) -> torch.optim.
     raise AffordError(f"train.scheduler: expected 'step' or 'none', got '{t.scheduler}'")
 
 
-def _check_resume(run_dir: Path, cfg: RunConfig) -> None:
+def check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
+    """AffordError naming the differences when ``cfg`` is not the config ``run_dir`` was trained with (epochs may grow)."""
     stored = config_from_dict(ckpt.read_run_info(run_dir)["config"]).to_dict()
     now = cfg.to_dict()
     diffs = [
@@ -165,7 +178,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     if (run_dir / ckpt.RUN_FILE).exists():
         if not resume:
             raise AffordError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out")
-        _check_resume(run_dir, cfg)
+        check_resume_config(run_dir, cfg)
     elif resume and not done:
         resume = False  # nothing to resume: start fresh
     ctx.barrier()  # every rank has looked before rank 0 writes run.json
@@ -190,6 +203,8 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         ckpt.load_weights(method, ckpt.epoch_dir(run_dir, last) / ckpt.WEIGHTS)
         state = torch.load(ckpt.epoch_dir(run_dir, last) / ckpt.STATE, map_location="cpu", weights_only=False)
         optimizer.load_state_dict(state["optimizer"])
+        for name, value in state.get("buffers", {}).items():  # e.g. WSMA's NMF bases (not in the weights)
+            method.get_buffer(name).copy_(value)
         if scheduler is not None and state.get("scheduler") is not None:
             scheduler.load_state_dict(state["scheduler"])
         history = state.get("history", [])
@@ -272,7 +287,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
             if task.better(record["test"], best["test"] if best else None):
                 best = record
         history.append(record)
-        state = {"epoch": epoch, "optimizer": optimizer.state_dict(),
+        state = {"epoch": epoch, "optimizer": optimizer.state_dict(), "buffers": _unsaved_buffers(method),
                  "scheduler": scheduler.state_dict() if scheduler is not None else None,
                  "history": history}
         protect = (best["epoch"],) if best is not None else ()

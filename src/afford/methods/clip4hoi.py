@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from afford.backbones import create_backbone, create_text_encoder
 from afford.errors import AffordError
+from afford.global_batch import per_process_denominator
 from afford.hoi.decoder import PairDecoder, union_mask
 from afford.hoi.detector import DetrDetector, Instances, detector_record, filter_proposals
 from afford.hoi.interactor import HOInteractor
@@ -341,6 +342,7 @@ class CLIP4HOI(InteractionDetector):
             priors.append(prior * seen)  # unseen classes: neither positive nor negative
             targets.append(y)
         if not logits:  # no pair in the whole batch: a zero loss that still has a graph
+            per_process_denominator(0.0, floor=1.0)  # data-parallel: the other processes count positives
             zero = self.logit_bias * 0.0
             return {"loss": zero, "focal": zero.detach(), "positives": zero.detach()}
         y = torch.cat(targets)

@@ -28,6 +28,7 @@ from torch import nn
 from afford.backbones import create_backbone, create_text_encoder
 from afford.backbones.clip_text import missing_vocabulary
 from afford.errors import AffordError
+from afford.global_batch import sum_over_processes
 from afford.losses.wsma import wsma_losses
 from afford.methods.base import LabelSpace, Method, ParamGroup
 from afford.modules.attention_pool import AttentionPool2d
@@ -201,8 +202,11 @@ class WSMA(Method):
         ``feat`` (B, D, h, w), ``patches`` (B, h·w, E), ``text`` (B, E) for each sample's class.
         ``n`` is the channel L2 norm, or the reference's batch-axis norm (see module docstring).
         """
-        dim = 0 if self.gate_axis == "batch" else -1
-        sim = (F.normalize(patches, dim=dim) * F.normalize(text, dim=-1)[:, None]).sum(-1)  # (B, h·w)
+        if self.gate_axis == "batch":  # the norm over the batch axis: the global batch's, data-parallel
+            n_patches = patches / sum_over_processes(patches.pow(2).sum(0, keepdim=True)).sqrt().clamp_min(1e-12)
+        else:
+            n_patches = F.normalize(patches, dim=-1)
+        sim = (n_patches * F.normalize(text, dim=-1)[:, None]).sum(-1)  # (B, h·w)
         gate = torch.sigmoid(F.normalize(sim, dim=1)).view(feat.shape[0], 1, *feat.shape[-2:])
         return gate * feat + feat
 

@@ -145,3 +145,18 @@ class InteractionDetector(Trainable):
     def detect(self, batch: dict[str, Any]) -> list[Any]:
         """One :class:`afford.hoi.types.ImageDetections` per image (0-based boxes, original frame)."""
         raise NotImplementedError
+
+
+class ClassCAMs:
+    """For methods whose forward gives every class's CAM at once (LOCATE, LoopTrans): ``predict``
+    indexes each sample's label, ``predict_labels`` answers all labels of one image in one pass.
+    The method defines ``class_cams(images) -> (B, C, h, w)``; mix in before :class:`Method`."""
+
+    def predict(self, images: torch.Tensor, labels: torch.Tensor, output: str | None = None) -> torch.Tensor:
+        self.resolve_output(output)  # type: ignore[attr-defined]
+        cam = self.class_cams(images)  # type: ignore[attr-defined]
+        return cam[torch.arange(cam.shape[0], device=cam.device), labels]
+
+    def predict_labels(self, image: torch.Tensor, labels: torch.Tensor, output: str | None = None) -> torch.Tensor:
+        self.resolve_output(output)  # type: ignore[attr-defined]
+        return self.class_cams(image)[0, labels]  # type: ignore[attr-defined]

@@ -20,7 +20,7 @@ from afford.backbones import create_backbone
 from afford.errors import AffordError
 from afford.losses.concentration import concentration_loss
 from afford.losses.prototype import prototype_loss
-from afford.methods.base import LabelSpace, Method, ParamGroup
+from afford.methods.base import ClassCAMs, LabelSpace, Method, ParamGroup
 from afford.modules.heads import Mlp, conv_bn_relu_stack, project_map
 from afford.modules.param_groups import groups_from_rules
 from afford.modules.prototypes import select_part_prototypes
@@ -61,7 +61,7 @@ class LOCATEConfig:
 SALIENCIES = PARTIOU_SALIENCIES
 
 
-class LOCATE(Method):
+class LOCATE(ClassCAMs, Method):
     """LOCATE with the official module names: ``backbone``, ``aff_proj``, ``aff_*_proj``, ``aff_fc``."""
 
     name = "locate"
@@ -165,19 +165,9 @@ class LOCATE(Method):
         self._step_seed, self._first_row = seed, first_row
 
     # -- inference ---------------------------------------------------------------------------
-    def predict(self, images: torch.Tensor, labels: torch.Tensor, output: str | None = None) -> torch.Tensor:
-        """Raw CAM of ``labels`` at feature resolution (checkpoints/locate.md §4), ``(B, h, w)``."""
-        self.resolve_output(output)
-        cam = self.class_cams(images)
-        return cam[torch.arange(cam.shape[0], device=cam.device), labels]
-
-    def predict_labels(self, image: torch.Tensor, labels: torch.Tensor, output: str | None = None) -> torch.Tensor:
-        """Every class's CAM comes out of one forward: one pass for all ``labels`` of one image."""
-        self.resolve_output(output)
-        return self.class_cams(image)[0, labels]
-
     def class_cams(self, images: torch.Tensor) -> torch.Tensor:
-        """Raw CAMs of every class, ``(B, C, h, w)``."""
+        """Raw CAMs of every class at feature resolution (checkpoints/locate.md §4),
+        ``(B, C, h, w)``; ``predict`` and ``predict_labels`` index it (:class:`ClassCAMs`)."""
         desc, _ = self._descriptors(images)
         return self.aff_fc(self.aff_ego_proj(self._project(desc)))
 

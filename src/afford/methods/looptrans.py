@@ -25,7 +25,7 @@ from afford.backbones.convert import load_strict
 from afford.errors import AffordError
 from afford.losses.concentration import concentration_loss
 from afford.losses.looptrans import correlation_loss, denoise_loss, pseudo_mask_losses, select_pseudo_masks
-from afford.methods.base import LabelSpace, Method, ParamGroup
+from afford.methods.base import ClassCAMs, LabelSpace, Method, ParamGroup
 from afford.methods.looptrans_cluster import load_cluster_weights
 from afford.modules.cluster import ClusterModule
 from afford.modules.heads import Mlp, conv_bn_relu_stack, project_map
@@ -65,7 +65,7 @@ class LoopTransConfig:
     con_weight: float = 0.07
 
 
-class LoopTrans(Method):
+class LoopTrans(ClassCAMs, Method):
     """LoopTrans with the official module names: ``backbone``, ``cluster``, ``aff_proj``,
     ``pixel_dec``, ``scam``, ``aff_fc``."""
 
@@ -174,19 +174,9 @@ class LoopTrans(Method):
                 "con": l_con, "mask_frac": target.mean().detach()}
 
     # -- inference ---------------------------------------------------------------------------
-    def predict(self, images: torch.Tensor, labels: torch.Tensor, output: str | None = None) -> torch.Tensor:
-        """Raw ``pixel_dec`` CAM of ``labels`` at feature resolution (looptrans.md §4), ``(B, h, w)``."""
-        self.resolve_output(output)
-        cam = self.class_cams(images)
-        return cam[torch.arange(cam.shape[0], device=cam.device), labels]
-
-    def predict_labels(self, image: torch.Tensor, labels: torch.Tensor, output: str | None = None) -> torch.Tensor:
-        """Every class's CAM comes out of one forward: one pass for all ``labels`` of one image."""
-        self.resolve_output(output)
-        return self.class_cams(image)[0, labels]
-
     def class_cams(self, images: torch.Tensor) -> torch.Tensor:
-        """Raw CAMs of every class, ``(B, C, h, w)``."""
+        """Raw ``pixel_dec`` CAMs of every class at feature resolution (looptrans.md §4),
+        ``(B, C, h, w)``; ``predict`` and ``predict_labels`` index it (:class:`ClassCAMs`)."""
         desc, _ = self._descriptors(images)
         return self.aff_fc(self.pixel_dec(self._project(desc)))
 

@@ -263,3 +263,10 @@ def test_answers_keep_only_the_last_requests_files(registry, tiny_run: Path, mon
     dirs = [affordance_answer(registry, registry.examples[0], tiny_run.name, aff).files[0].parent for _ in range(5)]
     kept = sorted(registry.answers_root.iterdir())
     assert len(kept) == 3 and dirs[-1] in kept and dirs[0] not in kept and not dirs[0].exists()
+
+
+def test_app_refuses_to_start_when_no_run_can_be_served(tmp_path: Path, capsys) -> None:
+    assert main(["app", "--run", str(tmp_path / "missing")]) == 2
+    assert "no run can be served" in capsys.readouterr().err
+    assert main(["app", "--demo-out", str(tmp_path)]) == 2  # no demo runs there
+    assert "run 'afford demo' first" in capsys.readouterr().err

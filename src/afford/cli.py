@@ -436,6 +436,8 @@ def cmd_app(a: argparse.Namespace) -> int:
     if not paths:
         raise AffordError(f"{a.demo_out}/runs: no trained runs; run 'afford demo' first or pass --run RUN_DIR ...")
     reg = load_registry(paths, detections=a.detections, device=str(resolve_device(a.device)))
+    if not reg.affordance and not reg.hoi:
+        raise AffordError("no run can be served: " + "; ".join(reg.failed.values()))
     for why in reg.failed.values():
         print(f"afford: warning: {why} (the app shows this and serves the other runs)", file=sys.stderr)
     print(f"serving {len(reg.affordance)} affordance model(s) and {len(reg.hoi)} HOI model(s) from "
@@ -525,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="print only warnings and errors (progress bars: the subcommand's --quiet)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="SynthAGD -> train LOCATE/WSMA -> evaluate vs baselines -> report")
+    d = sub.add_parser("demo", help="SynthAGD and SynthHOI -> train every method -> evaluate beside the baselines -> report")
     d.add_argument("--out", default="demo_out",
                    help="output folder: data/, runs/, overlays/, report.md, metrics.json (default: demo_out)")
     d.add_argument("--quick", action="store_true", help="smoke-test sizes (< 60 s)")

@@ -20,13 +20,18 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def collective_device() -> str:
+    """Where a small tensor must live to be reduced: nccl reduces CUDA tensors only, gloo CPU ones."""
+    return "cuda" if dist.get_backend() == "nccl" else "cpu"
+
+
 def global_sum(n: torch.Tensor | float) -> float:
     """``n`` summed over the processes of a data-parallel run (a count: no gradient)."""
     value = float(n.detach()) if torch.is_tensor(n) else float(n)
     if world_size() == 1:
         return value
-    t = torch.tensor([value], dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
-    dist.all_reduce(t)  # nccl reduces CUDA tensors only, gloo CPU ones
+    t = torch.tensor([value], dtype=torch.float64, device=collective_device())
+    dist.all_reduce(t)
     return float(t)
 
 
@@ -45,10 +50,8 @@ class _GatherRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001 - autograd's context
-        parts = [torch.empty_like(x) for _ in range(world_size())]
-        dist.all_gather(parts, x.contiguous())
         ctx.rows = x.shape[0]
-        return torch.cat(parts)
+        return _all_gather(x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
@@ -58,15 +61,17 @@ class _GatherRows(torch.autograd.Function):
         return g[start : start + ctx.rows]
 
 
+def _all_gather(x: torch.Tensor) -> torch.Tensor:
+    parts = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
 def gather_rows(x: torch.Tensor) -> torch.Tensor:
     """Every process's rows of ``x`` (equal counts), in global batch order, with gradient."""
     if world_size() == 1:
         return x
-    if not x.requires_grad:
-        parts = [torch.empty_like(x) for _ in range(world_size())]
-        dist.all_gather(parts, x.contiguous())
-        return torch.cat(parts)
-    return _GatherRows.apply(x)
+    return _GatherRows.apply(x) if x.requires_grad else _all_gather(x)
 
 
 def local_rows(n_local: int, device: torch.device | None = None) -> torch.Tensor:

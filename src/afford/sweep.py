@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -65,24 +64,29 @@ def train_seeds(config: str, overrides: Sequence[str], seeds: Sequence[int], out
     """Train every seed into ``out/seed_<s>`` (a finished one is kept, a partial one resumed);
     ``jobs`` seeds at a time in separate processes sharing the cores. Returns what was done."""
     from afford.config import load_config
+    from afford.engine.launch import sharing_cores
     from afford.engine.trainer import train
 
-    todo, done = [], {}
+    done: dict[int, str] = {}
+
+    def record(s: int, what: str, run_dir: Path) -> None:
+        done[s] = what
+        print(f"seed {s}: {what} -> {run_dir}", flush=True)
+
+    todo = []
     for s in seeds:
         run_dir = out / f"seed_{s}"
         cfg = load_config(config, [*overrides, f"train.seed={s}"])  # a bad override fails before any training
         if _finished(run_dir, cfg):
-            done[s] = "kept (finished)"
+            record(s, "kept (finished)", run_dir)
         else:
             todo.append((s, run_dir, cfg, (run_dir / ckpt.RUN_FILE).exists()))
     if jobs <= 1 and nproc <= 1:
         for s, run_dir, cfg, resume in todo:
             train(cfg, run_dir, resume=resume, progress=progress)
-            done[s] = "resumed" if resume else "trained"
-            print(f"seed {s}: {done[s]} -> {run_dir}", flush=True)
+            record(s, "resumed" if resume else "trained", run_dir)
         return done
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // (max(jobs, 1) * nproc))))
+    env = sharing_cores(max(jobs, 1) * nproc)
     running: list[tuple[int, Path, bool, subprocess.Popen]] = []
     failed = []
     while todo or running:
@@ -94,8 +98,7 @@ def train_seeds(config: str, overrides: Sequence[str], seeds: Sequence[int], out
         if proc.wait() != 0:
             failed.append(f"seed {s} ({run_dir})")
             continue
-        done[s] = "resumed" if resume else "trained"
-        print(f"seed {s}: {done[s]} -> {run_dir}", flush=True)
+        record(s, "resumed" if resume else "trained", run_dir)
     if failed:
         raise AffordError(f"{', '.join(failed)} failed (the error is printed above); rerun the sweep to resume")
     return done
@@ -181,9 +184,6 @@ def run_sweep(config: str, seeds: Sequence[int], out: str | Path, overrides: Seq
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     done = train_seeds(config, overrides, seeds, out, nproc, jobs, progress)
-    for s in seeds:
-        if done[s].startswith("kept"):
-            print(f"seed {s}: {done[s]} -> {out / f'seed_{s}'}", flush=True)
     per_run, summary = summarise_runs([out / f"seed_{s}" for s in seeds], progress)
     result = {"config": config, "overrides": list(overrides), "seeds": list(seeds), "trained": done, "runs": per_run,
               "summary": summary}

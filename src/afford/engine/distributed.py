@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch import nn
 
 from afford.errors import AffordError
-from afford.global_batch import sum_over_processes
+from afford.global_batch import collective_device, global_sum, sum_over_processes, world_size
 
 
 @dataclass(frozen=True)
@@ -116,8 +116,7 @@ def mean_over_ranks(values: dict[str, float], ctx: DistContext) -> dict[str, flo
     if not ctx.active or not values:
         return values
     keys = sorted(values)
-    device = "cuda" if dist.get_backend() == "nccl" else "cpu"  # nccl reduces CUDA tensors only
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=collective_device())
     dist.all_reduce(t)
     return {k: float(v) if k.startswith("n_") else float(v) / ctx.world
             for k, v in zip(keys, t.cpu().tolist(), strict=True)}
@@ -132,16 +131,14 @@ class GlobalBatchNorm(nn.BatchNorm2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        if not (self.training and world_size() > 1):
             return super().forward(x)
         out_dtype, x = x.dtype, x.float()  # statistics in float32, as BatchNorm keeps them under autocast
-        count = torch.tensor([float(x.numel() // x.shape[1])], device=x.device)
-        dist.all_reduce(count)
-        mean = sum_over_processes(x.sum((0, 2, 3))) / count
-        var = sum_over_processes((x - mean[None, :, None, None]).pow(2).sum((0, 2, 3))) / count
+        n = global_sum(x.numel() // x.shape[1])  # values per channel in the global batch
+        mean = sum_over_processes(x.sum((0, 2, 3))) / n
+        var = sum_over_processes((x - mean[None, :, None, None]).pow(2).sum((0, 2, 3))) / n
         if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
             with torch.no_grad():
-                n = float(count)
                 m = self.momentum if self.momentum is not None else 1.0 / (int(self.num_batches_tracked) + 1)
                 self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
                 self.running_var.mul_(1 - m).add_(var.detach() * n / max(n - 1, 1), alpha=m)

@@ -29,11 +29,17 @@ def without_nproc(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def sharing_cores(processes: int) -> dict[str, str]:
+    """This environment with ``OMP_NUM_THREADS`` sharing the machine's cores among ``processes``
+    (unless the user set it; torchrun alone would set 1)."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(processes, 1))))
+    return env
+
+
 def launch_torchrun(nproc: int, argv: Sequence[str], run_dir: str) -> int:
     """Run ``afford <argv>`` under torchrun with ``nproc`` processes on this machine."""
-    env = dict(os.environ)
-    if "OMP_NUM_THREADS" not in env:  # torchrun would set 1: share this machine's cores out instead
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    env = sharing_cores(nproc)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "afford.cli", *without_nproc(argv)]
     code = subprocess.run(cmd, env=env).returncode

@@ -8,6 +8,7 @@ with a message meant for the page.
 
 from __future__ import annotations
 
+import functools
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -61,7 +62,7 @@ class AffordanceAnswer:
     files: list[Path]  # what ``afford predict`` writes: .npy, .png and overlay per affordance
     stem: str  # the image's file name without its suffix, as the files are named
 
-    @property
+    @functools.cached_property
     def downloads(self) -> list[Path]:
         """What the page offers: the files of one affordance, or one zip of all of them."""
         if len(self.maps) == 1:

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import struct
+import tempfile
 import time
 import zipfile
 import zlib
@@ -165,8 +166,12 @@ def _chromium() -> str:
 @pytest.fixture(scope="module")
 def server(tiny_run: Path, refined_run: Path, hoi_run: Path, registry, tmp_path_factory: pytest.TempPathFactory):
     log = tmp_path_factory.mktemp("app_log") / "server.log"
-    with app_server([tiny_run, refined_run, hoi_run, next(iter(registry.failed))], log) as url:
-        yield url, log
+    tmp = tmp_path_factory.mktemp("app_tmp")
+    with app_server([tiny_run, refined_run, hoi_run, next(iter(registry.failed))], log, tmpdir=tmp) as url:
+        yield url, log, tmp
+    # stopped with SIGTERM, as a service manager does: its answers' folder must not stay behind
+    leftover = list(tmp.glob("afford_app_*"))
+    assert not leftover, f"afford app left {leftover} after SIGTERM"
 
 
 def test_the_page_in_headless_chromium(server, registry, tiny_run: Path, hoi_run: Path, tmp_path: Path) -> None:
@@ -174,7 +179,7 @@ def test_the_page_in_headless_chromium(server, registry, tiny_run: Path, hoi_run
 
     from afford.hoi.predictor import HOIPredictor, draw_hoi
 
-    url, log = server
+    url, log, server_tmp = server
     shots = Path(os.environ.get("AFFORD_APP_SCREENSHOTS") or tmp_path / "shots")
     shots.mkdir(parents=True, exist_ok=True)
     image = registry.examples[0]
@@ -204,6 +209,7 @@ def test_the_page_in_headless_chromium(server, registry, tiny_run: Path, hoi_run
         assert len(npy) == 1 and any(h.endswith(f"{image.stem}_{aff}_overlay.png") for h in links)
         downloaded = np.load(io.BytesIO(page.request.get(npy[0]).body()))
         assert np.array_equal(downloaded, pred.predict(aff)[aff])
+        assert list(server_tmp.glob("afford_app_*/*/*.npy")), "the answers are written in the server's TMPDIR"
         page.screenshot(path=str(shots / "affordance.png"), full_page=True)
 
         # a text file instead of an image: a message in the page, and the server keeps serving
@@ -263,6 +269,20 @@ def test_answers_keep_only_the_last_requests_files(registry, tiny_run: Path, mon
     dirs = [affordance_answer(registry, registry.examples[0], tiny_run.name, aff).files[0].parent for _ in range(5)]
     kept = sorted(registry.answers_root.iterdir())
     assert len(kept) == 3 and dirs[-1] in kept and dirs[0] not in kept and not dirs[0].exists()
+
+
+def test_answers_folder_goes_with_the_registry(tmp_path: Path, monkeypatch) -> None:
+    import gc
+
+    from afford.app.registry import Registry
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    reg = Registry()
+    root = reg.answer_dir().parent
+    assert root.parent == tmp_path and root.is_dir()
+    del reg
+    gc.collect()
+    assert not root.exists()
 
 
 def test_app_refuses_to_start_when_no_run_can_be_served(tmp_path: Path, capsys) -> None:

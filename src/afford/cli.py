@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -442,6 +443,9 @@ def cmd_app(a: argparse.Namespace) -> int:
         print(f"afford: warning: {why} (the app shows this and serves the other runs)", file=sys.stderr)
     print(f"serving {len(reg.affordance)} affordance model(s) and {len(reg.hoi)} HOI model(s) from "
           f"{len(paths) - len(reg.failed)} run(s) on http://{a.host}:{a.port}", flush=True)
+    # A service manager (or the test) stops the server with SIGTERM: exit normally so the answers'
+    # temporary folder is removed, as on Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     serve(reg, host=a.host, port=a.port)
     return 0
 

@@ -39,10 +39,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def app_server(runs: Sequence[str | Path], log: Path, timeout_s: float = 120) -> Iterator[str]:
-    """``afford app --run RUNS`` in a subprocess on a free port; yields its URL, stops it after."""
+def app_server(runs: Sequence[str | Path], log: Path, timeout_s: float = 120,
+               tmpdir: Path | None = None) -> Iterator[str]:
+    """``afford app --run RUNS`` in a subprocess on a free port (its temporary files in ``tmpdir``
+    when given); yields its URL, stops it (SIGTERM) after."""
     port = free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", **({"TMPDIR": str(tmpdir)} if tmpdir else {})}
     with open(log, "w") as f:
         proc = subprocess.Popen([sys.executable, "-m", "afford.cli", "app", "--run", *map(str, runs), "--port",
                                  str(port)], stdout=f, stderr=subprocess.STDOUT, env=env)

@@ -89,13 +89,19 @@ class Registry:
     answers_root: Path | None = None
 
     def answer_dir(self) -> Path:
-        """A new folder for one request's files; keeps the last :data:`KEEP_ANSWERS` requests' only."""
+        """A new folder for one request's files; keeps the last :data:`KEEP_ANSWERS` requests' only.
+
+        The folder of all of them is removed with the registry or at exit (``afford app`` turns
+        SIGTERM into a normal exit for this), so a stopped server leaves nothing in the temp dir.
+        """
         import shutil
         import tempfile
+        import weakref
 
         with self.lock:
             if self.answers_root is None:
                 self.answers_root = Path(tempfile.mkdtemp(prefix="afford_app_"))
+                weakref.finalize(self, shutil.rmtree, self.answers_root, True)
             old = sorted(self.answers_root.iterdir(), key=lambda p: p.stat().st_mtime)
             for stale in old[: max(0, len(old) - KEEP_ANSWERS + 1)]:
                 shutil.rmtree(stale, ignore_errors=True)

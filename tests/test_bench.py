@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from afford.bench import TowerClock, bench_eval
+from afford.bench import TowerClock, bench_eval, count_flops, peak_flops, timed_rounds
 from afford.cli import main
 
 
@@ -43,6 +43,23 @@ def test_tower_clock_times_frozen_children_only_and_only_while_on() -> None:
     m(torch.zeros(1, 2))
     m(torch.zeros(1, 2))
     assert 0.04 <= clock.total["tower"] < 0.2
+
+
+def test_flop_count_covers_forward_and_backward_of_what_trains() -> None:
+    lin = torch.nn.Linear(64, 32, bias=False)
+    x = torch.randn(8, 64)
+    fwd = 2 * 8 * 64 * 32
+    with torch.no_grad():
+        assert count_flops(lambda: lin(x)) == fwd
+    # backward: the weight's gradient only (x needs none), as a frozen input to a trained head
+    assert count_flops(lambda: lin(x).sum().backward()) == 2 * fwd
+    assert peak_flops(torch.device("cpu"), n=256, tries=2) > 1e8  # any CPU does 0.1 GFLOP/s
+
+
+def test_timed_rounds_alternate_what_is_compared() -> None:
+    calls: list[str] = []
+    times = timed_rounds({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 3, lambda: None)
+    assert calls == ["a", "b"] * 3 and [len(v) for v in times.values()] == [3, 3]
 
 
 def test_bench_eval_scores_every_image_through_the_evaluator(tmp_path: Path, capsys) -> None:

@@ -16,7 +16,15 @@ part selection runs). Per method:
   of SelectiveCL included: its prompt features are computed once, so it costs ~nothing per step).
 
 Ratios: uncached / floor (how close the step is to its floor) and uncached / cached (the cache's
-speed-up). Medians of ``steps`` timed calls after one warm-up.
+speed-up). Medians of ``steps`` timed calls after one warm-up; the floor and the uncached step are
+timed in alternation (:func:`timed_rounds`), so their ratio is not skewed by load drifting between them.
+
+- **arithmetic**: the matmul/convolution/attention FLOPs (``torch.utils.flop_counter``, forward and
+  backward) of the floor, of the trainable heads (uncached step − floor) and of the cached step; the
+  rate the cached step achieves; the rates the heads would need for the project's targets
+  (uncached ≤ :data:`TARGET_OVER_FLOOR` × floor, cache speed-up ≥ :data:`TARGET_SPEEDUP`); and the
+  device's dense-matmul rate (:func:`peak_flops`). A target whose needed rate exceeds what the device
+  reaches cannot be met by any implementation of the same computation.
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ import torch
 from afford.errors import AffordError
 
 BENCH_METHODS: tuple[str, ...] = ("locate", "wsma", "looptrans", "selectivecl")
+TARGET_OVER_FLOOR = 1.2  # issue 16: uncached LOCATE step at most this many times its frozen-forward floor
+TARGET_SPEEDUP = 5.0  # issue 16: cached step at least this many times faster than uncached
 
 
 class TowerClock:
@@ -78,6 +88,44 @@ def timed(fn: Callable[[], Any], steps: int, sync: Callable[[], None] | None = N
         sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def timed_rounds(fns: dict[str, Callable[[], Any]], steps: int, sync: Callable[[], None]) -> dict[str, list[float]]:
+    """Wall times of ``steps`` rounds that call each of ``fns`` once, in turn: quantities compared as a
+    ratio (the step and its floor) see the same machine load, which on a shared machine drifts."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(steps):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def peak_flops(device: torch.device, bf16: bool = False, n: int = 4096, tries: int = 5) -> float:
+    """FLOP/s of the best of ``tries`` ``n``×``n`` matmuls: the device's practical peak for dense compute."""
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    sync = torch.cuda.synchronize if device.type == "cuda" else _no_sync
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    a @ b
+    sync()
+    best = float("inf")
+    for _ in range(tries):
+        t0 = time.perf_counter()
+        a @ b
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """Matmul/convolution/attention FLOPs of one call of ``fn`` (forward and backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
 
 
 def bench_method(name: str, steps: int = 3, device: str = "cpu", bf16: bool = False,
@@ -134,13 +182,19 @@ def bench_method(name: str, steps: int = 3, device: str = "cpu", bf16: bool = Fa
             for tower, images, want in seen:
                 tower(images, return_tokens=want)
 
-    floor_s = timed(floor, steps, sync)
     clock = TowerClock(method, sync)
-    clock.on = True
-    t0 = time.perf_counter()
-    uncached = timed(step, steps, sync)
-    shares = {k: v / (time.perf_counter() - t0) for k, v in clock.total.items()}
-    clock.on = False
+
+    def clocked_step() -> None:
+        clock.on = True
+        try:
+            step()
+        finally:
+            clock.on = False
+
+    rounds = timed_rounds({"floor": floor, "uncached": clocked_step}, steps, sync)
+    floor_s, uncached = statistics.median(rounds["floor"]), statistics.median(rounds["uncached"])
+    shares = {k: v / sum(rounds["uncached"]) for k, v in clock.total.items()}
+    floor_flops, step_flops = count_flops(floor), count_flops(step)
     infer_s = timed(infer, steps, sync)
     with tempfile.TemporaryDirectory(prefix="afford-bench-") as tmp:
         attach_feature_cache(method, tmp)
@@ -149,10 +203,17 @@ def bench_method(name: str, steps: int = 3, device: str = "cpu", bf16: bool = Fa
         sync()
         fill = time.perf_counter() - t0
         cached = timed(step, steps, sync)
+        cached_flops = count_flops(step)
+    peak = peak_flops(dev, bf16)
     return {"method": name, "batch": b, "images_per_step": b * (1 + n_exo), "floor_s": floor_s,
             "uncached_s": uncached, "fill_s": fill, "cached_s": cached, "infer_images_per_s": b / infer_s,
             "uncached_over_floor": uncached / floor_s, "speedup": uncached / cached,
-            "towers": sorted(towers), "tower_share": shares}
+            "towers": sorted(towers), "tower_share": shares,
+            "floor_gflop": floor_flops / 1e9, "step_gflop": step_flops / 1e9, "cached_gflop": cached_flops / 1e9,
+            "heads_gflop": (step_flops - floor_flops) / 1e9, "peak_gflops": peak / 1e9,
+            "cached_gflops": cached_flops / 1e9 / cached,
+            "needed_gflops_over_floor": (step_flops - floor_flops) / 1e9 / ((TARGET_OVER_FLOOR - 1) * floor_s),
+            "needed_gflops_speedup": cached_flops / 1e9 / (uncached / TARGET_SPEEDUP)}
 
 
 def _shares(row: dict[str, Any]) -> str:
@@ -179,6 +240,11 @@ def run_bench(methods: tuple[str, ...] = BENCH_METHODS, steps: int = 3, device: 
         rows.append(bench_method(m, steps, device, bf16))
     head = (f"device {device}, {torch.get_num_threads()} threads, {'bf16' if bf16 else 'fp32'}, torch "
             f"{torch.__version__}, 224 px, random weights, median of {steps}")
+    return rows, format_bench(rows, head)
+
+
+def format_bench(rows: list[dict[str, Any]], head: str) -> str:
+    """The two markdown tables of ``afford bench`` (times, then arithmetic) under the machine line."""
     lines = [head, "",
              "| method | batch (images) | floor s | uncached s | ×floor | fill s | cached s | speed-up | infer img/s "
              "| uncached step in each frozen tower |",
@@ -186,7 +252,16 @@ def run_bench(methods: tuple[str, ...] = BENCH_METHODS, steps: int = 3, device: 
     lines += [f"| {r['method']} | {r['batch']} ({r['images_per_step']}) | {r['floor_s']:.2f} | {r['uncached_s']:.2f} | "
               f"{r['uncached_over_floor']:.2f} | {r['fill_s']:.2f} | {r['cached_s']:.2f} | {r['speedup']:.1f}× | "
               f"{r['infer_images_per_s']:.1f} | {_shares(r)} |" for r in rows]
-    return rows, "\n".join(lines)
+    lines += ["", "Arithmetic (GFLOP: matmul/conv/attention, forward + backward; GFLOP/s the trainable heads would "
+              f"need for uncached ≤ {TARGET_OVER_FLOOR}× floor and for a cache speed-up ≥ {TARGET_SPEEDUP:.0f}×, "
+              "against what the cached step and a large matmul reach on this device):", "",
+              "| method | floor GFLOP | heads GFLOP (= cached step) | cached step GFLOP/s | "
+              f"needed for ≤ {TARGET_OVER_FLOOR}× | needed for ≥ {TARGET_SPEEDUP:.0f}× | matmul GFLOP/s |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['method']} | {r['floor_gflop']:.0f} | {r['heads_gflop']:.0f} | "
+              f"{r['cached_gflops']:.0f} | {r['needed_gflops_over_floor']:.0f} | {r['needed_gflops_speedup']:.0f} | "
+              f"{r['peak_gflops']:.0f} |" for r in rows]
+    return "\n".join(lines)
 
 
 AGD20K_SEEN_TEST = 1675  # egocentric test images with GT in AGD20K Seen (protocol.md)

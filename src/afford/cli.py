@@ -413,7 +413,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     rows, table = run_bench(tuple(a.methods), steps=a.steps, device=a.device, bf16=a.bf16, threads=a.threads,
                             progress=not a.quiet)
     print(table)
-    _write_json(a.json, {"rows": rows})
+    _write_json(a.json, {"machine": table.splitlines()[0], "rows": rows})
     return 0
 
 

@@ -54,3 +54,23 @@ def test_exo_probe_learns_the_exocentric_labels(diag, synth_root):
         for key, size in (("train_acc", n - n_held), ("held_out_acc", n_held)):
             k = r[key] * size
             assert abs(k - round(k)) < 1e-3, (key, r[key], size)
+
+
+def test_object_pretraining_writes_a_backbone_the_methods_load(tmp_path: Path) -> None:
+    # benchmarks/pretrain_tiny_vit.py: the research notes' "backbone that knows objects"
+    import torch
+
+    from afford.backbones import create_backbone
+
+    spec = importlib.util.spec_from_file_location("pretrain_tiny_vit", ROOT / "benchmarks" / "pretrain_tiny_vit.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "tiny_vit_objects"
+    log = mod.pretrain(out, tmp_path / "worlds", [1], epochs=1, batch_size=16, n_exo=1, n_ego=1, held_out=8)
+    assert len(log) == 1 and 0.0 <= log[0]["held_out_acc"] <= 1.0 and math.isfinite(log[0]["loss"])
+    images = torch.rand(2, 3, 112, 112)
+    torch.manual_seed(0)
+    trained = create_backbone("tiny_vit", weights=str(out))(images).keys[0]
+    torch.manual_seed(0)
+    random = create_backbone("tiny_vit")(images).keys[0]
+    assert trained.shape == random.shape == (2, 96, 14, 14) and not torch.allclose(trained, random)

@@ -107,6 +107,25 @@ def test_nproc_is_taken_out_of_the_relaunched_command() -> None:
     assert without_nproc(["train", "c", "--nproc=4", "--quiet"]) == ["train", "c", "--quiet"]
 
 
+def test_torchrun_logs_folder_does_not_outlive_the_run(tmp_path: Path, monkeypatch) -> None:
+    # without --log-dir torchrun's agent leaves a /tmp/torchelastic_* folder behind on every launch
+    import subprocess
+
+    from afford.engine import launch
+
+    seen: list[str] = []
+
+    def fake_run(cmd, env):
+        (log_dir,) = [a.split("=", 1)[1] for a in cmd if a.startswith("--log-dir=")]
+        assert Path(log_dir).is_dir()
+        seen.append(log_dir)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(launch.subprocess, "run", fake_run)
+    assert launch.launch_torchrun(2, ["train", "c", "--out", str(tmp_path / "r")], str(tmp_path / "r")) == 0
+    assert len(seen) == 1 and not Path(seen[0]).exists()
+
+
 def test_per_sample_kmeans_draws_ignore_padding_and_position() -> None:
     """A sample's initial centroids depend on its seed alone: not on the batch's padding or on its
     row, which is what lets a process holding half the batch draw what one process draws."""

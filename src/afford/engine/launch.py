@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,9 +41,12 @@ def sharing_cores(processes: int) -> dict[str, str]:
 def launch_torchrun(nproc: int, argv: Sequence[str], run_dir: str) -> int:
     """Run ``afford <argv>`` under torchrun with ``nproc`` processes on this machine."""
     env = sharing_cores(nproc)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "afford.cli", *without_nproc(argv)]
-    code = subprocess.run(cmd, env=env).returncode
+    # torchrun's agent makes a /tmp/torchelastic_* folder per launch when given no --log-dir and never
+    # removes it; its processes' output is printed here anyway, so the folder lives as long as the run.
+    with tempfile.TemporaryDirectory(prefix="afford-torchrun-") as logs:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               f"--log-dir={logs}", "-m", "afford.cli", *without_nproc(argv)]
+        code = subprocess.run(cmd, env=env).returncode
     if code != 0:
         done = ckpt.completed_epochs(Path(run_dir))
         last = (f"the last good checkpoint is epoch {done[-1] + 1} ({ckpt.epoch_dir(Path(run_dir), done[-1])})"

@@ -6,7 +6,7 @@ downloaded). This script builds the stand-in for ImageNet-style pretraining that
 notes (docs/research-notes.md, "A backbone that knows objects") measure: the demo's ``tiny_vit``
 architecture trained to name the object (16 categories) of every training image, egocentric and
 exocentric, of SynthAGD worlds ``--seeds`` (default 1, 2, 3; the demo's world is seed 0, never
-seen here). Classification from the CLS token, random crops of 39-100 % of the side and flips,
+seen here). Classification from the CLS token, random square crops of 62-100 % of the side and flips,
 AdamW with a one-cycle schedule; 300 images held out for the accuracy line. It writes a
 ``save_pretrained`` directory that any method takes as ``model.backbone_weights``::
 
@@ -31,9 +31,10 @@ from PIL import Image
 
 from afford.backbones.features import IMAGENET_MEAN, IMAGENET_STD
 from afford.backbones.registry import BACKBONES
+from afford.demo import FULL
 from afford.synthagd import generate
 
-SIZE, INPUT = 128, 112  # the demo's stored size and its backbone's input
+SIZE, INPUT = FULL.size, 112  # the demo's stored size and its backbone's input
 
 
 def world_images(root: Path, seeds: list[int], n_exo: int, n_ego: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -41,7 +42,7 @@ def world_images(root: Path, seeds: list[int], n_exo: int, n_ego: int) -> tuple[
     for s in seeds:
         if not (root / f"s{s}" / "Seen").exists():
             generate(root / f"s{s}", split="seen", seed=s, size=SIZE, n_exo=n_exo, n_ego=n_ego, n_test=1,
-                     difficulty=0.3)  # the demo's difficulty
+                     difficulty=FULL.difficulty)
     paths = sorted(p for s in seeds for p in (root / f"s{s}" / "Seen" / "trainset").rglob("*.jpg"))
     objects = sorted({p.parent.name for p in paths})
     index = {o: i for i, o in enumerate(objects)}
@@ -121,7 +122,6 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     pretrain(a.out, a.data, [int(s) for s in a.seeds.split(",")], epochs=a.epochs, seed=a.seed)
     print(f"-> {a.out} (model.backbone_weights={a.out})")
 

@@ -103,20 +103,14 @@ def timed_rounds(fns: dict[str, Callable[[], Any]], steps: int, sync: Callable[[
     return times
 
 
-def peak_flops(device: torch.device, bf16: bool = False, n: int = 4096, tries: int = 5) -> float:
+def peak_flops(device: torch.device, sync: Callable[[], None], bf16: bool = False, n: int = 4096,
+               tries: int = 5) -> float:
     """FLOP/s of the best of ``tries`` ``n``×``n`` matmuls: the device's practical peak for dense compute."""
     dtype = torch.bfloat16 if bf16 else torch.float32
-    sync = torch.cuda.synchronize if device.type == "cuda" else _no_sync
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    a @ b
+    a @ b  # warm-up
     sync()
-    best = float("inf")
-    for _ in range(tries):
-        t0 = time.perf_counter()
-        a @ b
-        sync()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
+    return 2 * n**3 / min(timed_rounds({"matmul": lambda: a @ b}, tries, sync)["matmul"])
 
 
 def count_flops(fn: Callable[[], Any]) -> int:
@@ -204,7 +198,7 @@ def bench_method(name: str, steps: int = 3, device: str = "cpu", bf16: bool = Fa
         fill = time.perf_counter() - t0
         cached = timed(step, steps, sync)
         cached_flops = count_flops(step)
-    peak = peak_flops(dev, bf16)
+    peak = peak_flops(dev, sync, bf16)
     return {"method": name, "batch": b, "images_per_step": b * (1 + n_exo), "floor_s": floor_s,
             "uncached_s": uncached, "fill_s": fill, "cached_s": cached, "infer_images_per_s": b / infer_s,
             "uncached_over_floor": uncached / floor_s, "speedup": uncached / cached,

@@ -99,6 +99,32 @@ def test_kill_mid_epoch_then_resume_gives_identical_weights(synth_root, tmp_path
     wr, wk = weights(ref), weights(killed)
     assert wr.keys() == wk.keys()
     assert all(torch.equal(wr[k], wk[k]) for k in wr)
+    # the log holds each step once: the killed epoch's rows were replaced by the resumed ones
+    assert train_rows(killed) == train_rows(ref)
+
+
+def train_rows(run: Path) -> list[tuple[int, int, float]]:
+    rows = map(json.loads, (run / "log.jsonl").read_text().splitlines())
+    return [(r["epoch"], r["step"], r["loss"]) for r in rows if r["kind"] in ("train", "epoch")]
+
+
+def test_resume_refuses_fewer_epochs_than_completed(synth_root, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_cfg(synth_root, "train.epochs=2", "train.max_steps_per_epoch=1", "train.keep_checkpoints=0"), run,
+          progress=False)
+    final = weights(run)
+    with pytest.raises(AffordError, match=r"train\.epochs: .* completed 2 epochs.* got 1"):
+        train(tiny_cfg(synth_root, "train.epochs=1", "train.max_steps_per_epoch=1", "train.keep_checkpoints=0"),
+              run, resume=True, progress=False)
+    assert all(torch.equal(v, final[k]) for k, v in weights(run).items())  # the final weights are untouched
+    res = train(tiny_cfg(synth_root, "train.epochs=2", "train.max_steps_per_epoch=1", "train.keep_checkpoints=0"),
+                run, resume=True, progress=False)  # same epochs: nothing to train, the same selection
+    assert res.selection == {"rule": "last-epoch", "epoch": 2}
+    state = ckpt.epoch_dir(run, 1) / ckpt.STATE
+    state.write_bytes(state.read_bytes()[:100])  # truncated, as by a full disk
+    with pytest.raises(AffordError, match=r"epoch_001/state\.pt: cannot read the training state.*remove"):
+        train(tiny_cfg(synth_root, "train.epochs=3", "train.max_steps_per_epoch=1", "train.keep_checkpoints=0"),
+              run, resume=True, progress=False)
 
 
 def test_non_finite_loss_stops_with_clear_message(synth_root, tmp_path, monkeypatch):

@@ -144,6 +144,7 @@ def save_epoch_checkpoint(run_dir: Path, epoch: int, method: torch.nn.Module, st
     tmp.mkdir(parents=True)
     save_weights(method, tmp / WEIGHTS)
     torch.save(state, tmp / STATE)
+    _fsync(tmp / WEIGHTS, tmp / STATE, tmp)  # on disk before the rename makes the epoch count as complete
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -153,6 +154,30 @@ def save_epoch_checkpoint(run_dir: Path, epoch: int, method: torch.nn.Module, st
             if e not in protect:
                 shutil.rmtree(epoch_dir(run_dir, e), ignore_errors=True)
     return final
+
+
+def _fsync(*paths: Path) -> None:
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def load_epoch_state(run_dir: Path, epoch: int) -> dict[str, Any]:
+    """The optimizer/scheduler/history state saved with ``epoch``; AffordError naming the file
+    (and the way back to the epoch before) when it cannot be read."""
+    path = epoch_dir(run_dir, epoch) / STATE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated or overwritten file: torch raises several kinds
+        raise AffordError(f"{path}: cannot read the training state to resume from ({type(e).__name__}: {e}); "
+                          f"remove {path.parent} to resume from the epoch before it") from None
+    if not isinstance(state, dict) or "optimizer" not in state:
+        raise AffordError(f"{path}: not an afford training state (expected a dict with 'optimizer'); "
+                          f"remove {path.parent} to resume from the epoch before it")
+    return state
 
 
 def completed_epochs(run_dir: Path) -> list[int]:

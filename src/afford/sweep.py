@@ -46,6 +46,8 @@ def _finished(run_dir: Path, cfg: Any) -> bool:
     try:
         check_resume_config(run_dir, cfg)
     except AffordError as e:
+        if "different config" not in str(e):
+            raise
         why = str(e).split("different config", 1)[-1].strip(" ()")
         raise AffordError(f"{run_dir}: holds a run of another config ({why}); use another --out, or the same "
                           "--set / --select as before") from None
@@ -107,8 +109,6 @@ def train_seeds(config: str, overrides: Sequence[str], seeds: Sequence[int], out
 def evaluate_run(run_dir: Path, progress: bool = False) -> dict[str, dict[str, float]]:
     """``{rule: {metric: value}}`` of one run: its weights' scores (last epoch, or the selected
     epoch when the run selected on test) and, when every epoch was scored, the best epoch's."""
-    import torch
-
     from afford.checkpoint import load_run
     from afford.engine.tasks import task_for
 
@@ -116,8 +116,8 @@ def evaluate_run(run_dir: Path, progress: bool = False) -> dict[str, dict[str, f
     task = task_for(run.config)
     keys = [k for k in task.report_keys if not k.startswith("n_")]
     info = run.info
-    history = torch.load(ckpt.epoch_dir(run_dir, info["epochs_done"] - 1) / ckpt.STATE, map_location="cpu",
-                         weights_only=False).get("history", []) if ckpt.completed_epochs(run_dir) else []
+    history = ckpt.load_epoch_state(run_dir, info["epochs_done"] - 1).get("history", []) \
+        if ckpt.completed_epochs(run_dir) else []
     scored = [h for h in history if "test" in h]
     out: dict[str, dict[str, float]] = {}
     if scored and len(scored) == len(history):

@@ -75,6 +75,23 @@ class JsonlLogger:
                 if isinstance(v, (int, float)) and k not in ("step", "epoch"):
                     self.tb.add_scalar(f"{record.get('kind', 'train')}/{k}", v, record["step"])
 
+    def drop_from_epoch(self, epoch: int) -> None:
+        """Forget the rows of ``epoch`` and later: a run resumed there logs them again, and a
+        killed run's partial epoch would otherwise appear twice."""
+        if not self.path.is_file():
+            return
+        keep = []
+        for line in self.path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # the line being written when the run was killed
+                continue
+            if row.get("epoch", -1) < epoch:
+                keep.append(line)
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        tmp.replace(self.path)
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
@@ -144,7 +161,15 @@ def _build_scheduler(opt: torch.optim.Optimizer, cfg: RunConfig) -> torch.optim.
 
 
 def check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
-    """AffordError naming the differences when ``cfg`` is not the config ``run_dir`` was trained with (epochs may grow)."""
+    """AffordError naming the differences when ``cfg`` is not the config ``run_dir`` was trained with.
+
+    ``train.epochs`` may grow, never shrink below the epochs already completed: the loop would
+    not run and the run would keep (or fail to find) the wrong epoch's weights.
+    """
+    done = ckpt.completed_epochs(run_dir)
+    if done and cfg.train.epochs <= done[-1]:
+        raise AffordError(f"train.epochs: {run_dir} has completed {done[-1] + 1} epochs, so resuming it needs "
+                          f"train.epochs >= {done[-1] + 1}, got {cfg.train.epochs} (train a new run for fewer epochs)")
     stored = config_from_dict(ckpt.read_run_info(run_dir)["config"]).to_dict()
     now = cfg.to_dict()
     diffs = [
@@ -201,7 +226,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     if resume and done:
         last = done[-1]
         ckpt.load_weights(method, ckpt.epoch_dir(run_dir, last) / ckpt.WEIGHTS)
-        state = torch.load(ckpt.epoch_dir(run_dir, last) / ckpt.STATE, map_location="cpu", weights_only=False)
+        state = ckpt.load_epoch_state(run_dir, last)
         optimizer.load_state_dict(state["optimizer"])
         for name, value in state.get("buffers", {}).items():  # e.g. WSMA's NMF bases (not in the weights)
             method.get_buffer(name).copy_(value)
@@ -216,6 +241,9 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         ckpt.write_run_info(run_dir, cfg, task.labels, extra)
 
     logger = JsonlLogger(run_dir / "log.jsonl") if ctx.main else NullLogger()
+    if start_epoch > 0 and ctx.main:
+        logger.drop_from_epoch(start_epoch)
+        logger.log({"kind": "resume", "from_epoch": start_epoch})
     if start_epoch == 0:
         logger.log({"kind": "start", "method": cfg.method, "task": task.name, "n_classes": len(task.labels),
                     "param_groups": group_rows, "device": str(device), "config": cfg.to_dict(),

@@ -29,13 +29,14 @@ LOCATE = ["--set", "model.train_backbone=true", "--set", "data.resize=64", "--se
           "--set", "data.feature_cache=false", "--set", "model.warm_epoch=9", "--quiet"]
 
 
-def _train(config: str, out: Path, *args: str, nproc: int = 1, fault: str | None = None) -> subprocess.CompletedProcess:
+def _train(config: str, out: Path, *args: str, nproc: int = 1, fault: str | None = None,
+           timeout: float = 600) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "AFFORD_FAULT_AT")}
     env["OMP_NUM_THREADS"] = "1"
     if fault:
         env["AFFORD_FAULT_AT"] = fault
     return subprocess.run([sys.executable, "-m", "afford.cli", "train", config, "--out", str(out), *args,
-                           "--nproc", str(nproc)], env=env, capture_output=True, text=True, timeout=600)
+                           "--nproc", str(nproc)], env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def _max_diff(a: Path, b: Path) -> float:
@@ -77,6 +78,18 @@ def test_a_killed_rank_stops_the_run_and_resume_reaches_the_uninterrupted_weight
     r = _train("locate_synthagd_demo", on_one, *args, "--resume", nproc=1)  # resumed on one process
     assert r.returncode == 0, r.stderr[-3000:]
     assert _max_diff(on_one, locate_runs["one"]) <= ATOL
+
+
+def test_rank_zero_evaluates_alone_without_waiting_for_the_others(synth_root: Path, tmp_path: Path) -> None:
+    """best-on-test scores every epoch on rank 0 alone: WSMA's batch-axis gate norm (the
+    reference's) sums over processes in training but must not at inference, or rank 0 waits forever."""
+    r = _train("wsma_synthagd_demo", tmp_path / "run", "--set", f"data.root={synth_root}", "--set", "data.resize=64",
+               "--set", "data.crop=56", "--set", "data.test_size=56", "--set", "model.grid=7",
+               "--set", "model.normalize_gate=batch", "--set", "data.feature_cache=false",
+               "--set", "train.batch_size=4", "--set", "train.max_steps_per_epoch=1", "--set", "train.epochs=1",
+               "--select", "best-on-test", "--quiet", nproc=2, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert ckpt.read_run_info(tmp_path / "run")["selection"]["rule"] == "best-epoch-on-test"
 
 
 def test_clip4hoi_in_two_processes_equals_one_without_dropout(tmp_path: Path) -> None:

@@ -196,14 +196,18 @@ class WSMA(Method):
             x = x + self.text_encoder.token_embedding(ids)
         return self.text_encoder.encode_prompt_embeddings(x, ids)
 
-    def _gate(self, feat: torch.Tensor, patches: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    def _gate(self, feat: torch.Tensor, patches: torch.Tensor, text: torch.Tensor,
+              global_batch: bool = False) -> torch.Tensor:
         """Pixel-text gate: ``feat ⊙ sigmoid(l2n_hw(⟨n(patch), l2n(t)⟩)) + feat``.
 
         ``feat`` (B, D, h, w), ``patches`` (B, h·w, E), ``text`` (B, E) for each sample's class.
-        ``n`` is the channel L2 norm, or the reference's batch-axis norm (see module docstring).
+        ``n`` is the channel L2 norm, or the reference's batch-axis norm (see module docstring),
+        taken over the global batch when ``global_batch`` (training; inference never reduces
+        across processes: rank 0 evaluates alone and must not wait for the others).
         """
-        if self.gate_axis == "batch":  # the norm over the batch axis: the global batch's, data-parallel
-            n_patches = patches / sum_over_processes(patches.pow(2).sum(0, keepdim=True)).sqrt().clamp_min(1e-12)
+        if self.gate_axis == "batch":
+            sq = patches.pow(2).sum(0, keepdim=True)
+            n_patches = patches / (sum_over_processes(sq) if global_batch else sq).sqrt().clamp_min(1e-12)
         else:
             n_patches = F.normalize(patches, dim=-1)
         sim = (n_patches * F.normalize(text, dim=-1)[:, None]).sum(-1)  # (B, h·w)
@@ -224,7 +228,7 @@ class WSMA(Method):
         exo_feat = self.aff_exo_proj(self.Hamburger(proj[b:]))  # (B·n, D, h, w)
         text = self.text_features()  # (C, E)
         pooled = self.attnpool(proj[:b])
-        ego_feat = self.aff_ego_proj(self._gate(proj[:b], pooled.patch_embed, text[y]))
+        ego_feat = self.aff_ego_proj(self._gate(proj[:b], pooled.patch_embed, text[y], global_batch=True))
         weights = {"cls": self.cfg.cls_weight, "clip": self.cfg.clip_weight,
                    "d": self.cfg.d_weight, "lrela": self.cfg.lrela_weight}
         return wsma_losses(

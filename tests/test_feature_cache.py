@@ -101,6 +101,34 @@ def test_other_weights_or_outputs_are_other_cache_entries(tmp_path: Path) -> Non
     assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 3
 
 
+def test_the_callers_autocast_is_part_of_the_key(tmp_path: Path) -> None:
+    """train.bf16 runs the (dtype-less) tower under the step's autocast: its features are other
+    values, so they must not be served from, or stored as, the float32 entries."""
+    m = Holder()
+    images = torch.rand(2, 3, 56, 56, generator=torch.Generator().manual_seed(2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want_low = m.backbone(images).keys[0]
+    attach_feature_cache(m, tmp_path)
+    full = m.backbone(images).keys[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = m.backbone(images).keys[0]
+    assert cache_stats(m)["backbone"] == {"hits": 0, "misses": 4}
+    torch.testing.assert_close(low, want_low.half().float())
+    assert not torch.equal(low, full)
+    assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 2
+
+
+def test_leftovers_of_killed_writers_are_removed_and_entries_kept(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    FeatureStore(root).put(["a"], {"keys_0": torch.ones(1, 4)})
+    (root / ".chunk.999999999").mkdir()  # a staging folder of a writer that is gone (no such pid)
+    (root / ".chunk.999999999" / "keys_0.npy").write_bytes(b"partial")
+    (root / "chunk_000007").mkdir()  # renamed into place, index line never written
+    store = FeatureStore(root)
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["chunk_000000"]
+    assert np.array_equal(store.get("a")["keys_0"], np.ones(4, dtype=np.float16))
+
+
 def test_a_trainable_backbone_cannot_be_cached(tmp_path: Path) -> None:
     m = Holder()
     m.backbone = create_backbone("tiny_vit", trainable=True)

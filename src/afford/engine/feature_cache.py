@@ -29,6 +29,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +50,20 @@ def default_feature_dir() -> Path:
     return default_cache_dir() / "features"
 
 
-def tower_fingerprint(tower: VisionBackbone, want_tokens: bool) -> str:
+def compute_context(device: torch.device) -> str:
+    """Where and in which precision the tower computes: the device type and the autocast the caller
+    runs it under (``train.bf16`` wraps the whole step), both of which change its output."""
+    kind = device.type
+    on = torch.is_autocast_enabled(kind)
+    return f"{kind}|{torch.get_autocast_dtype(kind) if on else 'no-autocast'}"
+
+
+def tower_fingerprint(tower: VisionBackbone, want_tokens: bool, context: str = "cpu|no-autocast") -> str:
     """What determines the tower's output for a given input tensor, hashed."""
     h = hashlib.blake2b(digest_size=12)
     h.update(json.dumps([FORMAT, type(tower).__name__, tower.name, list(tower.layers), tower.input_stats,
-                         list(tower.mean), list(tower.std), bool(want_tokens), str(tower.autocast_dtype)]).encode())
+                         list(tower.mean), list(tower.std), bool(want_tokens), str(tower.autocast_dtype),
+                         context]).encode())
     for name, t in [*tower.state_dict().items()]:
         h.update(f"|{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
@@ -76,6 +86,16 @@ def _fields(f: Features) -> dict[str, Tensor]:
     return out
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 class FeatureStore:
     """Append-only per-image float16 arrays of one tower fingerprint, memory-mapped on read.
 
@@ -90,7 +110,24 @@ class FeatureStore:
         self._chunks: dict[int, dict[str, np.ndarray]] = {}
         self._next = 0
         self._offset = 0  # bytes of index.jsonl already read
-        self.refresh()
+        self._indexed: set[int] = set()
+        self._remove_stale_staging()
+
+    def _remove_stale_staging(self) -> None:
+        """Delete ``.chunk.<pid>`` folders whose writer is gone (killed mid-write): they are never
+        indexed, and a later process with the same pid would otherwise write into leftovers."""
+        for tmp in self.root.glob(".chunk.*"):
+            try:
+                pid = int(tmp.name.rsplit(".", 1)[1])
+            except ValueError:
+                continue
+            if pid != os.getpid() and not _alive(pid):
+                shutil.rmtree(tmp, ignore_errors=True)
+        with self._locked():  # a chunk renamed into place whose index line a kill cut: never read
+            self.refresh()
+            for d in self.root.glob("chunk_*"):
+                if d.is_dir() and d.name[6:].isdigit() and int(d.name[6:]) not in self._indexed:
+                    shutil.rmtree(d, ignore_errors=True)
 
     @contextlib.contextmanager
     def _locked(self):
@@ -117,6 +154,7 @@ class FeatureStore:
                 chunk, keys = int(rec["chunk"]), list(rec["keys"])
             except (ValueError, KeyError, TypeError):
                 continue  # a line cut by a kill: its chunk is simply recomputed
+            self._indexed.add(chunk)
             if (self.root / f"chunk_{chunk:06d}").is_dir():
                 self.index.update({k: (chunk, r) for r, k in enumerate(keys)})
             self._next = max(self._next, chunk + 1)
@@ -133,7 +171,9 @@ class FeatureStore:
 
     def put(self, keys: list[str], fields: dict[str, Tensor]) -> None:
         tmp = self.root / f".chunk.{os.getpid()}"
-        tmp.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():  # left by a killed process that had this pid: none of it is ours
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
         for name, t in fields.items():
             np.save(tmp / f"{name}.npy", t.detach().float().cpu().numpy().astype(np.float16))
         with self._locked():
@@ -144,6 +184,7 @@ class FeatureStore:
             tmp.rename(self.root / f"chunk_{n:06d}")
             with (self.root / "index.jsonl").open("a") as f:
                 f.write(json.dumps({"chunk": n, "keys": keys}) + "\n")
+            self._indexed.add(n)
         self.index.update({k: (n, r) for r, k in enumerate(keys)})
         self._next = n + 1
 
@@ -154,17 +195,18 @@ class _CachedForward:
     def __init__(self, tower: VisionBackbone, root: Path) -> None:
         self.tower, self.root = tower, root
         self.original = type(tower).forward
-        self.stores: dict[bool, tuple[str, FeatureStore, tuple[int, ...]]] = {}
+        self.stores: dict[tuple[bool, str], tuple[str, FeatureStore, tuple[int, ...]]] = {}
         self.hits = self.misses = 0
 
-    def store(self, want_tokens: bool) -> tuple[str, FeatureStore]:
+    def store(self, want_tokens: bool, context: str = "cpu|no-autocast") -> tuple[str, FeatureStore]:
         """The store of the tower's current weights: re-fingerprinted whenever a parameter or buffer
         changed in place (a checkpoint load), told by their version counters (cheap per call)."""
         versions = tuple(t._version for t in (*self.tower.parameters(), *self.tower.buffers()))
-        if self.stores.get(want_tokens, (None, None, None))[2] != versions:
-            fp = tower_fingerprint(self.tower, want_tokens)
-            self.stores[want_tokens] = (fp, FeatureStore(self.root / fp), versions)
-        fp, store, _ = self.stores[want_tokens]
+        key = (want_tokens, context)
+        if self.stores.get(key, (None, None, None))[2] != versions:
+            fp = tower_fingerprint(self.tower, want_tokens, context)
+            self.stores[key] = (fp, FeatureStore(self.root / fp), versions)
+        fp, store, _ = self.stores[key]
         return fp, store
 
     def __call__(self, images: Tensor, return_tokens: bool | None = None) -> Features:
@@ -172,7 +214,7 @@ class _CachedForward:
         want = tower.return_tokens if return_tokens is None else return_tokens
         if images.ndim != 4 or images.shape[1] != 3:
             return self.original(tower, images, return_tokens)  # its own error message
-        _, store = self.store(want)
+        _, store = self.store(want, compute_context(images.device))
         keys = image_keys(images)
         if any(k not in store.index for k in keys):
             store.refresh()  # another process may have computed them meanwhile

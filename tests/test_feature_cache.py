@@ -167,6 +167,18 @@ def test_training_with_the_cache_resumes_exactly_and_records_it(synth_root: Path
     assert first["feature_cache"]["backbone"]["misses"] == 0 and first["feature_cache"]["backbone"]["hits"] > 0
 
 
+def test_epochs_scored_on_test_get_the_scores_afford_eval_gives_their_weights(synth_root: Path, tmp_path: Path) -> None:
+    from afford.engine.tasks import task_for
+
+    over = [f"data.root={synth_root}", *TINY_OVERRIDES, "model.train_backbone=false", "data.feature_cache=true",
+            f"data.cache_dir={tmp_path / 'cache'}", "train.epochs=1", "train.select=best-on-test"]
+    res = train(build_config("locate", overrides=over), tmp_path / "run", progress=False)
+    run = ckpt.load_run(tmp_path / "run")
+    summary = task_for(run.config).evaluate(run.method, run.config, torch.device("cpu"), False)
+    assert res.selection["test"] == {k: summary[k] for k in res.selection["test"]}  # exactly, not float16 features
+    assert res.history[0]["feature_cache"]["backbone"]["misses"] > 0  # training did use the cache
+
+
 def test_bench_refuses_what_it_cannot_measure(capsys) -> None:
     from afford.bench import run_bench
     from afford.cli import main

@@ -260,6 +260,24 @@ def attach_feature_cache(model: nn.Module, root: str | Path | None = None) -> di
     return {"dir": str(where), "towers": sorted(towers), "dtype": "float16"}
 
 
+@contextlib.contextmanager
+def cache_paused(model: nn.Module):
+    """The model's towers computed directly for the duration (scoring epochs on the test set):
+    the scores are then those ``afford eval`` gives the saved weights (float32 features, not the
+    cache's float16), and test images do not fill the training cache."""
+    paused = {}
+    for tower in frozen_towers(model).values():
+        c = tower.__dict__.get("forward")
+        if isinstance(c, _CachedForward):
+            paused[tower] = c
+            del tower.forward
+    try:
+        yield
+    finally:
+        for tower, c in paused.items():
+            tower.forward = c
+
+
 def cache_stats(model: nn.Module) -> dict[str, dict[str, int]]:
     """Hits and misses per cached tower since it was attached."""
     out = {}

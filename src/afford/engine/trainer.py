@@ -39,6 +39,7 @@ from afford.engine.distributed import (
     mean_over_ranks,
     use_global_batchnorm,
 )
+from afford.engine.feature_cache import attach_feature_cache, cache_paused, cache_stats
 from afford.engine.tasks import Task, task_for
 from afford.errors import AffordError
 from afford.factory import create_method
@@ -216,8 +217,6 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         use_global_batchnorm(method)  # statistics of the global batch, as in one process
     cache_info = None
     if cfg.data.feature_cache:
-        from afford.engine.feature_cache import attach_feature_cache
-
         cache_info = attach_feature_cache(method, cfg.data.cache_dir or None)
     optimizer, group_rows = _build_optimizer(method, cfg)
     scheduler = _build_scheduler(optimizer, cfg)
@@ -306,11 +305,10 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         record: dict[str, Any] = {"epoch": epoch, "seconds": time.perf_counter() - t0,
                                   **{k: v / max(steps_per_epoch, 1) for k, v in sums.items()}}
         if cache_info is not None:
-            from afford.engine.feature_cache import cache_stats
-
             record["feature_cache"] = cache_stats(method)
         if t.select == "best-on-test" and ctx.main:
-            summary = task.evaluate(method, cfg, device, progress)
+            with cache_paused(method):  # the figures `afford eval` gives these weights
+                summary = task.evaluate(method, cfg, device, progress)
             record["test"] = {k: summary[k] for k in task.report_keys}
             if task.better(record["test"], best["test"] if best else None):
                 best = record

@@ -115,6 +115,17 @@ def test_a_global_batch_that_does_not_split_is_refused_before_any_process_starts
     assert "does not split into 2 processes" in capsys.readouterr().err and not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("argv", [["train", "locate_synthagd_demo", "--out", "r", "--nproc", "0"],
+                                  ["sweep", "locate_synthagd_demo", "--out", "r", "--nproc", "-2"],
+                                  ["sweep", "locate_synthagd_demo", "--out", "r", "--jobs", "0"]])
+def test_zero_or_negative_process_counts_are_refused(argv: list[str], tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)  # before: silently one process
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and "expected a positive integer" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 def test_nproc_is_taken_out_of_the_relaunched_command() -> None:
     assert without_nproc(["train", "c", "--nproc", "2", "--out", "r"]) == ["train", "c", "--out", "r"]
     assert without_nproc(["train", "c", "--nproc=4", "--quiet"]) == ["train", "c", "--quiet"]

@@ -18,6 +18,17 @@ from afford.device import DEVICE_HELP
 from afford.errors import AffordError
 
 
+def positive_int(text: str) -> int:
+    """argparse type of counts that must be at least 1 (processes, jobs, sizes, epochs, batches)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def _json_safe(obj):
     """nan/inf -> null so the file is strict JSON (counts of nan images are reported separately)."""
     import math
@@ -500,7 +511,7 @@ def _add_train_parser(sub, help_text: str, config_help: str) -> None:  # noqa: A
     t.add_argument("--resume", action="store_true", help="continue from the last complete epoch checkpoint in --out")
     t.add_argument("--select", choices=("last", "best-on-test"), default=None,
                    help="which epoch's weights the run keeps (same as --set train.select=...; default: last)")
-    t.add_argument("--nproc", type=int, default=1, metavar="N",
+    t.add_argument("--nproc", type=positive_int, default=1, metavar="N",
                    help="data-parallel processes on this machine, launched with torchrun (gloo on CPU, nccl on "
                         "GPU; the global batch stays train.batch_size; default: 1). Multi-node: run "
                         "'torchrun ... -m afford.cli train ...' yourself (docs/distributed.md)")
@@ -539,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--overwrite", action="store_true",
                    help="replace OUT/data and OUT/runs/<preset> even when OUT is not a previous demo output")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
-    d.add_argument("--jobs", type=int, default=None,
+    d.add_argument("--jobs", type=positive_int, default=None,
                    help="worker processes training the demo's independent rows side by side (default: one per "
                         "core, the cores shared out as torch threads; 1: one after another in this process, "
                         "with progress bars)")
@@ -558,12 +569,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seen or unseen (unseen: test objects absent from training) (default: %(default)s)")
     s.add_argument("--seed", type=int, default=gen["seed"],
                    help="world and image seed; same arguments give byte-identical files (default: %(default)s)")
-    s.add_argument("--size", type=int, default=gen["size"], help="image side in pixels (default: %(default)s)")
-    s.add_argument("--n-exo", type=int, default=gen["n_exo"],
+    s.add_argument("--size", type=positive_int, default=gen["size"], help="image side in pixels (default: %(default)s)")
+    s.add_argument("--n-exo", type=positive_int, default=gen["n_exo"],
                    help="exocentric training images per (affordance, object) pair (default: %(default)s)")
-    s.add_argument("--n-ego", type=int, default=gen["n_ego"],
+    s.add_argument("--n-ego", type=positive_int, default=gen["n_ego"],
                    help="egocentric training images per pair (default: %(default)s)")
-    s.add_argument("--n-test", type=int, default=gen["n_test"],
+    s.add_argument("--n-test", type=positive_int, default=gen["n_test"],
                    help="egocentric test images (with GT) per test pair (default: %(default)s)")
     s.add_argument("--difficulty", type=float, default=gen["difficulty"],
                    help="0..1 clutter/pose realism, 1 = spec (default: %(default)s)")
@@ -578,10 +589,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "zero_shot_uc.json")
     sh.add_argument("--seed", type=int, default=hg["seed"],
                     help="same arguments give byte-identical files (default: %(default)s)")
-    sh.add_argument("--n-train", type=int, default=hg["n_train"], help="training images (default: %(default)s)")
-    sh.add_argument("--n-test", type=int, default=hg["n_test"], help="test images (default: %(default)s)")
-    sh.add_argument("--tile", type=int, default=hg["tile"], help="tile side in pixels (default: %(default)s)")
-    sh.add_argument("--grid", type=int, default=hg["grid"], help="tiles per image side (default: %(default)s)")
+    sh.add_argument("--n-train", type=positive_int, default=hg["n_train"], help="training images (default: %(default)s)")
+    sh.add_argument("--n-test", type=positive_int, default=hg["n_test"], help="test images (default: %(default)s)")
+    sh.add_argument("--tile", type=positive_int, default=hg["tile"], help="tile side in pixels (default: %(default)s)")
+    sh.add_argument("--grid", type=positive_int, default=hg["grid"], help="tiles per image side (default: %(default)s)")
     sh.add_argument("--unseen", type=int, default=hg["n_unseen"],
                     help="interaction classes held out of training (unseen compositions) (default: %(default)s)")
     sh.add_argument("--difficulty", type=float, default=hg["difficulty"],
@@ -626,7 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "cached detections (default: the run's model.detections_test)")
     he.add_argument("--save-dets", default=None, metavar="FILE", help="--checkpoint: also write its detections "
                     "in the --dets format")
-    he.add_argument("--batch-size", type=int, default=None, help="images per forward pass (--checkpoint)")
+    he.add_argument("--batch-size", type=positive_int, default=None, help="images per forward pass (--checkpoint)")
     he.add_argument("--device", default="auto", help=DEVICE_HELP)
     he.add_argument("--bf16", action="store_true", help="run the model under bfloat16 autocast")
     he.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -638,7 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
     hp.add_argument("--out", required=True, help="folder for <image>_hoi.json and <image>_hoi.png")
     hp.add_argument("--detections", default=None, help="cached detections of the images (runs with a cached "
                     "detector): JSON {file name: {boxes, scores, labels}}")
-    hp.add_argument("--top", type=int, default=10, help="triplets per image in the JSON (default: %(default)s)")
+    hp.add_argument("--top", type=positive_int, default=10, help="triplets per image in the JSON (default: %(default)s)")
     hp.add_argument("--draw", type=int, default=3, help="triplets drawn on the picture (default: %(default)s)")
     hp.add_argument("--device", default="auto", help=DEVICE_HELP)
     hp.add_argument("--quiet", action="store_true", help="no progress output")
@@ -670,7 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also print KLD / SIM per affordance, object or (affordance, object) pair")
     e.add_argument("--label-sensitivity", action="store_true",
                    help="also score each image with its object's other affordances (does the map follow the label?)")
-    e.add_argument("--batch-size", type=int, default=None,
+    e.add_argument("--batch-size", type=positive_int, default=None,
                    help=f"images per forward pass (default: {EvalConfig.batch_size})")
     e.add_argument("--device", default="auto", help=DEVICE_HELP)
     e.add_argument("--bf16", action="store_true", help="run the model under bfloat16 autocast")
@@ -703,7 +714,7 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--checkpoint", required=True, help="run folder whose CAMs train the affinity head")
     rt.add_argument("--data", default=None, help="dataset root (default: the run's)")
     rt.add_argument("--split", default=None, help="training split (default: the run's)")
-    rt.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"training epochs (default: {DEFAULT_EPOCHS})")
+    rt.add_argument("--epochs", type=positive_int, default=DEFAULT_EPOCHS, help=f"training epochs (default: {DEFAULT_EPOCHS})")
     rt.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     rt.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"random-walk steps t (default: {DEFAULT_STEPS})")
     rt.add_argument("--blend", type=float, default=DEFAULT_BLEND,
@@ -719,7 +730,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "inference images/s (random weights, paper shapes)")
     bn.add_argument("--methods", nargs="+", default=list(BENCH_METHODS), choices=BENCH_METHODS,
                     help="methods to measure (default: all)")
-    bn.add_argument("--steps", type=int, default=3, help="timed steps per row, median (default: %(default)s)")
+    bn.add_argument("--steps", type=positive_int, default=3, help="timed steps per row, median (default: %(default)s)")
     bn.add_argument("--device", default="cpu", help="cpu | cuda (default: %(default)s)")
     bn.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU users; slow on CPUs without AMX)")
     bn.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
@@ -740,8 +751,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--select", choices=("last", "best-on-test"), default=None,
                     help="best-on-test scores every epoch, so the summary also reports the best epoch on the test "
                          "set, labelled as such (the runs then keep that epoch's weights)")
-    sw.add_argument("--nproc", type=int, default=1, metavar="N", help="data-parallel processes per seed (torchrun)")
-    sw.add_argument("--jobs", type=int, default=1, metavar="J",
+    sw.add_argument("--nproc", type=positive_int, default=1, metavar="N", help="data-parallel processes per seed (torchrun)")
+    sw.add_argument("--jobs", type=positive_int, default=1, metavar="J",
                     help="seeds trained at once, in separate processes sharing the cores (default: one after another)")
     sw.add_argument("--quiet", action="store_true", help="no progress bars")
     sw.set_defaults(fn=cmd_sweep)

@@ -60,9 +60,40 @@ def test_baselines_need_what_they_use_and_score(synth: Path, tmp_path, capsys) -
     assert main(["hoi", "eval", "--baseline", "object-prior", "--data", str(synth), "--json", str(tmp_path / "o.json")]) == 0
     o = json.loads((tmp_path / "o.json").read_text())
     assert 0.0 < o["mAP"]["full"] < 1.0 and o["detections"] == "baseline: object-prior"
-    assert main(["hoi", "eval", "--baseline", "frequency-prior", "--data", str(synth)]) == 2
-    assert "--train" in capsys.readouterr().err
-    assert main(["hoi", "eval", "--baseline", "frequency-prior", "--data", str(synth), "--train", str(synth)]) == 0
+    test_file = str(synth / "instances_test2015.json")
+    assert main(["hoi", "eval", "--baseline", "frequency-prior", "--data", test_file]) == 2
+    assert "--train" in capsys.readouterr().err  # a lone test file has no training counts
+    assert main(["hoi", "eval", "--baseline", "frequency-prior", "--data", test_file, "--train", str(synth),
+                 "--json", str(tmp_path / "f1.json")]) == 0
+    assert main(["hoi", "eval", "--baseline", "frequency-prior", "--data", str(synth),
+                 "--json", str(tmp_path / "f2.json")]) == 0  # the folder's training file
+    f1, f2 = (json.loads((tmp_path / f).read_text()) for f in ("f1.json", "f2.json"))
+    assert 0.0 < f1["mAP"]["full"] == f2["mAP"]["full"]
+
+
+def test_a_test_file_without_rare_lists_gets_them_from_the_training_counts(synth: Path, tmp_path, capsys) -> None:
+    d = json.loads((synth / "instances_test2015.json").read_text())
+    bare = tmp_path / "bare" / "instances_test2015.json"
+    bare.parent.mkdir()
+    bare.write_text(json.dumps({k: v for k, v in d.items() if k not in ("rare", "non_rare")}))
+    args = ["hoi", "eval", "--baseline", "object-prior"]
+    assert main([*args, "--data", str(bare)]) == 2
+    err = capsys.readouterr().err
+    assert "no rare/non_rare lists" in err and "--train" in err
+    assert main([*args, "--data", str(bare), "--train", str(synth), "--json", str(tmp_path / "b.json")]) == 0
+    assert main([*args, "--data", str(synth), "--json", str(tmp_path / "s.json")]) == 0
+    b, ref = (json.loads((tmp_path / f).read_text()) for f in ("b.json", "s.json"))
+    assert b["mAP"] == ref["mAP"] and set(b["mAP"]) == {"full", "rare", "non_rare"}
+
+
+def test_a_file_of_the_other_split_is_refused(synth: Path) -> None:
+    from afford.errors import AffordError
+    from afford.hoi.task import HOITask
+
+    with pytest.raises(AffordError, match="this is the test2015 file, but the train2015 annotations are needed"):
+        load_hicodet(synth / "instances_test2015.json", split="train2015")
+    with pytest.raises(AffordError, match="data.root: .* is not a folder"):
+        HOITask(synth / "instances_test2015.json")
 
 
 @pytest.mark.parametrize(("rows", "message"), [

@@ -74,7 +74,7 @@ def cmd_data_check(a: argparse.Namespace) -> int:
     if a.hoi:
         from afford.hoi.check import check_hicodet
 
-        report = check_hicodet(a.root, split=a.split or "test2015")
+        report = check_hicodet(a.root, split=a.split)
     else:
         from afford.data.check import check_tree
 
@@ -142,6 +142,25 @@ def _hoi_model_dets(a: argparse.Namespace, ds):
     return dets, run
 
 
+class _TrainingAnnotations:
+    """HICO-DET training annotations, read when something needs them: ``--train``, else the
+    ``instances_train2015.json`` of the ``--data`` folder (never the test file itself)."""
+
+    def __init__(self, train: str | None, root: str) -> None:
+        self.source = train or (root if Path(root).expanduser().is_dir() else None)
+        self._ds = None
+
+    def load(self, needed_by: str):
+        from afford.hoi.hicodet import load_hicodet
+
+        if self.source is None:
+            raise AffordError(f"{needed_by} needs the training annotations: pass --train "
+                              "(instances_train2015.json or its folder), or --data the folder holding both files")
+        if self._ds is None:
+            self._ds = load_hicodet(self.source, split="train2015")
+        return self._ds
+
+
 def cmd_hoi_eval(a: argparse.Namespace) -> int:
     from afford.hoi.baselines import baseline_detections, training_counts
     from afford.hoi.detections import read_detections, write_detections
@@ -151,8 +170,6 @@ def cmd_hoi_eval(a: argparse.Namespace) -> int:
 
     if sum(x is not None for x in (a.dets, a.baseline, a.checkpoint)) != 1:
         raise AffordError("hoi eval: give exactly one of --dets FILE, --baseline NAME or --checkpoint RUN")
-    if a.train and a.baseline != "frequency-prior":
-        raise AffordError("--train: only the frequency-prior baseline uses the training annotations")
     if not a.checkpoint:
         ignored = [f for f, v in (("--detections", a.detections), ("--bf16", a.bf16), ("--save-dets", a.save_dets))
                    if v]
@@ -167,6 +184,7 @@ def cmd_hoi_eval(a: argparse.Namespace) -> int:
     if not root:
         raise AffordError("hoi eval: --data ROOT is required")
     ds = load_hicodet(root, split=a.split)
+    training = _TrainingAnnotations(a.train, root)
     zero_shot = a.zero_shot
     if zero_shot is None and run_info.get("split") not in (None, "default"):
         zero_shot = run_info["split"]  # the run's own zero-shot setting
@@ -175,22 +193,18 @@ def cmd_hoi_eval(a: argparse.Namespace) -> int:
     elif a.baseline is not None:
         counts = None
         if a.baseline == "frequency-prior":
-            if not a.train:
-                raise AffordError("--baseline frequency-prior: pass --train (the training annotations: "
-                                  "instances_train2015.json or its folder)")
-            train = load_hicodet(a.train, split="train2015")
-            counts = training_counts(train.annotations, ds.num_classes)
+            counts = training_counts(training.load("--baseline frequency-prior").annotations, ds.num_classes)
         dets = baseline_detections(ds.annotations, ds.hoi_object, a.baseline, counts)
     else:
         dets, _ = _hoi_model_dets(a, ds)
         if a.save_dets:
             write_detections(a.save_dets, ds.filenames, dets)
-    if not ds.rare and run_info:
+    if not ds.rare and not zero_shot:  # the rare split counts training pairs (hoi.md §12)
         import dataclasses
 
         from afford.hoi.hicodet import rare_from_counts
 
-        rare, non_rare = rare_from_counts(load_hicodet(root, split="train2015"))
+        rare, non_rare = rare_from_counts(training.load(f"{root}: no rare/non_rare lists; the rare split"))
         ds = dataclasses.replace(ds, rare=rare, non_rare=non_rare)
     if zero_shot:
         unseen = set(zero_shot_unseen(zero_shot, ds))
@@ -624,7 +638,9 @@ def build_parser() -> argparse.ArgumentParser:
     he.add_argument("--data", default=None, help="HICO-DET-layout root (or its instances_<split>.json); "
                     "default with --checkpoint: the run's data root")
     he.add_argument("--split", default="test2015", help="annotation split to score against (default: %(default)s)")
-    he.add_argument("--train", default=None, help="training annotations (frequency-prior baseline)")
+    he.add_argument("--train", default=None, help="training annotations (instances_train2015.json or its folder): "
+                    "the frequency-prior baseline's counts and, for a test file without them, the rare/non-rare "
+                    "split (default: the --data folder's)")
     he.add_argument("--mode", choices=("default", "known-object"), default="default",
                     help="Default: every image for every class; Known Object: only images with the class's object")
     he.add_argument("--rule", choices=("official", "pocket"), default="official",

@@ -130,7 +130,7 @@ def _check_images(report: HoiCheckReport, ds: HicoDet, image_dir: Path, workers:
                        f"says {ds.sizes[i, 0]}x{ds.sizes[i, 1]}")
 
 
-def check_hicodet(root_or_file: str | Path, split: str = "test2015", image_dir: str | Path | None = None,
+def check_hicodet(root_or_file: str | Path, split: str | None = None, image_dir: str | Path | None = None,
                   workers: int | None = None) -> HoiCheckReport:
     """Check a HICO-DET JSON file, or ``instances_{split}.json`` (+ ``images/{split}/``) under a root."""
     report = HoiCheckReport(source=Path(root_or_file).expanduser())

@@ -13,6 +13,7 @@ through :func:`alpha_to_coco80` / :func:`coco80_to_alpha`, which map by name, ne
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,11 +148,22 @@ def coco80_to_alpha(objects: Sequence[str]) -> np.ndarray:
     return np.array([index[name] for name in COCO80_NAMES], np.int64)
 
 
-def resolve_hicodet(path: str | Path, split: str = "test2015") -> tuple[Path, Path | None]:
-    """``(json file, image folder or None)`` for a JSON file or a root holding ``instances_{split}.json``."""
+def resolve_hicodet(path: str | Path, split: str | None = None) -> tuple[Path, Path | None]:
+    """``(json file, image folder or None)`` for a JSON file or a root holding ``instances_{split}.json``.
+
+    ``split`` defaults to ``test2015`` in a folder; a file is read as given unless ``split`` is
+    asked for and the file is named for another one (``instances_test2015.json`` asked as
+    ``train2015``): refused, as counting rare classes or training on the test annotations would
+    otherwise go unnoticed.
+    """
     p = Path(path).expanduser()
     if p.is_file():
+        named = re.fullmatch(r"instances_(\w+)\.json", p.name)
+        if split is not None and named and named.group(1) != split:
+            raise AffordError(f"{p}: this is the {named.group(1)} file, but the {split} annotations are needed "
+                              f"here; give instances_{split}.json or the folder holding both")
         return p, None
+    split = split or "test2015"
     if not p.is_dir():
         raise AffordError(f"{p}: no such file or folder; expected instances_{split}.json or a folder holding it")
     file = p / f"instances_{split}.json"
@@ -339,8 +351,9 @@ def _parse(file: Path, image_dir: Path | None, strict: bool) -> tuple[HicoDet, l
     return dataset, r.findings
 
 
-def load_hicodet(path: str | Path, split: str = "test2015", image_dir: str | Path | None = None) -> HicoDet:
-    """Load a JSON file, or ``instances_{split}.json`` under a root; the first problem raises one line.
+def load_hicodet(path: str | Path, split: str | None = None, image_dir: str | Path | None = None) -> HicoDet:
+    """Load a JSON file, or ``instances_{split}.json`` under a root (default ``test2015``); the first
+    problem raises one line. A file named for another split than an explicit ``split`` is refused.
 
     With a root, ``images/{split}/`` (or ``hico_20160224_det/images/{split}/``) becomes ``image_dir``
     when present; ``image_dir`` overrides it.
@@ -349,7 +362,7 @@ def load_hicodet(path: str | Path, split: str = "test2015", image_dir: str | Pat
     return _parse(file, Path(image_dir) if image_dir is not None else found, strict=True)[0]
 
 
-def read_hicodet(path: str | Path, split: str = "test2015",
+def read_hicodet(path: str | Path, split: str | None = None,
                  image_dir: str | Path | None = None) -> tuple[HicoDet, list[Finding]]:
     """Like :func:`load_hicodet` but keeps going: bad rows are dropped and reported as findings.
 

@@ -127,6 +127,9 @@ class HOITask(Task):
     report_keys = ("full", "n_images")
 
     def __init__(self, root: str | Path, setting: str = SUPERVISED) -> None:
+        if not Path(root).expanduser().is_dir():
+            raise AffordError(f"data.root: {root} is not a folder; HOI training needs the dataset folder holding "
+                              "instances_train2015.json and instances_test2015.json (one file cannot be both)")
         train = load_hicodet(root, split="train2015")
         test = load_hicodet(root, split="test2015")
         if not np.array_equal(train.correspondence, test.correspondence) or train.objects != test.objects \

@@ -1,15 +1,20 @@
-"""Affinity head, pair neighbourhoods, the §5 loss, training loop and the refiner."""
+"""Affinity head, pair neighbourhoods, the §5 loss, the head trained by the engine, and the refiner."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from afford.engine.refinement import load_refiner, save_refiner
+from afford.engine.tasks import Task
+from afford.engine.trainer import train
 from afford.errors import AffordError
+from afford.labels import LabelSpace
 from afford.refine.affinity_head import (
     AffinityHead,
     disc_affinity,
@@ -19,8 +24,8 @@ from afford.refine.affinity_head import (
     pair_labels,
 )
 from afford.refine.affinity_loss import affinity_loss
+from afford.refine.head_training import AffinityHeadTraining
 from afford.refine.refiner import AffinityRefiner
-from afford.refine.train import AffinityTrainConfig, train_affinity_head
 
 
 def test_half_disc_has_34_offsets_for_radius_5() -> None:
@@ -116,65 +121,101 @@ def test_head_forward_matches_manual_computation() -> None:
         head([f1, torch.randn(2, 31, 5, 5)])
 
 
-def _synthetic(n_batches: int = 4, seed: int = 0) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], object, object]:
-    """Images whose left/right halves differ; features = a fixed random lift of the image means
-    plus noise; the 'method' CAM is a soft left-half map with noise."""
-    g = torch.Generator().manual_seed(seed)
-    batches = []
-    for _ in range(n_batches):
-        img = torch.randn(2, 3, 32, 32, generator=g) * 0.1
-        img[..., :16] += 1.0
-        batches.append((img, torch.zeros(2, dtype=torch.long)))
-    lift = torch.randn(8, 3, generator=torch.Generator().manual_seed(99))
+class _HalvesTeacher(torch.nn.Module):
+    """A frozen 'run' on images whose left/right halves differ: features are a fixed random lift of
+    the 4x4-pooled image, the CAM a soft left-half map."""
 
-    def feature_fn(images: torch.Tensor) -> list[torch.Tensor]:
-        pooled = F.avg_pool2d(images, 4)  # (B, 3, 8, 8)
-        return [torch.einsum("dc,bchw->bdhw", lift, pooled)]
+    def __init__(self) -> None:
+        super().__init__()
+        self.lift = torch.nn.Parameter(torch.randn(8, 3, generator=torch.Generator().manual_seed(99)))
 
-    def cam_fn(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return [torch.einsum("dc,bchw->bdhw", self.lift, F.avg_pool2d(images, 4))]
+
+    def predict(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.avg_pool2d(images, 4).mean(1) + 0.05 * labels[:, None, None]
 
-    return batches, feature_fn, cam_fn
+
+class _HalvesImages(torch.utils.data.Dataset):
+    def __init__(self, n: int = 8) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.images = torch.randn(n, 3, 32, 32, generator=g) * 0.1
+        self.images[..., :16] += 1.0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"ego": self.images[i], "label": torch.tensor(0)}
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
 
 
-def test_training_decreases_the_loss_and_is_seeded() -> None:
-    batches, feature_fn, cam_fn = _synthetic()
-    cfg = AffinityTrainConfig(radius=3, epochs=5, lr=0.1)
-    losses: list[float] = []
-    head = train_affinity_head(batches, cam_fn, feature_fn, cfg, log_fn=lambda s, d: losses.append(d["loss"]))
-    assert len(losses) == 20
-    assert sum(losses[-4:]) / 4 < 0.5 * losses[0]
-    short = AffinityTrainConfig(radius=3, max_steps=2, seed=7)
-    one, two = (train_affinity_head(batches, cam_fn, feature_fn, short) for _ in range(2))
-    assert all(torch.equal(a, b) for a, b in zip(one.state_dict().values(), two.state_dict().values(), strict=True))
+class _HalvesTask(Task):
+    name = "halves"
+    labels = LabelSpace.affordances(["hold"])
+
+    def train_set(self, cfg):
+        return _HalvesImages()
+
+
+def _train_head(run: Path, *sets: str) -> tuple[AffinityHeadTraining, list[dict]]:
+    from afford.config import load_config
+
+    teacher = _HalvesTeacher()
+    built: list[AffinityHeadTraining] = []
+
+    def build(name, model_cfg, labels):
+        built.append(AffinityHeadTraining(model_cfg, labels, teacher=teacher))
+        return built[-1]
+
+    cfg = load_config("affinity_refiner", ["model.radius=3", "train.batch_size=2", "train.device=cpu", *sets])
+    train(cfg, run, progress=False, task=_HalvesTask(), build_method=build)
+    rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    return built[0].eval(), [r for r in rows if r["kind"] == "train"]
+
+
+def test_the_engine_trains_the_head_psa_poly_schedule_and_seeded(tmp_path) -> None:
+    head, rows = _train_head(tmp_path / "a", "train.epochs=5")
+    assert len(rows) == 20 and "bg_pos" in rows[0] and "neg" in rows[0]
+    assert sum(r["loss"] for r in rows[-4:]) / 4 < 0.6 * rows[0]["loss"]  # measured: 0.137 / 0.270
+    # psa's poly rate, per step: lr_k = 0.1 (1 - k/20)^0.9
+    assert all(r["lr"] == pytest.approx(0.1 * (1 - k / 20) ** 0.9) for k, r in enumerate(rows))
+    assert "teacher" not in dict(head.named_modules()) and set(head.state_dict()) == set(AffinityHead([8]).state_dict())
+    again, _ = _train_head(tmp_path / "b", "train.epochs=5")
+    assert all(torch.equal(a, b) for a, b in zip(head.state_dict().values(), again.state_dict().values(), strict=True))
     # the learnt affinity separates the halves more than within them
-    emb = head(feature_fn(batches[0][0]))
+    teacher = _HalvesTeacher()
+    emb = head(teacher.features(_HalvesImages().images[:2]))
     w = disc_affinity(emb, 3).weights[0]  # (K, 8, 8); offset index of (0, 1) in the full disc is 1
     across, within = w[1, :, 3].mean(), w[1, :, 0].mean()
     assert across < 0.5 * within
 
 
-def test_training_with_crf_and_dict_batches() -> None:
-    batches, feature_fn, cam_fn = _synthetic(n_batches=1)
-    dict_batches = [{"ego": img, "label": lab} for img, lab in batches]
-    cfg = AffinityTrainConfig(radius=3, crf=True, max_steps=2, optimizer="adam", lr=1e-2)
-    losses: list[float] = []
-    train_affinity_head(dict_batches, cam_fn, feature_fn, cfg, log_fn=lambda s, d: losses.append(d["loss"]))
-    assert len(losses) == 2 and all(math.isfinite(v) and v > 0 for v in losses)
-    with pytest.raises(AffordError, match="batch"):
-        train_affinity_head([{"image": batches[0][0]}], cam_fn, feature_fn, cfg)
+def test_crf_labels_and_bad_settings() -> None:
+    from afford.refine.head_training import AffinityHeadConfig
+
+    m = AffinityHeadTraining(AffinityHeadConfig(radius=3, crf=True), ["hold"], teacher=_HalvesTeacher())
+    batch = {"ego": _HalvesImages().images[:2], "label": torch.zeros(2, dtype=torch.long)}
+    loss = float(m.forward_train(batch, 0)["loss"].detach())
+    assert math.isfinite(loss) and loss > 0
+    with pytest.raises(AffordError, match="model.label_mode"):
+        AffinityHeadTraining(AffinityHeadConfig(label_mode="psa"), ["hold"], teacher=_HalvesTeacher())
+    with pytest.raises(AffordError, match="model.teacher: the run folder"):
+        AffinityHeadTraining(AffinityHeadConfig(), ["hold"])
 
 
 def test_refiner_save_load_roundtrip(tmp_path) -> None:
-    batches, feature_fn, cam_fn = _synthetic(n_batches=1)
-    head = train_affinity_head(batches, cam_fn, feature_fn, AffinityTrainConfig(radius=3, max_steps=3))
+    torch.manual_seed(0)
+    teacher, head = _HalvesTeacher(), AffinityHead([8])
     refiner = AffinityRefiner(head, radius=3, steps=4, blend=0.5)
-    images = batches[0][0]
-    cams = cam_fn(images, batches[0][1])
-    out = refiner(cams, feature_fn(images))
+    images = _HalvesImages().images[:2]
+    cams = teacher.predict(images, torch.zeros(2, dtype=torch.long))
+    out = refiner(cams, teacher.features(images))
     loaded = load_refiner(save_refiner(refiner, tmp_path / "r"))
     assert loaded.params == refiner.params and loaded.params["affinity"] == "trained_head"
-    assert torch.equal(loaded(cams, feature_fn(images)), out)
+    assert torch.equal(loaded(cams, teacher.features(images)), out)
     free = AffinityRefiner(steps=16, radius=3)
     again = load_refiner(save_refiner(free, tmp_path / "f"), steps=2)
     assert again.head is None and again.params["t"] == 2

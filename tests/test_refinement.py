@@ -54,8 +54,14 @@ def test_refine_train_then_eval_and_predict(tiny_run, synth_root, tmp_path):
     assert main(["refine", "train", "--checkpoint", str(run_copy), "--epochs", "1", "--radius", "2", "--quiet"]) == 0
     saved = run_copy / REFINER_DIR
     assert (saved / "refiner.json").is_file() and (saved / "model.safetensors").is_file()
-    losses = [json.loads(x)["loss"] for x in (saved / "log.jsonl").read_text().splitlines()]
-    assert losses and all(np.isfinite(losses))
+    rows = [json.loads(x) for x in (saved / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if r["kind"] == "train"]
+    assert losses and all(np.isfinite(losses)) and rows[0]["config"]["model"]["teacher"] == str(run_copy)
+    # the head's training is a run of the engine: a second call refuses, --resume continues it
+    assert main(["refine", "train", "--checkpoint", str(run_copy), "--epochs", "1", "--radius", "2", "--quiet"]) == 2
+    assert main(["refine", "train", "--checkpoint", str(run_copy), "--epochs", "2", "--radius", "2", "--quiet",
+                 "--resume"]) == 0
+    assert json.loads((saved / "run.json").read_text())["epochs_done"] == 2
     run = load_run(run_copy)
     fn = refiner_for_run(run)
     assert fn.params["affinity"] == "trained_head" and fn.params["refine"] == "affinity"
@@ -79,3 +85,31 @@ def test_refine_train_then_eval_and_predict(tiny_run, synth_root, tmp_path):
     assert main(["predict", str(img), "--checkpoint", str(run_copy), "--affordance", "hold", "--out", str(pred_raw)]) == 0
     a, b = np.load(pred / f"{img.stem}_hold.npy"), np.load(pred_raw / f"{img.stem}_hold.npy")
     assert a.max() > 0.99 and np.abs(a - b).max() > 0.05
+
+
+def test_a_killed_head_training_resumes_to_the_uninterrupted_weights(tiny_run, tmp_path):
+    """`afford refine train` killed in its 2nd epoch (SIGKILL, no cleanup), then --resume: the head
+    equals an uninterrupted one bit for bit (the per-step poly rate and the order resume exactly)."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    runs = {name: tmp_path / name for name in ("whole", "killed")}
+    for r in runs.values():
+        shutil.copytree(tiny_run, r)
+    args = ["--epochs", "2", "--radius", "2", "--batch-size", "4", "--quiet", "--set", "train.max_steps_per_epoch=3"]
+
+    def refine(run, *extra, fault=None):
+        env = {k: v for k, v in os.environ.items() if k != "AFFORD_FAULT_AT"} | ({"AFFORD_FAULT_AT": fault} if fault else {})
+        return subprocess.run([sys.executable, "-m", "afford.cli", "refine", "train", "--checkpoint", str(run), *args,
+                               *extra], env=env, capture_output=True, text=True, timeout=300)
+
+    assert refine(runs["whole"]).returncode == 0
+    assert refine(runs["killed"], fault="1:1:0").returncode == -9  # killed after epoch 2's second step
+    assert not (runs["killed"] / REFINER_DIR / "refiner.json").exists()  # not a usable refiner yet
+    r = refine(runs["killed"], "--resume")
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = (load_file(runs[n] / REFINER_DIR / "model.safetensors") for n in ("whole", "killed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

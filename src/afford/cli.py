@@ -404,7 +404,8 @@ def cmd_refine_train(a: argparse.Namespace) -> int:
     from afford.engine.refinement import train_refiner_for_run
 
     out = train_refiner_for_run(a.checkpoint, data_root=a.data, split=a.split, epochs=a.epochs, seed=a.seed,
-                                progress=not a.quiet, steps=a.steps, blend=a.blend, radius=a.radius)
+                                batch_size=a.batch_size, progress=not a.quiet, steps=a.steps, blend=a.blend,
+                                radius=a.radius, resume=a.resume, overrides=a.set or [])
     print(f"affinity refiner trained -> {out}")
     return 0
 
@@ -737,6 +738,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"lambda: weight of the unrefined map (default: {DEFAULT_BLEND})")
     rt.add_argument("--radius", type=int, default=DEFAULT_RADIUS,
                     help=f"affinity neighbourhood gamma in feature cells (default: {DEFAULT_RADIUS})")
+    rt.add_argument("--batch-size", type=positive_int, default=16, help="images per step (default: %(default)s)")
+    rt.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override of the head's training config (preset affinity_refiner), e.g. train.lr=0.05 or "
+                         "model.label_mode=fixed")
+    rt.add_argument("--resume", action="store_true", help="continue the head's training from its last complete epoch "
+                    "(RUN/affinity/checkpoints)")
     rt.add_argument("--quiet", action="store_true", help="no progress bars")
     rt.set_defaults(fn=cmd_refine_train)
 

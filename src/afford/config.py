@@ -51,9 +51,10 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nesterov: bool = True
-    scheduler: str = "step"  # "step" | "none"
+    scheduler: str = "step"  # "step" (every step_size epochs x gamma) | "poly" (per step, psa) | "none"
     step_size: int = 5
     gamma: float = 0.1
+    poly_power: float = 0.9  # "poly": lr x (1 - step / total steps) ** poly_power
     seed: int = 0
     bf16: bool = False
     device: str = "auto"

@@ -64,6 +64,10 @@ METHODS: dict[str, MethodSpec] = {
     "looptrans_cluster": MethodSpec("afford.methods.looptrans_cluster:LoopTransCluster",
                                     "afford.methods.looptrans_cluster:LoopTransClusterConfig",
                                     "looptrans_cluster_seen", task="images", title="LoopTrans cluster module"),
+    # AffinityNet's head trained on a run's CAMs (afford refine train; affinity.md §12.2).
+    "affinity": MethodSpec("afford.refine.head_training:AffinityHeadTraining",
+                           "afford.refine.head_training:AffinityHeadConfig", "affinity_refiner", task="affinity",
+                           title="AffinityNet head"),
 }
 
 

@@ -2,9 +2,10 @@
 
 Two refiners, named explicitly (affinity.md §12.2):
 
-- ``affinity``: the AffinityNet head trained on the run's own CAMs by ``afford refine train``,
-  saved in ``RUN/affinity/`` (``refiner.json`` + ``model.safetensors``, written through
-  :mod:`afford.checkpoint` like every other weight file). Refused when the run has none.
+- ``affinity``: the AffinityNet head trained on the run's own CAMs by ``afford refine train``
+  (the engine's loop, :mod:`afford.refine.head_training`), saved in ``RUN/affinity/``
+  (``refiner.json`` + ``model.safetensors`` beside the head's own run record, checkpoints and
+  log). Refused when the run has none.
 - ``affinity-free``: the training-free affinity on the run's frozen features (§12.2 b).
 
 Either way the refiner's settings are reported next to the numbers. Features come from the
@@ -13,23 +14,17 @@ method's declared :meth:`~afford.methods.base.Grounder.features` hook, never fro
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from afford import checkpoint as ckpt
 from afford.checkpoint import LoadedRun, load_run
-from afford.data.agd20k import AffordanceTrainSet, open_split
-from afford.data.transforms import TrainTransform
 from afford.engine.evaluator import MapFn
 from afford.errors import AffordError, did_you_mean
 from afford.refine.affinity_head import AffinityHead
 from afford.refine.refiner import AffinityRefiner
-from afford.refine.train import AffinityTrainConfig, train_affinity_head
 
 REFINER_DIR = "affinity"
 CONFIG_FILE = "refiner.json"
@@ -129,33 +124,33 @@ def refiner_for_run(run: LoadedRun, kind: str = "affinity", **overrides: object)
 def train_refiner_for_run(
     run_dir: str | Path, data_root: str | None = None, split: str | None = None, epochs: int = DEFAULT_EPOCHS,
     seed: int = 0, batch_size: int = 16, progress: bool = True, steps: int = DEFAULT_STEPS,
-    blend: float = DEFAULT_BLEND, radius: int = DEFAULT_RADIUS,
+    blend: float = DEFAULT_BLEND, radius: int = DEFAULT_RADIUS, resume: bool = False,
+    overrides: Sequence[str] = (),
 ) -> Path:
-    """Train an affinity head on the run's egocentric training images and CAMs; save it in the run."""
-    run = load_run(run_dir)
-    cfg = run.config
-    sp = open_split(data_root or run.info.get("data_root") or cfg.data.root, split or run.info.get("split") or cfg.data.split)
-    if sp.affordances != run.classes:
-        raise AffordError(f"{sp.root}: the run was trained on {len(run.classes)} classes, this split has {len(sp.affordances)}")
-    ds = AffordanceTrainSet(sp, n_exo=1, seed=seed, cache_images=cfg.data.cache_images, transform=TrainTransform(
-        resize=cfg.data.resize, crop=cfg.data.crop, flip=True, square=cfg.data.square_resize))
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=True,
-                        generator=torch.Generator().manual_seed(seed))
-    out = run.path / REFINER_DIR
-    out.mkdir(exist_ok=True)
-    tcfg = AffinityTrainConfig(radius=radius, epochs=epochs, seed=seed)
-    method = run.method
-    with (out / "log.jsonl").open("w") as log, tqdm(total=epochs * len(loader), desc="affinity head",
-                                                     disable=not progress) as bar:
-        def log_fn(step: int, vals: dict[str, float]) -> None:
-            log.write(json.dumps({"step": step, **vals}) + "\n")
-            bar.update(1)
-            bar.set_postfix(loss=f"{vals['loss']:.3f}")
+    """Train an affinity head on the run's egocentric training images and CAMs, with the engine,
+    into ``RUN/affinity/`` (a run of its own: checkpoints, log, exact ``resume``); then write the
+    refiner (``refiner.json``: the propagation settings ``steps``/``blend`` beside the head)."""
+    from afford.config import load_config
+    from afford.engine.trainer import train
 
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            head = train_affinity_head(loader, lambda x, y: method.predict(x, y), method.features, tcfg,
-                                       set_epoch=ds.set_epoch, log_fn=log_fn)
-    refiner = AffinityRefiner(head, steps=steps, blend=blend, radius=radius, alpha_low=tcfg.alpha_low,
-                              alpha_high=tcfg.alpha_high)
+    run = load_run(run_dir)
+    out = run.path / REFINER_DIR
+    if (out / ckpt.RUN_FILE).exists() and not resume:
+        raise AffordError(f"{out}: already holds an affinity head (or its interrupted training); pass --resume to "
+                          f"continue it, or remove the folder to train a new one")
+    d = run.config.data
+    data = {"root": data_root or run.info.get("data_root") or d.root, "split": split or run.info.get("split") or d.split,
+            "resize": d.resize, "crop": d.crop, "square_resize": d.square_resize, "sampling": d.sampling,
+            "cache_images": d.cache_images, "test_size": d.test_size}
+    sets = [f"model.teacher={run.path}", f"model.radius={radius}", f"train.epochs={epochs}", f"train.seed={seed}",
+            f"train.batch_size={batch_size}", f"train.device={run.config.train.device}",
+            *(f"data.{k}={v}" for k, v in data.items()), *overrides]
+    cfg = load_config("affinity_refiner", sets)
+    train(cfg, out, resume=resume, progress=progress)
+    info = ckpt.read_run_info(out)
+    head = AffinityHead(info["head"]["in_dims"], info["head"]["widths"])
+    ckpt.load_weights(head, out / ckpt.WEIGHTS, "affinity head")
+    m = cfg.model
+    refiner = AffinityRefiner(head.eval(), steps=steps, blend=blend, radius=m.radius, alpha_low=m.alpha_low,
+                              alpha_high=m.alpha_high)
     return save_refiner(refiner, out)

@@ -121,6 +121,24 @@ class ImagePretrainTask(Task):
         return {"split": self.split.name, "data_root": str(self.split.root)}
 
 
+class AffinityHeadTask(WSAGTask):
+    """An affinity head trained on a run's CAMs (:mod:`afford.refine.head_training`): the split's
+    egocentric training images and their labels. The head has no map of its own to score, so
+    epochs are selected by ``last`` only."""
+
+    name = "affinity"
+    selection_key = None
+    report_keys = ()
+    evaluate = Task.evaluate
+
+    def train_set(self, cfg: RunConfig) -> AffordanceTrainSet:
+        d = cfg.data
+        return AffordanceTrainSet(
+            self.split, n_exo=1, sampling=d.sampling, seed=cfg.train.seed, cache_images=d.cache_images,
+            transform=TrainTransform(resize=d.resize, crop=d.crop, flip=True, square=d.square_resize),
+        )
+
+
 def _hoi_task(cfg: RunConfig) -> Task:
     from afford.hoi.task import HOITask  # the HOI package imports this module
 
@@ -130,6 +148,7 @@ def _hoi_task(cfg: RunConfig) -> Task:
 #: task name (``MethodSpec.task``) -> builder from a run config.
 TASKS: dict[str, Callable[[RunConfig], Task]] = {"affordance": WSAGTask.from_config,
                                                  "images": ImagePretrainTask.from_config,
+                                                 "affinity": AffinityHeadTask.from_config,
                                                  "hoi": _hoi_task}
 
 

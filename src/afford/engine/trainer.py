@@ -152,13 +152,18 @@ def _build_optimizer(method: Trainable, cfg: RunConfig) -> tuple[torch.optim.Opt
     return opt, describe_groups(groups, t.lr)
 
 
-def _build_scheduler(opt: torch.optim.Optimizer, cfg: RunConfig) -> torch.optim.lr_scheduler.LRScheduler | None:
+def _build_scheduler(opt: torch.optim.Optimizer, cfg: RunConfig,
+                     total_steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """``step`` steps once per epoch; ``poly`` (psa's) once per training step over ``total_steps``."""
     t = cfg.train
     if t.scheduler == "step":
         return torch.optim.lr_scheduler.StepLR(opt, step_size=t.step_size, gamma=t.gamma)
+    if t.scheduler == "poly":
+        power = t.poly_power
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda k: max(0.0, 1.0 - k / total_steps) ** power)
     if t.scheduler == "none":
         return None
-    raise AffordError(f"train.scheduler: expected 'step' or 'none', got '{t.scheduler}'")
+    raise AffordError(f"train.scheduler: expected 'step', 'poly' or 'none', got '{t.scheduler}'")
 
 
 def check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
@@ -218,8 +223,16 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     cache_info = None
     if cfg.data.feature_cache:
         cache_info = attach_feature_cache(method, cfg.data.cache_dir or None)
+    dataset = task.train_set(cfg)
+    if len(dataset) < t.batch_size:
+        where = task.run_info().get("data_root", task.name)
+        raise AffordError(f"{where}: {len(dataset)} training samples, fewer than train.batch_size={t.batch_size}")
+    steps_per_epoch = len(dataset) // t.batch_size  # drop_last: BatchNorm needs > 1 sample
+    if t.max_steps_per_epoch > 0:
+        steps_per_epoch = min(steps_per_epoch, t.max_steps_per_epoch)
     optimizer, group_rows = _build_optimizer(method, cfg)
-    scheduler = _build_scheduler(optimizer, cfg)
+    scheduler = _build_scheduler(optimizer, cfg, t.epochs * steps_per_epoch)
+    per_step = t.scheduler == "poly"
     history: list[dict[str, Any]] = []
     start_epoch = 0
     if resume and done:
@@ -247,13 +260,6 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         logger.log({"kind": "start", "method": cfg.method, "task": task.name, "n_classes": len(task.labels),
                     "param_groups": group_rows, "device": str(device), "config": cfg.to_dict(),
                     "processes": ctx.world})
-    dataset = task.train_set(cfg)
-    if len(dataset) < t.batch_size:
-        where = task.run_info().get("data_root", task.name)
-        raise AffordError(f"{where}: {len(dataset)} training samples, fewer than train.batch_size={t.batch_size}")
-    steps_per_epoch = len(dataset) // t.batch_size  # drop_last: BatchNorm needs > 1 sample
-    if t.max_steps_per_epoch > 0:
-        steps_per_epoch = min(steps_per_epoch, t.max_steps_per_epoch)
 
     best = None
     for h in history:
@@ -300,7 +306,9 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
             if step % max(t.log_every, 1) == 0 or step == steps_per_epoch - 1:
                 logger.log({"kind": "train", "epoch": epoch, "step": global_step, **vals,
                             "lr": optimizer.param_groups[0]["lr"], "samples_per_s": rate})
-        if scheduler is not None:
+            if scheduler is not None and per_step:
+                scheduler.step()
+        if scheduler is not None and not per_step:
             scheduler.step()
         record: dict[str, Any] = {"epoch": epoch, "seconds": time.perf_counter() - t0,
                                   **{k: v / max(steps_per_epoch, 1) for k, v in sums.items()}}

@@ -35,6 +35,19 @@ def test_overrides_are_typed():
         ("train.epochs=2.5", "train.epochs: expected an integer"),
         ("model.train_backbone=maybe", "model.train_backbone: expected true/false"),
         ("epochs", "--set expects key=value"),
+        # ranges and choices, named before anything runs (they failed deep in torch, or not at all)
+        ("train.batch_size=0", "train.batch_size: expected an integer >= 1, got 0"),
+        ("train.epochs=0", "train.epochs: expected an integer >= 1"),
+        ("train.step_size=0", "train.step_size: expected an integer >= 1"),
+        ("data.crop=0", "data.crop: expected an integer >= 1"),
+        ("data.test_size=-5", "data.test_size: expected an integer >= 1"),
+        ("data.num_workers=-1", "data.num_workers: expected an integer >= 0"),
+        ("train.keep_checkpoints=-1", "train.keep_checkpoints: expected an integer >= 0"),
+        ("train.lr=nan", "train.lr: expected a finite number > 0, got nan"),
+        ("train.lr=0", "train.lr: expected a finite number > 0"),
+        ("train.momentum=-0.1", "train.momentum: expected a number >= 0"),
+        ("data.crop=300", "data.crop: the training crop (300) must not exceed data.resize (256)"),
+        ("eval.protocol=foo", "eval.protocol: expected one of standard"),
     ],
 )
 def test_bad_overrides_name_the_key(override, fragment):
@@ -77,3 +90,12 @@ def test_unknown_method_and_file(tmp_path):
     bad.write_text("model: {backbone: x}\n")
     with pytest.raises(AffordError, match="'method:' key"):
         load_config(bad)
+
+
+def test_a_bad_value_in_a_run_record_names_the_file(tmp_path):
+    from afford.config import config_from_dict
+
+    d = build_config("locate").to_dict()
+    d["train"]["lr"] = "fast"
+    with pytest.raises(AffordError, match=r"run\.json: config: train\.lr: expected a number"):
+        config_from_dict(d, tmp_path / "run.json")

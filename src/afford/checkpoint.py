@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from afford.backbones.convert import load_strict
 from afford.config import RunConfig, config_from_dict
-from afford.errors import AffordError
+from afford.errors import UNREADABLE_PICKLE, AffordError
 from afford.labels import LabelSpace
 from afford.methods.base import Method
 
@@ -171,7 +171,7 @@ def load_epoch_state(run_dir: Path, epoch: int) -> dict[str, Any]:
     path = epoch_dir(run_dir, epoch) / STATE
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated or overwritten file: torch raises several kinds
+    except UNREADABLE_PICKLE as e:  # truncated or overwritten file
         raise AffordError(f"{path}: cannot read the training state to resume from ({type(e).__name__}: {e}); "
                           f"remove {path.parent} to resume from the epoch before it") from None
     if not isinstance(state, dict) or "optimizer" not in state:
@@ -241,7 +241,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu",
     if info["config"].get("method") != info["method"]:
         raise AffordError(f"{run_dir / RUN_FILE}: 'method' is {info['method']!r} but the config is for "
                           f"{info['config'].get('method')!r}")
-    cfg = config_from_dict(info["config"])
+    cfg = config_from_dict(info["config"], run_dir / RUN_FILE)
     # The run's weights include the backbone, so never re-read the original pretrained files
     # (they may not exist on this machine): build every ``*_weights`` source randomly initialised.
     build_cfg = copy.deepcopy(cfg.model)

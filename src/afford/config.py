@@ -189,7 +189,44 @@ def build_config(method: str, preset: dict[str, Any] | None = None, overrides: l
                 f"unknown config key '{dotted}': use section.key with section in {', '.join(SECTIONS)}"
             )
         _apply(getattr(cfg, parts[0]), {parts[1]: yaml.safe_load(raw) if raw.strip() else ""}, parts[0])
+    validate(cfg)
     return cfg
+
+
+#: (section, key) -> lowest allowed value; checked before anything runs.
+_AT_LEAST: dict[tuple[str, str], float] = {
+    ("data", "resize"): 1, ("data", "crop"): 1, ("data", "test_size"): 1, ("data", "n_exo"): 1,
+    ("data", "num_workers"): 0, ("data", "cache_views"): 1,
+    ("train", "epochs"): 1, ("train", "batch_size"): 1, ("train", "step_size"): 1, ("train", "log_every"): 1,
+    ("train", "max_steps_per_epoch"): 0, ("train", "keep_checkpoints"): 0,
+    ("train", "momentum"): 0.0, ("train", "weight_decay"): 0.0, ("train", "poly_power"): 0.0,
+    ("train", "grad_clip"): 0.0, ("eval", "batch_size"): 1,
+}
+_POSITIVE: tuple[tuple[str, str], ...] = (("train", "lr"), ("train", "gamma"))
+
+
+def validate(cfg: RunConfig) -> None:
+    """Ranges and choices of the shared sections, named ``section.key``: a zero batch or crop, a
+    NaN learning rate or an unknown protocol would otherwise fail deep inside a run, or not at all."""
+    import math
+
+    from afford.metrics.saliency import PROTOCOLS
+
+    for (section, key), low in _AT_LEAST.items():
+        value = getattr(getattr(cfg, section), key)
+        if not math.isfinite(value) or value < low:
+            kind = "an integer" if isinstance(value, int) else "a number"
+            raise AffordError(f"{section}.{key}: expected {kind} >= {low}, got {value!r}")
+    for section, key in _POSITIVE:
+        value = getattr(getattr(cfg, section), key)
+        if not math.isfinite(value) or value <= 0:
+            raise AffordError(f"{section}.{key}: expected a finite number > 0, got {value!r}")
+    if cfg.data.crop > cfg.data.resize:
+        raise AffordError(f"data.crop: the training crop ({cfg.data.crop}) must not exceed data.resize "
+                          f"({cfg.data.resize})")
+    if cfg.eval.protocol not in PROTOCOLS:
+        raise AffordError(f"eval.protocol: expected one of {', '.join(PROTOCOLS)}, got {cfg.eval.protocol!r}"
+                          f"{did_you_mean(cfg.eval.protocol, PROTOCOLS)}")
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
@@ -211,6 +248,11 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     return build_config(str(preset["method"]), preset, overrides)
 
 
-def config_from_dict(d: dict[str, Any]) -> RunConfig:
-    """Rebuild a RunConfig from ``RunConfig.to_dict()`` output (run.json)."""
-    return build_config(d["method"], {k: v for k, v in d.items() if k in SECTIONS})
+def config_from_dict(d: dict[str, Any], source: str | Path | None = None) -> RunConfig:
+    """Rebuild a RunConfig from ``RunConfig.to_dict()`` output (run.json); errors name ``source``."""
+    try:
+        return build_config(d["method"], {k: v for k, v in d.items() if k in SECTIONS})
+    except AffordError as e:
+        if source is None:
+            raise
+        raise AffordError(f"{source}: config: {e}") from None

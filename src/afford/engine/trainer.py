@@ -176,7 +176,7 @@ def check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
     if done and cfg.train.epochs <= done[-1]:
         raise AffordError(f"train.epochs: {run_dir} has completed {done[-1] + 1} epochs, so resuming it needs "
                           f"train.epochs >= {done[-1] + 1}, got {cfg.train.epochs} (train a new run for fewer epochs)")
-    stored = config_from_dict(ckpt.read_run_info(run_dir)["config"]).to_dict()
+    stored = config_from_dict(ckpt.read_run_info(run_dir)["config"], run_dir / ckpt.RUN_FILE).to_dict()
     now = cfg.to_dict()
     diffs = [
         f"{s}.{k}: run has {stored[s][k]!r}, now {now[s][k]!r}"

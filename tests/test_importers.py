@@ -345,7 +345,13 @@ def test_unreadable_and_wrong_files_are_rejected(tmp_path) -> None:
         import_official("locate", tmp_path / "wsma.pth", tmp_path / "r3")
     with pytest.raises(AffordError, match="not found"):
         import_official("locate", tmp_path / "nope.pth", tmp_path / "r4")
-    assert not any((tmp_path / r).exists() for r in ("r1", "r2", "r3", "r4"))
+    # a text file and bytes that start like a pickle: torch.load raised KeyError / IndexError
+    (tmp_path / "text.pth").write_text("hello\n")
+    (tmp_path / "pickle_start.pth").write_bytes(b"\x80\x02}q")
+    for name in ("text.pth", "pickle_start.pth"):
+        with pytest.raises(AffordError, match=rf"{name}: cannot read the checkpoint"):
+            import_official("locate", tmp_path / name, tmp_path / "r5")
+    assert not any((tmp_path / r).exists() for r in ("r1", "r2", "r3", "r4", "r5"))
 
 
 def test_key_class_count_shape_and_vocabulary_errors(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,11 +8,21 @@ expected. The CLI prints it without a traceback and exits with status 2.
 from __future__ import annotations
 
 import difflib
+import pickle
+import struct
 from collections.abc import Iterable
 
 
 class AffordError(Exception):
     """An error caused by user input, reported as one line by the CLI."""
+
+
+#: What ``torch.load`` raises for a file that is not (or no longer) a torch.save file: truncated,
+#: another format, a text file, bytes that look like a pickle. Not MemoryError or torch's bugs.
+UNREADABLE_PICKLE: tuple[type[BaseException], ...] = (
+    OSError, RuntimeError, EOFError, ValueError, AttributeError, ImportError, KeyError, IndexError, TypeError,
+    struct.error, pickle.UnpicklingError,
+)
 
 
 def closest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:

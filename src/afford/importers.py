@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from torch import Tensor
 from afford.backbones.convert import load_strict
 from afford.checkpoint import RUN_FILE, WEIGHTS, save_weights, write_run_info
 from afford.data.classes import HICO_IIF_AFFORDANCES, SEEN_AFFORDANCES, UNSEEN_AFFORDANCES
-from afford.errors import AffordError, first_line
+from afford.errors import UNREADABLE_PICKLE, AffordError, first_line
 from afford.factory import (
     METHODS,
     create_method,
@@ -66,9 +65,7 @@ def read_official_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         raise AffordError(f"{p}: checkpoint file not found")
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, AttributeError, ImportError, pickle.UnpicklingError) as exc:
-        # torch.load raises these for truncated files, pickles that are not state dicts, and
-        # non-torch files; anything else (out of memory, a torch bug) is not the user's file.
+    except UNREADABLE_PICKLE as exc:
         raise AffordError(f"{p}: cannot read the checkpoint (truncated download or not a torch.save file: "
                           f"{first_line(exc)})") from None
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):

@@ -19,7 +19,6 @@ unexpected and wrongly shaped keys, because a silently half-loaded backbone (Loo
 from __future__ import annotations
 
 import os
-import pickle
 import re
 import warnings
 import zipfile
@@ -29,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from afford.errors import AffordError, first_line
+from afford.errors import UNREADABLE_PICKLE, AffordError, first_line
 
 StateDict = dict[str, Tensor]
 
@@ -58,7 +57,7 @@ def load_checkpoint_file(path: str | os.PathLike[str]) -> StateDict:
                 obj = torch.jit.load(str(p), map_location="cpu").state_dict()
         else:
             obj = torch.load(str(p), map_location="cpu", weights_only=True)
-    except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:  # not MemoryError or bugs
+    except UNREADABLE_PICKLE as exc:
         msg = first_line(exc)
         raise AffordError(f"{p}: not a readable torch/TorchScript/safetensors weight file ({msg})") from None
     if isinstance(obj, nn.Module):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,26 @@ def test_bad_inputs_are_one_line_errors(run_dir, synth_root, tmp_path, capsys):
     (fake / "run.json").write_text(json.dumps({**info, "method": "wsma"}))
     assert main(["eval", "--checkpoint", str(fake), "--data", str(synth_root), "--split", "Seen"]) == 2
     assert "config is for 'locate'" in one_line_error(capsys)
+
+
+def test_output_paths_that_cannot_be_written_are_refused_before_any_work(run_dir, synth_root, tmp_path, capsys):
+    img = next((synth_root / "Seen" / "testset" / "egocentric").rglob("*.jpg"))
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    cases = [
+        (["predict", str(img), "--checkpoint", str(run_dir), "--out", str(a_file)], "--out: ", "is a file; expected a folder"),
+        (["eval", "--checkpoint", str(run_dir), "--json", str(a_file / "m.json")], "--json: ", "is a file"),
+        (["eval", "--checkpoint", str(run_dir), "--json", str(tmp_path)], "--json: ", f"{tmp_path} is a folder; expected a file"),
+        (["eval", "--checkpoint", str(run_dir), "--viz", str(a_file)], "--viz: ", "is a file"),
+        (["train", "locate_synthagd_demo", "--out", str(a_file / "run")], "--out: ", "is a file"),
+    ]
+    for argv, flag, message in cases:
+        t0 = time.perf_counter()
+        assert main(argv) == 2
+        line = one_line_error(capsys)
+        assert line.startswith(f"afford: error: {flag}") and message in line
+        assert time.perf_counter() - t0 < 5  # refused up front, not after the evaluation
+    assert a_file.read_text() == "x"
 
 
 def test_data_check_and_synth_cli(tmp_path, capsys):

@@ -45,8 +45,32 @@ def _json_safe(obj):
 def _write_json(path: str | None, obj: dict) -> None:
     if path:
         p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(_json_safe(obj), indent=2, default=float))
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(json.dumps(_json_safe(obj), indent=2, default=float))
+        except OSError as e:
+            raise AffordError(f"--json: cannot write {p} ({e.strerror or e})") from None
+
+
+#: Output flags (argparse dest) and what they name; checked before any work starts.
+OUTPUT_FLAGS = (("out", "folder"), ("viz", "folder"), ("json", "file"), ("save_dets", "file"))
+
+
+def check_output_paths(args: argparse.Namespace) -> None:
+    """A folder that is a file, or a path under a file, fails when it is written, which for
+    ``--json`` is after a whole evaluation: refuse such paths before anything runs."""
+    for dest, kind in OUTPUT_FLAGS:
+        value = getattr(args, dest, None)
+        if not isinstance(value, str) or value in ("", "-"):
+            continue
+        flag, p = f"--{dest.replace('_', '-')}", Path(value).expanduser()
+        if kind == "folder" and p.exists() and not p.is_dir():
+            raise AffordError(f"{flag}: {p} is a file; expected a folder (or a path where one can be made)")
+        if kind == "file" and p.is_dir():
+            raise AffordError(f"{flag}: {p} is a folder; expected a file path")
+        blocker = next((q for q in p.parents if q.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise AffordError(f"{flag}: {p} cannot be made: {blocker} is a file")
 
 
 def _print_summary(title: str, s: dict) -> None:
@@ -812,6 +836,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what --nproc relaunches under torchrun
     _configure_logging(args.log_level)
     try:
+        check_output_paths(args)
         return int(args.fn(args) or 0)
     except AffordError as e:
         print(f"afford: error: {e}", file=sys.stderr)

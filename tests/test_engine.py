@@ -48,6 +48,10 @@ def test_train_writes_run_and_loads(synth_root, tmp_path):
     loaded = ckpt.load_run(run)
     cams = loaded.method.predict(torch.zeros(2, 3, 56, 56), torch.tensor([0, 1]))
     assert cams.shape[0] == 2 and torch.isfinite(cams).all()
+    # a finished run without its selected weights is not silently served its last epoch
+    (run / ckpt.WEIGHTS).unlink()
+    with pytest.raises(AffordError, match=r"model\.safetensors is missing, but the run finished and selected epoch 2"):
+        ckpt.load_run(run)
 
 
 def test_same_seed_same_weights_and_resume_refuses_other_config(synth_root, tmp_path):

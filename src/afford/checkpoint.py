@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from afford.config import RunConfig, config_from_dict
 from afford.errors import UNREADABLE_PICKLE, AffordError
 from afford.labels import LabelSpace
 from afford.methods.base import Method
+
+log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 WEIGHTS = "model.safetensors"
@@ -213,12 +216,23 @@ def run_labels(info: dict[str, Any], where: Path) -> LabelSpace:
     return LabelSpace.affordances(info["classes"])
 
 
-def resolve_weights(run_dir: Path) -> Path:
+def resolve_weights(run_dir: Path, info: dict[str, Any] | None = None) -> Path:
+    """``RUN/model.safetensors``; for a run still training, its last complete epoch, said so.
+
+    A finished run (its record names the selected epoch) without the file is an error: its last
+    epoch is not necessarily the one it selected.
+    """
     if (run_dir / WEIGHTS).is_file():
         return run_dir / WEIGHTS
+    selection = (info or {}).get("selection")
+    if selection:
+        raise AffordError(f"{run_dir}: {WEIGHTS} is missing, but the run finished and selected epoch "
+                          f"{selection.get('epoch')} ({selection.get('rule')}); restore the file (or copy "
+                          f"checkpoints/epoch_{int(selection.get('epoch', 1)) - 1:03d}/{WEIGHTS} there)")
     done = completed_epochs(run_dir)
     if not done:
         raise AffordError(f"{run_dir}: run has no weights yet ({WEIGHTS} or checkpoints/epoch_*/)")
+    log.warning("%s: still training (no %s): using its last complete epoch, %d", run_dir, WEIGHTS, done[-1] + 1)
     return epoch_dir(run_dir, done[-1]) / WEIGHTS
 
 
@@ -249,6 +263,6 @@ def load_run(path: str | Path, device: str | torch.device = "cpu",
         if f.name.endswith("_weights"):
             setattr(build_cfg, f.name, None)
     method = create_method(cfg.method, build_cfg, labels)
-    load_weights(method, resolve_weights(run_dir))
+    load_weights(method, resolve_weights(run_dir, info))
     method.to(device).eval()
     return LoadedRun(method=method, labels=labels, config=cfg, info=info, path=run_dir)

@@ -190,6 +190,19 @@ def test_test_items_skip_missing_gt_and_non_images(tmp_path, caplog):
     assert it.key == f"{it.affordance}_{it.object}_{it.name}.png" and it.gt.name == f"{it.name}.png"
 
 
+def test_an_upper_case_png_gt_is_used_by_eval_and_check(tmp_path):
+    from afford.data.check import check_tree
+
+    make_tree(tmp_path)
+    n = len(open_split(tmp_path, "Seen").test_items())
+    gt = tmp_path / "Seen/testset/GT/hold/bottle/bottle_001.png"
+    gt.rename(gt.with_suffix(".PNG"))  # before: silently one test image fewer, and check said it had no GT
+    items = open_split(tmp_path, "Seen").test_items()
+    assert len(items) == n and any(i.gt.name == "bottle_001.PNG" for i in items)
+    report = check_tree(tmp_path, split="Seen")
+    assert not [p for p in report.problems if p["kind"] == "missing_gt"]
+
+
 def test_gt_cache_is_built_once_and_reused(tmp_path, monkeypatch, caplog):
     make_tree(tmp_path)
     _gt(tmp_path / "Seen/testset/GT/open/bottle/bottle_000.png", size=(20, 30))  # size mismatch

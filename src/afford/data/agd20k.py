@@ -105,13 +105,14 @@ class Split:
 
         Images without GT are skipped, as LOCATE's test loader does, and counted in the log.
         """
-        gt_files = {p for files in self.scan("GT").groups.values() for p in files}
+        gt_files = {(p.parent, p.stem): p for files in self.scan("GT").groups.values() for p in files
+                    if p.suffix.lower() == ".png"}  # a .PNG is a png (as for the images)
         gt_root = subtree_path(self.root, "GT", self.test_folder)
         items, missing = [], 0
         for (aff, obj), images in self.scan("test_egocentric").groups.items():
             for img in images:
-                gt = gt_root / aff / obj / f"{img.stem}.png"
-                if gt in gt_files:
+                gt = gt_files.get((gt_root / aff / obj, img.stem))
+                if gt is not None:
                     items.append(TestItem(aff, obj, img.stem, img, gt))
                 else:
                     missing += 1

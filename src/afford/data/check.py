@@ -219,7 +219,7 @@ def _check_split(report: CheckReport, root: Path, name: str, workers: int) -> No
 
     gts = scans["GT"].groups
     for (aff, obj), images in scans["test_egocentric"].groups.items():
-        gt_by_stem = {p.stem: p for p in gts.get((aff, obj), []) if p.suffix == ".png"}
+        gt_by_stem = {p.stem: p for p in gts.get((aff, obj), []) if p.suffix.lower() == ".png"}
         for img in images:
             gt = gt_by_stem.get(img.stem)
             if gt is None:

@@ -111,3 +111,14 @@ def test_real_test_file_with_rf_uc_split(capsys) -> None:
     assert main(["hoi", "eval", "--baseline", "object-prior", "--data", str(REAL), "--zero-shot", "rf-uc"]) == 0
     out = capsys.readouterr().out
     assert "unseen" in out and "images 9658" in out
+
+
+def test_a_tiny_split_without_non_rare_classes_reports_that_group_as_na(tmp_path, capsys) -> None:
+    out = tmp_path / "tiny"
+    assert main(["data", "synth-hoi", "--out", str(out), "--n-train", "8", "--n-test", "4", "--tile", "48",
+                 "--quiet"]) == 0
+    assert not json.loads((out / "instances_test2015.json").read_text())["non_rare"]  # every class is rare
+    assert main(["hoi", "eval", "--baseline", "object-prior", "--data", str(out), "--json", str(tmp_path / "r.json")]) == 0
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["empty_groups"] == ["non_rare"] and set(r["mAP"]) == {"full", "rare"}
+    assert "no non_rare class in this split" in capsys.readouterr().out

@@ -269,6 +269,16 @@ def test_load_errors_are_one_line(tmp_path: Path) -> None:
     assert "filenames=5, size=4, annotation=4" in one_line_error(raw, tmp_path)
 
     raw = tiny_raw()
+    raw["filenames"][2] = "a.jpg"  # detections are keyed by name: two images could not be told apart
+    assert "filenames[2]: 'a.jpg' is listed twice (also at [0])" in one_line_error(raw, tmp_path)
+
+    raw = tiny_raw()
+    for k in ("filenames", "size", "annotation"):
+        raw[k] = []
+    raw["empty"] = []
+    assert "filenames: no images" in one_line_error(raw, tmp_path)
+
+    raw = tiny_raw()
     raw["annotation"][3]["boxes_h"].pop()
     assert "image 3 (d.jpg): annotation lists differ in length (boxes_h=2" in one_line_error(raw, tmp_path)
 

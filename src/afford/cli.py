@@ -235,9 +235,13 @@ def cmd_hoi_eval(a: argparse.Namespace) -> int:
         groups = {"unseen": sorted(unseen), "seen": [c for c in range(ds.num_classes) if c not in unseen]}
     else:
         groups = {"rare": list(ds.rare), "non_rare": list(ds.non_rare)}
-    result = evaluate_hoi(ds.annotations, dets, ds.hoi_object, groups=groups, mode=a.mode, rule=a.rule,
-                          num_classes=ds.num_classes)
+    empty = sorted(name for name, ids in groups.items() if not ids)  # e.g. no non-rare class in a tiny set
+    result = evaluate_hoi(ds.annotations, dets, ds.hoi_object, groups={k: v for k, v in groups.items() if v},
+                          mode=a.mode, rule=a.rule, num_classes=ds.num_classes)
     out = result.to_dict()
+    if empty:
+        out["empty_groups"] = empty
+        print(f"note: {ds.source}: no {' / '.join(empty)} class in this split, so no mAP for it (n/a)")
     source = a.dets or (f"baseline: {a.baseline}" if a.baseline else f"checkpoint: {a.checkpoint}")
     out.update({"data": str(ds.source), "detections": source, "zero_shot": zero_shot,
                 "known_object_images": "derived from the box annotations (hoi.md §12)"

@@ -322,6 +322,13 @@ def _parse(file: Path, image_dir: Path | None, strict: bool) -> tuple[HicoDet, l
     filenames = raw["filenames"]
     if not isinstance(filenames, list) or not all(isinstance(x, str) for x in filenames):
         raise r.fatal("filenames", "expected a list of image file names")
+    if not filenames:
+        raise r.fatal("filenames", "no images (an mAP over nothing would read as 0.00)")
+    seen: dict[str, int] = {}
+    for i, name in enumerate(filenames):
+        if name in seen:  # detections are keyed by file name: the two images could not be told apart
+            raise r.fatal(f"filenames[{i}]", f"{name!r} is listed twice (also at [{seen[name]}])")
+        seen[name] = i
     lens = {k: len(raw[k]) if isinstance(raw[k], list) else -1 for k in ("filenames", "size", "annotation")}
     if len(set(lens.values())) != 1:
         shown = ", ".join(f"{k}={n if n >= 0 else 'not a list'}" for k, n in lens.items())

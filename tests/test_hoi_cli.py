@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_check_accepts_synthhoi_and_flags_a_broken_box(synth: Path, tmp_path, capsys) -> None:
+def test_check_accepts_synthhoi_and_flags_a_broken_box(synth: Path, tmp_path, capsys, caplog) -> None:
     assert main(["data", "check", "--hoi", str(synth)]) == 0
     assert "OK: usable" in capsys.readouterr().out
     d = json.loads((synth / "instances_test2015.json").read_text())
@@ -34,6 +35,11 @@ def test_check_accepts_synthhoi_and_flags_a_broken_box(synth: Path, tmp_path, ca
     (tmp_path / "instances_test2015.json").write_text(json.dumps(d))
     assert main(["data", "check", "--hoi", str(tmp_path / "instances_test2015.json")]) == 1
     assert d["filenames"][i] in capsys.readouterr().out
+    # hoi eval scores the file as given, but says so (it was silent)
+    with caplog.at_level(logging.WARNING, logger="afford"):
+        assert main(["hoi", "eval", "--baseline", "object-prior", "--data", str(tmp_path / "instances_test2015.json"),
+                     "--train", str(synth)]) == 0
+    assert "1 image(s) have inverted or out-of-image GT boxes" in caplog.text and d["filenames"][i] in caplog.text
 
 
 def test_eval_scores_ground_truth_as_detections_perfectly_and_writes_json(synth: Path, tmp_path, capsys) -> None:

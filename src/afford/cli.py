@@ -187,6 +187,7 @@ class _TrainingAnnotations:
 
 def cmd_hoi_eval(a: argparse.Namespace) -> int:
     from afford.hoi.baselines import baseline_detections, training_counts
+    from afford.hoi.check import box_problems
     from afford.hoi.detections import read_detections, write_detections
     from afford.hoi.evaluate import evaluate_hoi
     from afford.hoi.hicodet import load_hicodet
@@ -208,6 +209,10 @@ def cmd_hoi_eval(a: argparse.Namespace) -> int:
     if not root:
         raise AffordError("hoi eval: --data ROOT is required")
     ds = load_hicodet(root, split=a.split)
+    if bad := box_problems(ds):
+        logging.getLogger("afford").warning(
+            "%s: %d image(s) have inverted or out-of-image GT boxes, scored as given (first: %s: %s); "
+            "'afford data check --hoi %s' lists them", ds.source, len(bad), bad[0]["where"], bad[0]["message"], root)
     training = _TrainingAnnotations(a.train, root)
     zero_shot = a.zero_shot
     if zero_shot is None and run_info.get("split") not in (None, "default"):

@@ -104,6 +104,14 @@ def _check_boxes(report: HoiCheckReport, ds: HicoDet) -> None:
                     report.add(kind, _where(ds, i), f"{name}[{j}] = {b[j].tolist()} {what}{more}")
 
 
+def box_problems(ds: HicoDet) -> list[dict[str, str]]:
+    """The inverted and out-of-image GT boxes of a loaded split (what ``hoi eval`` warns about:
+    the mAP scores the boxes as given)."""
+    report = HoiCheckReport(source=ds.source)
+    _check_boxes(report, ds)
+    return report.problems
+
+
 def _decode(path: Path) -> tuple[tuple[int, int] | None, str | None]:
     """Fully decode one image -> ((W, H), error); a truncated JPEG only fails in ``load()``."""
     try:

@@ -82,6 +82,16 @@ def test_bad_inputs_are_one_line_errors(run_dir, synth_root, tmp_path, capsys):
     assert main(["predict", str(bad), "--checkpoint", str(run_dir), "--out", str(tmp_path)]) == 2
     assert "broken.jpg" in one_line_error(capsys)
 
+    # a missing second image, or two images with one name, fail before anything is written
+    same = tmp_path / "again" / img.name
+    same.parent.mkdir()
+    same.write_bytes(img.read_bytes())
+    for images, message in (([img, tmp_path / "missing.jpg"], "missing.jpg: no such image file"),
+                            ([img, same], "their outputs")):
+        out = tmp_path / f"out_{len(message)}"
+        assert main(["predict", *map(str, images), "--checkpoint", str(run_dir), "--out", str(out)]) == 2
+        assert message in one_line_error(capsys) and not out.exists()
+
     assert main(["train", "locate_synthagd_demo", "--out", str(tmp_path / "x"), "--set", "train.epoch=1"]) == 2
     assert "unknown config key 'train.epoch'" in one_line_error(capsys)
 

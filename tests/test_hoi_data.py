@@ -291,6 +291,10 @@ def test_load_errors_are_one_line(tmp_path: Path) -> None:
     assert "image 3 (d.jpg): hoi[1] = 4 is out of range; expected 0..3" in one_line_error(raw, tmp_path)
 
     raw = tiny_raw()
+    raw["annotation"][3]["hoi"][0] = True  # was read as class 1
+    assert "image 3 (d.jpg): hoi: expected integer indices" in one_line_error(raw, tmp_path)
+
+    raw = tiny_raw()
     raw["annotation"][0]["verb"][0] = 7
     assert "image 0 (a.jpg): verb[0] = 7 is out of range; expected 0..2" in one_line_error(raw, tmp_path)
 

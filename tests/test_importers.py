@@ -30,7 +30,7 @@ T = torch.Tensor
 
 def _vit(sd: dict, g: torch.Generator, dim: int, depth: int, patch: int, empty: bool) -> None:
     def r(*shape: int, scale: float = 0.05, base: float = 0.0) -> T:
-        return torch.empty(shape) if empty else base + scale * torch.randn(shape, generator=g)
+        return torch.zeros(shape) if empty else base + scale * torch.randn(shape, generator=g)
 
     p = "vit_model."
     sd[p + "cls_token"], sd[p + "pos_embed"] = r(1, 1, dim, scale=0.5), r(1, 197, dim, scale=0.5)
@@ -51,7 +51,7 @@ def _conv_bn(sd: dict, g: torch.Generator, prefix: str, dim: int, depth: int, em
     for j in range(depth):
         c, n = f"{prefix}{3 * j}.", f"{prefix}{3 * j + 1}."
         if empty:
-            sd[c + "weight"], sd[c + "bias"] = torch.empty(dim, dim, 3, 3), torch.empty(dim)
+            sd[c + "weight"], sd[c + "bias"] = torch.zeros(dim, dim, 3, 3), torch.zeros(dim)
         else:
             sd[c + "weight"], sd[c + "bias"] = torch.randn(dim, dim, 3, 3, generator=g) / (3 * dim**0.5), 0.1 * torch.randn(dim, generator=g)
         sd[n + "weight"], sd[n + "bias"] = 1 + 0.1 * torch.randn(dim, generator=g), 0.1 * torch.randn(dim, generator=g)
@@ -79,7 +79,7 @@ def official_wsma(c: int = 36, dim: int = 384, depth: int = 12, patch: int = 16,
     g = torch.Generator().manual_seed(seed)
 
     def r(*shape: int, scale: float = 0.05, base: float = 0.0) -> T:
-        return torch.empty(shape) if empty else base + scale * torch.randn(shape, generator=g)
+        return torch.zeros(shape) if empty else base + scale * torch.randn(shape, generator=g)
 
     sd: dict = OrderedDict(logit_scale=torch.tensor(math.log(100.0)), positional_embedding=r(77, width, scale=0.01),
                            text_projection=r(width, proj, scale=width**-0.5))
@@ -120,7 +120,7 @@ def official_looptrans(c: int = 36, dim: int = 384, depth: int = 12, patch: int 
     g = torch.Generator().manual_seed(seed)
 
     def r(*shape: int, scale: float = 0.05, base: float = 0.0) -> T:
-        return torch.empty(shape) if empty else base + scale * torch.randn(shape, generator=g)
+        return torch.zeros(shape) if empty else base + scale * torch.randn(shape, generator=g)
 
     sd: dict = OrderedDict()
     _vit(sd, g, dim, depth, patch, empty)
@@ -351,7 +351,12 @@ def test_unreadable_and_wrong_files_are_rejected(tmp_path) -> None:
     for name in ("text.pth", "pickle_start.pth"):
         with pytest.raises(AffordError, match=rf"{name}: cannot read the checkpoint"):
             import_official("locate", tmp_path / name, tmp_path / "r5")
-    assert not any((tmp_path / r).exists() for r in ("r1", "r2", "r3", "r4", "r5"))
+    nan = official_locate(c=10, dim=96, depth=4, patch=8)
+    nan["aff_proj.fc1.bias"][0] = float("nan")
+    torch.save(nan, tmp_path / "nan.pth")
+    with pytest.raises(AffordError, match=r"nan\.pth: NaN or infinite values in .*aff_proj\.fc1\.bias"):
+        import_official("locate", tmp_path / "nan.pth", tmp_path / "r6")
+    assert not any((tmp_path / r).exists() for r in ("r1", "r2", "r3", "r4", "r5", "r6"))
 
 
 def test_key_class_count_shape_and_vocabulary_errors(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:

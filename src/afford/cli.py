@@ -261,9 +261,24 @@ def cmd_hoi_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def check_image_args(images: Sequence[str]) -> None:
+    """Every image exists, and no two share a name stem (their outputs, named by stem, would
+    overwrite each other): checked before the model loads, not after the first outputs are written."""
+    stems: dict[str, str] = {}
+    for image in images:
+        p = Path(image).expanduser()
+        if not p.is_file():
+            raise AffordError(f"{image}: no such image file" + (" (a folder)" if p.is_dir() else ""))
+        if p.stem in stems:
+            raise AffordError(f"{image}: same name as {stems[p.stem]}; their outputs ({p.stem}_*) would overwrite "
+                              "each other, so predict them into different --out folders")
+        stems[p.stem] = image
+
+
 def cmd_hoi_predict(a: argparse.Namespace) -> int:
     from afford.hoi.predictor import HOIPredictor, draw_hoi
 
+    check_image_args(a.images)
     run = _hoi_run(a.checkpoint, a.device)
     pred = HOIPredictor(run, device=str(next(run.method.parameters()).device), detections=a.detections)
     out = Path(a.out)
@@ -411,6 +426,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from afford.predictor import Predictor, save_prediction
 
     device = resolve_device(a.device)
+    check_image_args(a.images)
     _affordance_run_info(a.checkpoint)
     run = load_run(a.checkpoint, device=device)
     pred = Predictor(run, device=str(device), refine=_refiner(a, run), output=a.output)

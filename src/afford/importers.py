@@ -75,6 +75,9 @@ def read_official_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     bad = [k for k, v in obj.items() if not isinstance(v, Tensor)]
     if bad:
         raise AffordError(f"{p}: entries that are not tensors: {_listing(sorted(map(str, bad)))}")
+    nonfinite = [k for k, v in obj.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if nonfinite:  # a diverged training's save or a damaged file: every map would be NaN
+        raise AffordError(f"{p}: NaN or infinite values in {_listing(sorted(map(str, nonfinite)))}")
     sd = dict(obj)
     if all(k.startswith("module.") for k in sd):  # DataParallel re-saves
         sd = {k[len("module."):]: v for k, v in sd.items()}

@@ -257,6 +257,8 @@ def _boxes(raw: Any, n: int) -> np.ndarray | None:
 
 
 def _indices(raw: Any) -> np.ndarray | None:
+    if isinstance(raw, list) and any(isinstance(x, bool) for x in raw):
+        return None  # JSON true beside integers would be read as 1
     try:
         b = np.asarray(raw)
     except (TypeError, ValueError):  # ragged nesting

@@ -219,8 +219,12 @@ def test_gt_cache_is_built_once_and_reused(tmp_path, monkeypatch, caplog):
     assert np.array_equal(first[item.key], first[item])
 
     calls.clear()
-    second = GTCache(open_split(tmp_path, "Seen"), cache_dir=tmp_path / "cache")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        second = GTCache(open_split(tmp_path, "Seen"), cache_dir=tmp_path / "cache")
     assert calls == [] and second.from_disk and len(list((tmp_path / "cache").iterdir())) == 1
+    # the mismatch is said again from the cache (it was only said by the run that built it)
+    assert "1 of 8 GT files differ in size from their image (first: open_bottle_bottle_000.png)" in caplog.text
     for it in second:
         assert np.array_equal(second[it], first[it])
 

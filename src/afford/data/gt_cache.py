@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the GT files whose size differs from their image are stored too
 PROGRESS_MIN_ITEMS = 200  # below this a progress bar is noise
 
 
@@ -71,11 +71,15 @@ class GTCache(Mapping["TestItem", np.ndarray]):
         self.items: list[TestItem] = split.test_items()
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         self.path = self.cache_dir / f"gt_{split.name}_{_fingerprint(split, self.items)}.npz"
+        self.mismatched: list[str] = []  # keys of GT files whose size differs from their image
         self._arrays: dict[str, np.ndarray] | None = self._read() if self.path.is_file() else None
         self.from_disk = self._arrays is not None
         if self._arrays is None:
             self._arrays = self._build()
             self._write()
+        elif self.mismatched:  # said again on every run, not only the one that built the cache
+            log.warning("%d of %d GT files differ in size from their image (first: %s); 'afford data check' "
+                        "lists them", len(self.mismatched), len(self.items), self.mismatched[0])
         log.info("GT cache for %s: %d heatmaps (%s %s)", split.name, len(self._arrays),
                  "loaded from" if self.from_disk else "written to", self.path)
 
@@ -88,6 +92,7 @@ class GTCache(Mapping["TestItem", np.ndarray]):
             size = image_size(it.image)
             if size is not None and size != (gt.shape[1], gt.shape[0]):
                 mismatched += 1
+                self.mismatched.append(it.key)
                 log.warning("%s: GT is %dx%d but its image %s is %dx%d", it.gt, gt.shape[1],
                             gt.shape[0], it.image.name, *size)
             arrays[it.key] = gt
@@ -100,6 +105,7 @@ class GTCache(Mapping["TestItem", np.ndarray]):
             with np.load(self.path, allow_pickle=False) as z:
                 keys = [str(k) for k in z["keys"]]
                 arrays = {k: z[f"a{i}"] for i, k in enumerate(keys)}
+                self.mismatched = [str(k) for k in z["mismatched"]]
         except (OSError, KeyError, ValueError) as e:
             log.warning("%s: unreadable GT cache (%s); rebuilding it", self.path, e)
             return None
@@ -115,7 +121,7 @@ class GTCache(Mapping["TestItem", np.ndarray]):
         try:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             buf = io.BytesIO()
-            np.savez_compressed(buf, keys=np.array(keys), **payload)
+            np.savez_compressed(buf, keys=np.array(keys), mismatched=np.array(self.mismatched, dtype=str), **payload)
             tmp = self.path.with_suffix(f".tmp{os.getpid()}")
             tmp.write_bytes(buf.getvalue())
             os.replace(tmp, self.path)  # atomic: a concurrent reader never sees half a file

@@ -48,7 +48,7 @@ def test_trained_refiner_is_explicit(tiny_run):
         refiner_for_run(load_run(tiny_run), "afinity")
 
 
-def test_refine_train_then_eval_and_predict(tiny_run, synth_root, tmp_path):
+def test_refine_train_then_eval_and_predict(tiny_run, synth_root, tmp_path, capsys):
     run_copy = tmp_path / "run"
     shutil.copytree(tiny_run, run_copy)
     assert main(["refine", "train", "--checkpoint", str(run_copy), "--epochs", "1", "--radius", "2", "--quiet"]) == 0
@@ -62,6 +62,8 @@ def test_refine_train_then_eval_and_predict(tiny_run, synth_root, tmp_path):
     assert main(["refine", "train", "--checkpoint", str(run_copy), "--epochs", "2", "--radius", "2", "--quiet",
                  "--resume"]) == 0
     assert json.loads((saved / "run.json").read_text())["epochs_done"] == 2
+    assert main(["eval", "--checkpoint", str(saved), "--quiet"]) == 2  # was an AttributeError traceback
+    assert f"an AffinityNet head, which refines another run's maps; use '--checkpoint {run_copy}" in capsys.readouterr().err
     run = load_run(run_copy)
     fn = refiner_for_run(run)
     assert fn.params["affinity"] == "trained_head" and fn.params["refine"] == "affinity"

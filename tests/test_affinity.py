@@ -160,7 +160,7 @@ class _HalvesTask(Task):
         return _HalvesImages()
 
 
-def _train_head(run: Path, *sets: str) -> tuple[AffinityHeadTraining, list[dict]]:
+def _train_head(run: Path, *sets: str, resume: bool = False) -> tuple[AffinityHeadTraining, list[dict]]:
     from afford.config import load_config
 
     teacher = _HalvesTeacher()
@@ -171,7 +171,7 @@ def _train_head(run: Path, *sets: str) -> tuple[AffinityHeadTraining, list[dict]
         return built[-1]
 
     cfg = load_config("affinity_refiner", ["model.radius=3", "train.batch_size=2", "train.device=cpu", *sets])
-    train(cfg, run, progress=False, task=_HalvesTask(), build_method=build)
+    train(cfg, run, resume=resume, progress=False, task=_HalvesTask(), build_method=build)
     rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     return built[0].eval(), [r for r in rows if r["kind"] == "train"]
 
@@ -191,6 +191,14 @@ def test_the_engine_trains_the_head_psa_poly_schedule_and_seeded(tmp_path) -> No
     w = disc_affinity(emb, 3).weights[0]  # (K, 8, 8); offset index of (0, 1) in the full disc is 1
     across, within = w[1, :, 3].mean(), w[1, :, 0].mean()
     assert across < 0.5 * within
+
+
+def test_a_poly_run_resumed_for_more_epochs_follows_the_longer_schedule(tmp_path) -> None:
+    _train_head(tmp_path / "r", "train.epochs=2")
+    _, rows = _train_head(tmp_path / "r", "train.epochs=4", resume=True)
+    assert [r["step"] for r in rows] == list(range(16))  # the first run's rows, then the resumed ones
+    # from the first resumed step on, the rate is the 16-step schedule's (was: one step at the old final 0)
+    assert all(r["lr"] == pytest.approx(0.1 * (1 - r["step"] / 16) ** 0.9) for r in rows[8:])
 
 
 def test_crf_labels_and_bad_settings() -> None:

@@ -105,6 +105,13 @@ def test_kill_mid_epoch_then_resume_gives_identical_weights(synth_root, tmp_path
     assert all(torch.equal(wr[k], wk[k]) for k in wr)
     # the log holds each step once: the killed epoch's rows were replaced by the resumed ones
     assert train_rows(killed) == train_rows(ref)
+    # killed inside its first epoch (no checkpoint yet): resumed from scratch, one start row
+    first = tmp_path / "killed_first"
+    r = subprocess.run([sys.executable, "-c", _CHILD, str(first), "0", *args], env={**env, "AFFORD_FAULT_AT": "0:1:0"})
+    assert r.returncode == -signal.SIGKILL and ckpt.completed_epochs(first) == []
+    subprocess.run([sys.executable, "-c", _CHILD, str(first), "1", *args], check=True, env=env)
+    assert train_rows(first) == train_rows(ref)
+    assert sum('"kind": "start"' in line for line in (first / "log.jsonl").read_text().splitlines()) == 1
 
 
 def train_rows(run: Path) -> list[tuple[int, int, float]]:

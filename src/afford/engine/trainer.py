@@ -76,9 +76,9 @@ class JsonlLogger:
                 if isinstance(v, (int, float)) and k not in ("step", "epoch"):
                     self.tb.add_scalar(f"{record.get('kind', 'train')}/{k}", v, record["step"])
 
-    def drop_from_epoch(self, epoch: int) -> None:
-        """Forget the rows of ``epoch`` and later: a run resumed there logs them again, and a
-        killed run's partial epoch would otherwise appear twice."""
+    def drop_from_epoch(self, epoch: int, keep_start: bool = True) -> None:
+        """Forget the rows of ``epoch`` and later (and the start row unless ``keep_start``): a run
+        resumed there logs them again, and a killed run's partial epoch would otherwise appear twice."""
         if not self.path.is_file():
             return
         keep = []
@@ -87,7 +87,7 @@ class JsonlLogger:
                 row = json.loads(line)
             except json.JSONDecodeError:  # the line being written when the run was killed
                 continue
-            if row.get("epoch", -1) < epoch:
+            if row.get("epoch", -1) < epoch and (keep_start or row.get("kind") != "start"):
                 keep.append(line)
         tmp = self.path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(line + "\n" for line in keep))
@@ -244,6 +244,10 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
             method.get_buffer(name).copy_(value)
         if scheduler is not None and state.get("scheduler") is not None:
             scheduler.load_state_dict(state["scheduler"])
+            if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):  # poly over the (maybe longer) run now
+                for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas,
+                                               strict=True):
+                    group["lr"] = base * factor(scheduler.last_epoch)
         history = state.get("history", [])
         start_epoch = last + 1
     elif ctx.main:
@@ -253,9 +257,11 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
         ckpt.write_run_info(run_dir, cfg, task.labels, extra)
 
     logger = JsonlLogger(run_dir / "log.jsonl") if ctx.main else NullLogger()
-    if start_epoch > 0 and ctx.main:
+    if ctx.main and start_epoch > 0:
         logger.drop_from_epoch(start_epoch)
         logger.log({"kind": "resume", "from_epoch": start_epoch})
+    elif ctx.main and resume:  # killed before its first epoch ended: that attempt's rows are superseded
+        logger.drop_from_epoch(0, keep_start=False)
     if start_epoch == 0:
         logger.log({"kind": "start", "method": cfg.method, "task": task.name, "n_classes": len(task.labels),
                     "param_groups": group_rows, "device": str(device), "config": cfg.to_dict(),

@@ -38,7 +38,7 @@ def test_overrides_are_typed():
         # ranges and choices, named before anything runs (they failed deep in torch, or not at all)
         ("train.batch_size=0", "train.batch_size: expected an integer >= 1, got 0"),
         ("train.epochs=0", "train.epochs: expected an integer >= 1"),
-        ("train.step_size=0", "train.step_size: expected an integer >= 1"),
+        ("train.step_size=0", "the step scheduler needs step_size >= 1 and gamma > 0, got 0 / 0.1"),
         ("data.crop=0", "data.crop: expected an integer >= 1"),
         ("data.test_size=-5", "data.test_size: expected an integer >= 1"),
         ("data.num_workers=-1", "data.num_workers: expected an integer >= 0"),
@@ -99,3 +99,10 @@ def test_a_bad_value_in_a_run_record_names_the_file(tmp_path):
     d["train"]["lr"] = "fast"
     with pytest.raises(AffordError, match=r"run\.json: config: train\.lr: expected a number"):
         config_from_dict(d, tmp_path / "run.json")
+
+
+def test_values_runs_were_trained_with_still_load():
+    # log_every 0 (every step), cache_views 0 (a fresh crop per epoch), no step scheduler's settings
+    cfg = build_config("locate", overrides=["train.log_every=0", "data.cache_views=0", "train.scheduler=none",
+                                            "train.step_size=0", "train.gamma=0"])
+    assert (cfg.train.log_every, cfg.data.cache_views, cfg.train.step_size) == (0, 0, 0)

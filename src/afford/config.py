@@ -196,13 +196,13 @@ def build_config(method: str, preset: dict[str, Any] | None = None, overrides: l
 #: (section, key) -> lowest allowed value; checked before anything runs.
 _AT_LEAST: dict[tuple[str, str], float] = {
     ("data", "resize"): 1, ("data", "crop"): 1, ("data", "test_size"): 1, ("data", "n_exo"): 1,
-    ("data", "num_workers"): 0, ("data", "cache_views"): 1,
-    ("train", "epochs"): 1, ("train", "batch_size"): 1, ("train", "step_size"): 1, ("train", "log_every"): 1,
+    ("data", "num_workers"): 0, ("data", "cache_views"): 0,
+    ("train", "epochs"): 1, ("train", "batch_size"): 1, ("train", "log_every"): 0,
     ("train", "max_steps_per_epoch"): 0, ("train", "keep_checkpoints"): 0,
     ("train", "momentum"): 0.0, ("train", "weight_decay"): 0.0, ("train", "poly_power"): 0.0,
     ("train", "grad_clip"): 0.0, ("eval", "batch_size"): 1,
 }
-_POSITIVE: tuple[tuple[str, str], ...] = (("train", "lr"), ("train", "gamma"))
+_POSITIVE: tuple[tuple[str, str], ...] = (("train", "lr"),)
 
 
 def validate(cfg: RunConfig) -> None:
@@ -221,6 +221,9 @@ def validate(cfg: RunConfig) -> None:
         value = getattr(getattr(cfg, section), key)
         if not math.isfinite(value) or value <= 0:
             raise AffordError(f"{section}.{key}: expected a finite number > 0, got {value!r}")
+    if cfg.train.scheduler == "step" and (cfg.train.step_size < 1 or not cfg.train.gamma > 0):
+        raise AffordError(f"train.step_size / train.gamma: the step scheduler needs step_size >= 1 and gamma > 0, "
+                          f"got {cfg.train.step_size} / {cfg.train.gamma}")
     if cfg.data.crop > cfg.data.resize:
         raise AffordError(f"data.crop: the training crop ({cfg.data.crop}) must not exceed data.resize "
                           f"({cfg.data.resize})")

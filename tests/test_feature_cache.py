@@ -121,12 +121,22 @@ def test_the_callers_autocast_is_part_of_the_key(tmp_path: Path) -> None:
 def test_leftovers_of_killed_writers_are_removed_and_entries_kept(tmp_path: Path) -> None:
     root = tmp_path / "store"
     FeatureStore(root).put(["a"], {"keys_0": torch.ones(1, 4)})
-    (root / ".chunk.999999999").mkdir()  # a staging folder of a writer that is gone (no such pid)
-    (root / ".chunk.999999999" / "keys_0.npy").write_bytes(b"partial")
+    from afford.engine.feature_cache import _HOST
+
+    dead = root / f".chunk.{_HOST}.999999999"  # a staging folder of a writer that is gone (no such pid)
+    dead.mkdir()
+    (dead / "keys_0.npy").write_bytes(b"partial")
+    (root / ".chunk.otherhost.999999999").mkdir()  # another machine's: cannot be told dead from here
     (root / "chunk_000007").mkdir()  # renamed into place, index line never written
     store = FeatureStore(root)
-    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["chunk_000000"]
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == [".chunk.otherhost.999999999", "chunk_000000"]
     assert np.array_equal(store.get("a")["keys_0"], np.ones(4, dtype=np.float16))
+    # an index line cut by a kill does not swallow the next writer's line
+    with (root / "index.jsonl").open("a") as f:
+        f.write('{"chunk": 7, "ke')
+    store.put(["b"], {"keys_0": torch.full((1, 4), 2.0)})
+    again = FeatureStore(root)
+    assert np.array_equal(again.get("b")["keys_0"], np.full(4, 2.0, dtype=np.float16))
 
 
 def test_a_trainable_backbone_cannot_be_cached(tmp_path: Path) -> None:

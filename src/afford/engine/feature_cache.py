@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +55,13 @@ def compute_context(device: torch.device) -> str:
     """Where and in which precision the tower computes: the device type and the autocast the caller
     runs it under (``train.bf16`` wraps the whole step), both of which change its output."""
     kind = device.type
-    on = torch.is_autocast_enabled(kind)
-    return f"{kind}|{torch.get_autocast_dtype(kind) if on else 'no-autocast'}"
+    try:
+        on, dtype = torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind)
+    except (AttributeError, TypeError):  # torch < 2.4: per-device functions
+        cpu = kind == "cpu"
+        on = torch.is_autocast_cpu_enabled() if cpu else torch.is_autocast_enabled()
+        dtype = torch.get_autocast_cpu_dtype() if cpu else torch.get_autocast_gpu_dtype()
+    return f"{kind}|{dtype if on else 'no-autocast'}"
 
 
 def tower_fingerprint(tower: VisionBackbone, want_tokens: bool, context: str = "cpu|no-autocast") -> str:
@@ -86,6 +92,9 @@ def _fields(f: Features) -> dict[str, Tensor]:
     return out
 
 
+_HOST = socket.gethostname().replace(".", "_") or "host"
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -114,9 +123,10 @@ class FeatureStore:
         self._remove_stale_staging()
 
     def _remove_stale_staging(self) -> None:
-        """Delete ``.chunk.<pid>`` folders whose writer is gone (killed mid-write): they are never
-        indexed, and a later process with the same pid would otherwise write into leftovers."""
-        for tmp in self.root.glob(".chunk.*"):
+        """Delete this machine's ``.chunk.<host>.<pid>`` folders whose writer is gone (killed
+        mid-write): they are never indexed. Another machine's (a cache on a shared filesystem)
+        cannot be told dead from here and is left alone."""
+        for tmp in self.root.glob(f".chunk.{_HOST}.*"):
             try:
                 pid = int(tmp.name.rsplit(".", 1)[1])
             except ValueError:
@@ -170,7 +180,7 @@ class FeatureStore:
         return {name: arr[row] for name, arr in self._chunk(chunk).items()}
 
     def put(self, keys: list[str], fields: dict[str, Tensor]) -> None:
-        tmp = self.root / f".chunk.{os.getpid()}"
+        tmp = self.root / f".chunk.{_HOST}.{os.getpid()}"
         if tmp.exists():  # left by a killed process that had this pid: none of it is ours
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
@@ -182,8 +192,14 @@ class FeatureStore:
             while (self.root / f"chunk_{n:06d}").exists():  # a chunk whose index line a kill cut
                 n += 1
             tmp.rename(self.root / f"chunk_{n:06d}")
-            with (self.root / "index.jsonl").open("a") as f:
-                f.write(json.dumps({"chunk": n, "keys": keys}) + "\n")
+            with (self.root / "index.jsonl").open("a+b") as f:
+                f.seek(0, os.SEEK_END)
+                if f.tell():  # a line a killed writer left unfinished must not swallow this one
+                    f.seek(-1, os.SEEK_END)
+                    lead = b"" if f.read(1) == b"\n" else b"\n"
+                else:
+                    lead = b""
+                f.write(lead + (json.dumps({"chunk": n, "keys": keys}) + "\n").encode())
             self._indexed.add(n)
         self.index.update({k: (n, r) for r, k in enumerate(keys)})
         self._next = n + 1

@@ -92,7 +92,7 @@ def test_a_test_file_without_rare_lists_gets_them_from_the_training_counts(synth
     assert b["mAP"] == ref["mAP"] and set(b["mAP"]) == {"full", "rare", "non_rare"}
 
 
-def test_a_file_of_the_other_split_is_refused(synth: Path) -> None:
+def test_a_file_of_the_other_split_is_refused(synth: Path, tmp_path) -> None:
     from afford.errors import AffordError
     from afford.hoi.task import HOITask
 
@@ -100,6 +100,16 @@ def test_a_file_of_the_other_split_is_refused(synth: Path) -> None:
         load_hicodet(synth / "instances_test2015.json", split="train2015")
     with pytest.raises(AffordError, match="data.root: .* is not a folder"):
         HOITask(synth / "instances_test2015.json")
+    # any other name is read as given, whatever split is asked (a subset, trainval, ...)
+    small = tmp_path / "instances_test2015_small.json"
+    small.write_text((synth / "instances_test2015.json").read_text())
+    assert len(load_hicodet(small, split="test2015")) == len(load_hicodet(synth))
+    assert main(["hoi", "eval", "--baseline", "object-prior", "--data", str(small)]) == 0
+    # a file whose rare list is empty but whose non_rare list is full has its lists: no --train needed
+    d = json.loads(small.read_text())
+    d["rare"], d["non_rare"] = [], list(range(len(d["correspondence"])))
+    small.write_text(json.dumps(d))
+    assert main(["hoi", "eval", "--baseline", "object-prior", "--data", str(small)]) == 0
 
 
 @pytest.mark.parametrize(("rows", "message"), [

@@ -48,7 +48,7 @@ def test_trained_refiner_is_explicit(tiny_run):
         refiner_for_run(load_run(tiny_run), "afinity")
 
 
-def test_refine_train_then_eval_and_predict(tiny_run, synth_root, tmp_path, capsys):
+def test_refine_train_then_eval_and_predict(tiny_run, synth_root, tmp_path, capsys, monkeypatch):
     run_copy = tmp_path / "run"
     shutil.copytree(tiny_run, run_copy)
     assert main(["refine", "train", "--checkpoint", str(run_copy), "--epochs", "1", "--radius", "2", "--quiet"]) == 0
@@ -59,7 +59,8 @@ def test_refine_train_then_eval_and_predict(tiny_run, synth_root, tmp_path, caps
     assert losses and all(np.isfinite(losses)) and rows[0]["config"]["model"]["teacher"] == str(run_copy)
     # the head's training is a run of the engine: a second call refuses, --resume continues it
     assert main(["refine", "train", "--checkpoint", str(run_copy), "--epochs", "1", "--radius", "2", "--quiet"]) == 2
-    assert main(["refine", "train", "--checkpoint", str(run_copy), "--epochs", "2", "--radius", "2", "--quiet",
+    monkeypatch.chdir(tmp_path)  # resumed from another directory, the run named another way
+    assert main(["refine", "train", "--checkpoint", "run/../run", "--epochs", "2", "--radius", "2", "--quiet",
                  "--resume"]) == 0
     assert json.loads((saved / "run.json").read_text())["epochs_done"] == 2
     assert main(["eval", "--checkpoint", str(saved), "--quiet"]) == 2  # was an AttributeError traceback

@@ -236,7 +236,7 @@ def cmd_hoi_eval(a: argparse.Namespace) -> int:
         dets, _ = _hoi_model_dets(a, ds)
         if a.save_dets:
             write_detections(a.save_dets, ds.filenames, dets)
-    if not ds.rare and not zero_shot:  # the rare split counts training pairs (hoi.md §12)
+    if not ds.rare and not ds.non_rare and not zero_shot:  # no lists: count training pairs (hoi.md §12)
         import dataclasses
 
         from afford.hoi.hicodet import rare_from_counts
@@ -462,7 +462,7 @@ def cmd_refine_train(a: argparse.Namespace) -> int:
 
     out = train_refiner_for_run(a.checkpoint, data_root=a.data, split=a.split, epochs=a.epochs, seed=a.seed,
                                 batch_size=a.batch_size, progress=not a.quiet, steps=a.steps, blend=a.blend,
-                                radius=a.radius, resume=a.resume, overrides=a.set or [])
+                                radius=a.radius, resume=a.resume, overrides=a.set or [], device=a.device)
     print(f"affinity refiner trained -> {out}")
     return 0
 
@@ -695,7 +695,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--checkpoint", default=None, help="run folder of a trained HOI detector (clip4hoi)")
     he.add_argument("--data", default=None, help="HICO-DET-layout root (or its instances_<split>.json); "
                     "default with --checkpoint: the run's data root")
-    he.add_argument("--split", default="test2015", help="annotation split to score against (default: %(default)s)")
+    he.add_argument("--split", default=None, help="annotation split to score against: instances_<split>.json of a "
+                    "--data folder (default: test2015); a --data file is read as given")
     he.add_argument("--train", default=None, help="training annotations (instances_train2015.json or its folder): "
                     "the frequency-prior baseline's counts and, for a test file without them, the rare/non-rare "
                     "split (default: the --data folder's)")
@@ -801,6 +802,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "model.label_mode=fixed")
     rt.add_argument("--resume", action="store_true", help="continue the head's training from its last complete epoch "
                     "(RUN/affinity/checkpoints)")
+    rt.add_argument("--device", default=None, help="device to train on (default: the run's train.device); "
+                    + DEVICE_HELP)
     rt.add_argument("--quiet", action="store_true", help="no progress bars")
     rt.set_defaults(fn=cmd_refine_train)
 

@@ -125,7 +125,7 @@ def train_refiner_for_run(
     run_dir: str | Path, data_root: str | None = None, split: str | None = None, epochs: int = DEFAULT_EPOCHS,
     seed: int = 0, batch_size: int = 16, progress: bool = True, steps: int = DEFAULT_STEPS,
     blend: float = DEFAULT_BLEND, radius: int = DEFAULT_RADIUS, resume: bool = False,
-    overrides: Sequence[str] = (),
+    overrides: Sequence[str] = (), device: str | None = None,
 ) -> Path:
     """Train an affinity head on the run's egocentric training images and CAMs, with the engine,
     into ``RUN/affinity/`` (a run of its own: checkpoints, log, exact ``resume``); then write the
@@ -142,8 +142,8 @@ def train_refiner_for_run(
     data = {"root": data_root or run.info.get("data_root") or d.root, "split": split or run.info.get("split") or d.split,
             "resize": d.resize, "crop": d.crop, "square_resize": d.square_resize, "sampling": d.sampling,
             "cache_images": d.cache_images, "test_size": d.test_size}
-    sets = [f"model.teacher={run.path}", f"model.radius={radius}", f"train.epochs={epochs}", f"train.seed={seed}",
-            f"train.batch_size={batch_size}", f"train.device={run.config.train.device}",
+    sets = [f"model.teacher={run.path.resolve()}", f"model.radius={radius}", f"train.epochs={epochs}",
+            f"train.seed={seed}", f"train.batch_size={batch_size}", f"train.device={device or run.config.train.device}",
             *(f"data.{k}={v}" for k, v in data.items()), *overrides]
     cfg = load_config("affinity_refiner", sets)
     train(cfg, out, resume=resume, progress=progress)

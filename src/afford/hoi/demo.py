@@ -77,7 +77,7 @@ def run_hoi_demo(out: Path, plan: HOIDemoPlan, seed: int, progress: bool,
     timings["synthhoi"] = time.perf_counter() - t0
     train_ds = load_hicodet(root, "train2015")
     test = load_hicodet(root, "test2015")
-    if not test.rare:
+    if not test.rare and not test.non_rare:
         r, nr = rare_from_counts(train_ds)
         test = dataclasses.replace(test, rare=r, non_rare=nr)
     uc_file = str(root / "zero_shot_uc.json")

@@ -158,7 +158,7 @@ def resolve_hicodet(path: str | Path, split: str | None = None) -> tuple[Path, P
     """
     p = Path(path).expanduser()
     if p.is_file():
-        named = re.fullmatch(r"instances_(\w+)\.json", p.name)
+        named = re.fullmatch(r"instances_(train2015|test2015)\.json", p.name)  # the official names only
         if split is not None and named and named.group(1) != split:
             raise AffordError(f"{p}: this is the {named.group(1)} file, but the {split} annotations are needed "
                               f"here; give instances_{split}.json or the folder holding both")

@@ -136,7 +136,7 @@ class HOITask(Task):
                 or train.verbs != test.verbs:
             raise AffordError(f"{root}: the training and test files define different HOI classes "
                               "(correspondence/objects/verbs)")
-        if not test.rare:
+        if not test.rare and not test.non_rare:
             rare, non_rare = rare_from_counts(train)
             test = dataclasses.replace(test, rare=rare, non_rare=non_rare)
         self.setting = str(setting)

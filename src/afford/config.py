@@ -202,7 +202,6 @@ _AT_LEAST: dict[tuple[str, str], float] = {
     ("train", "momentum"): 0.0, ("train", "weight_decay"): 0.0, ("train", "poly_power"): 0.0,
     ("train", "grad_clip"): 0.0, ("eval", "batch_size"): 1,
 }
-_POSITIVE: tuple[tuple[str, str], ...] = (("train", "lr"),)
 
 
 def validate(cfg: RunConfig) -> None:
@@ -217,10 +216,8 @@ def validate(cfg: RunConfig) -> None:
         if not math.isfinite(value) or value < low:
             kind = "an integer" if isinstance(value, int) else "a number"
             raise AffordError(f"{section}.{key}: expected {kind} >= {low}, got {value!r}")
-    for section, key in _POSITIVE:
-        value = getattr(getattr(cfg, section), key)
-        if not math.isfinite(value) or value <= 0:
-            raise AffordError(f"{section}.{key}: expected a finite number > 0, got {value!r}")
+    if not math.isfinite(cfg.train.lr) or cfg.train.lr <= 0:
+        raise AffordError(f"train.lr: expected a finite number > 0, got {cfg.train.lr!r}")
     if cfg.train.scheduler == "step" and (cfg.train.step_size < 1 or not cfg.train.gamma > 0):
         raise AffordError(f"train.step_size / train.gamma: the step scheduler needs step_size >= 1 and gamma > 0, "
                           f"got {cfg.train.step_size} / {cfg.train.gamma}")

@@ -39,18 +39,14 @@ def parse_seeds(text: str) -> list[int]:
 def _finished(run_dir: Path, cfg: Any) -> bool:
     """Whether ``run_dir`` holds this config's finished run; AffordError when it holds another
     config's (e.g. a rerun with another --select or --set), naming the difference."""
-    from afford.engine.trainer import check_resume_config
+    from afford.engine.trainer import check_resume_config, config_differences
 
     if not (run_dir / ckpt.RUN_FILE).is_file():
         return False
-    try:
-        check_resume_config(run_dir, cfg)
-    except AffordError as e:
-        if "different config" not in str(e):
-            raise
-        why = str(e).split("different config", 1)[-1].strip(" ()")
-        raise AffordError(f"{run_dir}: holds a run of another config ({why}); use another --out, or the same "
-                          "--set / --select as before") from None
+    if diffs := config_differences(run_dir, cfg):
+        raise AffordError(f"{run_dir}: holds a run of another config ({'; '.join(diffs[:3])}); use another --out, "
+                          "or the same --set / --select as before")
+    check_resume_config(run_dir, cfg)  # e.g. fewer train.epochs than it completed
     return (run_dir / ckpt.WEIGHTS).is_file() and ckpt.read_run_info(run_dir).get("epochs_done") == cfg.train.epochs
 
 

@@ -24,6 +24,7 @@ from afford.data.layout import (
     Group,
     Scan,
     folder_objects,
+    is_gt_mask,
     read_class_list,
     resolve_split_root,
     scan_subtree,
@@ -106,7 +107,7 @@ class Split:
         Images without GT are skipped, as LOCATE's test loader does, and counted in the log.
         """
         gt_files = {(p.parent, p.stem): p for files in self.scan("GT").groups.values() for p in files
-                    if p.suffix.lower() == ".png"}  # a .PNG is a png (as for the images)
+                    if is_gt_mask(p)}
         gt_root = subtree_path(self.root, "GT", self.test_folder)
         items, missing = [], 0
         for (aff, obj), images in self.scan("test_egocentric").groups.items():

@@ -30,6 +30,7 @@ from afford.data.layout import (
     Scan,
     find_split_roots,
     folder_objects,
+    is_gt_mask,
     read_class_list,
     resolve_split_root,
     scan_subtree,
@@ -219,7 +220,7 @@ def _check_split(report: CheckReport, root: Path, name: str, workers: int) -> No
 
     gts = scans["GT"].groups
     for (aff, obj), images in scans["test_egocentric"].groups.items():
-        gt_by_stem = {p.stem: p for p in gts.get((aff, obj), []) if p.suffix.lower() == ".png"}
+        gt_by_stem = {p.stem: p for p in gts.get((aff, obj), []) if is_gt_mask(p)}
         for img in images:
             gt = gt_by_stem.get(img.stem)
             if gt is None:

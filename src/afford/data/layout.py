@@ -42,6 +42,11 @@ def subtree_path(root: Path, subtree: str, test_folder: str = "testset") -> Path
     }[subtree]
 
 
+def is_gt_mask(p: Path) -> bool:
+    """GT masks are .png in any case (as images are matched case-insensitively)."""
+    return p.suffix.lower() == ".png"
+
+
 def is_image(p: Path) -> bool:
     """Images are .jpg/.jpeg/.png in any case; everything else (e.g. testsetv2 .json) is skipped."""
     return p.suffix.lower() in IMAGE_SUFFIXES

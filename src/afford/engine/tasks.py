@@ -77,10 +77,12 @@ class WSAGTask(Task):
     def from_config(cls, cfg: RunConfig) -> WSAGTask:
         return cls(open_split(cfg.data.root, cfg.data.split))
 
-    def train_set(self, cfg: RunConfig) -> AffordanceTrainSet:
+    def train_set(self, cfg: RunConfig, n_exo: int | None = None) -> AffordanceTrainSet:
+        """The split's training samples as ``cfg.data`` prepares them (``n_exo`` overrides its count)."""
         d = cfg.data
         return AffordanceTrainSet(
-            self.split, n_exo=d.n_exo, sampling=d.sampling, seed=cfg.train.seed, cache_images=d.cache_images,
+            self.split, n_exo=d.n_exo if n_exo is None else n_exo, sampling=d.sampling, seed=cfg.train.seed,
+            cache_images=d.cache_images,
             transform=TrainTransform(resize=d.resize, crop=d.crop, flip=True, square=d.square_resize),
             views=d.cache_views if d.feature_cache else 0,
         )
@@ -131,12 +133,8 @@ class AffinityHeadTask(WSAGTask):
     report_keys = ()
     evaluate = Task.evaluate
 
-    def train_set(self, cfg: RunConfig) -> AffordanceTrainSet:
-        d = cfg.data
-        return AffordanceTrainSet(
-            self.split, n_exo=1, sampling=d.sampling, seed=cfg.train.seed, cache_images=d.cache_images,
-            transform=TrainTransform(resize=d.resize, crop=d.crop, flip=True, square=d.square_resize),
-        )
+    def train_set(self, cfg: RunConfig, n_exo: int | None = None) -> AffordanceTrainSet:
+        return super().train_set(cfg, n_exo=1)  # the head sees the egocentric image only
 
 
 def _hoi_task(cfg: RunConfig) -> Task:

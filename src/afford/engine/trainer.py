@@ -176,15 +176,19 @@ def check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
     if done and cfg.train.epochs <= done[-1]:
         raise AffordError(f"train.epochs: {run_dir} has completed {done[-1] + 1} epochs, so resuming it needs "
                           f"train.epochs >= {done[-1] + 1}, got {cfg.train.epochs} (train a new run for fewer epochs)")
+    if diffs := config_differences(run_dir, cfg):
+        raise AffordError(f"{run_dir}: --resume with a different config ({'; '.join(diffs[:3])})")
+
+
+def config_differences(run_dir: Path, cfg: RunConfig) -> list[str]:
+    """``section.key: run has X, now Y`` for every setting ``cfg`` changes (``train.epochs`` aside)."""
     stored = config_from_dict(ckpt.read_run_info(run_dir)["config"], run_dir / ckpt.RUN_FILE).to_dict()
     now = cfg.to_dict()
-    diffs = [
+    return [
         f"{s}.{k}: run has {stored[s][k]!r}, now {now[s][k]!r}"
         for s in ("model", "data", "train", "eval") for k in now[s]
         if stored[s].get(k) != now[s][k] and not (s == "train" and k == "epochs")
     ]
-    if diffs:
-        raise AffordError(f"{run_dir}: --resume with a different config ({'; '.join(diffs[:3])})")
 
 
 def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,

@@ -58,11 +58,12 @@ def refined(map_fn: MapFn, refine: RefineFn | None) -> MapFn:
 
 
 # ----------------------------------------------------------------------------- persistence
-def save_refiner(refiner: AffinityRefiner, directory: Path) -> Path:
-    """``refiner.json`` (settings, head shape) + the head's ``model.safetensors`` when trained."""
+def save_refiner(refiner: AffinityRefiner, directory: Path, write_head: bool = True) -> Path:
+    """``refiner.json`` (settings, head shape) + the head's ``model.safetensors`` when trained
+    (``write_head=False``: the training run already wrote exactly those weights there)."""
     directory.mkdir(parents=True, exist_ok=True)
     head = refiner.head.config() if refiner.head is not None else None
-    if refiner.head is not None:
+    if refiner.head is not None and write_head:
         ckpt.save_weights(refiner.head, directory / ckpt.WEIGHTS)  # weights first: the json marks completion
     ckpt.write_json(directory / CONFIG_FILE, {"format": FORMAT, "version": 2, "params": refiner.params, "head": head})
     return directory
@@ -153,4 +154,4 @@ def train_refiner_for_run(
     m = cfg.model
     refiner = AffinityRefiner(head.eval(), steps=steps, blend=blend, radius=m.radius, alpha_low=m.alpha_low,
                               alpha_high=m.alpha_high)
-    return save_refiner(refiner, out)
+    return save_refiner(refiner, out, write_head=False)

@@ -249,3 +249,12 @@ def test_prompt_features_are_cached_at_inference_until_the_prompts_change(synth:
         model.prompts.prefix.add_(1.0)  # an optimizer step
     c = model.text_features()
     assert len(calls) == 2 and not torch.allclose(a, c)
+
+
+def test_prompt_cache_is_keyed_by_the_autocast_it_was_computed_under(synth: Path) -> None:
+    cfg = cfg_for(synth)
+    model = CLIP4HOI(cfg.model, HOITask.from_config(cfg).labels).eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model.text_features()
+    full = model.text_features()
+    assert low.dtype == torch.bfloat16 and full.dtype == torch.float32  # recomputed, not served the bf16 entry

@@ -254,6 +254,18 @@ def test_text_features_are_encoded_one_prompt_at_a_time_and_cached() -> None:
     assert model.prompts()[0] == "an item to beat with"
 
 
+def test_text_cache_is_keyed_by_the_autocast_it_was_computed_under() -> None:
+    # a bf16 training step must not leave its bf16-rounded prompt features to a float32 evaluation
+    model = SelectiveCL(SelectiveCLConfig(**TINY), SEEN_AFFORDANCES[:3]).eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model.text_features()[0]
+    full = model.text_features()[0]
+    assert full.data_ptr() != low.data_ptr() and not torch.equal(full, low)
+    fresh = SelectiveCL(SelectiveCLConfig(**TINY), SEEN_AFFORDANCES[:3]).eval()
+    fresh.load_state_dict(model.state_dict())
+    torch.testing.assert_close(full, fresh.text_features()[0], atol=0, rtol=0)  # as if no bf16 came first
+
+
 def test_param_groups_keep_the_classifier_at_the_base_rate_and_the_towers_frozen() -> None:
     model = SelectiveCL(SelectiveCLConfig(**TINY), SEEN_AFFORDANCES)
     groups = {g.name: g for g in model.param_groups()}

@@ -20,3 +20,17 @@ def resolve_device(name: str, field: str = "--device") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise AffordError(f"{field}: CUDA requested but not available on this machine")
     return dev
+
+
+def compute_context(device: torch.device) -> str:
+    """Where and in which precision a frozen module computes: the device type and the autocast the
+    caller runs it under (``train.bf16`` wraps the whole step), both of which change its output, so
+    both belong in the key of anything cached from it."""
+    kind = device.type
+    try:
+        on, dtype = torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind)
+    except (AttributeError, TypeError):  # torch < 2.4: per-device functions
+        cpu = kind == "cpu"
+        on = torch.is_autocast_cpu_enabled() if cpu else torch.is_autocast_enabled()
+        dtype = torch.get_autocast_cpu_dtype() if cpu else torch.get_autocast_gpu_dtype()
+    return f"{kind}|{dtype if on else 'no-autocast'}"

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from afford.backbones.features import Features
 from afford.backbones.vit import VisionBackbone
+from afford.device import compute_context
 from afford.errors import AffordError
 
 FORMAT = 1
@@ -49,19 +50,6 @@ def default_feature_dir() -> Path:
     from afford.data.gt_cache import default_cache_dir
 
     return default_cache_dir() / "features"
-
-
-def compute_context(device: torch.device) -> str:
-    """Where and in which precision the tower computes: the device type and the autocast the caller
-    runs it under (``train.bf16`` wraps the whole step), both of which change its output."""
-    kind = device.type
-    try:
-        on, dtype = torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind)
-    except (AttributeError, TypeError):  # torch < 2.4: per-device functions
-        cpu = kind == "cpu"
-        on = torch.is_autocast_cpu_enabled() if cpu else torch.is_autocast_enabled()
-        dtype = torch.get_autocast_cpu_dtype() if cpu else torch.get_autocast_gpu_dtype()
-    return f"{kind}|{dtype if on else 'no-autocast'}"
 
 
 def tower_fingerprint(tower: VisionBackbone, want_tokens: bool, context: str = "cpu|no-autocast") -> str:

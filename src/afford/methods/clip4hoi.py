@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from afford.backbones import create_backbone, create_text_encoder
+from afford.device import compute_context
 from afford.errors import AffordError
 from afford.global_batch import per_process_denominator
 from afford.hoi.decoder import PairDecoder, union_mask
@@ -277,8 +278,8 @@ class CLIP4HOI(InteractionDetector):
         if self.training:
             return F.normalize(self.prompts(), dim=-1)
         p = self.prompts
-        key = (p.prefix.device, p.prefix.dtype, p.prefix._version, p.conjun._version, p.token_ids._version,
-               torch.is_autocast_enabled())
+        key = (compute_context(p.prefix.device), p.prefix.dtype, p.prefix._version, p.conjun._version,
+               p.token_ids._version)
         if self._text_cache is None or self._text_cache[0] != key:
             with torch.no_grad():
                 self._text_cache = (key, F.normalize(self.prompts(), dim=-1))

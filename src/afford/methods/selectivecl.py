@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from afford.backbones import create_backbone, create_text_encoder
+from afford.device import compute_context
 from afford.errors import AffordError
 from afford.losses.selectivecl import (
     calibrate,
@@ -166,7 +167,8 @@ class SelectiveCL(Method):
         if self._ids_pending:  # a fresh model without a vocabulary at hand: the lazy hub fallback,
             self.tokenize_prompts()  # else one line naming the ways to provide one
         te = self.text_encoder
-        key = (self.prompt_ids.device, te.token_embedding.weight.dtype, te.token_embedding.weight._version)
+        key = (compute_context(self.prompt_ids.device), te.token_embedding.weight.dtype,
+               te.token_embedding.weight._version)
         if self._text_cache is None or self._text_cache[0] != key:
             ids = self.prompt_ids
             feats = torch.cat([te.encode_prompt_embeddings(te.token_embedding(ids[i : i + 1]), ids[i : i + 1])

@@ -258,3 +258,25 @@ def test_prompt_cache_is_keyed_by_the_autocast_it_was_computed_under(synth: Path
         low = model.text_features()
     full = model.text_features()
     assert low.dtype == torch.bfloat16 and full.dtype == torch.float32  # recomputed, not served the bf16 entry
+
+
+def test_interaction_logits_are_float32_under_bf16_autocast(synth: Path) -> None:
+    cfg = cfg_for(synth)
+    task = HOITask.from_config(cfg)
+    model = CLIP4HOI(cfg.model, task.labels).eval()
+    images = HOIImageSet(task.test_data, 64, cached=task_cached(task, synth))
+    batch = collate_hoi([images[0], images[1]])
+    with torch.no_grad():
+        plain = model._forward(batch, 2.8)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model._forward(batch, 2.8)
+    for (_, _, a, _), (_, _, b, _) in zip(plain, low, strict=True):
+        assert b.dtype == torch.float32 and len(b) > 0
+        # bf16 cosine logits would agree with float32 only to ~3 significant digits and tie often
+        assert b.flatten().unique().numel() == a.flatten().unique().numel()
+
+
+def task_cached(task: HOITask, synth: Path) -> list[Instances]:
+    from afford.hoi.task import cached_instances
+
+    return cached_instances(str(synth / "detections_gt_test2015.json"), task.test_data, "detections_test")

@@ -143,6 +143,25 @@ def test_detr_forward_boxes_inside_and_embeddings(detector: DetrDetector) -> Non
         assert (inst.is_human == (inst.labels == 1)).all()
 
 
+def test_detr_heads_and_post_processing_stay_float32_under_bf16_autocast(detector: DetrDetector) -> None:
+    images, sizes = _images()
+    mask = torch.ones(2, 64, 96, dtype=torch.long)
+    ref = detector.model(pixel_values=(images - detector.mean) / detector.std, pixel_mask=mask)
+    plain = detector(images, sizes)
+    for b, inst in enumerate(plain):  # float32: the same as DetrForObjectDetection's own heads
+        probs = ref.logits[b].softmax(-1)[:, :-1].max(-1).values
+        assert set(inst.scores.tolist()) <= set(probs.tolist())
+    seen = []
+    hook = detector.model.bbox_predictor.register_forward_hook(lambda m, i, o: seen.append((i[0].dtype, o.dtype)))
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = detector(images, sizes)
+    finally:
+        hook.remove()
+    assert seen == [(torch.float32, torch.float32)]  # box regression not rounded to bf16
+    assert all(i.boxes.dtype == i.scores.dtype == i.embeddings.dtype == torch.float32 for i in low)
+
+
 def test_detr_is_frozen_even_in_parent_train(detector: DetrDetector) -> None:
     parent = nn.Sequential(detector, nn.Linear(2, 2))
     parent.train()

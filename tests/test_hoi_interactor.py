@@ -122,3 +122,13 @@ def test_gradients_reach_every_parameter() -> None:
     sum((t * weight).sum() for _, t in out).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing, missing
+
+
+def test_a_zero_area_box_keeps_every_pair_token_finite() -> None:
+    # IoU of a zero-area box with itself (the self pair of the cooperative layer) was 0/0 = NaN,
+    # which the softmax spread to every pair of the image
+    model = _model().eval()
+    inst = _instances(4, [0, 1])
+    inst.boxes[2] = torch.tensor([5.0, 5.0, 5.0, 20.0])
+    pairs, tokens = model([inst], [(100, 100)], torch.randn(1, G))[0]
+    assert len(pairs) == 6 and torch.isfinite(tokens).all()

@@ -262,11 +262,17 @@ class DetrDetector(nn.Module):
         self._check(images, sizes)
         x = (images - self.mean) / self.std
         mask = torch.ones(x.shape[0], x.shape[2], x.shape[3], dtype=torch.long, device=x.device)
-        out = self.model(pixel_values=x, pixel_mask=mask)
-        probs = out.logits.softmax(-1)[..., :-1]  # drop the no-object class
-        scores, labels = probs.max(-1)
-        return [self._proposals(out.pred_boxes[b], scores[b], labels[b], out.last_hidden_state[b], sizes[b])
-                for b in range(x.shape[0])]
+        emb = self.model.model(pixel_values=x, pixel_mask=mask).last_hidden_state
+        # The heads and the post-processing run in float32 whatever the caller's autocast (the same
+        # operations as DetrForObjectDetection.forward): bf16 box coordinates move in 2-8 px steps
+        # (a thin box can collapse to zero width) and bf16 scores tie where NMS and the prior rank them.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            emb = emb.float()
+            logits = self.model.class_labels_classifier(emb)
+            boxes = self.model.bbox_predictor(emb).sigmoid()
+            probs = logits.softmax(-1)[..., :-1]  # drop the no-object class
+            scores, labels = probs.max(-1)
+            return [self._proposals(boxes[b], scores[b], labels[b], emb[b], sizes[b]) for b in range(x.shape[0])]
 
     def _proposals(self, boxes: Tensor, scores: Tensor, labels: Tensor, emb: Tensor,
                    size: tuple[int, int]) -> Instances:

@@ -38,7 +38,7 @@ def box_iou(boxes_a: Tensor, boxes_b: Tensor) -> Tensor:
     wh = (rb - lt).clamp(min=0)
     inter = wh[..., 0] * wh[..., 1]
     union = box_area(boxes_a)[:, None] + box_area(boxes_b)[None, :] - inter
-    return inter / union
+    return inter / union.clamp(min=torch.finfo(union.dtype).tiny)  # two zero-area boxes: IoU 0, not 0/0
 
 
 def paired_iou(boxes_a: Tensor, boxes_b: Tensor) -> Tensor:
@@ -47,7 +47,8 @@ def paired_iou(boxes_a: Tensor, boxes_b: Tensor) -> Tensor:
     rb = torch.minimum(boxes_a[:, 2:], boxes_b[:, 2:])
     wh = (rb - lt).clamp(min=0)
     inter = wh[:, 0] * wh[:, 1]
-    return inter / (box_area(boxes_a) + box_area(boxes_b) - inter)
+    union = box_area(boxes_a) + box_area(boxes_b) - inter
+    return inter / union.clamp(min=torch.finfo(union.dtype).tiny)  # a zero-area box with itself: 0, not NaN
 
 
 def spatial_encoding(boxes_h: Tensor, boxes_o: Tensor, image_size: tuple[float, float],

@@ -316,11 +316,13 @@ class CLIP4HOI(InteractionDetector):
         union = union_mask(bh, bo, grid, (1.0, 1.0)) if self.cfg.union_mask else None
         memory = torch.cat([glob[:, None], tokens.flatten(2).transpose(1, 2)], dim=1)
         dec = self.decoder(self.pair_proj(x), memory, union, has_cls=True, pair_valid=valid)
-        text = self.text_features()
-        scale = self.logit_scale.exp().clamp(max=100)
-        logits = scale * F.normalize(dec, dim=-1) @ text.T + self.logit_bias
-        if self.cfg.global_score:
-            logits = logits + (scale * F.normalize(glob, dim=-1) @ text.T)[:, None, :]
+        text = self.text_features().float()
+        # cosine logits in float32 under any autocast: bf16 rounding ties the ranked scores
+        with torch.autocast(device_type=dec.device.type, enabled=False):
+            scale = self.logit_scale.float().exp().clamp(max=100)
+            logits = scale * F.normalize(dec.float(), dim=-1) @ text.T + self.logit_bias.float()
+            if self.cfg.global_score:
+                logits = logits + (scale * F.normalize(glob.float(), dim=-1) @ text.T)[:, None, :]
         out = []
         for k, ((pairs, _), inst) in enumerate(zip(pair_out, instances, strict=True)):
             n = len(pairs)

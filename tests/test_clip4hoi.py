@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from afford import checkpoint as ckpt
@@ -15,12 +16,12 @@ from afford.cli import main
 from afford.config import load_config
 from afford.engine.trainer import train
 from afford.errors import AffordError
-from afford.hoi.data import HOIImageSet, collate_hoi, flip_gt, flip_instances
+from afford.hoi.data import DETR_TRAIN_SCALES, HOIImageSet, collate_hoi, color_jitter, flip_gt, flip_instances
 from afford.hoi.detector import Instances, ground_truth_entry, tiny_detr_config
 from afford.hoi.hicodet import load_hicodet
-from afford.hoi.task import HOITask, hoi_labels
+from afford.hoi.task import HOITask, hoi_labels, image_set
 from afford.hoi.types import ImageGT
-from afford.methods.clip4hoi import CLIP4HOI, box_pool
+from afford.methods.clip4hoi import CLIP4HOI, INTERACTOR_LAYOUT, box_pool
 from conftest import HICODET_TEST
 
 TINY = ["train.epochs=1", "train.max_steps_per_epoch=2", "train.batch_size=4", "eval.batch_size=8",
@@ -224,6 +225,35 @@ def test_training_images_flip_boxes_with_the_image(synth: Path) -> None:
     assert 0 < hits < len(plain)
 
 
+def test_training_images_get_colour_jitter_and_a_detector_scale_per_draw(synth: Path) -> None:
+    task = HOITask.from_config(cfg_for(synth))
+    plain = HOIImageSet(task.train_data, 64, detector_resize=(800, 1333))
+    aug = HOIImageSet(task.train_data, 64, seed=3, detector_resize=(800, 1333), jitter=0.4,
+                      detector_scales=DETR_TRAIN_SCALES)
+    shorts = set()
+    for epoch in (0, 1):
+        aug.set_epoch(epoch)
+        for i in range(6):
+            a, b = plain[i], aug[i]
+            assert not torch.equal(a["image"], b["image"])  # jittered colours ...
+            assert np.array_equal(a["gt"].boxes_h, b["gt"].boxes_h) and a["size"] == b["size"]  # ... same boxes
+            assert min(a["detr"].shape[-2:]) == 800 and max(a["detr"].shape[-2:]) <= 1333
+            short = min(b["detr"].shape[-2:])
+            assert short in DETR_TRAIN_SCALES
+            shorts.add(short)
+            assert torch.equal(aug[i]["image"], b["image"])  # a function of (seed, epoch, index)
+    assert len(shorts) > 1
+    cfg = cfg_for(synth, "model.detector=tiny_detr", "model.instance_tokens=detector")
+    test = image_set(task.test_data, cfg, train=False)
+    train_set = image_set(task.train_data, cfg, train=True)
+    assert (test.jitter, test.detector_scales) == (0.0, ())
+    assert (train_set.jitter, train_set.detector_scales) == (0.4, DETR_TRAIN_SCALES)
+    img = Image.new("RGB", (8, 8), (200, 30, 90))
+    assert np.array_equal(np.asarray(color_jitter(img, 0.0, np.random.default_rng(0))), np.asarray(img))
+    with pytest.raises(AffordError, match="model.color_jitter"):
+        CLIP4HOI(cfg_for(synth, "model.color_jitter=2").model, task.labels)
+
+
 def test_affordance_commands_refuse_an_hoi_run_in_one_line(synth: Path, tmp_path: Path, capsys) -> None:
     run = tmp_path / "hoi_run"
     run.mkdir()
@@ -280,3 +310,18 @@ def task_cached(task: HOITask, synth: Path) -> list[Instances]:
     from afford.hoi.task import cached_instances
 
     return cached_instances(str(synth / "detections_gt_test2015.json"), task.test_data, "detections_test")
+
+
+def test_a_run_of_an_earlier_interactor_layout_is_refused_by_name(synth: Path, tmp_path: Path, capsys) -> None:
+    train(cfg_for(synth, "train.max_steps_per_epoch=1"), tmp_path / "run", progress=False)
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["interactor"] == INTERACTOR_LAYOUT
+    ckpt.load_run(tmp_path / "run")  # this version's own run loads
+    del info["interactor"]  # as every run written before the UPT layout
+    (tmp_path / "run" / "run.json").write_text(json.dumps(info))
+    assert main(["hoi", "eval", "--checkpoint", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "run.json" in err and "earlier afford" in err and "train it again" in err and len(err.splitlines()) == 1
+    with pytest.raises(AffordError, match="earlier afford"):  # nor resumed
+        train(cfg_for(synth, "train.max_steps_per_epoch=1", "train.epochs=2"), tmp_path / "run", resume=True,
+              progress=False)

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from afford.errors import AffordError
 from afford.hoi.detector import Instances, empty_instances
-from afford.hoi.interactor import HOInteractor, ModifiedEncoderLayer, MultiBranchFusion, enumerate_pairs
+from afford.hoi.interactor import (
+    CompetitiveLayer,
+    HOInteractor,
+    ModifiedEncoderLayer,
+    MultiBranchFusion,
+    enumerate_pairs,
+)
 
 D, S, PAIR, G = 16, 32, 32, 8
 
@@ -86,9 +93,11 @@ def test_cooperative_attention_depends_on_spatial_features() -> None:
     layer = ModifiedEncoderLayer(D, S, heads=4).eval()
     tokens, spatial = torch.randn(4, D), torch.randn(4, 4, S)
     changed = spatial.clone()
-    changed[0, 1] = torch.randn(S)
+    changed[0, 1] = torch.randn(S)  # the pair (sender 0, receiver 1)
     with torch.no_grad():
-        assert not torch.allclose(layer(tokens, spatial)[0], layer(tokens, changed)[0], atol=1e-6)
+        before, after = layer(tokens, spatial), layer(tokens, changed)
+    assert not torch.allclose(before[1], after[1], atol=1e-6)
+    assert torch.equal(before[[0, 2, 3]], after[[0, 2, 3]])  # only the receiver hears of it
 
     model = _model().eval()
     inst = _instances(4, [0], seed=5)
@@ -99,6 +108,55 @@ def test_cooperative_attention_depends_on_spatial_features() -> None:
         (_, a), = model([inst], [(100, 120)], glob)
         (_, b), = model([moved], [(100, 120)], glob)
     assert not torch.allclose(a[0], b[0], atol=1e-6)  # pair (0, 1) does not involve box 3
+
+
+def test_cooperative_layer_matches_a_loop_over_receivers_senders_and_heads() -> None:
+    # UPT's ModifiedEncoderLayer: receiver j sums over senders i (self included) the per-head
+    # messages M_h(u_i * p_ij), weighted by a softmax over i of a_h . [u_i, u_j, p_ij]
+    torch.manual_seed(1)
+    heads, n = 4, 3
+    layer = ModifiedEncoderLayer(D, S, heads=heads).eval()
+    tokens, spatial = torch.randn(n, D), torch.randn(n, n, S)
+    u = torch.relu(tokens @ layer.unary.weight.T + layer.unary.bias)
+    p = torch.relu(spatial @ layer.pairwise.weight.T + layer.pairwise.bias)
+    sub = S // heads
+    out = []
+    for j in range(n):
+        per_head = []
+        for h in range(heads):
+            sl = slice(h * sub, (h + 1) * sub)
+            logit = torch.stack([torch.dot(layer.attn_weight[h], torch.cat([u[i, sl], u[j, sl], p[i, j, sl]]))
+                                 + layer.attn_bias[h] for i in range(n)])
+            w = torch.softmax(logit, 0)
+            msg = [layer.message_weight[h] @ (u[i, sl] * p[i, j, sl]) + layer.message_bias[h] for i in range(n)]
+            per_head.append(sum(w[i] * msg[i] for i in range(n)))
+        out.append(torch.cat(per_head))
+    agg = torch.relu(torch.stack(out)) @ layer.aggregate.weight.T + layer.aggregate.bias
+    x = F.layer_norm(tokens + agg, (D,), layer.norm.weight, layer.norm.bias, 1e-5)
+    f = layer.ffn.ffn
+    y = f[2](F.gelu(f[0](x)))
+    expect = F.layer_norm(x + y, (D,), layer.ffn.norm.weight, layer.ffn.norm.bias, 1e-12)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(tokens, spatial), expect, atol=1e-5, rtol=1e-5)
+    assert layer.unary.out_features == S and layer.aggregate.out_features == D and f[0].out_features == 4 * D
+
+
+def test_competitive_layer_is_post_norm_attention_then_a_2x_gelu_block() -> None:
+    torch.manual_seed(2)
+    layer = CompetitiveLayer(PAIR, heads=4).eval()
+    x = torch.randn(1, 5, PAIR)
+    q, k, v = (x[0] @ w.T + b for w, b in zip(layer.attn.in_proj_weight.chunk(3), layer.attn.in_proj_bias.chunk(3),
+                                             strict=True))
+    d = PAIR // 4
+    heads = [torch.softmax(q[:, h * d:(h + 1) * d] @ k[:, h * d:(h + 1) * d].T / d ** 0.5, -1) @ v[:, h * d:(h + 1) * d]
+             for h in range(4)]
+    m = torch.cat(heads, 1) @ layer.attn.out_proj.weight.T + layer.attn.out_proj.bias
+    a = F.layer_norm(x[0] + m, (PAIR,), layer.norm.weight, layer.norm.bias, 1e-12)
+    f = layer.ffn.ffn
+    expect = F.layer_norm(a + f[2](F.gelu(f[0](a))), (PAIR,), layer.ffn.norm.weight, layer.ffn.norm.bias, 1e-12)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x)[0], expect, atol=1e-5, rtol=1e-5)
+    assert f[0].out_features == 2 * PAIR
 
 
 def test_mbf_equals_loop_over_branches() -> None:

@@ -263,6 +263,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu",
         if f.name.endswith("_weights"):
             setattr(build_cfg, f.name, None)
     method = create_method(cfg.method, build_cfg, labels)
+    method.check_record(info, run_dir / RUN_FILE)
     load_weights(method, resolve_weights(run_dir, info))
     method.to(device).eval()
     return LoadedRun(method=method, labels=labels, config=cfg, info=info, path=run_dir)

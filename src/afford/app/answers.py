@@ -171,6 +171,7 @@ def hoi_answer(reg: Registry, image_path: str | Path | None, model: str, top: in
         raise AffordError(f"{Path(image_path).name}: the run's cached detections under this name do not fit a "
                           f"{w} x {h} image; this run answers for its dataset's images as they are (or use a run "
                           "with a DETR detector)")
-    table = [[r["verb"], r["object"], round(r["score"], 4), [round(x, 1) for x in r["human_box"]],
+    # scores as fixed 4-decimal text: a rounded float drops trailing zeros (0.002) or turns to 1e-05
+    table = [[r["verb"], r["object"], f"{r['score']:.4f}", [round(x, 1) for x in r["human_box"]],
               [round(x, 1) for x in r["object_box"]]] for r in rows]
     return draw_hoi(image, rows), table

@@ -241,6 +241,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     start_epoch = 0
     if resume and done:
         last = done[-1]
+        method.check_record(ckpt.read_run_info(run_dir), run_dir / ckpt.RUN_FILE)
         ckpt.load_weights(method, ckpt.epoch_dir(run_dir, last) / ckpt.WEIGHTS)
         state = ckpt.load_epoch_state(run_dir, last)
         optimizer.load_state_dict(state["optimizer"])

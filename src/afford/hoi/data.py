@@ -4,7 +4,10 @@ Why one class for training and detection: the same image must reach CLIP, the de
 targets in the same frame. Boxes stay in the original image's pixel frame (the model maps them to
 its inputs), so a horizontal flip is the only augmentation that moves them: it flips the image,
 the ground truth (1-based inclusive: ``x -> W + 1 - x``) and the cached detections (0-based:
-``x -> W - x``) together. Every draw is a function of (seed, epoch, index), so resume is exact.
+``x -> W - x``) together. Colour jitter and the detector's multi-scale resize (UPT's recipe,
+hoi.md §3.4) move no box. Every draw is a function of (seed, epoch, index), so resume is exact.
+UPT's alternative branch (resize, RandomSizeCrop(384, 600), resize) is not applied: it would cut
+ground-truth pairs out of the frame.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageEnhance
 from torch.utils.data import Dataset
 
 from afford.data.transforms import DECODE_ERRORS, to_tensor
@@ -53,6 +56,21 @@ def flip_instances(inst: Instances, width: int) -> Instances:
     return Instances(b, inst.scores, inst.labels, inst.is_human, inst.embeddings, inst.names)
 
 
+#: DETR's (and UPT's) training short sides: 480 to 800 in steps of 32 (long side at most 1333).
+DETR_TRAIN_SCALES = tuple(range(480, 801, 32))
+
+
+def color_jitter(img: Image.Image, strength: float, rng: np.random.Generator) -> Image.Image:
+    """torchvision's ``ColorJitter(s, s, s)``: brightness, contrast and saturation factors drawn
+    uniformly from ``[max(0, 1 - s), 1 + s]``, applied in a random order (PIL's enhancers: blends
+    with black, the mean grey level and the greyscale image, as torchvision's are)."""
+    enhancers = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color)
+    factors = rng.uniform(max(0.0, 1.0 - strength), 1.0 + strength, size=3)
+    for k in rng.permutation(3):
+        img = enhancers[k](img).enhance(float(factors[k]))
+    return img
+
+
 def detector_size(width: int, height: int, short: int, longest: int) -> tuple[int, int]:
     """(w, h) for DETR's test resize: short side ``short``, long side at most ``longest``."""
     scale = min(short / min(width, height), longest / max(width, height))
@@ -63,13 +81,14 @@ class HOIImageSet(Dataset):
     """Images of a :class:`HicoDet` split as model inputs.
 
     Each sample: ``image`` ``(3, S, S)`` in [0, 1] (CLIP's square resize), ``detr`` (the detector's
-    resize, only with ``detector_resize``), ``size`` ``(h, w)`` of the original, ``gt`` (ImageGT),
+    resize ``(short, longest)``, only with ``detector_resize``; the short side drawn from
+    ``detector_scales`` when given), ``size`` ``(h, w)`` of the original, ``gt`` (ImageGT),
     ``instances`` (cached detections or None), ``index`` and ``filename``.
     """
 
     def __init__(self, data: HicoDet, image_size: int, *, flip: bool = False, seed: int = 0,
                  detector_resize: tuple[int, int] | None = None, cached: Sequence[Instances] | None = None,
-                 cache_images: bool = False) -> None:
+                 cache_images: bool = False, jitter: float = 0.0, detector_scales: Sequence[int] = ()) -> None:
         if data.image_dir is None:
             raise AffordError(f"{data.source}: no image folder found for this split (expected images/<split>/ "
                               "beside the annotation file)")
@@ -77,6 +96,7 @@ class HOIImageSet(Dataset):
             raise AffordError(f"cached detections: {len(cached)} entries for {len(data)} images")
         self.data, self.image_size, self.flip, self.seed = data, int(image_size), flip, int(seed)
         self.detector_resize, self.cached = detector_resize, cached
+        self.jitter, self.detector_scales = float(jitter), tuple(int(x) for x in detector_scales)
         self.epoch = 0
         self._images: dict[int, Image.Image] | None = {} if cache_images else None
 
@@ -104,12 +124,18 @@ class HOIImageSet(Dataset):
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
             gt = flip_gt(gt, w)
             inst = None if inst is None else flip_instances(inst, w)
+        if self.jitter > 0:
+            img = color_jitter(img, self.jitter, np.random.default_rng([self.seed, self.epoch, i, 12]))
         sample: dict[str, Any] = {
             "image": to_tensor(img.resize((self.image_size, self.image_size), Image.BICUBIC)),
             "size": (h, w), "gt": gt, "instances": inst, "index": i, "filename": self.data.filenames[i],
         }
         if self.detector_resize is not None:
-            sample["detr"] = to_tensor(img.resize(detector_size(w, h, *self.detector_resize), Image.BILINEAR))
+            short, longest = self.detector_resize
+            if self.detector_scales:
+                pick = np.random.default_rng([self.seed, self.epoch, i, 13]).integers(len(self.detector_scales))
+                short = self.detector_scales[int(pick)]
+            sample["detr"] = to_tensor(img.resize(detector_size(w, h, short, longest), Image.BILINEAR))
         return sample
 
 

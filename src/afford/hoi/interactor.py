@@ -46,51 +46,66 @@ def pairwise_spatial(boxes: Tensor, image_size: tuple[float, float], mlp: nn.Mod
     return mlp(enc).reshape(n, n, -1)
 
 
-class ModifiedEncoderLayer(nn.Module):
-    """UPT's cooperative layer (§3.2): attention whose logits for (i, j) come from
-    ``[u_i, u_j, p_ij]`` and whose messages are ``u_i ⊙ p'_ij``, so instance tokens absorb the
-    spatial layout of the image. Operates on the N instances of ONE image.
+class PostNormFFN(nn.Module):
+    """UPT's (pocket's) feed-forward block: ``LN(x + drop(W2 gelu(W1 x)))``, LayerNorm eps 1e-12."""
 
-    Per head, the logit is a linear map of that head's slices of ``[u_i, u_j, p'_ij]``; softmax
-    runs over j; heads are concatenated and projected, then residual + LayerNorm + FFN.
-    Which side of the message is gated (``u_i``, the receiver) follows §3.2 literally and, like
-    the inclusion of the self pair (i, i) and the FFN width, is **(unverified)**.
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.ffn = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.drop = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(dim, eps=1e-12)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(x + self.drop(self.ffn(x)))
+
+
+class ModifiedEncoderLayer(nn.Module):
+    """UPT's cooperative layer (§3.2; layout read from UPT's public ``interaction_head.py``).
+
+    On the N instances of ONE image, with ``u = relu(W_u x)`` and ``p' = relu(W_p p)`` split into
+    ``heads`` slices of ``repr_dim / heads``: per head, the logit of the pair (sender i, receiver j)
+    is a linear map of ``[u_i, u_j, p'_ij]``, normalised over the senders i (the self pair
+    included); the message is ``M_h(u_i ⊙ p'_ij)`` (a per-head linear map), so each instance
+    receives the others' appearance gated by the pair's layout. Receiver j's messages are summed
+    with those weights, the heads concatenated, ``relu``, projected back to ``dim``, then
+    ``LN(x + drop(·))`` and a 4x feed-forward block. No dropout on the attention weights.
     """
 
-    def __init__(self, dim: int, spatial_dim: int, heads: int = 8, ffn_dim: int | None = None,
+    def __init__(self, dim: int, spatial_dim: int, heads: int = 8, repr_dim: int | None = None,
                  dropout: float = 0.1) -> None:
         super().__init__()
-        if dim % heads:
-            raise AffordError(f"ModifiedEncoderLayer: dim {dim} is not divisible by heads {heads}")
-        self.heads, self.sub = heads, dim // heads
-        self.unary = nn.Linear(dim, dim)
-        self.pairwise = nn.Linear(spatial_dim, dim)
-        self.attn_weight = nn.Parameter(torch.empty(heads, 3 * self.sub))
-        self.attn_bias = nn.Parameter(torch.zeros(heads))
-        nn.init.normal_(self.attn_weight, std=(3 * self.sub) ** -0.5)
-        self.out = nn.Linear(dim, dim)
-        self.norm1 = nn.LayerNorm(dim)
-        ffn_dim = ffn_dim or 2 * dim
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.ReLU(), nn.Dropout(dropout),
-                                 nn.Linear(ffn_dim, dim))
-        self.norm2 = nn.LayerNorm(dim)
+        repr_dim = repr_dim or spatial_dim
+        if repr_dim % heads:
+            raise AffordError(f"ModifiedEncoderLayer: representation {repr_dim} is not divisible by heads {heads}")
+        self.heads, self.sub = heads, repr_dim // heads
+        self.unary = nn.Linear(dim, repr_dim)
+        self.pairwise = nn.Linear(spatial_dim, repr_dim)
+        bound = (3 * self.sub) ** -0.5  # nn.Linear's default init, per head
+        self.attn_weight = nn.Parameter(torch.empty(heads, 3 * self.sub).uniform_(-bound, bound))
+        self.attn_bias = nn.Parameter(torch.empty(heads).uniform_(-bound, bound))
+        bound = self.sub ** -0.5
+        self.message_weight = nn.Parameter(torch.empty(heads, self.sub, self.sub).uniform_(-bound, bound))
+        self.message_bias = nn.Parameter(torch.empty(heads, self.sub).uniform_(-bound, bound))
+        self.aggregate = nn.Linear(repr_dim, dim)
+        self.norm = nn.LayerNorm(dim)
         self.drop = nn.Dropout(dropout)
+        self.ffn = PostNormFFN(dim, 4 * dim, dropout)
 
     def forward(self, tokens: Tensor, spatial: Tensor) -> Tensor:
-        """``(N, D)`` tokens, ``(N, N, S)`` pairwise spatial features -> ``(N, D)``."""
+        """``(N, D)`` tokens, ``(N, N, S)`` pairwise spatial features (row = sender) -> ``(N, D)``."""
         n = tokens.shape[0]
         if spatial.shape[:2] != (n, n):
             raise AffordError(f"spatial: expected ({n}, {n}, S), got {tuple(spatial.shape)}")
         u = self.unary(tokens).relu().view(n, self.heads, self.sub)
         p = self.pairwise(spatial).relu().view(n, n, self.heads, self.sub)
-        ui = u[:, None].expand(n, n, self.heads, self.sub)
-        uj = u[None, :].expand(n, n, self.heads, self.sub)
+        ui = u[:, None].expand(n, n, self.heads, self.sub)  # sender i
+        uj = u[None, :].expand(n, n, self.heads, self.sub)  # receiver j
         logits = (torch.cat([ui, uj, p], dim=-1) * self.attn_weight).sum(-1) + self.attn_bias
-        attn = self.drop(logits.softmax(dim=1))  # (N, N, H), softmax over j
-        messages = ui * p  # u_i ⊙ p'_ij
-        agg = (attn[..., None] * messages).sum(dim=1).reshape(n, -1)
-        x = self.norm1(tokens + self.drop(self.out(agg)))
-        return self.norm2(x + self.drop(self.ffn(x)))
+        weights = logits.softmax(dim=0)  # (N, N, H): over the senders of each receiver
+        messages = torch.einsum("ijhs,hts->ijht", ui * p, self.message_weight) + self.message_bias
+        agg = (weights[..., None] * messages).sum(dim=0).reshape(n, -1)
+        x = self.norm(tokens + self.drop(self.aggregate(agg.relu())))
+        return self.ffn(x)
 
 
 class CooperativeLayer(nn.Module):
@@ -106,6 +121,24 @@ class CooperativeLayer(nn.Module):
         for layer in self.layers:
             tokens = layer(tokens, spatial)
         return tokens
+
+
+class CompetitiveLayer(nn.Module):
+    """UPT's competitive layer (§3.2; pocket's ``TransformerEncoderLayer``): post-norm multi-head
+    self-attention over the pair tokens of one image (dropout on the attention weights, LayerNorm
+    eps 1e-12), then :class:`PostNormFFN` with a 2x GELU hidden layer (pocket's 1024 -> 2048)."""
+
+    def __init__(self, dim: int, heads: int = 8, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.drop = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(dim, eps=1e-12)
+        self.ffn = PostNormFFN(dim, 2 * dim, dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, P, dim)`` -> ``(B, P, dim)``."""
+        m, _ = self.attn(x, x, x, need_weights=False)
+        return self.ffn(self.norm(x + self.drop(m)))
 
 
 class MultiBranchFusion(nn.Module):
@@ -137,8 +170,8 @@ class HOInteractor(nn.Module):
     §2 "HO interactor" realised with §3.2: 36-d pair encodings -> :class:`SpatialMLP`;
     cooperative layers over instance tokens; pair token =
     ``[MBF([u_h, u_o], p_ho), MBF_g(global, p_ho)]`` (each ``pair_dim // 2``); competitive
-    ``nn.TransformerEncoderLayer``(s) over the image's pair tokens (feed-forward width
-    ``pair_dim``, §3.2 "hidden 1024"). ``global_dim`` is the pooled backbone feature's width.
+    layer(s) over the image's pair tokens (§3.2 "hidden 1024"). ``global_dim`` is the pooled
+    backbone feature's width.
     """
 
     def __init__(self, embed_dim: int = 256, spatial_dim: int = 512, pair_dim: int = 1024,
@@ -152,10 +185,8 @@ class HOInteractor(nn.Module):
         self.cooperative = CooperativeLayer(embed_dim, spatial_dim, heads, cooperative_layers, dropout)
         self.mbf = MultiBranchFusion(2 * embed_dim, spatial_dim, pair_dim // 2, branches)
         self.mbf_g = MultiBranchFusion(global_dim, spatial_dim, pair_dim // 2, branches)
-        self.competitive = nn.ModuleList(
-            nn.TransformerEncoderLayer(pair_dim, heads, dim_feedforward=pair_dim, dropout=dropout,
-                                       batch_first=True)
-            for _ in range(competitive_layers))
+        self.competitive = nn.ModuleList(CompetitiveLayer(pair_dim, heads, dropout)
+                                         for _ in range(competitive_layers))
 
     def _check(self, instances: Sequence[Instances], image_sizes: Sequence, global_features: Tensor) -> None:
         if not (len(instances) == len(image_sizes) == global_features.shape[0]):

@@ -72,7 +72,8 @@ def cached_instances(path: str | None, data: HicoDet, field: str, subset: bool =
 
 
 def image_set(data: HicoDet, cfg: RunConfig, *, train: bool) -> HOIImageSet:
-    """The model's view of ``data``: CLIP size, detector resize or cached detections, flips in training."""
+    """The model's view of ``data``: CLIP size, detector resize or cached detections; in training
+    flips, colour jitter and the detector's multi-scale resize (§3.4)."""
     m = cfg.model
     cached = None
     resize = None
@@ -85,7 +86,8 @@ def image_set(data: HicoDet, cfg: RunConfig, *, train: bool) -> HOIImageSet:
     else:
         resize = (m.detector_short, m.detector_max)
     return HOIImageSet(data, m.image_size, flip=train, seed=cfg.train.seed, detector_resize=resize, cached=cached,
-                       cache_images=cfg.data.cache_images)
+                       cache_images=cfg.data.cache_images, jitter=m.color_jitter if train else 0.0,
+                       detector_scales=m.detector_train_scales if train else ())
 
 
 def detect_all(model: torch.nn.Module, images: HOIImageSet, device: torch.device, batch_size: int = 8,

@@ -57,6 +57,11 @@ class Trainable(nn.Module):
         LoopTrans cluster module's file and sha256). Default: nothing to record."""
         return {}
 
+    def check_record(self, info: dict[str, Any], source: Any) -> None:
+        """Refuse, in one line naming ``source`` (the run's ``run.json``), a run record whose weights
+        this version of the model cannot hold (an earlier layout), before its keys are compared.
+        Default: every record fits."""
+
 
 class Grounder(nn.Module):
     """Anything that grounds labels in images: an egocentric image + label -> a map."""

@@ -35,6 +35,7 @@ from afford.backbones import create_backbone, create_text_encoder
 from afford.device import compute_context
 from afford.errors import AffordError
 from afford.global_batch import per_process_denominator
+from afford.hoi.data import DETR_TRAIN_SCALES
 from afford.hoi.decoder import PairDecoder, union_mask
 from afford.hoi.detector import DetrDetector, Instances, detector_record, filter_proposals
 from afford.hoi.interactor import HOInteractor
@@ -62,6 +63,10 @@ UNVERIFIED = {
 }
 
 
+#: The HO interactor's weight layout, recorded in run.json: runs of another layout are refused by name.
+INTERACTOR_LAYOUT = "upt-2026-12"
+
+
 @dataclass
 class CLIP4HOIConfig:
     """Defaults: the HICO-DET reconstruction (hoi.md §2-§4); every value is recorded in run.json."""
@@ -77,8 +82,12 @@ class CLIP4HOIConfig:
     detector: str = "detr_r50"
     detector_weights: str | None = "facebook/detr-resnet-50"
     detector_revision: str | None = "no_timm"
-    detector_short: int = 800
+    detector_short: int = 800  # test resize (§3.4: 800, max 1333)
     detector_max: int = 1333
+    # training augmentation (§3.4), besides the horizontal flip: UPT's ColorJitter(0.4, 0.4, 0.4)
+    # (0 = off) and DETR's multi-scale resize, a short side drawn per image (() = detector_short)
+    color_jitter: float = 0.4
+    detector_train_scales: tuple[int, ...] = DETR_TRAIN_SCALES
     detections_train: str | None = None  # cached detections (detector=cached): JSON per image
     detections_test: str | None = None
     score_thd: float = 0.2
@@ -195,6 +204,11 @@ class CLIP4HOI(InteractionDetector):
         if cfg.instance_tokens not in INSTANCE_TOKENS:
             raise AffordError(f"model.instance_tokens: expected one of {', '.join(INSTANCE_TOKENS)}, "
                               f"got {cfg.instance_tokens!r}")
+        if not 0.0 <= cfg.color_jitter <= 1.0:
+            raise AffordError(f"model.color_jitter: expected a strength in [0, 1] (UPT: 0.4), got {cfg.color_jitter}")
+        if any(s < 1 for s in cfg.detector_train_scales):
+            raise AffordError(f"model.detector_train_scales: expected positive short sides, "
+                              f"got {list(cfg.detector_train_scales)}")
         if cfg.detector == "cached" and cfg.instance_tokens != "clip_box":
             raise AffordError("model.instance_tokens: cached detections carry no detector embeddings; "
                               "use instance_tokens=clip_box with detector=cached")
@@ -223,9 +237,16 @@ class CLIP4HOI(InteractionDetector):
     def provenance(self) -> dict[str, Any]:
         det = self.detector if self.detector is not None else (self.cfg.detections_train or "cached")
         return {"model": "clip4hoi (reconstruction of CLIP4HOI, NeurIPS 2023; no code was released)",
+                "interactor": INTERACTOR_LAYOUT,
                 "unverified": dict(UNVERIFIED), "detector": detector_record(det, None if self.detector else
                                                                             {"score_thd": self.cfg.score_thd}),
                 "clip_source": self._clip_source}
+
+    def check_record(self, info: dict[str, Any], source: Any) -> None:
+        if info.get("interactor") != INTERACTOR_LAYOUT:
+            raise AffordError(f"{source}: this CLIP4HOI run was trained with an earlier afford whose HO interactor "
+                              f"had another layout (before {INTERACTOR_LAYOUT!r}); its weights do not fit this "
+                              "version: train it again (afford hoi train)")
 
     def param_groups(self) -> list[ParamGroup]:
         """One group at the base rate: the towers and the detector are frozen (§2)."""

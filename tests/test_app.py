@@ -109,6 +109,28 @@ def test_bad_uploads_get_one_line_naming_the_file(tmp_path: Path) -> None:
     assert open_image(_png_claiming(1, 1, tmp_path / "ok.png")).size == (1, 1)  # the crafted header is valid
 
 
+def test_phone_photos_are_shown_upright_as_a_browser_shows_them(tmp_path: Path) -> None:
+    img = Image.new("RGB", (60, 30), (10, 200, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    img.save(tmp_path / "phone.jpg", exif=exif)
+    assert open_image(tmp_path / "phone.jpg").size == (30, 60)
+
+
+def test_compare_counts_each_class_once_and_limits_the_maps_it_computes(registry, monkeypatch) -> None:
+    import afford.app.answers as answers
+
+    name = next(iter(registry.affordance))
+    classes = registry.affordance[name].classes
+    grid, _ = compare_answer(registry, registry.examples[0], [name], classes[0], [classes[1]] * 5 + [classes[0]])
+    one, _ = compare_answer(registry, registry.examples[0], [name], classes[0], [classes[1]])
+    assert grid.size == one.size  # duplicates asked for are computed once
+    w, h = Image.open(registry.examples[0]).size
+    monkeypatch.setattr(answers, "ALL_CLASS_PIXELS", 2 * w * h)
+    with pytest.raises(AffordError, match="compare computes 3 maps .* choose fewer"):
+        compare_answer(registry, registry.examples[0], [name], classes[0], list(classes[1:3]))
+
+
 def test_affordance_answer_is_what_the_predictor_and_afford_predict_give(registry, tiny_run: Path,
                                                                          tmp_path: Path) -> None:
     image = registry.examples[0]
@@ -172,6 +194,9 @@ def server(tiny_run: Path, refined_run: Path, hoi_run: Path, registry, tmp_path_
     # stopped with SIGTERM, as a service manager does: its answers' folder must not stay behind
     leftover = list(tmp.glob("afford_app_*"))
     assert not leftover, f"afford app left {leftover} after SIGTERM"
+    # nor gradio's copies of the uploaded photos and served answers (a SystemExit skipped its cleanup)
+    copies = [p for p in tmp.glob("gradio/*/**/*") if p.is_file()]
+    assert not copies, f"gradio kept {len(copies)} uploads/answers after SIGTERM, e.g. {copies[0]}"
 
 
 def test_the_page_in_headless_chromium(server, registry, tiny_run: Path, hoi_run: Path, tmp_path: Path) -> None:
@@ -290,3 +315,16 @@ def test_app_refuses_to_start_when_no_run_can_be_served(tmp_path: Path, capsys) 
     assert "no run can be served" in capsys.readouterr().err
     assert main(["app", "--demo-out", str(tmp_path)]) == 2  # no demo runs there
     assert "run 'afford demo' first" in capsys.readouterr().err
+
+
+def test_a_port_in_use_is_one_line_naming_it(tiny_run: Path, capsys) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        assert main(["app", "--run", str(tiny_run), "--port", str(port)]) == 2
+    err = capsys.readouterr()
+    assert f"--port {port}" in err.err and "another --port" in err.err and "Traceback" not in err.err
+    assert "serving" not in err.out  # not announced before it failed

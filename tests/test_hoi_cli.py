@@ -138,3 +138,10 @@ def test_a_tiny_split_without_non_rare_classes_reports_that_group_as_na(tmp_path
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["empty_groups"] == ["non_rare"] and set(r["mAP"]) == {"full", "rare"}
     assert "no non_rare class in this split" in capsys.readouterr().out
+
+
+def test_a_negative_draw_count_is_refused_at_parse_time(capsys) -> None:
+    # --draw -2 silently drew rows[:-2]
+    with pytest.raises(SystemExit) as e:
+        main(["hoi", "predict", "x.jpg", "--checkpoint", "r", "--out", "o", "--draw", "-2"])
+    assert e.value.code == 2 and "expected an integer >= 0" in capsys.readouterr().err

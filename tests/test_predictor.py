@@ -90,3 +90,34 @@ def test_all_labels_of_one_image_in_one_pass_equal_one_pass_per_label(method: st
     every = pred.predict()  # the expanded image goes through predict_labels
     for a in CLASSES:
         np.testing.assert_allclose(every[a], pred.predict(a)[a], atol=1e-5)
+
+
+def test_sixteen_and_thirty_two_bit_greyscale_are_scaled_not_clipped_white(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from afford.data.transforms import as_rgb, load_rgb
+
+    grey = np.full((6, 5), 32768, dtype=np.uint16)
+    Image.fromarray(grey).save(tmp_path / "g16.png")  # a 16-bit PNG opens as mode I;16 (or I)
+    for im in (load_rgb(tmp_path / "g16.png"), as_rgb(Image.fromarray(grey)),
+               as_rgb(Image.fromarray(np.full((6, 5), 0.5, dtype=np.float32)))):
+        a = np.asarray(im)
+        assert im.mode == "RGB" and a.shape == (6, 5, 3) and abs(a.mean() - 127.5) <= 1  # convert("RGB") gave 255
+    rgb = Image.fromarray(_image())
+    assert np.array_equal(np.asarray(as_rgb(rgb)), np.asarray(rgb))  # 8-bit images are untouched
+
+
+def test_hoi_predictor_takes_arrays_by_the_same_rule() -> None:
+    from afford.hoi.predictor import HOIPredictor
+
+    hp = HOIPredictor.__new__(HOIPredictor)  # only set_image's conversion is exercised
+    captured = {}
+    hp.cfg = type("C", (), {"detector": "detr", "image_size": 16, "detector_short": 16, "detector_max": 32})()
+    hp.device = torch.device("cpu")
+    u8 = _image()
+    hp.set_image(u8, instances=object())
+    captured["u8"] = np.asarray(hp.image)
+    hp.set_image(u8 / 255.0, instances=object())
+    assert np.array_equal(np.asarray(hp.image), captured["u8"])  # astype(uint8) made it black
+    with pytest.raises(AffordError, match=r"image: .*\[0, 1\]"):
+        hp.set_image(u8.astype(np.float32), instances=object())

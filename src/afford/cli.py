@@ -18,6 +18,17 @@ from afford.device import DEVICE_HELP
 from afford.errors import AffordError
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type of counts that may be 0 (e.g. how many triplets to draw)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type of counts that must be at least 1 (processes, jobs, sizes, epochs, batches)."""
     try:
@@ -524,12 +535,14 @@ def cmd_app(a: argparse.Namespace) -> int:
         raise AffordError("no run can be served: " + "; ".join(reg.failed.values()))
     for why in reg.failed.values():
         print(f"afford: warning: {why} (the app shows this and serves the other runs)", file=sys.stderr)
+    app = serve(reg, host=a.host, port=a.port)
     print(f"serving {len(reg.affordance)} affordance model(s) and {len(reg.hoi)} HOI model(s) from "
           f"{len(paths) - len(reg.failed)} run(s) on http://{a.host}:{a.port}", flush=True)
-    # A service manager (or the test) stops the server with SIGTERM: exit normally so the answers'
-    # temporary folder is removed, as on Ctrl-C.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    serve(reg, host=a.host, port=a.port)
+    # A service manager (or the test) stops the server with SIGTERM: treat it as Ctrl-C, which
+    # gradio's wait answers by closing the server and its temporary files; the answers' folder
+    # goes with the registry at exit.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    app.block_thread()
     return 0
 
 
@@ -725,7 +738,8 @@ def build_parser() -> argparse.ArgumentParser:
     hp.add_argument("--detections", default=None, help="cached detections of the images (runs with a cached "
                     "detector): JSON {file name: {boxes, scores, labels}}")
     hp.add_argument("--top", type=positive_int, default=10, help="triplets per image in the JSON (default: %(default)s)")
-    hp.add_argument("--draw", type=int, default=3, help="triplets drawn on the picture (default: %(default)s)")
+    hp.add_argument("--draw", type=non_negative_int, default=3,
+                    help="triplets drawn on the picture (default: %(default)s; 0: none)")
     hp.add_argument("--device", default="auto", help=DEVICE_HELP)
     hp.add_argument("--quiet", action="store_true", help="no progress output")
     hp.set_defaults(fn=cmd_hoi_predict)

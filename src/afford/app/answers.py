@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from afford.app.registry import Registry
-from afford.data.transforms import DECODE_ERRORS
+from afford.data.transforms import DECODE_ERRORS, as_rgb
 from afford.errors import AffordError
 
 #: the largest image the app accepts (pixels): 4096 x 4096. A map is computed at the image's own
@@ -45,7 +45,8 @@ def open_image(path: str | Path | None, shown_as: str | None = None) -> Image.Im
             if w * h > MAX_PIXELS:
                 raise AffordError(f"{name}: {w} x {h} pixels ({w * h / 1e6:.1f} MP) is too large; the app takes "
                                   f"images up to {MAX_PIXELS / 1e6:.1f} MP (e.g. 4096 x 4096): resize it first")
-            return im.convert("RGB")
+            # as a browser shows it: a phone photo's EXIF orientation applied (the page draws on it)
+            return as_rgb(ImageOps.exif_transpose(im))
     except Image.DecompressionBombError:  # PIL refuses to open images above ~179 MP at all
         raise AffordError(f"{name}: too large (over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} MP); the app takes images "
                           f"up to {MAX_PIXELS / 1e6:.1f} MP (e.g. 4096 x 4096): resize it first") from None
@@ -85,11 +86,8 @@ def affordance_answer(reg: Registry, image_path: str | Path | None, model: str, 
     if affordance != ALL and affordance not in m.classes:
         raise AffordError(f"affordance {affordance!r}: not a class of {model} (choose one of its "
                           f"{len(m.classes)} or 'all')")
-    w, h = image.size
-    if affordance == ALL and len(m.classes) * w * h > ALL_CLASS_PIXELS:
-        raise AffordError(f"'all' computes {len(m.classes)} maps at {w} x {h}; that is limited to "
-                          f"{ALL_CLASS_PIXELS / 1e6:.0f} M class-pixels here: choose one affordance, or resize the "
-                          f"image to at most {int((ALL_CLASS_PIXELS / len(m.classes)) ** 0.5)} px a side")
+    if affordance == ALL:
+        check_class_pixels(len(m.classes), image.size, "'all'", "choose one affordance")
     with reg.lock:
         pred = m.predictor()
         pred.set_image(image)
@@ -103,6 +101,15 @@ def affordance_answer(reg: Registry, image_path: str | Path | None, model: str, 
     else:
         picture = overlay(image, maps[affordance])
     return AffordanceAnswer(picture, maps, files, stem)
+
+
+def check_class_pixels(n_maps: int, size: tuple[int, int], what: str, instead: str) -> None:
+    """Refuse ``n_maps`` maps at the image's resolution beyond :data:`ALL_CLASS_PIXELS` (memory)."""
+    w, h = size
+    if n_maps * w * h > ALL_CLASS_PIXELS:
+        raise AffordError(f"{what} computes {n_maps} maps at {w} x {h}; that is limited to "
+                          f"{ALL_CLASS_PIXELS / 1e6:.0f} M class-pixels here: {instead}, or resize the "
+                          f"image to at most {int((ALL_CLASS_PIXELS / n_maps) ** 0.5)} px a side")
 
 
 def _affordance_model(reg: Registry, name: str) -> Any:
@@ -129,7 +136,8 @@ def compare_answer(reg: Registry, image_path: str | Path | None, models: Sequenc
         raise AffordError("compare: choose at least one model")
     full = open_image(image_path)
     image = _thumbnail(full)  # the maps are computed on the full image, shown small
-    names = [affordance, *[o for o in others if o != affordance]]
+    names = list(dict.fromkeys([affordance, *others]))  # each class once, the chosen one first
+    check_class_pixels(len(names) * len(models), full.size, "compare", "choose fewer affordances or models")
     for name in models:  # every model checked before any is run
         missing = [a for a in names if a not in _affordance_model(reg, name).classes]
         if missing:

@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 
 #: at most this many example images per run are offered (one per affordance / image, in order)
 MAX_EXAMPLES = 8
-#: request folders of downloads kept on disk (a page shows one answer at a time)
-KEEP_ANSWERS = 32
+#: request folders of downloads kept on disk (a page shows one answer at a time, and gradio keeps its own
+#: copy of what it served: an "all" answer of a large photo is ~0.3 GB)
+KEEP_ANSWERS = 4
 
 
 def _device(run: Any) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 from afford.app.answers import ALL, affordance_answer, compare_answer, hoi_answer, open_image
 from afford.app.registry import Registry
-from afford.errors import AffordError
+from afford.errors import AffordError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +125,8 @@ def build_app(reg: Registry) -> Any:
     first = models[0] if models else None
     defaults = [m for m in models if " · " not in m and "+" not in m]
     defaults = [m for m in defaults if reg.affordance[m].classes == reg.affordance[defaults[0]].classes][:4]
-    # Gradio's own copies of uploads and answers are removed after an hour (checked every 10 min)
-    with gr.Blocks(title="afford", analytics_enabled=False, delete_cache=(600, 3600)) as app:
+    # Gradio's own copies of uploads and answers are removed after 15 min (checked every 5 min)
+    with gr.Blocks(title="afford", analytics_enabled=False, delete_cache=(300, 900)) as app:
         gr.Markdown("# afford\nWeakly supervised affordance grounding and HOI detection: upload a photo (or "
                     "pick an example), choose a model and an affordance or an interaction.")
         gr.Markdown(_load_message(reg), elem_id="load-status")
@@ -198,10 +198,16 @@ def allowed_paths(reg: Registry) -> list[str]:
     return sorted({str(p) for p in [*reg.examples, *reg.hoi_examples]})
 
 
-def serve(reg: Registry, host: str = "127.0.0.1", port: int = 7860, block: bool = True) -> Any:
-    """Launch the page on ``host:port``; returns the ``gr.Blocks`` (``block=False``: don't wait)."""
+def serve(reg: Registry, host: str = "127.0.0.1", port: int = 7860) -> Any:
+    """Start the page on ``host:port`` and return the running ``gr.Blocks`` (``.block_thread()``
+    waits until Ctrl-C or SIGTERM, then closes the server and gradio's temporary files).
+    A port in use is an AffordError naming it, not gradio's traceback."""
     app = build_app(reg)
     app.queue(default_concurrency_limit=1, max_size=32)  # a request past 32 waiting ones is refused
-    app.launch(server_name=host, server_port=port, max_file_size=MAX_FILE_SIZE, show_error=False,
-               allowed_paths=allowed_paths(reg), ssr_mode=False, css=CSS, prevent_thread_lock=not block, quiet=False)
+    try:
+        app.launch(server_name=host, server_port=port, max_file_size=MAX_FILE_SIZE, show_error=False,
+                   allowed_paths=allowed_paths(reg), ssr_mode=False, css=CSS, prevent_thread_lock=True, quiet=False)
+    except OSError as e:
+        raise AffordError(f"--port {port}: cannot serve on {host}:{port} ({first_line(e)}); another server may "
+                          "be using it: pass another --port") from None
     return app

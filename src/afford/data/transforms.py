@@ -23,6 +23,42 @@ DECODE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def as_rgb(im: Image.Image) -> Image.Image:
+    """``im`` as 8-bit RGB. PIL's ``convert("RGB")`` clips 16-bit and 32-bit greyscale (modes
+    ``I;16*``, ``I``, ``F``) at 255, which turns most such images white: those are scaled to 8 bits
+    by their type's range instead (16-bit: / 257; float: [0, 1]; 32-bit integers: their own maximum)."""
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        if im.mode.startswith("I;16"):
+            a = a / 257.0
+        elif im.mode == "F":
+            a = np.nan_to_num(a, nan=0.0) * 255.0
+        else:
+            top = a.max() if a.size else 0.0
+            a = a / (257.0 if top <= 65535 else top / 255.0)
+        im = Image.fromarray(np.clip(a, 0, 255).round().astype(np.uint8), "L")
+    return im.convert("RGB")
+
+
+def array_image(image: np.ndarray) -> Image.Image:
+    """An ``(H, W, 3)`` array as a PIL image: uint8 in [0, 255] or float in [0, 1] (scaled by 255 and
+    rounded). Any other dtype, or a float array outside [0, 1] or holding nan, is an AffordError
+    (never a silent cast: ``astype(uint8)`` turns a [0, 1] image black and wraps 300 to 44)."""
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise AffordError(f"image: expected an (H, W, 3) array, got shape {image.shape}")
+    if np.issubdtype(image.dtype, np.floating):
+        finite = bool(np.isfinite(image).all())
+        if image.size and not (finite and image.min() >= 0.0 and image.max() <= 1.0):
+            got = f"values in [{image.min():g}, {image.max():g}]" if finite else "nan or inf values"
+            raise AffordError(f"image: a float array must hold values in [0, 1] (got {image.dtype} with "
+                              f"{got}); pass uint8 for [0, 255]")
+        image = (image.astype(np.float64) * 255.0).round().astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise AffordError(f"image: expected a uint8 array in [0, 255] or a float array in [0, 1], "
+                          f"got dtype {image.dtype}")
+    return Image.fromarray(np.ascontiguousarray(image))
+
+
 def load_rgb(path: str | Path) -> Image.Image:
     """Fully decode ``path`` as an RGB image.
 
@@ -34,7 +70,7 @@ def load_rgb(path: str | Path) -> Image.Image:
         raise AffordError(f"{path}: file not found (expected an image)")
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
+            return as_rgb(im)
     except DECODE_ERRORS as e:
         raise AffordError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
 

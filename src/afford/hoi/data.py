@@ -21,7 +21,7 @@ import torch
 from PIL import Image, ImageEnhance
 from torch.utils.data import Dataset
 
-from afford.data.transforms import DECODE_ERRORS, to_tensor
+from afford.data.transforms import DECODE_ERRORS, as_rgb, to_tensor
 from afford.errors import AffordError
 from afford.hoi.detector import Instances
 from afford.hoi.hicodet import HicoDet
@@ -32,7 +32,7 @@ def read_rgb(path: Path) -> Image.Image:
     """An image as RGB; one line naming the file when it is missing or does not decode."""
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
+            return as_rgb(im)
     except FileNotFoundError:
         raise AffordError(f"{path}: image file not found") from None
     except (*DECODE_ERRORS, EOFError) as e:

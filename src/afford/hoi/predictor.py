@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from afford.checkpoint import LoadedRun, load_run
-from afford.data.transforms import to_tensor
+from afford.data.transforms import array_image, as_rgb, to_tensor
 from afford.errors import AffordError
 from afford.hoi.data import detector_size, read_rgb
 from afford.hoi.detections import read_image_mapping
@@ -51,9 +51,9 @@ class HOIPredictor:
             name = name or Path(image).name
             img = read_rgb(Path(image))
         elif isinstance(image, np.ndarray):
-            img = Image.fromarray(image.astype(np.uint8)).convert("RGB")
+            img = array_image(image)  # the affordance Predictor's rule: uint8, or float in [0, 1]
         elif isinstance(image, Image.Image):
-            img = image.convert("RGB")
+            img = as_rgb(image)
         else:
             raise AffordError(f"set_image: expected a path, a PIL image or an (H, W, 3) array, got {type(image).__name__}")
         w, h = img.size

@@ -389,7 +389,7 @@ def test_key_class_count_shape_and_vocabulary_errors(tmp_path, monkeypatch: pyte
     monkeypatch.delenv("AFFORD_CLIP_BPE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty_hf_cache"))
-    torch.save(official_wsma(c=10, **{**TINY_WSMA, "text_depth": 12}, empty=True), tmp_path / "rn50.pth")
+    torch.save(official_wsma(c=10, dim=96, depth=4, patch=8, empty=True), tmp_path / "rn50.pth")  # RN50 text tower
     with pytest.raises(AffordError, match=r"cannot tokenise the WSMA prompts: .*--tokenizer.*hub lookup failed"):
         import_official("wsma", tmp_path / "rn50.pth", tmp_path / "r",
                         model_overrides={**TINY_WSMA_OVERRIDES, "text_encoder": "clip_rn50"})
@@ -463,3 +463,221 @@ def test_looptrans_wrong_files_are_rejected(tmp_path) -> None:
     with pytest.raises(AffordError, match=r"official LOCATE checkpoint.*--method locate"):
         import_official("looptrans", tmp_path / "locate.pth", tmp_path / "r3")
     assert not any((tmp_path / r).exists() for r in ("r0", "r1", "r2", "r3"))
+
+
+# ----------------------------------------------------------------------------- malformed files
+def _import_error(method: str, sd: dict, tmp_path, **kwargs: object) -> str:
+    """The one-line AffordError of importing ``sd``; nothing may be written."""
+    torch.save(sd, tmp_path / "bad.pth")
+    with pytest.raises(AffordError) as e:
+        import_official(method, tmp_path / "bad.pth", tmp_path / "run", **kwargs)  # type: ignore[arg-type]
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"{tmp_path / 'bad.pth'}: ") and not (tmp_path / "run").exists(), msg
+    return msg
+
+
+_LOC = dict(c=36, dim=96, depth=4, patch=8)
+_WSMA_C = dict(c=36, **TINY_WSMA)
+_LT = dict(c=36, **TINY_LOOPTRANS)
+_MALFORMED = [  # (method, builder kwargs, key, bad tensor, expected shape in the message)
+    ("locate", _LOC, "vit_model.blocks.3.attn.qkv.weight", torch.zeros(4, 96), "[288, 96]"),
+    ("locate", _LOC, "vit_model.blocks.0.attn.qkv.weight", torch.zeros(300, 96), "[288, 96]"),
+    ("locate", _LOC, "vit_model.blocks.1.attn.qkv.weight", torch.zeros(1, 96), "[288, 96]"),
+    ("locate", _LOC, "vit_model.blocks.2.attn.qkv.bias", torch.zeros(2), "[288]"),
+    ("locate", _LOC, "vit_model.blocks.0.attn.qkv.bias", torch.tensor(0.0), "[288]"),
+    ("locate", _LOC, "vit_model.pos_embed", torch.zeros(1, 196, 96), "[1, 197, 96]"),
+    ("locate", _LOC, "aff_ego_proj.1.num_batches_tracked", torch.tensor([3]), "[]"),
+    ("wsma", _WSMA_C, "logit_scale", torch.zeros(2), "[]"),
+    ("wsma", _WSMA_C, "text_projection", torch.zeros(64, 64, 1), "[64, 64]"),
+    ("wsma", _WSMA_C, "transformer.resblocks.0.attn.in_proj_bias", torch.zeros(2), "[192]"),
+    ("wsma", _WSMA_C, "transformer.resblocks.1.attn.in_proj_weight", torch.zeros(4, 64), "[192, 64]"),
+    ("wsma", _WSMA_C, "transformer.resblocks.1.attn.in_proj_weight", torch.tensor(1.0), "[192, 64]"),
+    ("looptrans", _LT, "cluster.self_attn_layers.1.in_proj_weight", torch.zeros(4, 96), "[288, 96]"),
+]
+_BUILDERS = {"locate": official_locate, "wsma": official_wsma, "looptrans": official_looptrans}
+_OVERRIDES = {"locate": {"backbone": "tiny_vit"}, "wsma": TINY_WSMA_OVERRIDES, "looptrans": TINY_LOOPTRANS_OVERRIDES}
+
+
+@pytest.mark.parametrize(("method", "kwargs", "key", "bad", "want"), _MALFORMED,
+                         ids=[f"{m}-{k}-{list(b.shape)}" for m, _, k, b, _ in _MALFORMED])
+def test_wrong_shapes_are_named_by_the_official_key(tmp_path, method: str, kwargs: dict, key: str, bad: T,
+                                                    want: str) -> None:
+    """A malformed tensor is one line naming the file's own key (not afford's) and both shapes,
+    checked before the q|k|v splits and transposes that used to crash on it."""
+    sd = _BUILDERS[method](**kwargs)
+    sd[key] = bad
+    msg = _import_error(method, sd, tmp_path, model_overrides=_OVERRIDES[method])
+    assert f"{key}: shape {list(bad.shape)}, expected {want}" in msg, msg
+    assert not any(name in msg for name in ("backbone.", "text_encoder.", "k_proj", "visual_projection")), msg
+
+
+def test_shape_errors_list_several_keys_in_one_line(tmp_path) -> None:
+    sd = official_locate(**_LOC)
+    for i in range(4):
+        sd[f"vit_model.blocks.{i}.attn.qkv.weight"] = torch.zeros(300, 96)
+    sd["aff_proj.fc1.bias"] = torch.zeros(7)
+    sd["aff_exo_proj.3.weight"] = torch.zeros(96, 96, 1, 1)
+    msg = _import_error("locate", sd, tmp_path, model_overrides={"backbone": "tiny_vit"})
+    assert "6 tensor(s) do not fit the LOCATE model" in msg and "(+1 more)" in msg, msg
+    assert "vit_model.blocks.0.attn.qkv.weight: shape [300, 96], expected [288, 96]" in msg, msg
+
+
+def test_classifier_without_class_rows_is_one_line(tmp_path) -> None:
+    sd = official_locate(**_LOC)
+    sd["aff_fc.weight"] = torch.tensor(1.0)
+    msg = _import_error("locate", sd, tmp_path, model_overrides={"backbone": "tiny_vit"})
+    assert "aff_fc.weight: shape [], expected one row per class" in msg, msg
+    sd = official_looptrans(**_LT)
+    sd["aff_fc.weight"] = torch.zeros(15, 96, 1, 1)  # the noise rows only
+    msg = _import_error("looptrans", sd, tmp_path, model_overrides=TINY_LOOPTRANS_OVERRIDES)
+    assert "aff_fc.weight: shape [15, 96, 1, 1], expected one row per class plus 15 noise rows" in msg, msg
+
+
+@pytest.mark.parametrize(("key", "bad", "want"), [
+    ("aff_fc.weight", torch.ones(36, 96, 1, 1, dtype=torch.int64), "dtype int64, expected a floating-point dtype"),
+    ("aff_proj.fc1.bias", torch.ones(384, dtype=torch.bool), "dtype bool, expected a floating-point dtype"),
+    ("aff_ego_proj.1.num_batches_tracked", torch.tensor(3.7), "dtype float32, expected an integer dtype (int64)"),
+    ("aff_exo_proj.4.num_batches_tracked", torch.tensor(True), "dtype bool, expected an integer dtype (int64)"),
+])
+def test_wrong_dtypes_are_refused(tmp_path, key: str, bad: T, want: str) -> None:
+    """Every entry is float32 except ``*.num_batches_tracked`` (int64): an integer or bool weight
+    would be silently cast, a float counter silently truncated."""
+    sd = official_locate(**_LOC)
+    sd[key] = bad
+    msg = _import_error("locate", sd, tmp_path, model_overrides={"backbone": "tiny_vit"})
+    assert f"{key}: {want}" in msg, msg
+
+
+def test_half_and_double_precision_files_are_up_cast(tmp_path) -> None:
+    sd = official_locate(**_LOC)
+    mixed = {k: (v.half() if "blocks" in k else v.bfloat16() if k.startswith("aff_proj") else v.double()
+                 if k.startswith("aff_fc") else v) if v.is_floating_point() else v.int() for k, v in sd.items()}
+    torch.save(mixed, tmp_path / "mixed.pth")
+    run = load_run(import_official("locate", tmp_path / "mixed.pth", tmp_path / "run", model_overrides={"backbone": "tiny_vit"}))
+    state = run.method.state_dict()
+    assert all(v.dtype == torch.float32 for k, v in state.items() if not k.endswith("num_batches_tracked"))
+    assert all(v.dtype == torch.int64 for k, v in state.items() if k.endswith("num_batches_tracked"))
+
+
+@pytest.mark.parametrize("method", ["locate", "wsma", "looptrans"])
+def test_official_names_round_trip_through_the_model(method: str) -> None:
+    """``from_afford`` (the shapes a model expects, in the file's naming) inverts ``to_afford``."""
+    from afford.factory import method_entry, official_format
+
+    fmt = official_format(method)
+    _, cfg = method_entry(method)
+    model = {"locate": LOCATE, "wsma": WSMA, "looptrans": LoopTrans}[method](
+        cfg(**fmt.model_overrides(dict(_OVERRIDES[method]), None)), SEEN_AFFORDANCES)
+    own = {k: v for k, v in model.state_dict().items() if k != "prompt_ids"}
+    official = fmt.from_afford(own)
+    assert sorted(official) == sorted(fmt.keys(*fmt.depths(model)))
+    back = fmt.to_afford(official)
+    assert sorted(back) == sorted(own)
+    for k, v in own.items():
+        torch.testing.assert_close(back[k], v.float() if v.is_floating_point() else v, atol=0, rtol=0)
+
+
+def test_converters_refuse_malformed_fused_and_projection_tensors() -> None:
+    """Other callers of the renames (backbone weight files) get one line, not a zip()/t() crash."""
+    from afford.backbones.convert import dino_to_hf_vit, openai_text_to_hf, openai_visual_to_hf
+
+    with pytest.raises(AffordError, match=r"^blocks\.3\.attn\.qkv\.weight: shape \[4, 384\], expected 3\*W rows"):
+        dino_to_hf_vit({"cls_token": torch.zeros(1, 1, 384), "blocks.3.attn.qkv.weight": torch.zeros(4, 384)})
+    with pytest.raises(AffordError, match=r"^transformer\.resblocks\.0\.attn\.in_proj_bias: shape \[\]"):
+        openai_text_to_hf({"transformer.resblocks.0.attn.in_proj_bias": torch.tensor(0.0)})
+    with pytest.raises(AffordError, match=r"^text_projection: shape \[64, 64, 1\], expected a 2-D projection matrix"):
+        openai_text_to_hf({"text_projection": torch.zeros(64, 64, 1)})
+    with pytest.raises(AffordError, match=r"^visual\.proj: shape \[96\], expected a 2-D"):
+        openai_visual_to_hf({"visual.proj": torch.zeros(96)})
+
+
+# ----------------------------------------------------------------------------- reproducibility, flags
+def test_looptrans_import_without_cluster_is_reproducible(tmp_path) -> None:
+    """The training-only cluster module a file lacks is initialised under a fixed seed: two
+    imports are byte-identical, whatever the caller's RNG, which the import leaves untouched."""
+    torch.save(official_looptrans(**_LT, with_cluster=False), tmp_path / "no_cluster.pth")
+    weights = []
+    for i in range(2):
+        torch.manual_seed(1000 + i)
+        before = torch.get_rng_state()
+        run_dir = import_official("looptrans", tmp_path / "no_cluster.pth", tmp_path / f"run{i}",
+                                  model_overrides=TINY_LOOPTRANS_OVERRIDES)
+        assert torch.equal(torch.get_rng_state(), before)
+        weights.append((run_dir / "model.safetensors").read_bytes())
+    assert weights[0] == weights[1]
+    assert load_run(tmp_path / "run0").info["cluster"]["kind"] == "random"
+
+
+@pytest.mark.parametrize("method", ["locate", "looptrans"])
+def test_tokenizer_is_refused_for_methods_without_prompts(tmp_path, method: str) -> None:
+    sd = official_locate(**_LOC) if method == "locate" else official_looptrans(**_LT)
+    torch.save(sd, tmp_path / "f.pth")
+    with pytest.raises(AffordError, match=rf"^--tokenizer: {method} has no text prompts$"):
+        import_official(method, tmp_path / "f.pth", tmp_path / "run", tokenizer=tmp_path / "vocab.txt.gz",
+                        model_overrides=_OVERRIDES[method])
+    assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- no network
+def _unreachable_hub(monkeypatch: pytest.MonkeyPatch, tmp_path) -> list[bool]:
+    """No vocabulary, an empty HF cache, HF_HUB_OFFLINE unset and a hub endpoint nothing listens
+    on; returns the ``local_files_only`` of every CLIPTokenizer lookup (an online one fails at once
+    here instead of retrying for minutes)."""
+    import socket
+
+    from transformers import CLIPTokenizer
+
+    for var in ("AFFORD_CLIP_BPE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy",
+                "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    with socket.socket() as s:  # a free port: nothing listens there once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty_hf_cache"))
+    calls: list[bool] = []
+    real = CLIPTokenizer.from_pretrained.__func__
+
+    def from_pretrained(cls, name, *args, local_files_only=False, **kw):  # noqa: ANN001
+        calls.append(local_files_only)
+        if not local_files_only:
+            raise OSError("online lookup attempted")
+        return real(cls, name, *args, local_files_only=True, **kw)
+
+    monkeypatch.setattr(CLIPTokenizer, "from_pretrained", classmethod(from_pretrained))
+    return calls
+
+
+def test_hub_fallback_fails_fast_without_network(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --tokenizer or $AFFORD_CLIP_BPE the hub's tokenizer is the last resort: the cache is
+    tried first and the hub only when a quick connection to $HF_ENDPOINT opens."""
+    import time
+
+    calls = _unreachable_hub(monkeypatch, tmp_path)
+    torch.save(official_wsma(c=10, dim=96, depth=4, patch=8, empty=True), tmp_path / "rn50.pth")
+    start = time.monotonic()
+    with pytest.raises(AffordError) as e:
+        import_official("wsma", tmp_path / "rn50.pth", tmp_path / "r",
+                        model_overrides={**TINY_WSMA_OVERRIDES, "text_encoder": "clip_rn50"})
+    assert time.monotonic() - start < 60
+    msg = str(e.value)
+    assert calls == [True], calls  # the cache only: the unreachable hub is never asked
+    assert "\n" not in msg and "cannot tokenise the WSMA prompts" in msg and "--tokenizer" in msg, msg
+    assert "is not in the Hugging Face cache and http://127.0.0.1:" in msg and "is unreachable" in msg, msg
+
+
+def test_hub_probe_honours_hf_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from afford.backbones.clip_text import hub_unreachable
+
+    for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}/")
+        assert hub_unreachable(timeout=5) is None
+    why = hub_unreachable(timeout=5)
+    assert why is not None and why.startswith(f"http://127.0.0.1:{port} is unreachable (127.0.0.1:{port}: "), why

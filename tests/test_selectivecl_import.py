@@ -366,3 +366,58 @@ def test_run_records_the_outputs(imported: tuple[OrderedDict[str, T], Path]) -> 
     assert all(name in run.info["outputs"] for name in ("calibrated", "raw", "calibrated_mean"))
     x, labels = torch.rand(1, 3, 112, 112, generator=torch.Generator().manual_seed(6)), torch.tensor([3])
     torch.testing.assert_close(run.method.predict(x, labels), run.method.predict(x, labels, "calibrated"), atol=0, rtol=0)
+
+
+# ----------------------------------------------------------------------------- 5. malformed tensors
+_MALFORMED = [  # key, bad tensor, what the one-line message says about it
+    ("net.logit_scale", torch.zeros(2), "shape [2], expected []"),
+    ("net.visual.proj", torch.zeros(96, 64, 1), "shape [96, 64, 1], expected [96, 64]"),
+    ("net.text_projection", torch.zeros(64), "shape [64], expected [64, 64]"),
+    ("net.visual.transformer.resblocks.2.attn.in_proj_weight", torch.zeros(4, 96), "shape [4, 96], expected [288, 96]"),
+    ("net.transformer.resblocks.1.attn.in_proj_bias", torch.tensor(0.0), "shape [], expected [192]"),
+    ("vit_model.blocks.3.attn.qkv.weight", torch.zeros(2, 96), "shape [2, 96], expected [288, 96]"),
+    ("K_contrast_projection.weight", torch.ones(96, 96, 1, 1, dtype=torch.int32), "dtype int32, expected a floating-point"),
+    ("aff_exo_proj.1.num_batches_tracked", torch.tensor(2.0), "dtype float32, expected an integer dtype (int64)"),
+    ("aff_classifier.weight", torch.tensor(1.0), "shape [], expected one row per class"),
+]
+
+
+@pytest.mark.parametrize(("key", "bad", "want"), _MALFORMED, ids=[k for k, _, _ in _MALFORMED])
+def test_malformed_tensors_are_one_line_naming_the_official_key(tmp_path: Path, key: str, bad: T, want: str) -> None:
+    sd = official_selectivecl(c=25, **TINY)
+    sd[key] = bad
+    torch.save(sd, tmp_path / "bad.pth")
+    msg = _one_line_error("selectivecl", tmp_path / "bad.pth", tmp_path / "run", model_overrides=TINY_OVERRIDES)
+    assert msg.startswith(f"{tmp_path / 'bad.pth'}: ") and f"{key}: {want}" in msg, msg
+    assert not (tmp_path / "run").exists()
+
+
+def test_half_precision_file_imports_as_float32(tmp_path: Path) -> None:
+    sd = official_selectivecl(c=25, **TINY)
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in sd.items()}, tmp_path / "fp16.pth")
+    run = load_run(import_official("selectivecl", tmp_path / "fp16.pth", tmp_path / "run", model_overrides=TINY_OVERRIDES))
+    assert all(v.dtype == torch.float32 for v in run.method.state_dict().values() if v.is_floating_point())
+
+
+def test_official_names_round_trip_through_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``from_afford`` (the shapes the model expects, in the file's naming) inverts ``to_afford``."""
+    from afford.factory import official_format
+
+    monkeypatch.delenv("AFFORD_CLIP_BPE", raising=False)
+    fmt = official_format("selectivecl")
+    model = SelectiveCL(SelectiveCLConfig(**TINY_OVERRIDES), UNSEEN_AFFORDANCES)
+    own = {k: v for k, v in model.state_dict().items() if k != "prompt_ids"}
+    official = fmt.from_afford(own)
+    assert sorted(official) == sorted(official_keys("selectivecl", *TINY_DEPTHS))
+    back = fmt.to_afford(official)
+    assert sorted(back) == sorted(own)
+    for k, v in own.items():
+        torch.testing.assert_close(back[k], v, atol=0, rtol=0)
+
+
+def test_tokenizer_flag_is_accepted_with_prompts(tmp_path: Path) -> None:
+    """SelectiveCL tokenises prompts, so --tokenizer is used (LOCATE/LoopTrans refuse it)."""
+    torch.save(official_selectivecl(c=25, **TINY), tmp_path / "f.pth")
+    run_dir = import_official("selectivecl", tmp_path / "f.pth", tmp_path / "run", model_overrides=TINY_OVERRIDES,
+                              tokenizer=ClipBPETokenizer.char_level())
+    assert (run_dir / "model.safetensors").is_file()

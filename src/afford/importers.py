@@ -33,7 +33,7 @@ from afford.factory import (
     recipe_config,
 )
 from afford.labels import LabelSpace
-from afford.methods.official import OfficialFormat
+from afford.methods.official import IMPORT_SEED, OfficialFormat
 
 #: Class count of the released classifier -> (split name, class list in index order).
 SPLITS_BY_CLASS_COUNT: dict[int, tuple[str, tuple[str, ...]]] = {
@@ -107,6 +107,53 @@ def check_keys(sd: Mapping[str, Tensor], expected: Sequence[str], method: str, s
         raise AffordError(f"{source}: not an official {method.upper()} checkpoint: " + "; ".join(parts))
 
 
+def tensor_problem(key: str, got: Tensor, want: Tensor) -> str | None:
+    """Why the file's ``got`` cannot fill ``want`` (the model's tensor, official naming), or None.
+
+    Float slots take any floating dtype (half-precision releases are up-cast); integer slots
+    (``num_batches_tracked``) take an integer dtype only.
+    """
+    if want.is_floating_point() and not got.is_floating_point():
+        return f"{key}: dtype {str(got.dtype).removeprefix('torch.')}, expected a floating-point dtype"
+    if not want.is_floating_point() and (got.is_floating_point() or got.is_complex() or got.dtype == torch.bool):
+        return f"{key}: dtype {str(got.dtype).removeprefix('torch.')}, expected an integer dtype (int64)"
+    if got.shape != want.shape:
+        return f"{key}: shape {list(got.shape)}, expected {list(want.shape)}"
+    return None
+
+
+def check_tensors(sd: Mapping[str, Tensor], fmt: OfficialFormat, model: torch.nn.Module, source: str,
+                  limit: int = 5) -> None:
+    """One AffordError naming the file's own keys whose shape or dtype the model cannot take.
+
+    Runs before renaming, because the q|k|v splits and transposes crash on a malformed tensor and
+    afford's names would not tell the user which entry of their file is wrong.
+    """
+    want = fmt.from_afford({k: torch.empty_like(v, device="meta") for k, v in model.state_dict().items()})
+    problems = [p for k, v in sd.items() if k in want and (p := tensor_problem(k, v, want[k])) is not None]
+    if problems:
+        more = f"; ... (+{len(problems) - limit} more)" if len(problems) > limit else ""
+        raise AffordError(f"{source}: {len(problems)} tensor(s) do not fit the {fmt.method.upper()} model: "
+                          + "; ".join(problems[:limit]) + more)
+
+
+def class_count(sd: Mapping[str, Tensor], fmt: OfficialFormat, source: str) -> int:
+    """Affordance classes of the file, from the classifier's rows (before a model exists to check it)."""
+    weight = sd[fmt.classifier]
+    if weight.dim() == 0 or weight.shape[0] <= fmt.extra_classes:
+        rows = "one row per class" + (f" plus {fmt.extra_classes} noise rows" if fmt.extra_classes else "")
+        raise AffordError(f"{source}: {fmt.classifier}: shape {list(weight.shape)}, expected {rows}")
+    return int(weight.shape[0]) - fmt.extra_classes
+
+
+def build_model(method: str, model_cfg: Any, labels: LabelSpace) -> torch.nn.Module:
+    """The model under a fixed seed, so state the file lacks is the same in every import; the
+    caller's global RNG is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(IMPORT_SEED)
+        return create_method(method, model_cfg, labels)
+
+
 def expected_keys(fmt: OfficialFormat, sd: Mapping[str, Tensor], depths: tuple[int, ...]) -> list[str]:
     """The format's keys at ``depths``, without its optional group when the file has none of it."""
     keys = fmt.keys(*depths)
@@ -129,20 +176,26 @@ def import_official(
 
     Args:
         method: a method with an official format (``afford.factory.official_methods()``).
-        tokenizer: WSMA only: the CLIP BPE vocabulary (``bpe_simple_vocab_16e6.txt.gz``, a
-            directory, or a callable) used once to tokenise the prompts; the ids are stored in the
-            run, so later loading needs no vocabulary. Default: ``$AFFORD_CLIP_BPE``.
+        tokenizer: methods with text prompts only (WSMA, SelectiveCL; refused for the others): the
+            CLIP BPE vocabulary (``bpe_simple_vocab_16e6.txt.gz``, a directory, or a callable) used
+            once to tokenise the prompts; the ids are stored in the run, so later loading needs no
+            vocabulary. Default: ``$AFFORD_CLIP_BPE``.
         classnames: the class list in index order; default: the built-in list of the split the
             class count identifies (36 Seen, 25 Unseen, 10 HICO-IIF).
         model_overrides: model-config fields to change (e.g. tiny architectures in tests).
 
     Returns the run directory. Raises AffordError for an unreadable file, a file of the other
-    method, missing/unexpected keys, wrong shapes or an unknown class count.
+    method, missing/unexpected keys, wrong shapes or dtypes (named by the file's own keys) or an
+    unknown class count. The model is built under a fixed seed, so an import is reproducible.
     """
     method = method.lower()
     if method not in METHODS or METHODS[method].official is None:
         raise AffordError(f"--method: expected one of {', '.join(repr(m) for m in official_methods())}, got {method!r}")
     fmt = official_format(method)
+    _, cfg_cls = method_entry(method)
+    fields = {f.name for f in dataclasses.fields(cfg_cls)}
+    if tokenizer is not None and "tokenizer" not in fields:
+        raise AffordError(f"--tokenizer: {method} has no text prompts")
     out = Path(out_run_dir)
     if (out / RUN_FILE).exists():
         raise AffordError(f"{out}: already holds a run; choose a new --out directory")
@@ -154,8 +207,6 @@ def import_official(
         raise AffordError(f"{source}: this is an official {found.upper()} checkpoint (it has '{marker}'), "
                           f"not {method.upper()}; use --method {found}")
 
-    _, cfg_cls = method_entry(method)
-    fields = {f.name for f in dataclasses.fields(cfg_cls)}
     overrides = dict(model_overrides or {})
     if unknown := sorted(set(overrides) - fields):
         raise AffordError(f"model_overrides: unknown {method} config fields {unknown}")
@@ -164,7 +215,7 @@ def import_official(
     classifier = fmt.classifier
     if classifier not in sd:
         check_keys(sd, expected_keys(fmt, sd, fmt.full_depths), method, source)  # lists everything missing
-    n_classes = int(sd[classifier].shape[0]) - fmt.extra_classes
+    n_classes = class_count(sd, fmt, source)
     what = f"'{classifier}' has {n_classes} classes" + (f" (+ {fmt.extra_classes} noise classes)" if fmt.extra_classes else "")
     if classnames is not None:
         classes = tuple(classnames)
@@ -178,8 +229,9 @@ def import_official(
                           "25 (Unseen) or 10 (HICO-IIF); pass the class names for another split")
 
     labels = LabelSpace.affordances(classes)
-    model = create_method(method, model_cfg, labels)
+    model = build_model(method, model_cfg, labels)
     check_keys(sd, expected_keys(fmt, sd, fmt.depths(model)), method, source)
+    check_tensors(sd, fmt, model, source)
     converted = fmt.to_afford(sd)
     found = fmt.finish(model, converted, source) or {}
     load_strict(model, converted, source)

@@ -13,6 +13,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
+import threading
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -31,6 +35,8 @@ BPE_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
 #: Last resort, fetched lazily: every OpenAI CLIP model (RN50 included) shares this vocabulary.
 FALLBACK_TOKENIZER = "openai/clip-vit-base-patch16"
 OPENAI_VOCAB_SIZE = 49408
+#: Seconds to wait for a TCP connection to the hub before declaring it unreachable.
+HUB_PROBE_TIMEOUT = 3.0
 #: A byte-level BPE has at least the 2 x 256 byte symbols + SOT + EOT.
 _MIN_BPE_IDS = 514
 
@@ -233,17 +239,21 @@ def _load_tokenizer(spec: str, context_length: int, what: str = "tokenizer") -> 
 def _hub_tokenizer(spec: str, context_length: int, vocab: int | None = None) -> Tokenizer:
     """transformers ``CLIPTokenizer``, from the HF cache first, then the hub unless offline.
 
-    The cache goes first because without a network an online lookup retries for minutes before
-    falling back to it. Failures -> one-line AffordError.
+    The cache goes first, and the hub is only asked once a quick connection to it succeeds,
+    because without a network huggingface_hub retries every file for minutes before failing.
+    Failures -> one-line AffordError.
     """
     from transformers import CLIPTokenizer
 
     error = ""
     # HF_HUB_OFFLINE is read when huggingface_hub is imported; honour a later setting too.
     for local in (True,) if _offline() else (True, False):
-        if not local:  # without a network this waits for the hub's retries: say why it is slow
+        if not local:
+            if (unreachable := hub_unreachable()) is not None:
+                error = f"{spec!r} is not in the Hugging Face cache and {unreachable}"
+                break
             log.warning("fetching the CLIP tokenizer %s from the Hugging Face hub (pass --tokenizer or set $%s "
-                        "to skip; HF_HUB_OFFLINE=1 fails at once without a network)", spec, BPE_ENV)
+                        "to skip)", spec, BPE_ENV)
         try:
             tok = CLIPTokenizer.from_pretrained(spec, local_files_only=local)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:  # not MemoryError or bugs
@@ -256,6 +266,39 @@ def _hub_tokenizer(spec: str, context_length: int, vocab: int | None = None) -> 
         error = (f"no tokenizer files for {spec!r} in the cache or on the hub (got a {n}-id vocabulary"
                  + ("" if vocab is None else f", expected {vocab}") + ")")
     raise AffordError(error)
+
+
+def hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT) -> str | None:
+    """Why the hub cannot be reached within ``timeout`` seconds, or None when a TCP connection opens."""
+    endpoint, host, port = _hub_address()
+    result: list[str | None] = []
+    probe = threading.Thread(target=lambda: result.append(_connect(host, port, timeout)), daemon=True)
+    probe.start()
+    probe.join(timeout)  # also bounds a name lookup that hangs
+    if result and result[0] is None:
+        return None
+    why = result[0] if result else f"no answer within {timeout:g} s"
+    return f"{endpoint} is unreachable ({host}:{port}: {why})"
+
+
+def _hub_address() -> tuple[str, str, int]:
+    """(endpoint, host, port) to probe: ``$HF_ENDPOINT`` as huggingface_hub reads it, or the proxy
+    its requests would go through."""
+    endpoint = (os.environ.get("HF_ENDPOINT", "").strip() or "https://huggingface.co").rstrip("/")
+    url = urllib.parse.urlsplit(endpoint)
+    proxy = urllib.request.getproxies().get(url.scheme)
+    if proxy and not urllib.request.proxy_bypass(url.hostname or ""):
+        url = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    return endpoint, url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+
+
+def _connect(host: str, port: int, timeout: float) -> str | None:
+    """Open and close one TCP connection; the error's first line, or None."""
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return first_line(exc)
+    return None
 
 
 def _offline() -> bool:

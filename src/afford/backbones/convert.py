@@ -106,6 +106,30 @@ def is_openai_clip(sd: Mapping[str, Tensor]) -> bool:
     return "visual.conv1.weight" in sd or "positional_embedding" in sd or "visual.class_embedding" in sd
 
 
+# ----------------------------------------------------------------------------- fused q|k|v, x @ W
+_QKV = ("q_proj", "k_proj", "v_proj")
+
+
+def split_qkv(key: str, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Rows q | k | v of a fused projection; a malformed one is a user's file, not a bug."""
+    if v.dim() == 0 or v.shape[0] == 0 or v.shape[0] % 3:
+        raise AffordError(f"{key}: shape {list(v.shape)}, expected 3*W rows (q | k | v) of a fused attention projection")
+    q, k, val = (part.clone() for part in v.chunk(3, dim=0))
+    return q, k, val
+
+
+def fuse_qkv(parts: Mapping[str, Tensor]) -> Tensor:
+    """Inverse of :func:`split_qkv`: ``{q_proj, k_proj, v_proj}`` -> the fused rows."""
+    return torch.cat([parts[name] for name in _QKV], dim=0)
+
+
+def transposed(key: str, v: Tensor) -> Tensor:
+    """An ``x @ W`` matrix (``proj``, ``text_projection``) as a Linear weight; 2-D only."""
+    if v.dim() != 2:
+        raise AffordError(f"{key}: shape {list(v.shape)}, expected a 2-D projection matrix")
+    return v.t().contiguous()
+
+
 # ----------------------------------------------------------------------------- DINO -> ViTModel
 _DINO_BLOCK = {
     "norm1": "layernorm_before",
@@ -137,8 +161,8 @@ def dino_to_hf_vit(sd: Mapping[str, Tensor]) -> StateDict:
             i, mod, kind = m.groups()
             base = f"layers.{i}."
             if mod == "attn.qkv":
-                for name, part in zip(("q_proj", "k_proj", "v_proj"), v.chunk(3, dim=0), strict=True):
-                    out[f"{base}attention.{name}.{kind}"] = part.clone()
+                for name, part in zip(_QKV, split_qkv(k, v), strict=True):
+                    out[f"{base}attention.{name}.{kind}"] = part
             elif mod in _DINO_BLOCK:
                 out[f"{base}{_DINO_BLOCK[mod]}.{kind}"] = v
             else:
@@ -149,12 +173,29 @@ def dino_to_hf_vit(sd: Mapping[str, Tensor]) -> StateDict:
 
 
 # ----------------------------------------------------------------------------- OpenAI CLIP
+_OPENAI_BLOCK = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj",
+                 "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
+_OPENAI_VISUAL = {
+    "visual.class_embedding": "vision_model.embeddings.class_embedding",
+    "visual.positional_embedding": "vision_model.embeddings.position_embedding.weight",
+    "visual.conv1.weight": "vision_model.embeddings.patch_embedding.weight",
+    "visual.ln_pre.weight": "vision_model.pre_layrnorm.weight",
+    "visual.ln_pre.bias": "vision_model.pre_layrnorm.bias",
+    "visual.ln_post.weight": "vision_model.post_layernorm.weight",
+    "visual.ln_post.bias": "vision_model.post_layernorm.bias",
+}
+_OPENAI_TEXT = {
+    "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
+    "positional_embedding": "text_model.embeddings.position_embedding.weight",
+    "ln_final.weight": "text_model.final_layer_norm.weight",
+    "ln_final.bias": "text_model.final_layer_norm.bias",
+}
+
+
 def _openai_resblocks(sd: Mapping[str, Tensor], src: str, dst: str) -> tuple[StateDict, set[str]]:
     """Convert ``{src}N.*`` residual blocks to HF ``{dst}N.*``; return (converted, used keys)."""
     out: StateDict = {}
     used: set[str] = set()
-    names = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj",
-             "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
     pat = re.compile(re.escape(src) + r"(\d+)\.(.+)$")
     for k, v in sd.items():
         m = pat.match(k)
@@ -164,13 +205,13 @@ def _openai_resblocks(sd: Mapping[str, Tensor], src: str, dst: str) -> tuple[Sta
         base = f"{dst}{i}."
         if rest in ("attn.in_proj_weight", "attn.in_proj_bias"):
             kind = "weight" if rest.endswith("weight") else "bias"
-            for name, part in zip(("q_proj", "k_proj", "v_proj"), v.chunk(3, dim=0), strict=True):
-                out[f"{base}self_attn.{name}.{kind}"] = part.clone()
+            for name, part in zip(_QKV, split_qkv(k, v), strict=True):
+                out[f"{base}self_attn.{name}.{kind}"] = part
             used.add(k)
         else:
             mod, kind = rest.rsplit(".", 1)
-            if mod in names:
-                out[f"{base}{names[mod]}.{kind}"] = v
+            if mod in _OPENAI_BLOCK:
+                out[f"{base}{_OPENAI_BLOCK[mod]}.{kind}"] = v
                 used.add(k)
     return out, used
 
@@ -182,21 +223,13 @@ def openai_visual_to_hf(sd: Mapping[str, Tensor]) -> StateDict:
     ``visual.*`` entry is passed through so the strict load reports it.
     """
     out, used = _openai_resblocks(sd, "visual.transformer.resblocks.", "vision_model.encoder.layers.")
-    simple = {
-        "visual.class_embedding": "vision_model.embeddings.class_embedding",
-        "visual.positional_embedding": "vision_model.embeddings.position_embedding.weight",
-        "visual.conv1.weight": "vision_model.embeddings.patch_embedding.weight",
-    }
     for k, v in sd.items():
         if k in used or not k.startswith("visual."):
             continue
-        if k in simple:
-            out[simple[k]] = v
+        if k in _OPENAI_VISUAL:
+            out[_OPENAI_VISUAL[k]] = v
         elif k == "visual.proj":
-            out["visual_projection.weight"] = v.t().contiguous()
-        elif k.startswith(("visual.ln_pre.", "visual.ln_post.")):
-            mod = "pre_layrnorm" if "ln_pre" in k else "post_layernorm"
-            out[f"vision_model.{mod}.{k.rsplit('.', 1)[1]}"] = v
+            out["visual_projection.weight"] = transposed(k, v)
         else:
             out[k] = v
     return out
@@ -209,23 +242,85 @@ def openai_text_to_hf(sd: Mapping[str, Tensor]) -> tuple[StateDict, Tensor | Non
     so the strict load reports them (e.g. a whole WSMA checkpoint given by mistake).
     """
     out, used = _openai_resblocks(sd, "transformer.resblocks.", "text_model.encoder.layers.")
-    simple = {
-        "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
-        "positional_embedding": "text_model.embeddings.position_embedding.weight",
-        "ln_final.weight": "text_model.final_layer_norm.weight",
-        "ln_final.bias": "text_model.final_layer_norm.bias",
-    }
     logit_scale = sd.get("logit_scale")
     for k, v in sd.items():
         if k in used or k.startswith("visual.") or k in OPENAI_META_KEYS or k == "logit_scale":
             continue
-        if k in simple:
-            out[simple[k]] = v
+        if k in _OPENAI_TEXT:
+            out[_OPENAI_TEXT[k]] = v
         elif k == "text_projection":
-            out["text_projection.weight"] = v.t().contiguous()
+            out["text_projection.weight"] = transposed(k, v)
         else:
             out[k] = v
     return out, logit_scale
+
+
+# ----------------------------------------------------------------------------- back to official names
+# The inverses give the shapes a built model expects in a release's own naming, so an import can
+# check (and report) a file's tensors by the keys the user's file holds, before any q|k|v split.
+def hf_vit_to_dino(sd: Mapping[str, Tensor]) -> StateDict:
+    """Inverse of :func:`dino_to_hf_vit` (q/k/v re-fused); unknown entries pass through."""
+    simple = {"embeddings.cls_token": "cls_token", "embeddings.position_embeddings": "pos_embed",
+              "layernorm.weight": "norm.weight", "layernorm.bias": "norm.bias"}
+    blocks = {hf: dino for dino, hf in _DINO_BLOCK.items()}
+    out: StateDict = {}
+    qkv: dict[str, dict[str, Tensor]] = {}
+    block = re.compile(r"layers\.(\d+)\.(.+)\.(weight|bias)$")
+    for k, v in sd.items():
+        m = block.match(k)
+        if k in simple:
+            out[simple[k]] = v
+        elif k.startswith("embeddings.patch_embeddings.projection."):
+            out["patch_embed.proj." + k.rsplit(".", 1)[1]] = v
+        elif m is not None and m.group(2) in {f"attention.{n}" for n in _QKV}:
+            qkv.setdefault(f"blocks.{m.group(1)}.attn.qkv.{m.group(3)}", {})[m.group(2)[len("attention."):]] = v
+        elif m is not None and m.group(2) in blocks:
+            out[f"blocks.{m.group(1)}.{blocks[m.group(2)]}.{m.group(3)}"] = v
+        else:
+            out[k] = v
+    return out | {k: fuse_qkv(parts) for k, parts in qkv.items()}
+
+
+def _hf_resblocks_to_openai(sd: Mapping[str, Tensor], src: str, dst: str) -> tuple[StateDict, set[str]]:
+    """Inverse of :func:`_openai_resblocks`: HF ``{src}N.*`` -> ``{dst}N.*``; (converted, used keys)."""
+    names = {hf: oa for oa, hf in _OPENAI_BLOCK.items()}
+    out: StateDict = {}
+    qkv: dict[str, dict[str, Tensor]] = {}
+    used: set[str] = set()
+    pat = re.compile(re.escape(src) + r"(\d+)\.(.+)\.(weight|bias)$")
+    for k, v in sd.items():
+        m = pat.match(k)
+        if m is None:
+            continue
+        i, mod, kind = m.groups()
+        if mod in {f"self_attn.{n}" for n in _QKV}:
+            qkv.setdefault(f"{dst}{i}.attn.in_proj_{kind}", {})[mod[len("self_attn."):]] = v
+        elif mod in names:
+            out[f"{dst}{i}.{names[mod]}.{kind}"] = v
+        else:
+            continue
+        used.add(k)
+    return out | {k: fuse_qkv(parts) for k, parts in qkv.items()}, used
+
+
+def hf_visual_to_openai(sd: Mapping[str, Tensor]) -> StateDict:
+    """Inverse of :func:`openai_visual_to_hf`; unknown entries pass through."""
+    out, used = _hf_resblocks_to_openai(sd, "vision_model.encoder.layers.", "visual.transformer.resblocks.")
+    simple = {hf: oa for oa, hf in _OPENAI_VISUAL.items()} | {"visual_projection.weight": "visual.proj"}
+    for k, v in sd.items():
+        if k not in used:
+            out[simple.get(k, k)] = v.t() if k == "visual_projection.weight" else v
+    return out
+
+
+def hf_text_to_openai(sd: Mapping[str, Tensor]) -> StateDict:
+    """Inverse of :func:`openai_text_to_hf` (without ``logit_scale``); unknown entries pass through."""
+    out, used = _hf_resblocks_to_openai(sd, "text_model.encoder.layers.", "transformer.resblocks.")
+    simple = {hf: oa for oa, hf in _OPENAI_TEXT.items()} | {"text_projection.weight": "text_projection"}
+    for k, v in sd.items():
+        if k not in used:
+            out[simple.get(k, k)] = v.t() if k == "text_projection.weight" else v
+    return out
 
 
 def convert_vision_state_dict(sd: Mapping[str, Tensor]) -> StateDict:

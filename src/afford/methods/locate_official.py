@@ -8,7 +8,14 @@ from torch import Tensor
 
 from afford.backbones.convert import dino_to_hf_vit, strip_prefix
 from afford.methods.base import Method
-from afford.methods.official import OfficialFormat, aff_proj_keys, as_float, conv_bn_keys, dino_keys
+from afford.methods.official import (
+    OfficialFormat,
+    aff_proj_keys,
+    as_float,
+    conv_bn_keys,
+    dino_from_afford,
+    dino_keys,
+)
 
 
 def locate_keys(vit_depth: int = 12, text_depth: int = 0) -> list[str]:
@@ -30,5 +37,5 @@ def _depths(model: Method) -> tuple[int, int]:
 
 LOCATE_OFFICIAL = OfficialFormat(
     method="locate", markers=("aff_ego_proj.3.weight", "aff_exo_proj.3.weight"), classifier="aff_fc.weight", keys=locate_keys, depths=_depths,
-    to_afford=locate_to_afford,
+    to_afford=locate_to_afford, from_afford=dino_from_afford,
 )

@@ -4,7 +4,8 @@ A ``best_model_*.pth`` written by the reference ``train.py`` holds 299 entries: 
 backbone, the heads, and 113 ``cluster.*`` entries of the frozen cluster module, which are
 training-only (``test.py`` drops them through ``strict=False``). afford imports strictly: the
 186 inference keys are required, the ``cluster.*`` group is imported when present and must
-then be complete; a file without it gets a randomly initialised (recorded) cluster module.
+then be complete; a file without it gets a randomly initialised (recorded) cluster module,
+the same in every import (the model is built under ``IMPORT_SEED``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ from torch import Tensor
 
 from afford.backbones.convert import dino_to_hf_vit, strip_prefix
 from afford.methods.base import Method
-from afford.methods.official import OfficialFormat, aff_proj_keys, as_float, conv_bn_keys, dino_keys
+from afford.methods.official import (
+    IMPORT_SEED,
+    OfficialFormat,
+    aff_proj_keys,
+    as_float,
+    conv_bn_keys,
+    dino_from_afford,
+    dino_keys,
+)
 
 NOISE_CLASSES = 15  # aff_fc has C + 15 outputs (looptrans.md §2)
 
@@ -55,12 +64,14 @@ def _finish(model: Method, converted: dict[str, Tensor], source: str) -> dict[st
         return {"cluster": {"kind": "file", "path": source, "how": "the cluster.* entries of the imported checkpoint "
                             "(training-only; inference never uses them)"}}
     converted.update({f"cluster.{k}": v for k, v in model.cluster.state_dict().items()})
-    return {"cluster": {"kind": "random", "how": "not in the imported file (training-only); randomly initialised"}}
+    return {"cluster": {"kind": "random", "seed": IMPORT_SEED,
+                        "how": "not in the imported file (training-only); randomly initialised under a fixed seed"}}
 
 
 LOOPTRANS_OFFICIAL = OfficialFormat(
     method="looptrans", markers=("pixel_dec.0.weight", "scam.0.weight"), classifier="aff_fc.weight",
-    keys=looptrans_keys, depths=_depths, to_afford=looptrans_to_afford, finish=_finish,
+    keys=looptrans_keys, depths=_depths, to_afford=looptrans_to_afford, from_afford=dino_from_afford,
+    finish=_finish,
     extra_classes=NOISE_CLASSES, optional_prefix="cluster.", full_depths=(12, 8),
     run_info={"cluster_keys": "training-only (looptrans.md §3.2); imported when present, never used at inference"},
 )

@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import Tensor
 
+from afford.backbones.convert import hf_vit_to_dino
 from afford.methods.base import Method
 
 
@@ -28,6 +29,9 @@ class OfficialFormat:
         keys: ``keys(*depths)`` -> every official key in file order; ``depths`` as ``full_depths``.
         depths: the depths of a built model (same order), to check a file of a tiny test model.
         to_afford: official state dict -> afford's names (float32).
+        from_afford: the inverse renaming (no dtype change), applied to a built model's state dict
+            to get the shapes it expects in the release's own naming: a file is checked against
+            those before ``to_afford`` splits or transposes anything, and errors name its keys.
         model_overrides: ``(overrides, tokenizer)`` -> the model-config fields an import sets
             (e.g. WSMA's ``faithful=True``); user overrides win.
         finish: ``(model, converted, source)`` adds afford state that is not in the file
@@ -48,6 +52,7 @@ class OfficialFormat:
     keys: Callable[..., list[str]]
     depths: Callable[[Method], tuple[int, ...]]
     to_afford: Callable[[Mapping[str, Tensor]], dict[str, Tensor]]
+    from_afford: Callable[[Mapping[str, Tensor]], dict[str, Tensor]]
     model_overrides: Callable[[dict[str, Any], Any], dict[str, Any]] = lambda overrides, tokenizer: overrides
     finish: Callable[[Method, dict[str, Tensor], str], dict[str, Any] | None] = lambda model, converted, source: None
     extra_classes: int = 0
@@ -55,6 +60,11 @@ class OfficialFormat:
     full_depths: tuple[int, ...] = (12, 12)
     saved_config: Callable[[Any], Any] = lambda cfg: cfg
     run_info: dict[str, Any] = field(default_factory=dict)
+
+
+#: Global seed an import builds its model under: state a release lacks (LoopTrans's training-only
+#: cluster module) is then the same in every import of the same file.
+IMPORT_SEED = 0
 
 
 # ----------------------------------------------------------------------------- shared key tables
@@ -93,6 +103,13 @@ def conv_bn_keys(prefix: str, depth: int) -> list[str]:
 def aff_proj_keys() -> list[str]:
     """The ``aff_proj`` Mlp both LOCATE and WSMA release."""
     return [f"aff_proj.{m}.{k}" for m in ("norm", "fc1", "fc2") for k in ("weight", "bias")]
+
+
+def dino_from_afford(sd: Mapping[str, Tensor], prefix: str = "vit_model.") -> dict[str, Tensor]:
+    """``backbone.model.*`` back to the release's DINO names under ``prefix``; the rest unchanged."""
+    vit = {k[len("backbone.model."):]: v for k, v in sd.items() if k.startswith("backbone.model.")}
+    rest = {k: v for k, v in sd.items() if not k.startswith("backbone.model.")}
+    return {f"{prefix}{k}": v for k, v in hf_vit_to_dino(vit).items()} | rest
 
 
 def as_float(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:

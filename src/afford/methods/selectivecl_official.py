@@ -15,9 +15,23 @@ from collections.abc import Mapping
 
 from torch import Tensor
 
-from afford.backbones.convert import dino_to_hf_vit, openai_text_to_hf, openai_visual_to_hf, strip_prefix
+from afford.backbones.convert import (
+    dino_to_hf_vit,
+    hf_text_to_openai,
+    hf_visual_to_openai,
+    openai_text_to_hf,
+    openai_visual_to_hf,
+    strip_prefix,
+)
 from afford.methods.base import Method
-from afford.methods.official import OfficialFormat, aff_proj_keys, as_float, conv_bn_keys, dino_keys
+from afford.methods.official import (
+    OfficialFormat,
+    aff_proj_keys,
+    as_float,
+    conv_bn_keys,
+    dino_from_afford,
+    dino_keys,
+)
 
 _BLOCK = ("ln_1.weight", "ln_1.bias", "attn.in_proj_weight", "attn.in_proj_bias", "attn.out_proj.weight",
           "attn.out_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
@@ -57,6 +71,17 @@ def selectivecl_to_afford(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return as_float(out)
 
 
+def selectivecl_from_afford(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Inverse of :func:`selectivecl_to_afford` (without ``prompt_ids``, afford's own state)."""
+    towers = ("clip.model.", "text_encoder.model.", "text_encoder.logit_scale", "prompt_ids")
+    out = dino_from_afford({k: v for k, v in sd.items() if not k.startswith(towers)})
+    out.update({f"net.{k}": v for k, v in hf_visual_to_openai(strip_prefix(sd, "clip.model.")).items()})
+    out.update({f"net.{k}": v for k, v in hf_text_to_openai(strip_prefix(sd, "text_encoder.model.")).items()})
+    if "text_encoder.logit_scale" in sd:
+        out["net.logit_scale"] = sd["text_encoder.logit_scale"]
+    return out
+
+
 def _depths(model: Method) -> tuple[int, int, int]:
     return (model.backbone.num_layers, model.clip.num_layers,
             len(model.text_encoder.model.text_model.encoder.layers))
@@ -73,6 +98,7 @@ SELECTIVECL_OFFICIAL = OfficialFormat(
     method="selectivecl",
     markers=("K_contrast_projection.weight", "pixel_contrast_projection.weight", "aff_classifier.weight"),
     classifier="aff_classifier.weight", keys=selectivecl_keys, depths=_depths, to_afford=selectivecl_to_afford,
+    from_afford=selectivecl_from_afford,
     model_overrides=lambda overrides, tokenizer: {"tokenizer": tokenizer, **overrides},
     finish=_finish, full_depths=(12, 12, 12),
     # The prompt ids are in the weights, so the run must not depend on the vocabulary's path.

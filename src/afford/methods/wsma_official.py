@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import Tensor
 
-from afford.backbones.convert import dino_to_hf_vit, openai_text_to_hf, strip_prefix
+from afford.backbones.convert import dino_to_hf_vit, hf_text_to_openai, openai_text_to_hf, strip_prefix
 from afford.errors import AffordError
 from afford.methods.base import Method
 from afford.methods.official import (
@@ -24,6 +24,7 @@ from afford.methods.official import (
     bn_keys,
     clip_text_keys,
     conv_bn_keys,
+    dino_from_afford,
     dino_keys,
 )
 
@@ -50,6 +51,16 @@ def wsma_to_afford(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return as_float(out)
 
 
+def wsma_from_afford(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Inverse of :func:`wsma_to_afford` (without ``prompt_ids``, afford's own state)."""
+    text = ("text_encoder.model.", "text_encoder.logit_scale", "prompt_ids")
+    out = dino_from_afford({k: v for k, v in sd.items() if not k.startswith(text)})
+    out.update(hf_text_to_openai(strip_prefix(sd, "text_encoder.model.")))
+    if "text_encoder.logit_scale" in sd:
+        out["logit_scale"] = sd["text_encoder.logit_scale"]
+    return out
+
+
 def _depths(model: Method) -> tuple[int, int]:
     return model.backbone.num_layers, len(model.text_encoder.model.text_model.encoder.layers)
 
@@ -70,7 +81,8 @@ def _finish(model: Method, converted: dict[str, Tensor], source: str) -> None:
 WSMA_OFFICIAL = OfficialFormat(
     method="wsma",
     markers=("prompt_learner.ctx", "attnpool.c_proj.weight", "Hamburger.lower_bread.0.weight", "text_projection"),
-    classifier="fc.weight", keys=wsma_keys, depths=_depths, to_afford=wsma_to_afford, model_overrides=_overrides,
+    classifier="fc.weight", keys=wsma_keys, depths=_depths, to_afford=wsma_to_afford, from_afford=wsma_from_afford,
+    model_overrides=_overrides,
     finish=_finish,
     # The prompt ids are in the weights, so the run must not depend on the vocabulary's path.
     saved_config=lambda cfg: dataclasses.replace(cfg, tokenizer=None),

@@ -669,7 +669,7 @@ def test_hub_fallback_fails_fast_without_network(tmp_path, monkeypatch: pytest.M
 def test_hub_probe_honours_hf_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
 
-    from afford.backbones.clip_text import hub_unreachable
+    from afford.hub import hub_unreachable
 
     for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(var, raising=False)

@@ -13,10 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import socket
-import threading
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -25,6 +21,7 @@ from torch import Tensor, nn
 
 from afford.backbones.tokenizer import ClipBPETokenizer, HFTokenizerAdapter
 from afford.errors import AffordError, first_line
+from afford.hub import hub_unreachable, offline
 
 log = logging.getLogger(__name__)
 Tokenizer = Callable[..., Tensor]
@@ -35,8 +32,6 @@ BPE_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
 #: Last resort, fetched lazily: every OpenAI CLIP model (RN50 included) shares this vocabulary.
 FALLBACK_TOKENIZER = "openai/clip-vit-base-patch16"
 OPENAI_VOCAB_SIZE = 49408
-#: Seconds to wait for a TCP connection to the hub before declaring it unreachable.
-HUB_PROBE_TIMEOUT = 3.0
 #: A byte-level BPE has at least the 2 x 256 byte symbols + SOT + EOT.
 _MIN_BPE_IDS = 514
 
@@ -247,7 +242,7 @@ def _hub_tokenizer(spec: str, context_length: int, vocab: int | None = None) -> 
 
     error = ""
     # HF_HUB_OFFLINE is read when huggingface_hub is imported; honour a later setting too.
-    for local in (True,) if _offline() else (True, False):
+    for local in (True,) if offline() else (True, False):
         if not local:
             if (unreachable := hub_unreachable()) is not None:
                 error = f"{spec!r} is not in the Hugging Face cache and {unreachable}"
@@ -268,39 +263,3 @@ def _hub_tokenizer(spec: str, context_length: int, vocab: int | None = None) -> 
     raise AffordError(error)
 
 
-def hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT) -> str | None:
-    """Why the hub cannot be reached within ``timeout`` seconds, or None when a TCP connection opens."""
-    endpoint, host, port = _hub_address()
-    result: list[str | None] = []
-    probe = threading.Thread(target=lambda: result.append(_connect(host, port, timeout)), daemon=True)
-    probe.start()
-    probe.join(timeout)  # also bounds a name lookup that hangs
-    if result and result[0] is None:
-        return None
-    why = result[0] if result else f"no answer within {timeout:g} s"
-    return f"{endpoint} is unreachable ({host}:{port}: {why})"
-
-
-def _hub_address() -> tuple[str, str, int]:
-    """(endpoint, host, port) to probe: ``$HF_ENDPOINT`` as huggingface_hub reads it, or the proxy
-    its requests would go through."""
-    endpoint = (os.environ.get("HF_ENDPOINT", "").strip() or "https://huggingface.co").rstrip("/")
-    url = urllib.parse.urlsplit(endpoint)
-    proxy = urllib.request.getproxies().get(url.scheme)
-    if proxy and not urllib.request.proxy_bypass(url.hostname or ""):
-        url = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-    return endpoint, url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
-
-
-def _connect(host: str, port: int, timeout: float) -> str | None:
-    """Open and close one TCP connection; the error's first line, or None."""
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except OSError as exc:
-        return first_line(exc)
-    return None
-
-
-def _offline() -> bool:
-    return any(os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))

@@ -40,6 +40,7 @@ from afford.backbones.convert import (
 from afford.backbones.dinov2 import DinoV2ViT
 from afford.backbones.vit import DinoViT, VisionBackbone
 from afford.errors import AffordError, did_you_mean, first_line
+from afford.hub import from_hub
 
 
 @dataclass(frozen=True)
@@ -169,8 +170,11 @@ def resolve_weights(weights: str | os.PathLike[str] | None) -> tuple[str, str]:
 
 
 def _from_pretrained(model_cls: Any, where: str, kwargs: dict[str, Any]) -> nn.Module:
+    """A hub-layout directory, or a hub name (cache first, the hub only when it answers)."""
     try:
-        return model_cls.from_pretrained(where, **kwargs)
+        if Path(where).expanduser().is_dir():
+            return model_cls.from_pretrained(where, **kwargs)
+        return from_hub(model_cls.from_pretrained, where, **kwargs)
     except AffordError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError) as exc:  # offline hub, wrong model type, corrupt files  # not MemoryError or bugs

@@ -32,6 +32,7 @@ from afford.backbones.registry import resolve_weights
 from afford.errors import AffordError, first_line
 from afford.hoi.detections import read_image_mapping
 from afford.hoi.spatial import box_iou
+from afford.hub import from_hub
 
 #: DETR's ImageNet normalisation.
 DETR_MEAN = (0.485, 0.456, 0.406)
@@ -190,7 +191,9 @@ def _load_detr(weights: str | Path | None, revision: str | None, arch: str = "ti
         raise AffordError(f"weights: {where} is a file; DETR needs a hub-layout directory or a hub name")
     kwargs = {} if revision is None else {"revision": revision}
     try:
-        return DetrForObjectDetection.from_pretrained(where, **kwargs)
+        if kind == "dir":
+            return DetrForObjectDetection.from_pretrained(where, **kwargs)
+        return from_hub(DetrForObjectDetection.from_pretrained, where, **kwargs)  # cache, else a reachable hub
     except ImportError as exc:
         raise AffordError(f"weights: {where!r} needs timm ({first_line(exc)}); use a timm-free revision "
                           f"(e.g. revision='no_timm') or a config with a ResNetConfig backbone") from None

@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from afford.bench import TowerClock, bench_eval, count_flops, peak_flops, timed_rounds
@@ -70,3 +71,14 @@ def test_bench_eval_scores_every_image_through_the_evaluator(tmp_path: Path, cap
     assert main(["bench", "--eval", "6", "--quiet", "--json", str(out)]) == 0
     assert "scoring 6 test images" in capsys.readouterr().out
     assert json.loads(out.read_text())["n_images"] == 6
+
+
+def test_bad_bench_arguments_are_one_line(capsys) -> None:
+    from afford.cli import main
+
+    assert main(["bench", "--device", "foo", "--methods", "locate"]) == 2
+    assert "--device: unknown device 'foo'" in capsys.readouterr().err
+    for argv in (["bench", "--threads", "-1"], ["bench", "--eval", "0"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2

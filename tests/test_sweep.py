@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,25 @@ def test_sweep_trains_each_seed_reports_both_rules_and_resumes(synth_root: Path,
     assert main(["eval", "--runs", str(tmp_path / "seed_3"), str(tmp_path / "seed_4"), "--quiet", "--json",
                  str(tmp_path / "e.json")]) == 0
     assert json.loads((tmp_path / "e.json").read_text())["summary"] == r["summary"]
+
+    # from a review: each run once, however spelt; an unfinished run, another method, settings
+    # that do not change results, and a preset with nothing to score
+    assert main(["eval", "--runs", str(tmp_path / "seed_3"), f"{tmp_path}/seed_3/", "--quiet"]) == 2
+    assert "the same run as" in capsys.readouterr().err
+    shutil.copytree(tmp_path / "seed_3", tmp_path / "killed")
+    info = json.loads((tmp_path / "killed" / "run.json").read_text())
+    del info["epochs_done"]
+    (tmp_path / "killed" / "run.json").write_text(json.dumps(info))
+    assert main(["eval", "--runs", str(tmp_path / "killed"), "--quiet"]) == 2
+    assert "an unfinished run" in capsys.readouterr().err
+    assert main(["sweep", "looptrans_synthagd_demo", "--seeds", "3", "--out", str(tmp_path), "--set",
+                 f"data.root={synth_root}", "--quiet"]) == 2
+    assert "method: run has 'locate', now 'looptrans'" in capsys.readouterr().err  # was a KeyError traceback
+    assert main([*args, "--set", "data.num_workers=1", "--set", "train.log_every=5"]) == 0
+    assert "seed 3: kept (finished)" in capsys.readouterr().out
+    assert main(["sweep", "looptrans_cluster_synthagd_demo", "--seeds", "0,1", "--out", str(tmp_path / "c"),
+                 "--set", f"data.root={synth_root}", "--quiet"]) == 2
+    assert "no test evaluation" in capsys.readouterr().err and not (tmp_path / "c").exists()
 
 
 def test_seeds_trained_in_parallel_processes_equal_the_sequential_ones(synth_root: Path, tmp_path: Path) -> None:

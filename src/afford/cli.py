@@ -489,7 +489,9 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 def cmd_bench(a: argparse.Namespace) -> int:
     from afford.bench import run_bench
+    from afford.device import resolve_device
 
+    a.device = str(resolve_device(a.device))  # one line for an unknown device or a CUDA-less torch
     if a.eval is not None:
         import torch
 
@@ -830,8 +832,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--steps", type=positive_int, default=3, help="timed steps per row, median (default: %(default)s)")
     bn.add_argument("--device", default="cpu", help="cpu | cuda (default: %(default)s)")
     bn.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU users; slow on CPUs without AMX)")
-    bn.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
-    bn.add_argument("--eval", type=int, nargs="?", const=1675, default=None, metavar="N",
+    bn.add_argument("--threads", type=non_negative_int, default=0, help="torch CPU threads (default 0: torch's)")
+    bn.add_argument("--eval", type=positive_int, nargs="?", const=1675, default=None, metavar="N",
                     help="instead: time scoring a test set of N images (default N: AGD20K Seen's 1,675) through "
                          "the evaluator, the scoring alone and a whole model evaluation")
     bn.add_argument("--json", default=None, help="also write the rows as JSON")

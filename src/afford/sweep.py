@@ -112,6 +112,9 @@ def evaluate_run(run_dir: Path, progress: bool = False) -> dict[str, dict[str, f
     task = task_for(run.config)
     keys = [k for k in task.report_keys if not k.startswith("n_")]
     info = run.info
+    if "epochs_done" not in info:
+        raise AffordError(f"{run_dir}: an unfinished run (killed or still training); finish it first "
+                          f"(afford train CONFIG --out {run_dir} --resume, or rerun the sweep)")
     history = ckpt.load_epoch_state(run_dir, info["epochs_done"] - 1).get("history", []) \
         if ckpt.completed_epochs(run_dir) else []
     scored = [h for h in history if "test" in h]
@@ -169,14 +172,33 @@ def format_summary(summary: dict[str, Any], title: str) -> str:
 
 
 def summarise_runs(run_dirs: Sequence[str | Path], progress: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Evaluate existing runs and summarise them: ``(per_run, summary)``."""
+    """Evaluate existing runs and summarise them: ``(per_run, summary)``. Each run counts once
+    however it is spelt; runs of different tasks (other metrics) cannot be averaged."""
+    seen: dict[Path, str] = {}
+    for p in run_dirs:
+        if (key := Path(p).resolve()) in seen:
+            raise AffordError(f"{p}: the same run as {seen[key]}; list each run once")
+        seen[key] = str(p)
     per_run = {str(p): evaluate_run(Path(p), progress) for p in run_dirs}
+    metrics = {name: sorted(v[LAST]) for name, v in per_run.items()}
+    first = next(iter(metrics.items()), None)
+    for name, keys in metrics.items():
+        if first is not None and keys != first[1]:
+            raise AffordError(f"{name}: reports {', '.join(keys)}, but {first[0]} reports {', '.join(first[1])}: "
+                              "summarise runs of one task (and one metric set) together")
     return per_run, summarise(per_run)
 
 
 def run_sweep(config: str, seeds: Sequence[int], out: str | Path, overrides: Sequence[str] = (), nproc: int = 1,
               jobs: int = 1, progress: bool = True) -> dict[str, Any]:
     """Train and evaluate every seed into ``out/seed_<s>``; write ``out/summary.json`` and ``summary.md``."""
+    from afford.config import load_config
+    from afford.engine.tasks import task_for
+
+    task = task_for(load_config(config, list(overrides)))  # before any training: can its runs be scored?
+    if not [k for k in task.report_keys if not k.startswith("n_")]:
+        raise AffordError(f"{config}: task {task.name!r} has no test evaluation, so a sweep has nothing to "
+                          "summarise; train it with afford train")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     done = train_seeds(config, overrides, seeds, out, nproc, jobs, progress)

@@ -180,14 +180,24 @@ def check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
         raise AffordError(f"{run_dir}: --resume with a different config ({'; '.join(diffs[:3])})")
 
 
+#: Settings a resumed run may change: they decide how it runs, not what it computes (data draws are
+#: a function of (seed, epoch, index) whatever the workers), and ``train.epochs`` may grow.
+RESUME_NEUTRAL = {("train", "epochs"), ("train", "log_every"), ("train", "keep_checkpoints"),
+                  ("data", "num_workers"), ("data", "cache_dir")}
+
+
 def config_differences(run_dir: Path, cfg: RunConfig) -> list[str]:
-    """``section.key: run has X, now Y`` for every setting ``cfg`` changes (``train.epochs`` aside)."""
-    stored = config_from_dict(ckpt.read_run_info(run_dir)["config"], run_dir / ckpt.RUN_FILE).to_dict()
+    """``section.key: run has X, now Y`` for every setting ``cfg`` changes (:data:`RESUME_NEUTRAL` aside);
+    another method is the one difference reported."""
+    info = ckpt.read_run_info(run_dir)
+    if info.get("method") != cfg.method:
+        return [f"method: run has {info.get('method')!r}, now {cfg.method!r}"]
+    stored = config_from_dict(info["config"], run_dir / ckpt.RUN_FILE).to_dict()
     now = cfg.to_dict()
     return [
-        f"{s}.{k}: run has {stored[s][k]!r}, now {now[s][k]!r}"
+        f"{s}.{k}: run has {stored[s].get(k, '<unset>')!r}, now {now[s][k]!r}"
         for s in ("model", "data", "train", "eval") for k in now[s]
-        if stored[s].get(k) != now[s][k] and not (s == "train" and k == "epochs")
+        if stored[s].get(k) != now[s][k] and (s, k) not in RESUME_NEUTRAL
     ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -119,6 +120,11 @@ def test_demo_refuses_an_out_folder_it_did_not_make(tmp_path, capsys):
     assert main(["demo", "--out", str(d), "--quick", "--quiet"]) == 2
     assert str(d / "runs") in capsys.readouterr().err
     assert (d / "runs" / "mine").is_dir()
+    # nor a report of the user's own at the top of --out
+    shutil.rmtree(d / "runs")
+    (d / "report.md").write_text("my notes")
+    assert main(["demo", "--out", str(d), "--quick", "--quiet"]) == 2
+    assert str(d / "report.md") in capsys.readouterr().err and (d / "report.md").read_text() == "my notes"
 
 
 def test_demo_marker_lets_a_rerun_replace_its_own_output(demo_out):
@@ -209,3 +215,61 @@ def test_a_demo_worker_that_dies_ends_the_demo_with_one_clear_error(tmp_path):
             _run_jobs(pool, workers, tmp_path, True, 0, ["egocam", "locate"], False)
     finally:
         pool.shutdown(cancel_futures=True)
+
+
+def test_a_failing_demo_job_is_named_and_stops_the_other_workers_at_once(tmp_path, monkeypatch):
+    import time
+
+    import afford.demo as demo
+
+    def boom(out, quick, seed, name, progress):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(demo, "run_job", boom)
+    with pytest.raises(AffordError, match=r"^demo job egocam failed \(RuntimeError: boom"):
+        demo.run_jobs(tmp_path, True, 0, ["egocam", "locate"], time.time())
+    pool, _ = demo._start_workers(2, 2)
+    procs = list(pool._processes.values())
+    busy = pool.submit(time.sleep, 60)  # a worker deep in a long job
+    time.sleep(1)
+    t0 = time.perf_counter()
+    demo._stop_workers(pool)
+    assert time.perf_counter() - t0 < 20 and busy.done() and not any(p.is_alive() for p in procs)
+
+
+@pytest.mark.parametrize("argv", [
+    ["demo", "--quick", "--jobs", "2", "--quiet"],
+    ["sweep", "locate_synthagd_demo", "--seeds", "0,1", "--jobs", "2", "--quiet"],
+])
+def test_sigterm_to_the_parent_leaves_no_worker_running(argv, tmp_path):
+    # kill -TERM of `afford demo` / `afford sweep --jobs 2` left its workers training, orphaned
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    if argv[0] == "sweep":
+        assert main(["data", "synth", "--out", str(tmp_path / "d"), "--size", "64", "--quiet"]) == 0
+        argv = [*argv, "--set", f"data.root={tmp_path / 'd'}"]
+    proc = subprocess.Popen([sys.executable, "-m", "afford.cli", *argv, "--out", str(tmp_path / "o")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    children: set[int] = set()
+    deadline = time.time() + 60
+    while time.time() < deadline and len(children) < 2 and proc.poll() is None:
+        time.sleep(0.5)
+        try:
+            children |= {int(c) for c in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()}
+        except OSError:
+            break
+    assert len(children) >= 2, "the workers did not start"
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    time.sleep(1)
+    alive = [c for c in children if Path(f"/proc/{c}").exists()
+             and "zombie" not in Path(f"/proc/{c}/status").read_text().lower()]
+    for c in alive:
+        os.kill(c, signal.SIGKILL)
+    assert not alive, f"workers {alive} outlived the parent"

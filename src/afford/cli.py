@@ -6,16 +6,32 @@ Every user error is an :class:`AffordError`, printed as one line (exit status 2)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from afford.device import DEVICE_HELP
 from afford.errors import AffordError
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a service manager) unwinds like Ctrl-C, so the worker processes a command
+    started are stopped in its ``finally`` instead of running on, orphaned, after it died."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def non_negative_int(text: str) -> int:
@@ -481,8 +497,9 @@ def cmd_refine_train(a: argparse.Namespace) -> int:
 def cmd_demo(a: argparse.Namespace) -> int:
     from afford.demo import run_demo
 
-    report = run_demo(Path(a.out), quick=a.quick, seed=a.seed, progress=not a.quiet, overwrite=a.overwrite,
-                      jobs=a.jobs)
+    with sigterm_as_interrupt():
+        report = run_demo(Path(a.out), quick=a.quick, seed=a.seed, progress=not a.quiet, overwrite=a.overwrite,
+                          jobs=a.jobs)
     print(f"demo report: {report}")
     return 0
 
@@ -517,8 +534,9 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     from afford.sweep import format_summary, parse_seeds, run_sweep
 
     overrides = list(a.set or []) + ([f"train.select={a.select}"] if a.select else [])
-    result = run_sweep(a.config, parse_seeds(a.seeds), a.out, overrides, nproc=a.nproc, jobs=a.jobs,
-                       progress=not a.quiet)
+    with sigterm_as_interrupt():
+        result = run_sweep(a.config, parse_seeds(a.seeds), a.out, overrides, nproc=a.nproc, jobs=a.jobs,
+                           progress=not a.quiet)
     print(format_summary(result["summary"], a.config))
     print(f"-> {Path(a.out) / 'summary.md'}, {Path(a.out) / 'summary.json'}")
     return 0

@@ -27,7 +27,7 @@ import torch
 
 from afford.config import EvalConfig, load_config
 from afford.data.agd20k import open_split
-from afford.errors import AffordError
+from afford.errors import AffordError, first_line
 from afford.factory import METHODS, method_spec
 from afford.hoi.demo import HOI_FULL, HOI_QUICK, HOIDemoPlan, run_hoi_demo
 from afford.metrics.report import format_breakdown, format_table, wins_over
@@ -102,13 +102,22 @@ def _claim_output(out: Path, overwrite: bool) -> None:
     """Refuse (before anything is written) to replace ``out/data``, ``out/runs`` or ``out/hoi`` that afford did
     not create: ``afford demo --out .`` inside a project must not delete ``./data``. Then mark ``out``."""
     if not overwrite and not _is_demo_output(out):
-        for p in (out / "data", out / "runs", out / "hoi", out / "feature_cache"):
+        for p in (out / "data", out / "runs", out / "hoi", out / "feature_cache", out / "overlays"):
             if p.is_symlink() or (p.exists() and (not p.is_dir() or any(p.iterdir()))):
                 raise AffordError(f"{p} exists and is not an afford demo output (no {out / MARKER}); "
                                   "choose another --out, or pass --overwrite to replace its data/ and runs/")
+        for p in (out / name for name in REPORT_FILES):
+            if p.exists() or p.is_symlink():
+                raise AffordError(f"{p} exists and is not an afford demo output (no {out / MARKER}); "
+                                  "choose another --out, or pass --overwrite to replace it")
     out.mkdir(parents=True, exist_ok=True)
     if not _is_demo_output(out):
         (out / MARKER).write_text(_MARKER_TEXT)
+
+
+#: what the demo writes at the top of ``--out`` (removed when a rerun starts: a failed rerun must
+#: not leave the previous run's report beside the new data)
+REPORT_FILES = ("report.md", "metrics.json", "figure.png")
 
 
 def _remove(path: Path) -> None:
@@ -332,7 +341,14 @@ def run_jobs(out: Path, quick: bool, seed: int, names: list[str], t0: float) -> 
     """One worker's share of the jobs, one after another (a line logged as each ends)."""
     results = {}
     for name in names:
-        results[name] = run_job(out, quick, seed, name, progress=False)
+        try:
+            results[name] = run_job(out, quick, seed, name, progress=False)
+        except AffordError as e:
+            raise AffordError(f"demo job {name}: {e}") from None
+        except Exception as e:  # a bug: its traceback here, the job's name in the parent's one line
+            log.exception("demo job %s failed", name)
+            raise AffordError(f"demo job {name} failed ({type(e).__name__}: {first_line(e)}; traceback above)") \
+                from None
         spent = ", ".join(f"{k} {v:.0f} s" for k, v in results[name].timings.items())
         log.info("[%3.0f s] done: %s (%s)", time.time() - t0, name, spent)
     return results
@@ -370,10 +386,21 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, progress: bool = Tru
     names = _jobs(plan)
     pool, workers = _start_workers(len(names), jobs)
     try:
-        return _run_demo(out, plan, quick, seed, progress, names, pool, workers, t_start)
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+        report = _run_demo(out, plan, quick, seed, progress, names, pool, workers, t_start)
+    except BaseException:
+        if pool is not None:  # a failed job, Ctrl-C or SIGTERM: the other workers stop now, not after their share
+            _stop_workers(pool)
+        raise
+    if pool is not None:
+        pool.shutdown()
+    return report
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Terminate the pool's processes (``shutdown`` alone waits for the jobs they are running)."""
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        proc.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _run_demo(out: Path, plan: DemoPlan, quick: bool, seed: int, progress: bool, names: list[str],
@@ -382,6 +409,8 @@ def _run_demo(out: Path, plan: DemoPlan, quick: bool, seed: int, progress: bool,
 
     timings: dict[str, float] = {}
     data_root = out / "data"
+    for stale in (*REPORT_FILES, "overlays"):
+        _remove(out / stale)
     _remove(data_root)
     _remove(out / "feature_cache")  # keyed by content, but a new dataset makes the old entries dead weight
     t0 = time.perf_counter()

@@ -87,16 +87,24 @@ def train_seeds(config: str, overrides: Sequence[str], seeds: Sequence[int], out
     env = sharing_cores(max(jobs, 1) * nproc)
     running: list[tuple[int, Path, bool, subprocess.Popen]] = []
     failed = []
-    while todo or running:
-        while todo and len(running) < max(jobs, 1):
-            s, run_dir, _, resume = todo.pop(0)
-            cmd = _train_command(config, overrides, s, run_dir, nproc, resume, progress and jobs <= 1)
-            running.append((s, run_dir, resume, subprocess.Popen(cmd, env=env)))
-        s, run_dir, resume, proc = running.pop(0)
-        if proc.wait() != 0:
-            failed.append(f"seed {s} ({run_dir})")
-            continue
-        record(s, "resumed" if resume else "trained", run_dir)
+    try:
+        while todo or running:
+            while todo and len(running) < max(jobs, 1):
+                s, run_dir, _, resume = todo.pop(0)
+                cmd = _train_command(config, overrides, s, run_dir, nproc, resume, progress and jobs <= 1)
+                running.append((s, run_dir, resume, subprocess.Popen(cmd, env=env)))
+            s, run_dir, resume, proc = running[0]
+            code = proc.wait()
+            running.pop(0)
+            if code != 0:
+                failed.append(f"seed {s} ({run_dir})")
+                continue
+            record(s, "resumed" if resume else "trained", run_dir)
+    finally:  # Ctrl-C or SIGTERM: no training left running on its own (a rerun would train the same folder)
+        for *_, proc in running:
+            proc.terminate()
+        for *_, proc in running:
+            proc.wait()
     if failed:
         raise AffordError(f"{', '.join(failed)} failed (the error is printed above); rerun the sweep to resume")
     return done

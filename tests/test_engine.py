@@ -199,3 +199,24 @@ def test_build_method_swaps_in_a_subclass(synth_root, tmp_path):
     steps = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     kept = [r["n_proto"] for r in steps if "n_proto" in r]
     assert kept and all(n == 4.0 for n in kept)  # every sample of the batch kept the fixed prototype
+
+
+def test_one_process_at_a_time_trains_into_a_run_folder(synth_root, tmp_path):
+    # two sweeps into one folder: the second crashed in os.replace, and both wrote the same checkpoints
+    import fcntl
+
+    from afford.engine.trainer import RUN_LOCK
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / RUN_LOCK, "a") as held:  # another process training there
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(AffordError, match="another afford process is training into this folder"):
+            train(tiny_cfg(synth_root, "train.epochs=1"), run, progress=False)
+    assert not (run / ckpt.RUN_FILE).exists()
+    train(tiny_cfg(synth_root, "train.epochs=1"), run, progress=False)  # free again: trains
+    assert (run / ckpt.WEIGHTS).is_file()
+    cfg = tiny_cfg(synth_root, "train.epochs=1", "train.batch_size=100000")
+    with pytest.raises(AffordError, match="fewer than train.batch_size"):  # a failed start into a new folder ...
+        train(cfg, tmp_path / "fresh", progress=False)
+    assert not (tmp_path / "fresh").exists()  # ... leaves no folder behind

@@ -12,6 +12,8 @@ written atomically after every epoch; a kill mid-epoch resumes from the last com
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
@@ -19,7 +21,7 @@ import random
 import shutil
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,6 +203,37 @@ def config_differences(run_dir: Path, cfg: RunConfig) -> list[str]:
     ]
 
 
+#: held (flock) by the process training into a run folder
+RUN_LOCK = ".training.lock"
+
+
+@contextlib.contextmanager
+def exclusive_run(run_dir: Path) -> Iterator[None]:
+    """One training per run folder: a second process (two sweeps or two ``--resume`` into one
+    folder) gets a one-line error instead of both writing the same checkpoints. Under torchrun
+    only rank 0 takes it (every rank trains into the same folder). A folder this call created is
+    removed again when nothing was written into it (a refused or failed start)."""
+    if os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir / RUN_LOCK
+    with open(lock, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AffordError(f"{run_dir}: another afford process is training into this folder (it holds {lock}); "
+                              "wait for it to finish, or choose another --out") from None
+        try:
+            yield
+        finally:
+            if created and [p.name for p in run_dir.iterdir()] == [RUN_LOCK]:
+                lock.unlink()
+                run_dir.rmdir()
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
           task: Task | None = None, build_method: Callable[..., Trainable] = create_method) -> TrainResult:
     """Train ``cfg.method`` on its task into ``run_dir``; resume from its last checkpoint.
@@ -209,8 +242,15 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     split for the WSAG methods); pass one to reuse an opened split or to train another kind of
     model. ``build_method(name, model_cfg, labels)`` builds the module (after seeding);
     experiments pass a subclass here, e.g. LOCATE with oracle prototypes in ``benchmarks/``.
+    One process at a time trains into a folder (:func:`exclusive_run`).
     """
     run_dir = Path(run_dir)
+    with exclusive_run(run_dir):
+        return _train(cfg, run_dir, resume, progress, task, build_method)
+
+
+def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, task: Task | None,
+           build_method: Callable[..., Trainable]) -> TrainResult:
     t = cfg.train
     if t.select not in ("last", "best-on-test"):
         raise AffordError(f"train.select: expected 'last' or 'best-on-test', got '{t.select}'")

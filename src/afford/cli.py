@@ -469,10 +469,12 @@ def cmd_predict(a: argparse.Namespace) -> int:
         pred.label_index(a.affordance)  # validate before touching any image
     for image_path in a.images:
         pred.set_image(image_path)
-        maps = pred.predict(a.affordance)
-        save_prediction(a.out, Path(image_path).stem, pred.image, maps)
+        n = 0
+        for aff, m in pred.iter_maps(a.affordance):  # written and dropped one by one: memory of one map
+            save_prediction(a.out, Path(image_path).stem, pred.image, {aff: m})
+            n += 1
         if not a.quiet:
-            print(f"{image_path}: {len(maps)} heatmap(s) -> {a.out}")
+            print(f"{image_path}: {n} heatmap(s) -> {a.out}")
     return 0
 
 

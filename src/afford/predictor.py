@@ -7,7 +7,7 @@ min-max normalised with +1e-10 (protocol.md §3.2), so saved ``.npy`` files comp
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -75,13 +75,19 @@ class Predictor:
 
     def predict(self, affordance: str | Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """``{affordance: (H, W) float32 in [0, 1]}`` at the image's own resolution."""
+        return dict(self.iter_maps(affordance))
+
+    def iter_maps(self, affordance: str | Sequence[str] | None = None) -> Iterator[tuple[str, np.ndarray]]:
+        """:meth:`predict`'s maps one at a time (one model pass for all of them): a caller that writes
+        each and drops it holds one full-resolution map, not all (12 classes of a 16 MP photo at once
+        in float64 took 4.9 GB)."""
         names = list(self.affordances) if affordance is None else (
             [affordance] if isinstance(affordance, str) else list(affordance))
         cams = self.raw_cams(names).double()
         assert self._image is not None
         w, h = self._image.size
-        # one class at a time: all of them at once in float64 took ~5 GB for 12 classes of a 16 MP photo
-        return {a: minmax(resize_bilinear(cams[i : i + 1], (h, w)))[0].float().numpy() for i, a in enumerate(names)}
+        for i, a in enumerate(names):
+            yield a, minmax(resize_bilinear(cams[i : i + 1], (h, w)))[0].float().numpy()
 
 
 def save_prediction(out: str | Path, stem: str, image: Image.Image, maps: dict[str, np.ndarray]) -> list[Path]:

@@ -181,10 +181,11 @@ def test_quick_demo_report_opens_with_the_comparison_picture(demo_out):
 def test_demo_jobs_are_one_per_core_and_refuse_nonsense(monkeypatch):
     from afford.demo import resolve_jobs
 
-    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})  # the cores this process may use
+    monkeypatch.setattr("os.cpu_count", lambda: 64)  # the node's: not what the demo may use
     assert resolve_jobs(None, 6) == (2, 1)  # two workers, one torch thread each
     assert resolve_jobs(1, 6) == (1, None)  # in this process, torch's own threads
-    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
     assert resolve_jobs(None, 6) == (6, 2)  # never more workers than jobs; the cores shared out
     with pytest.raises(AffordError, match="--jobs"):
         resolve_jobs(0, 6)

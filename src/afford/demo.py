@@ -14,7 +14,6 @@ import dataclasses
 import json
 import logging
 import multiprocessing
-import os
 import re
 import shutil
 import time
@@ -27,6 +26,7 @@ import torch
 
 from afford.config import EvalConfig, load_config
 from afford.data.agd20k import open_split
+from afford.device import usable_cores
 from afford.errors import AffordError, first_line
 from afford.factory import METHODS, method_spec
 from afford.hoi.demo import HOI_FULL, HOI_QUICK, HOIDemoPlan, run_hoi_demo
@@ -169,7 +169,7 @@ def partition_jobs(names: list[str], workers: int, cost: dict[str, float] | None
 def resolve_jobs(jobs: int | None, n_jobs: int) -> tuple[int, int | None]:
     """(worker processes, torch threads per worker): by default one worker per core (at most one
     per job), the cores shared out; ``jobs=1`` runs in this process with torch's own threads."""
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     if jobs is not None and jobs < 1:
         raise AffordError(f"--jobs: expected a positive number of worker processes, got {jobs}")
     workers = min(jobs or cores, max(n_jobs, 1))

@@ -34,3 +34,14 @@ def compute_context(device: torch.device) -> str:
         on = torch.is_autocast_cpu_enabled() if cpu else torch.is_autocast_enabled()
         dtype = torch.get_autocast_cpu_dtype() if cpu else torch.get_autocast_gpu_dtype()
     return f"{kind}|{dtype if on else 'no-autocast'}"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a 4-core allocation of a 64-core node
+    is 4), which ``os.cpu_count()`` does not see."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1

@@ -13,7 +13,6 @@ all-zero GT (kept in the mean, protocol.md §1.5), empty folders, orphan GT file
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from afford.data.layout import (
     subtree_path,
     unknown_folders,
 )
+from afford.device import usable_cores
 from afford.errors import AffordError
 
 ERROR_KINDS = frozenset({
@@ -245,7 +245,7 @@ def check_tree(data_root: str | Path, split: str | None = None, workers: int | N
     """Check ``data_root/<split>``, or every split folder found (Seen, Unseen, HICO-IIF, ...)."""
     root = Path(data_root).expanduser()
     report = CheckReport(root=root)
-    workers = workers or min(8, os.cpu_count() or 1)
+    workers = workers or min(8, usable_cores())
     try:
         if split is not None:
             targets = [resolve_split_root(root, split)]

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from afford import checkpoint as ckpt
+from afford.device import usable_cores
 from afford.errors import AffordError
 
 
@@ -34,7 +35,7 @@ def sharing_cores(processes: int) -> dict[str, str]:
     """This environment with ``OMP_NUM_THREADS`` sharing the machine's cores among ``processes``
     (unless the user set it; torchrun alone would set 1)."""
     env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(processes, 1))))
+    env.setdefault("OMP_NUM_THREADS", str(max(1, usable_cores() // max(processes, 1))))
     return env
 
 

@@ -14,7 +14,6 @@ Typical use::
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from afford.data.check import Problems
+from afford.device import usable_cores
 from afford.errors import AffordError
 from afford.hoi.hicodet import HicoDet, read_hicodet
 
@@ -157,7 +157,7 @@ def check_hicodet(root_or_file: str | Path, split: str | None = None, image_dir:
     _check_boxes(report, ds)
     if ds.image_dir is not None:
         if ds.image_dir.is_dir():
-            _check_images(report, ds, ds.image_dir, workers or min(8, os.cpu_count() or 1))
+            _check_images(report, ds, ds.image_dir, workers or min(8, usable_cores()))
         else:
             report.add("missing_image_dir", str(ds.image_dir), "image folder does not exist")
     return report

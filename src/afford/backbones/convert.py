@@ -305,21 +305,25 @@ def _hf_resblocks_to_openai(sd: Mapping[str, Tensor], src: str, dst: str) -> tup
 
 def hf_visual_to_openai(sd: Mapping[str, Tensor]) -> StateDict:
     """Inverse of :func:`openai_visual_to_hf`; unknown entries pass through."""
-    out, used = _hf_resblocks_to_openai(sd, "vision_model.encoder.layers.", "visual.transformer.resblocks.")
-    simple = {hf: oa for oa, hf in _OPENAI_VISUAL.items()} | {"visual_projection.weight": "visual.proj"}
-    for k, v in sd.items():
-        if k not in used:
-            out[simple.get(k, k)] = v.t() if k == "visual_projection.weight" else v
-    return out
+    return _hf_tower_to_openai(sd, "vision_model.encoder.layers.", "visual.transformer.resblocks.", _OPENAI_VISUAL,
+                               "visual_projection.weight", "visual.proj")
 
 
 def hf_text_to_openai(sd: Mapping[str, Tensor]) -> StateDict:
     """Inverse of :func:`openai_text_to_hf` (without ``logit_scale``); unknown entries pass through."""
-    out, used = _hf_resblocks_to_openai(sd, "text_model.encoder.layers.", "transformer.resblocks.")
-    simple = {hf: oa for oa, hf in _OPENAI_TEXT.items()} | {"text_projection.weight": "text_projection"}
+    return _hf_tower_to_openai(sd, "text_model.encoder.layers.", "transformer.resblocks.", _OPENAI_TEXT,
+                               "text_projection.weight", "text_projection")
+
+
+def _hf_tower_to_openai(sd: Mapping[str, Tensor], hf_layers: str, openai_layers: str, table: Mapping[str, str],
+                        hf_proj: str, openai_proj: str) -> StateDict:
+    """One CLIP tower back to OpenAI names: the blocks, the renamed singletons of ``table``
+    (OpenAI -> HF) and the projection, which OpenAI stores transposed."""
+    out, used = _hf_resblocks_to_openai(sd, hf_layers, openai_layers)
+    simple = {hf: oa for oa, hf in table.items()} | {hf_proj: openai_proj}
     for k, v in sd.items():
         if k not in used:
-            out[simple.get(k, k)] = v.t() if k == "text_projection.weight" else v
+            out[simple.get(k, k)] = v.t() if k == hf_proj else v
     return out
 
 

@@ -29,6 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from afford import strict_json
 from afford.backbones.convert import load_strict
 from afford.config import RunConfig, config_from_dict
 from afford.errors import UNREADABLE_PICKLE, AffordError
@@ -51,7 +52,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 def write_json(path: Path, obj: Any) -> None:
     """Atomically write ``obj`` as indented JSON (run files, refiner files)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+    atomic_write_text(path, strict_json.dumps(obj, indent=2) + "\n")
 
 
 def read_json(path: Path, what: str) -> Any:

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from afford import strict_json
 from afford.device import DEVICE_HELP
 from afford.errors import AffordError
 
@@ -54,25 +55,12 @@ def positive_int(text: str) -> int:
     return _int_at_least(text, 1, "a positive integer")
 
 
-def _json_safe(obj):
-    """nan/inf -> null so the file is strict JSON (counts of nan images are reported separately)."""
-    import math
-
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
 def _write_json(path: str | None, obj: dict) -> None:
     if path:
         p = Path(path)
         try:
             p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_text(json.dumps(_json_safe(obj), indent=2, default=float))
+            p.write_text(strict_json.dumps(obj, indent=2, default=float))
         except OSError as e:
             raise AffordError(f"--json: cannot write {p} ({e.strerror or e})") from None
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from afford import strict_json
 from afford.config import EvalConfig, load_config
 from afford.data.agd20k import open_split
 from afford.device import usable_cores
@@ -434,11 +435,11 @@ def _run_demo(out: Path, plan: DemoPlan, quick: bool, seed: int, progress: bool,
         timings.update(res.timings)
         if res.hoi is not None:
             hoi_metrics, hoi_lines = res.hoi
-            (out / "hoi" / "metrics.json").write_text(json.dumps(hoi_metrics, indent=2, default=float))
+            (out / "hoi" / "metrics.json").write_text(strict_json.dumps(hoi_metrics, indent=2, default=float))
     figure = _figure(out, split, rows, maps)
     timings["total"] = time.perf_counter() - t_start
     metrics = {name: {k: v for k, v in s.items() if not k.startswith("_")} for name, s in rows.items()}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    (out / "metrics.json").write_text(strict_json.dumps(metrics, indent=2, default=float))
     report = out / "report.md"
     report.write_text(_report_text(rows, plan, seed, timings, hoi_lines, figure))
     return report

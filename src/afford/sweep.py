@@ -10,7 +10,6 @@ a partial one resumed), evaluates each, and summarises: **last epoch** (the soun
 
 from __future__ import annotations
 
-import json
 import math
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from afford import checkpoint as ckpt
+from afford import strict_json
 from afford.errors import AffordError
 
 LAST = "last epoch"
@@ -213,6 +213,6 @@ def run_sweep(config: str, seeds: Sequence[int], out: str | Path, overrides: Seq
     per_run, summary = summarise_runs([out / f"seed_{s}" for s in seeds], progress)
     result = {"config": config, "overrides": list(overrides), "seeds": list(seeds), "trained": done, "runs": per_run,
               "summary": summary}
-    (out / "summary.json").write_text(json.dumps(result, indent=1))
+    (out / "summary.json").write_text(strict_json.dumps(result, indent=1))
     (out / "summary.md").write_text(format_summary(summary, f"{config}") + "\n")
     return result

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from afford import checkpoint as ckpt
+from afford import strict_json
 from afford.config import RunConfig, config_from_dict
 from afford.device import resolve_device
 from afford.engine.distributed import (
@@ -72,7 +73,7 @@ class JsonlLogger:
 
     def log(self, record: dict[str, Any]) -> None:
         with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(strict_json.dumps(record) + "\n")
         if self.tb is not None and "step" in record:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k not in ("step", "epoch"):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from afford.bench import TowerClock, bench_eval, count_flops, peak_flops, timed_rounds
+from afford.bench import TowerClock, bench_eval, count_flops, peak_flops, time_step, timed_rounds
 from afford.cli import main
 
 
@@ -44,6 +44,31 @@ def test_tower_clock_times_frozen_children_only_and_only_while_on() -> None:
     m(torch.zeros(1, 2))
     m(torch.zeros(1, 2))
     assert 0.04 <= clock.total["tower"] < 0.2
+
+
+@pytest.mark.parametrize("separate", [False, True])
+def test_time_step_keeps_the_clock_syncs_out_of_the_timed_step_when_asked(separate: bool) -> None:
+    m = _Model()  # its frozen tower sleeps 20 ms, its head 20 ms
+    in_step = {"on": False}
+
+    def sync() -> None:  # a device sync that costs 50 ms inside the step (the clock's, around the tower)
+        if in_step["on"]:
+            time.sleep(0.05)
+
+    def step() -> None:
+        in_step["on"] = True
+        try:
+            m(torch.zeros(1, 2))
+        finally:
+            in_step["on"] = False
+
+    floor_s, step_s, shares = time_step(m, step, lambda: None, 2, sync, separate_clock=separate)
+    assert list(shares) == ["tower"] and 0.1 < shares["tower"] < 0.9
+    assert step_s > floor_s
+    if separate:  # timed bare: the tower and the head, no sync
+        assert 0.04 <= step_s < 0.09
+    else:  # the clock's two syncs are inside the timed step
+        assert step_s >= 0.14
 
 
 def test_flop_count_covers_forward_and_backward_of_what_trains() -> None:

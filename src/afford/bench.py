@@ -103,6 +103,26 @@ def timed_rounds(fns: dict[str, Callable[[], Any]], steps: int, sync: Callable[[
     return times
 
 
+def time_step(method: torch.nn.Module, step: Callable[[], Any], floor: Callable[[], Any], steps: int,
+              sync: Callable[[], None], separate_clock: bool) -> tuple[float, float, dict[str, float]]:
+    """Median floor and step times (alternating rounds) and each frozen tower's share of the step.
+    The tower clock syncs the device around every tower call; where that costs time (CUDA:
+    ``separate_clock``) the step is timed bare and the shares come from separate clocked steps."""
+    clock = TowerClock(method, sync)
+
+    def clocked_step() -> None:
+        clock.on = True
+        try:
+            step()
+        finally:
+            clock.on = False
+
+    rounds = timed_rounds({"floor": floor, "uncached": step if separate_clock else clocked_step}, steps, sync)
+    clocked = timed_rounds({"clocked": clocked_step}, steps, sync)["clocked"] if separate_clock else rounds["uncached"]
+    shares = {k: v / sum(clocked) for k, v in clock.total.items()}
+    return statistics.median(rounds["floor"]), statistics.median(rounds["uncached"]), shares
+
+
 def peak_flops(device: torch.device, sync: Callable[[], None], bf16: bool = False, n: int = 4096,
                tries: int = 5) -> float:
     """FLOP/s of the best of ``tries`` ``n``×``n`` matmuls: the device's practical peak for dense compute."""
@@ -176,18 +196,7 @@ def bench_method(name: str, steps: int = 3, device: str = "cpu", bf16: bool = Fa
             for tower, images, want in seen:
                 tower(images, return_tokens=want)
 
-    clock = TowerClock(method, sync)
-
-    def clocked_step() -> None:
-        clock.on = True
-        try:
-            step()
-        finally:
-            clock.on = False
-
-    rounds = timed_rounds({"floor": floor, "uncached": clocked_step}, steps, sync)
-    floor_s, uncached = statistics.median(rounds["floor"]), statistics.median(rounds["uncached"])
-    shares = {k: v / sum(rounds["uncached"]) for k, v in clock.total.items()}
+    floor_s, uncached, shares = time_step(method, step, floor, steps, sync, separate_clock=dev.type == "cuda")
     floor_flops, step_flops = count_flops(floor), count_flops(step)
     infer_s = timed(infer, steps, sync)
     with tempfile.TemporaryDirectory(prefix="afford-bench-") as tmp:

@@ -206,16 +206,36 @@ def test_a_demo_worker_that_dies_ends_the_demo_with_one_clear_error(tmp_path):
     import os
     import signal
 
-    from afford.demo import _run_jobs, _start_workers
+    from afford.demo import RUNNING_DIR, _run_jobs, _start_workers
 
     pool, workers = _start_workers(2, 2)
     try:
         pids = list(pool._processes)  # the workers started at once (they import while data generates)
         os.kill(pids[0], signal.SIGKILL)
-        with pytest.raises(AffordError, match="worker process died.*--jobs 1"):
+        (tmp_path / RUNNING_DIR).mkdir()
+        (tmp_path / RUNNING_DIR / str(pids[0])).write_text("wsma")  # what that worker had written
+        with pytest.raises(AffordError, match="worker process died.* while the workers ran wsma; .*--jobs 1"):
             _run_jobs(pool, workers, tmp_path, True, 0, ["egocam", "locate"], False)
     finally:
         pool.shutdown(cancel_futures=True)
+    assert not (tmp_path / RUNNING_DIR).exists()
+
+
+def test_a_demo_worker_names_the_job_it_is_running_until_its_share_ends(tmp_path, monkeypatch):
+    import time
+
+    import afford.demo as demo
+
+    seen = []
+
+    def job(out, quick, seed, name, progress):
+        seen.append((name, demo.running_jobs(out)))
+        return demo.JobResult()
+
+    monkeypatch.setattr(demo, "run_job", job)
+    demo.run_jobs(tmp_path, True, 0, ["egocam", "locate"], time.time())
+    assert seen == [("egocam", ["egocam"]), ("locate", ["locate"])]
+    assert demo.running_jobs(tmp_path) == []
 
 
 def test_a_failing_demo_job_is_named_and_stops_the_other_workers_at_once(tmp_path, monkeypatch):

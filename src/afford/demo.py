@@ -10,10 +10,12 @@ baselines (:mod:`afford.hoi.demo`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import multiprocessing
+import os
 import re
 import shutil
 import time
@@ -338,21 +340,46 @@ def _ready() -> None:
     pass
 
 
+#: Where each worker names the job it is running (a file per process id), so that the parent can say
+#: which jobs were under way when a worker was killed: the pool itself only reports that one died.
+RUNNING_DIR = ".running"
+
+
+def running_jobs(out: Path) -> list[str]:
+    """The jobs the workers said they were running (see :data:`RUNNING_DIR`)."""
+    names = []
+    for f in sorted((out / RUNNING_DIR).glob("*")):
+        with contextlib.suppress(OSError):
+            names.append(f.read_text())
+    return sorted(n for n in names if n)
+
+
 def run_jobs(out: Path, quick: bool, seed: int, names: list[str], t0: float) -> dict[str, JobResult]:
     """One worker's share of the jobs, one after another (a line logged as each ends)."""
     results = {}
-    for name in names:
-        try:
-            results[name] = run_job(out, quick, seed, name, progress=False)
-        except AffordError as e:
-            raise AffordError(f"demo job {name}: {e}") from None
-        except Exception as e:  # a bug: its traceback here, the job's name in the parent's one line
-            log.exception("demo job %s failed", name)
-            raise AffordError(f"demo job {name} failed ({type(e).__name__}: {first_line(e)}; traceback above)") \
-                from None
-        spent = ", ".join(f"{k} {v:.0f} s" for k, v in results[name].timings.items())
-        log.info("[%3.0f s] done: %s (%s)", time.time() - t0, name, spent)
+    running = out / RUNNING_DIR / str(os.getpid())
+    running.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        for name in names:
+            running.write_text(name)
+            results[name] = _run_one(out, quick, seed, name, t0)
+    finally:
+        running.unlink(missing_ok=True)
     return results
+
+
+def _run_one(out: Path, quick: bool, seed: int, name: str, t0: float) -> JobResult:
+    try:
+        result = run_job(out, quick, seed, name, progress=False)
+    except AffordError as e:
+        raise AffordError(f"demo job {name}: {e}") from None
+    except Exception as e:  # a bug: its traceback here, the job's name in the parent's one line
+        log.exception("demo job %s failed", name)
+        raise AffordError(f"demo job {name} failed ({type(e).__name__}: {first_line(e)}; traceback above)") \
+            from None
+    spent = ", ".join(f"{k} {v:.0f} s" for k, v in result.timings.items())
+    log.info("[%3.0f s] done: %s (%s)", time.time() - t0, name, spent)
+    return result
 
 
 def _run_jobs(pool: ProcessPoolExecutor | None, workers: int, out: Path, quick: bool, seed: int, names: list[str],
@@ -367,8 +394,12 @@ def _run_jobs(pool: ProcessPoolExecutor | None, workers: int, out: Path, quick: 
         for fut in as_completed(futures):
             results.update(fut.result())  # a failed job raises here; the caller shuts the pool down
     except BrokenProcessPool as e:
-        raise AffordError("a demo worker process died (killed, or out of memory); rerun with --jobs 1 to train "
-                          "the rows one after another in this process") from e
+        running = running_jobs(out)
+        during = f" while the workers ran {', '.join(running)}" if running else ""
+        raise AffordError(f"a demo worker process died (killed, or out of memory){during}; rerun with --jobs 1 to "
+                          "train the rows one after another in this process") from e
+    finally:
+        shutil.rmtree(out / RUNNING_DIR, ignore_errors=True)
     return {n: results[n] for n in names}
 
 
@@ -382,6 +413,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, progress: bool = Tru
     one per core; each job's numbers depend only on its seed and its torch thread count).
     """
     _claim_output(out, overwrite)
+    shutil.rmtree(out / RUNNING_DIR, ignore_errors=True)  # left by a demo killed with its workers
     plan = QUICK if quick else FULL
     t_start = time.perf_counter()
     names = _jobs(plan)

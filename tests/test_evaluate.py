@@ -239,3 +239,91 @@ def test_object_baseline_without_masks_is_clear(tree: Path):
     shutil.rmtree(tree.parent / "extras")
     with pytest.raises(AffordError, match="baseline 'object' needs object masks"):
         evaluate_baseline("object", split, progress=False)
+
+
+# --- review of 2026-12-03: inputs the protocol does not foresee ---------------------------------------
+
+
+def test_a_16_bit_gt_and_prediction_are_scaled_not_clipped(tree: Path, tmp_path: Path):
+    """PIL's convert("L") clipped 16-bit PNGs at 255: a 16-bit copy of a GT scored differently."""
+    from afford.data.transforms import load_gray
+
+    split = open_split(tree.parent, "Mini")
+    pred = tmp_path / "pred"
+    write_preds(pred, "png")
+    before = evaluate_prediction_dir(pred, split, progress=False)
+    for png in [*(tree / "testset" / "GT").rglob("*.png"), *pred.rglob("*.png")]:
+        eight = np.asarray(Image.open(png).convert("L"), dtype=np.uint16)
+        Image.fromarray(eight * 257).save(png)  # the same values, 16 bits deep
+        assert Image.open(png).mode.startswith("I") and (load_gray(png, "test") == eight).all()
+    after = evaluate_prediction_dir(pred, open_split(tree.parent, "Mini"), progress=False)
+    assert [after[m] for m in ("KLD", "SIM", "NSS")] == pytest.approx([before[m] for m in ("KLD", "SIM", "NSS")],
+                                                                        rel=1e-12)
+
+
+def test_plsp_refuses_maps_that_are_not_logits(tree: Path, tmp_path: Path):
+    """--protocol plsp softmaxes its input: 8-bit PNG maps or a baseline map became near one-hot."""
+    split = open_split(tree.parent, "Mini")
+    pred = tmp_path / "pred"
+    write_preds(pred, "png")
+    with pytest.raises(AffordError, match=r"\.png: --protocol plsp softmaxes logits.*save the logits as \.npy"):
+        evaluate_prediction_dir(pred, split, EvalConfig(protocol="plsp"), progress=False)
+    with pytest.raises(AffordError, match="baseline 'center' is a map, not logits"):
+        evaluate_baseline("center", split, EvalConfig(protocol="plsp"), progress=False)
+    npy = tmp_path / "npy"
+    write_preds(npy, "npy")
+    assert evaluate_prediction_dir(npy, split, EvalConfig(protocol="plsp"), progress=False)["protocol"] == "plsp"
+
+
+def test_gt_keys_that_collide_in_the_reference_format_keep_their_own_gt(tmp_path: Path, monkeypatch):
+    """The reference key <aff>_<obj>_<name> names a/b_c/x and a_b/c/x alike: one image got the other's GT."""
+    monkeypatch.setenv("AFFORD_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "data" / "Odd"
+    root.mkdir(parents=True)
+    (root / "afford_classes.json").write_text(json.dumps({"affordances": ["a", "a_b"], "objects": ["b_c", "c"]}))
+    rng = np.random.default_rng(0)
+    peaks = {("a", "b_c"): (5, 5), ("a_b", "c"): (20, 25)}
+    for (aff, obj), peak in peaks.items():
+        for sub in ("egocentric", "GT"):
+            (root / "testset" / sub / aff / obj).mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 255, (30, 40, 3), np.uint8)).save(root / f"testset/egocentric/{aff}/{obj}/x.jpg")
+        Image.fromarray(gt_array((30, 40), peak)).save(root / f"testset/GT/{aff}/{obj}/x.png")
+    split = open_split(tmp_path / "data", "Odd")
+    items = split.test_items()
+    assert len({it.key for it in items}) == 1 and len({it.gt_id for it in items}) == 2
+    s = evaluate_maps(split, lambda it: gauss(30, 40, *peaks[(it.affordance, it.object)], 4.0), progress=False)
+    assert s["SIM"] > 0.9  # each image against its own GT (one of them scored ~0.1 against the other's)
+
+
+def test_two_test_images_of_one_stem_are_scored_with_their_own_maps(tree: Path, caplog):
+    """c1.jpg and c1.png share GT/hold/cup/c1.png: both are scored (the reference loader does), each with
+    its own prediction (the second image's map replaced the first's), and a warning names them."""
+    import logging
+
+    import torch
+
+    from afford.engine.evaluator import evaluate_fn
+
+    ego = tree / "testset" / "egocentric" / "hold" / "cup"
+    Image.open(ego / "c1.jpg").save(ego / "c1.png")
+    split = open_split(tree.parent, "Mini")
+    with caplog.at_level(logging.WARNING, logger="afford"):
+        items = split.test_items()
+    assert [it.image.name for it in items if it.name == "c1"] == ["c1.jpg", "c1.png"]
+    assert caplog.text.count("share a file stem") == 1 and "c1" in caplog.text
+    split.test_items()  # said once per split, not at every listing
+    assert caplog.text.count("share a file stem") == 1
+    # call i of the map function (batch size 1, items in order) answers a random map seeded i
+    order = [it.image.name for it in items]
+    calls = iter(range(len(items)))
+
+    def map_fn(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return torch.rand(1, 7, 9, generator=torch.Generator().manual_seed(next(calls)))
+
+    s = evaluate_fn(map_fn, split, EvalConfig(batch_size=1), size=16, progress=False)
+    rows = [r for r in s["per_image"] if r["name"] == "c1"]
+    assert len(rows) == 2 and s["n_images"] == 5
+    # each row is the score of the map made for its own image (call i -> seed i)
+    for row, name in zip(rows, ["c1.jpg", "c1.png"], strict=True):
+        m = torch.rand(7, 9, generator=torch.Generator().manual_seed(order.index(name)))
+        assert row["KLD"] == pytest.approx(float(score(m.double(), gt_array((40, 50), (20, 25)))["KLD"][0]), rel=1e-9)

@@ -87,8 +87,13 @@ def check_output_paths(args: argparse.Namespace) -> None:
 
 
 def _print_summary(title: str, s: dict) -> None:
+    """One line a table can quote: the figures and every choice behind them (protocol.md §1.5, §5, §7)."""
+    labels = [f"protocol={s.get('protocol')}", f"nss={s.get('nss')}", f"empty_gt={s.get('empty_gt')}"
+              + (f" ({s['n_excluded']})" if s.get("n_excluded") else "")]
+    if s.get("selection"):
+        labels.append(f"selection={s['selection'].get('rule', 'unknown')}")
     print(f"{title}: n={s['n_images']} KLD={s['KLD']:.3f} SIM={s['SIM']:.3f} NSS={s['NSS']:.3f} "
-          f"[protocol={s.get('protocol')}, nss={s.get('nss')}]")
+          f"[{', '.join(labels)}]")
     if s.get("n_constant_pred"):
         print(f"  note: {s['n_constant_pred']} constant prediction(s); NSS handled as nss={s.get('nss')}")
 

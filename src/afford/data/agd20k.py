@@ -9,6 +9,7 @@ fails at start-up instead of silently becoming a new class.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,14 @@ class TestItem:
 
     @property
     def key(self) -> str:
-        """The reference GT-cache key ``<aff>_<obj>_<name>.png`` (protocol.md §1.6)."""
+        """The reference GT-cache key ``<aff>_<obj>_<name>.png`` (protocol.md §1.6), for display: with
+        class names that hold underscores two GT files can share it (``a``/``b_c`` and ``a_b``/``c``)."""
         return f"{self.affordance}_{self.object}_{self.name}.png"
+
+    @property
+    def gt_id(self) -> str:
+        """``<aff>/<obj>/<name>``: names the GT file uniquely (afford's GT cache is keyed by it)."""
+        return f"{self.affordance}/{self.object}/{self.name}"
 
 
 @dataclass
@@ -75,6 +82,7 @@ class Split:
     class_source: str = "built-in"
     test_folder: str = "testset"
     _scans: dict[str, Scan] = field(default_factory=dict, repr=False, compare=False)
+    _test_items: list[TestItem] | None = field(default=None, repr=False, compare=False)
 
     def scan(self, subtree: str) -> Scan:
         """Listing of 'exocentric', 'egocentric', 'test_egocentric' or 'GT' (read once)."""
@@ -104,8 +112,13 @@ class Split:
     def test_items(self) -> list[TestItem]:
         """Sorted egocentric test images that have ``GT/<aff>/<obj>/<stem>.png``.
 
-        Images without GT are skipped, as LOCATE's test loader does, and counted in the log.
+        Images without GT are skipped, as LOCATE's test loader does, and counted in the log (once).
         """
+        if self._test_items is None:
+            self._test_items = self._list_test_items()
+        return list(self._test_items)
+
+    def _list_test_items(self) -> list[TestItem]:
         gt_files = {(p.parent, p.stem): p for files in self.scan("GT").groups.values() for p in files
                     if is_gt_mask(p)}
         gt_root = subtree_path(self.root, "GT", self.test_folder)
@@ -120,6 +133,11 @@ class Split:
         if missing:
             log.info("%s: %d of %d egocentric test images have no GT png and are skipped",
                      self.name, missing, missing + len(items))
+        shared = Counter(it.gt for it in items)
+        if twice := [it.image for it in items if shared[it.gt] > 1]:
+            log.warning("%s: %d test images share a file stem with another in their folder (first: %s), so one GT "
+                        "scores each of them, as the reference loader does; remove the copies to score each GT "
+                        "once", self.name, len(twice), twice[0])
         n_gt = sum(len(v) for v in self.scan("GT").groups.values())
         if n_gt != len(items):
             log.info("%s: %d GT files, %d test images with GT", self.name, n_gt, len(items))

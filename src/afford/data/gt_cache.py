@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # 2: the GT files whose size differs from their image are stored too
+CACHE_VERSION = 3  # 2: the GT files whose size differs from their image are stored too; 3: keyed by
+#: TestItem.gt_id (the reference key can name two files), 16-bit GT scaled instead of clipped
 PROGRESS_MIN_ITEMS = 200  # below this a progress bar is noise
 
 
@@ -60,7 +61,7 @@ def _fingerprint(split: Split, items: list[TestItem]) -> str:
 
 
 class GTCache(Mapping["TestItem", np.ndarray]):
-    """TestItem (or its reference key string) -> raw uint8 (H, W) GT, for one split.
+    """TestItem (or its ``gt_id``) -> raw uint8 (H, W) GT, for one split.
 
     Built once by reading every GT png of ``split.test_items()``, stored as one ``.npz`` in
     ``cache_dir`` (default :func:`default_cache_dir`), and loaded from there on the next run.
@@ -71,7 +72,7 @@ class GTCache(Mapping["TestItem", np.ndarray]):
         self.items: list[TestItem] = split.test_items()
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         self.path = self.cache_dir / f"gt_{split.name}_{_fingerprint(split, self.items)}.npz"
-        self.mismatched: list[str] = []  # keys of GT files whose size differs from their image
+        self.mismatched: list[str] = []  # gt_ids of GT files whose size differs from their image
         self._arrays: dict[str, np.ndarray] | None = self._read() if self.path.is_file() else None
         self.from_disk = self._arrays is not None
         if self._arrays is None:
@@ -92,10 +93,10 @@ class GTCache(Mapping["TestItem", np.ndarray]):
             size = image_size(it.image)
             if size is not None and size != (gt.shape[1], gt.shape[0]):
                 mismatched += 1
-                self.mismatched.append(it.key)
+                self.mismatched.append(it.gt_id)
                 log.warning("%s: GT is %dx%d but its image %s is %dx%d", it.gt, gt.shape[1],
                             gt.shape[0], it.image.name, *size)
-            arrays[it.key] = gt
+            arrays[it.gt_id] = gt
         if mismatched:
             log.warning("%d of %d GT files differ in size from their image", mismatched, len(self.items))
         return arrays
@@ -109,7 +110,7 @@ class GTCache(Mapping["TestItem", np.ndarray]):
         except (OSError, KeyError, ValueError) as e:
             log.warning("%s: unreadable GT cache (%s); rebuilding it", self.path, e)
             return None
-        if set(arrays) != {it.key for it in self.items}:
+        if set(arrays) != {it.gt_id for it in self.items}:
             log.warning("%s: GT cache does not match the split; rebuilding it", self.path)
             return None
         return arrays
@@ -130,10 +131,10 @@ class GTCache(Mapping["TestItem", np.ndarray]):
 
     def __getitem__(self, item: TestItem | str) -> np.ndarray:
         assert self._arrays is not None
-        return self._arrays[item if isinstance(item, str) else item.key]
+        return self._arrays[item if isinstance(item, str) else item.gt_id]
 
     def __contains__(self, item: object) -> bool:
-        key = item if isinstance(item, str) else getattr(item, "key", None)
+        key = item if isinstance(item, str) else getattr(item, "gt_id", None)
         return self._arrays is not None and key in self._arrays
 
     def __iter__(self) -> Iterator[TestItem]:

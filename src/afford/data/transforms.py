@@ -23,10 +23,11 @@ DECODE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def as_rgb(im: Image.Image) -> Image.Image:
-    """``im`` as 8-bit RGB. PIL's ``convert("RGB")`` clips 16-bit and 32-bit greyscale (modes
-    ``I;16*``, ``I``, ``F``) at 255, which turns most such images white: those are scaled to 8 bits
-    by their type's range instead (16-bit: / 257; float: [0, 1]; 32-bit integers: their own maximum)."""
+def as_8bit(im: Image.Image) -> Image.Image:
+    """``im`` with 16-bit and 32-bit greyscale (modes ``I;16*``, ``I``, ``F``) scaled to 8-bit ``L`` by
+    their type's range (16-bit: / 257; float: [0, 1]; 32-bit integers: their own maximum); other modes
+    unchanged. PIL's ``convert("L")``/``convert("RGB")`` clip such images at 255 instead, which
+    turns most of a 16-bit heatmap white."""
     if im.mode.startswith("I;16") or im.mode in ("I", "F"):
         a = np.asarray(im, dtype=np.float64)
         if im.mode.startswith("I;16"):
@@ -37,7 +38,12 @@ def as_rgb(im: Image.Image) -> Image.Image:
             top = a.max() if a.size else 0.0
             a = a / (257.0 if top <= 65535 else top / 255.0)
         im = Image.fromarray(np.clip(a, 0, 255).round().astype(np.uint8), "L")
-    return im.convert("RGB")
+    return im
+
+
+def as_rgb(im: Image.Image) -> Image.Image:
+    """``im`` as 8-bit RGB, deep greyscale scaled (:func:`as_8bit`), not clipped."""
+    return as_8bit(im).convert("RGB")
 
 
 def array_image(image: np.ndarray) -> Image.Image:
@@ -77,11 +83,12 @@ def load_rgb(path: str | Path) -> Image.Image:
 
 def load_gray(path: str | Path, what: str) -> np.ndarray:
     """A PNG (GT heatmap, object mask, prediction) as uint8 ``(H, W)``, read as grayscale like the
-    reference ``process_gt``; errors name the file and ``what`` it should have been."""
+    reference ``process_gt`` (a 16-bit file scaled to 8 bits, :func:`as_8bit`); errors name the file
+    and ``what`` it should have been."""
     path = Path(path)
     try:
         with Image.open(path) as im:
-            return np.array(im.convert("L"), dtype=np.uint8)
+            return np.array(as_8bit(im).convert("L"), dtype=np.uint8)
     except FileNotFoundError:
         raise AffordError(f"{path}: {what} file not found") from None
     except (*DECODE_ERRORS, EOFError) as e:

@@ -137,10 +137,10 @@ def evaluate_fn(map_fn: MapFn, split: Split, eval_cfg: EvalConfig | None = None,
         cams = map_fn(batch["image"], batch["label"])
         for i, cam in zip(batch["index"].tolist(), cams, strict=True):
             maps[i] = cam.double()
-    by_key = {it.key: maps[i] for i, it in enumerate(ds.items)}
-    out = evaluate_maps(split, lambda it: by_key[it.key], ecfg, progress=False)
+    by_item = {it: maps[i] for i, it in enumerate(ds.items)}  # an item, not its key: two images may share a GT
+    out = evaluate_maps(split, by_item.__getitem__, ecfg, progress=False)
     if keep_maps:
-        out["_maps"] = [by_key[it.key] for it in split.test_items()]
+        out["_maps"] = [by_item[it] for it in split.test_items()]
     return out
 
 
@@ -178,6 +178,11 @@ def evaluate_prediction_dir(pred_dir: str | Path, split: Split, eval_cfg: EvalCo
             f"(expected .png or .npy; {len(missing)} of {len(keys)} test images have none)"
         )
     used = {found[k] for k in keys}
+    if (eval_cfg or EvalConfig()).protocol == "plsp":
+        png = next((f for f in sorted(used) if f.suffix.lower() == ".png"), None)
+        if png is not None:
+            raise AffordError(f"{png}: --protocol plsp softmaxes logits, but a PNG holds an 8-bit map, not logits; "
+                              "save the logits as .npy, or score the maps with another protocol")
     extra = [p.relative_to(pred_dir).as_posix() for p in all_files(pred_dir) if p not in used]
     if extra:
         log.warning("%s: %d files match no test image and were ignored, e.g. %s", pred_dir, len(extra), extra[0])
@@ -194,6 +199,9 @@ def evaluate_baseline(kind: str, split: Split, eval_cfg: EvalConfig | None = Non
     ``uniform`` is scored without min-max (a min-maxed constant map is all zeros).
     """
     check_baseline(kind)
+    if (eval_cfg or EvalConfig()).protocol == "plsp":
+        raise AffordError(f"--protocol plsp softmaxes logits, but baseline {kind!r} is a map, not logits; "
+                          "score it with another protocol")
     items = split.test_items()
     masks: dict[TestItem, Path] = {}
     if kind == "object":

@@ -228,6 +228,19 @@ def test_unknown_protocol_is_a_user_error():
     assert protocol_info("standard")["nss"] == "ooal_eps"
 
 
+def test_score_refuses_gts_it_cannot_score_meaningfully():
+    gt = np.zeros((4, 4))
+    gt[1, 1] = np.nan  # gave KLD and SIM nan but a finite NSS 0.0
+    with pytest.raises(ValueError, match="GT 0 holds nan, inf or negative values"):
+        score(CAM, gt)
+    with pytest.raises(ValueError, match="GT 0 holds nan"):
+        score(CAM, -np.ones((4, 4)))
+    with pytest.raises(ValueError, match="GT 0 has dtype torch.uint16; expected uint8"):  # was a torch error
+        score(CAM, torch.zeros(4, 4, dtype=torch.uint16))
+    with pytest.raises(ValueError, match="no maps to score"):  # was a bare RuntimeError from torch.stack
+        score([], [])
+
+
 # ------------------------------------------------------------------ aggregation
 def test_accumulator_means_counts_and_table():
     acc = MetricAccumulator(protocol_info("standard", exact=True))

@@ -89,6 +89,18 @@ def to_list(maps: Maps) -> list[torch.Tensor]:
     return out
 
 
+def check_gts(gts: list[torch.Tensor]) -> None:
+    """GTs are uint8 (the PNGs' raw values) or float, finite and non-negative: a nan GT gave KLD/SIM nan but
+    a finite NSS 0, a uint16 one a torch error from deep inside the resize."""
+    for i, g in enumerate(gts):
+        if g.dtype != torch.uint8 and not g.is_floating_point():
+            raise ValueError(f"score: GT {i} has dtype {g.dtype}; expected uint8 (0-255) or float")
+        if g.numel() == 0:
+            raise ValueError(f"score: GT {i} is empty (shape {tuple(g.shape)})")
+        if g.is_floating_point() and not (bool(torch.isfinite(g).all()) and float(g.min()) >= 0.0):
+            raise ValueError(f"score: GT {i} holds nan, inf or negative values; expected a non-negative heatmap")
+
+
 def _grouped(maps: list[torch.Tensor], fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """Apply ``fn`` ((b, h, w) -> (b, H, W)) to same-shaped groups and restore input order."""
     groups: dict[tuple[int, int], list[int]] = {}
@@ -271,6 +283,9 @@ def score(
     cam_list, gt_list = to_list(cams), to_list(gts)
     if len(cam_list) != len(gt_list):
         raise ValueError(f"score: {len(cam_list)} predictions but {len(gt_list)} GTs")
+    if not gt_list:
+        raise ValueError("score: no maps to score (empty batch)")
+    check_gts(gt_list)
     std_eps = 0.0 if exact else EPS
     flags = {
         "constant_pred": is_constant(cam_list),

@@ -250,11 +250,13 @@ def test_locate_indices_exhaustive():
             for seed in range(30):
                 idx = anchor_plus_random_indices(n, anchor, 3, torch.Generator().manual_seed(seed))
                 assert len(idx) == 3 and idx[0] == anchor and all(0 <= i < n for i in idx)
-                if n >= 3:
+                if n > 3:
                     assert len(set(idx)) == 3
                 seen.update(idx[1:])
-            if n >= 3:
+            if n > 3:
                 assert seen == set(range(n)) - {anchor}  # every other image can be a partner
+            else:  # 3 or fewer: with replacement from the whole folder, as LOCATE's loader (methods.md §1.4)
+                assert seen == set(range(n))
     assert anchor_plus_random_indices(1, 0, 3, torch.Generator()) == [0, 0, 0]
 
 
@@ -301,7 +303,7 @@ def test_train_set_items_and_locate_sampling(tmp_path, caplog):
         folder = ds._exo[gid]
         assert paths[0] == folder[pos]  # the anchor comes first
         assert set(paths) <= set(groups[(paths[0].parts[-3], paths[0].parts[-2])])
-        if len(folder) >= 3:
+        if len(folder) > 3:  # distinct partners; 3 or fewer draw with replacement (LOCATE)
             assert len(set(paths)) == 3
 
 

@@ -95,3 +95,28 @@ def test_ego_only_baseline_is_plain_egocentric_ce():
     assert set(out) == {"cls", "loss"}
     logits = m.aff_fc(m.aff_ego_proj(m._project(m.backbone(ego).keys[0]))).mean((2, 3))
     assert torch.allclose(out["loss"], torch.nn.functional.cross_entropy(logits, y), atol=1e-6)
+
+
+def test_kmeans_iterations_setting_reaches_part_selection(monkeypatch):
+    """model.kmeans_iters was never read: the k-means always ran its default 300 iterations."""
+    import afford.methods.locate as locate_mod
+
+    seen = []
+    real = locate_mod.select_part_prototypes
+    monkeypatch.setattr(locate_mod, "select_part_prototypes", lambda *a, **kw: seen.append(kw["iters"]) or real(*a, **kw))
+    m = tiny(kmeans_iters=7).train()
+    g = torch.Generator().manual_seed(1)
+    batch = {"ego": torch.randn(2, 3, 112, 112, generator=g), "exo": torch.randn(2, 3, 3, 112, 112, generator=g),
+             "label": torch.tensor([0, 1])}
+    m.forward_train(batch, epoch=1)
+    assert seen == [7]
+
+
+def test_seeding_makes_cudnn_deterministic(monkeypatch):
+    """methods.md §0.3: seed and deterministic cuDNN (its autotuner may pick other algorithms per run)."""
+    from afford.engine.trainer import seed_everything
+
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    seed_everything(0)
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark

@@ -41,16 +41,16 @@ def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
 def anchor_plus_random_indices(n: int, anchor: int, n_exo: int, generator: torch.Generator) -> list[int]:
     """``anchor_plus_random`` (LOCATE): the anchor plus ``n_exo - 1`` other images of its folder.
 
-    Partners are distinct from each other and from the anchor when the folder has enough images
-    (``n >= n_exo``); otherwise they are drawn with replacement from the whole folder, which is
-    the only sane choice for a folder of 1 or 2 images.
+    Partners are distinct from each other and from the anchor when the folder holds more than
+    ``n_exo`` images; otherwise (3 or fewer at LOCATE's ``n_exo = 3``) they are drawn with
+    replacement from the whole folder, as LOCATE's loader does (methods.md §1.4).
     """
     if not 0 <= anchor < n:
         raise IndexError(f"anchor {anchor} outside a folder of {n} images")
     k = n_exo - 1
     if k <= 0:
         return [anchor]
-    if n - 1 >= k:
+    if n > n_exo:
         others = torch.randperm(n - 1, generator=generator)[:k].tolist()
         partners = [o + (o >= anchor) for o in others]  # skip over the anchor's position
     else:

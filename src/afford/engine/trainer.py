@@ -52,9 +52,13 @@ from afford.seeding import derive_seed
 
 
 def seed_everything(seed: int) -> None:
+    """Seed every generator, and make cuDNN deterministic as every reference does (methods.md §0.3):
+    its autotuner may pick a different convolution algorithm, with other rounding, on every run."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
 
 
 class JsonlLogger:
@@ -282,7 +286,9 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, task: Ta
     if len(dataset) < t.batch_size:
         where = task.run_info().get("data_root", task.name)
         raise AffordError(f"{where}: {len(dataset)} training samples, fewer than train.batch_size={t.batch_size}")
-    steps_per_epoch = len(dataset) // t.batch_size  # drop_last: BatchNorm needs > 1 sample
+    # drop_last, unlike the references' DataLoaders (a last partial batch): BatchNorm needs > 1 sample, and
+    # every step then has the batch the recipe states (AGD20K Unseen: 832 steps where LOCATE's log shows 833)
+    steps_per_epoch = len(dataset) // t.batch_size
     if t.max_steps_per_epoch > 0:
         steps_per_epoch = min(steps_per_epoch, t.max_steps_per_epoch)
     optimizer, group_rows = _build_optimizer(method, cfg)

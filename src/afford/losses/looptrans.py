@@ -24,6 +24,11 @@ def select_pseudo_masks(clusters: Tensor, cam_y: Tensor, saliency: Tensor, num_c
        (denominator + ``iou_eps``) is the pseudo-mask. Ties go to the lower cluster index.
     A sample whose only present cluster is the background gets an empty mask.
 
+    Follows methods.md's wording ("the cluster with the lowest mean saliency"). LoopTrans's code
+    differs when a cluster is empty: its mean is nan and ``argmin`` returns the nan, so the empty
+    cluster is "excluded" and the real lowest-saliency cluster stays a candidate. Clusters are
+    rarely empty (15 clusters over a 14x14 grid in the reference), and the spec's reading is kept.
+
     Args:
         clusters: ``(B, h*w)`` or ``(B, h, w)`` cluster index per position.
         cam_y: ``(B, h, w)`` the label's CAM (LoopTrans: the shared-CAM branch on the ego view).

@@ -150,7 +150,7 @@ class LOCATE(ClassCAMs, Method):
             exo_cam_y.detach().float(), exo_desc.detach().float().view(b, n, *exo_desc.shape[1:]),
             ego_desc.detach().float(), ego_sal.bool(),
             cam_thd=self.cfg.aff_cam_thd, iou_thd=self.cfg.part_iou_thd, k=self.cfg.cluster_num,
-            generator=sample_seeds(self._step_seed, self._first_row, b),
+            generator=sample_seeds(self._step_seed, self._first_row, b), iters=self.cfg.kmeans_iters,
         )
 
     def _forward_ego_only(self, ego: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -26,8 +26,8 @@ def select_pseudo_masks(clusters: Tensor, cam_y: Tensor, saliency: Tensor, num_c
 
     Follows methods.md's wording ("the cluster with the lowest mean saliency"). LoopTrans's code
     differs when a cluster is empty: its mean is nan and ``argmin`` returns the nan, so the empty
-    cluster is "excluded" and the real lowest-saliency cluster stays a candidate. Clusters are
-    rarely empty (15 clusters over a 14x14 grid in the reference), and the spec's reading is kept.
+    cluster is "excluded" and the real lowest-saliency cluster stays a candidate. The two agree
+    whenever all 4 clusters are present in the 14x14 grid; the spec's reading is kept.
 
     Args:
         clusters: ``(B, h*w)`` or ``(B, h, w)`` cluster index per position.

@@ -79,6 +79,8 @@ def test_refine_train_then_eval_and_predict(tiny_run, synth_root, tmp_path, caps
     assert main([*common, "--refine", "affinity", "--json", str(refined)]) == 0
     m, r = json.loads(refined.read_text()), json.loads(raw.read_text())
     assert m["refine"]["affinity"] == "trained_head" and np.isfinite(m["KLD"]) and r["refine"] == "none"
+    # how the head's labels were made, as trained (affinity.md §10, §12.4): the stored α were psa's whatever the mode
+    assert m["refine"]["labels"] == {"label_mode": "alpha", "alpha_low": 4.0, "alpha_high": 32.0, "crf": None}
     assert m["KLD"] != r["KLD"]  # the refined maps were scored, not the raw ones
 
     img = next((synth_root / "Seen" / "testset" / "egocentric").rglob("*.jpg"))
@@ -116,3 +118,53 @@ def test_a_killed_head_training_resumes_to_the_uninterrupted_weights(tiny_run, t
     assert r.returncode == 0, r.stderr[-2000:]
     a, b = (load_file(runs[n] / REFINER_DIR / "model.safetensors") for n in ("whole", "killed"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--set", "model.alpha_low=-1", "--set", "model.alpha_high=0.5"], "expected 1 <= alpha_low < alpha_high"),
+    (["--set", "model.alpha_low=40"], "expected 1 <= alpha_low < alpha_high"),
+    (["--set", "model.label_mode=fixed", "--set", "model.fg_threshold=0.01"], "expected 0 <= bg_threshold < fg_"),
+    (["--steps", "-3"], "t >= 0"),
+    (["--blend", "2"], r"expected a value in \[0, 1\]"),
+    (["--radius", "1"], "model.radius: expected at least 2"),
+    (["--radius", "9"], "--radius 9: too large for the teacher's 7x7 feature grid at 56 px.*largest: 4"),
+])
+def test_refine_train_checks_its_settings_before_it_writes_anything(tiny_run, tmp_path, capsys, args, message):
+    """Each of these trained (no foreground labels, or no ignore band) or failed after RUN/affinity/run.json
+    existed, so a corrected rerun was refused as 'already holds an affinity head'."""
+    import re
+
+    run_copy = tmp_path / "run"
+    shutil.copytree(tiny_run, run_copy)
+    base = ["refine", "train", "--checkpoint", str(run_copy), "--epochs", "1", "--quiet"]
+    radius = [] if "--radius" in args else ["--radius", "2"]
+    assert main([*base, *radius, *args]) == 2
+    assert re.search(message, capsys.readouterr().err.replace("\n", " "))
+    assert not (run_copy / REFINER_DIR).exists()
+
+
+def test_refine_train_on_a_run_that_makes_no_maps_is_one_line(tiny_run, tmp_path, capsys):
+    run_copy = tmp_path / "run"
+    shutil.copytree(tiny_run, run_copy)
+    assert main(["refine", "train", "--checkpoint", str(run_copy), "--epochs", "1", "--radius", "2", "--quiet"]) == 0
+    head = run_copy / REFINER_DIR
+    assert main(["refine", "train", "--checkpoint", str(head), "--epochs", "1", "--radius", "2", "--quiet"]) == 2
+    assert "an AffinityNet head, which refines another run's maps" in capsys.readouterr().err  # was an AttributeError
+    good = json.loads((head / "refiner.json").read_text())
+    (head / "refiner.json").write_text(json.dumps({**good, "head": {"in_dims": good["head"]["in_dims"]}}))  # no widths
+    with pytest.raises(AffordError, match=r"refiner.json: params/head: missing or malformed entry 'widths'"):
+        refiner_for_run(load_run(run_copy))
+    config = {**good, "params": {**good["params"], "beta": float("nan")}}
+    (head / "refiner.json").write_text(json.dumps(config))
+    with pytest.raises(AffordError, match="expected beta > 0"):  # the maps were all nan
+        refiner_for_run(load_run(run_copy))
+
+
+def test_propagate_refuses_maps_off_the_affinity_grid():
+    from afford.refine.affinity_head import disc_affinity
+    from afford.refine.random_walk import propagate
+
+    aff = disc_affinity(torch.rand(1, 4, 7, 8), 2)
+    for solver in ("dense", "iterative"):  # dense scrambled a transposed (1, 8, 7) map silently
+        with pytest.raises(AffordError, match=r"expected shape \(B, 7, 8\) on the affinity grid, got \(1, 8, 7\)"):
+            propagate(torch.rand(1, 8, 7), aff, steps=2, solver=solver)

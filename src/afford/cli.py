@@ -142,25 +142,6 @@ def cmd_data_synth_hoi(a: argparse.Namespace) -> int:
 
 
 # -- hoi ----------------------------------------------------------------------------------------
-def _affordance_run_info(path: str) -> dict:
-    """run.json of an affordance run, or one line pointing HOI runs at the HOI commands."""
-    from afford.checkpoint import read_run_info
-    from afford.factory import method_spec
-
-    info = read_run_info(Path(path))
-    if info.get("labels", {}).get("task") == "hoi":
-        raise AffordError(f"{path}: a {info['method']} run (HOI detection), not an affordance model; "
-                          "use 'afford hoi eval' / 'afford hoi predict'")
-    task = method_spec(info["method"]).task
-    if task == "affinity":
-        teacher = info.get("teacher", {}).get("path", "its teacher run")
-        raise AffordError(f"{path}: an AffinityNet head, which refines another run's maps; use "
-                          f"'--checkpoint {teacher} --refine affinity'")
-    if task != "affordance":
-        raise AffordError(f"{path}: a {info['method']} run is a training stage that makes no maps (task {task!r})")
-    return info
-
-
 def _hoi_run(path: str, device: str):
     """A loaded HOI run, or one line saying what the folder holds instead."""
     from afford.checkpoint import load_run, read_run_info
@@ -414,8 +395,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
             method_map_fn,
         )
         from afford.engine.refinement import refined
+        from afford.factory import affordance_run_info
 
-        split = _open_eval_split(a, _affordance_run_info(a.checkpoint))
+        split = _open_eval_split(a, affordance_run_info(a.checkpoint))
         device = resolve_device(a.device)
         run = load_run(a.checkpoint, device=device, expect_classes=split.affordances)
         refine = _refiner(a, run)
@@ -449,11 +431,12 @@ def cmd_eval(a: argparse.Namespace) -> int:
 def cmd_predict(a: argparse.Namespace) -> int:
     from afford.checkpoint import load_run
     from afford.device import resolve_device
+    from afford.factory import affordance_run_info
     from afford.predictor import Predictor, save_prediction
 
     device = resolve_device(a.device)
     check_image_args(a.images)
-    _affordance_run_info(a.checkpoint)
+    affordance_run_info(a.checkpoint)
     run = load_run(a.checkpoint, device=device)
     pred = Predictor(run, device=str(device), refine=_refiner(a, run), output=a.output)
     if a.affordance:

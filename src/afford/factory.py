@@ -131,3 +131,21 @@ def packaged_config(name: str) -> Path | None:
 def list_presets() -> list[str]:
     """Names of the packaged presets (``afford list``)."""
     return sorted(p.name[:-5] for p in (resources.files("afford") / "configs").iterdir() if p.name.endswith(".yaml"))
+
+
+def affordance_run_info(path: str | Path) -> dict:
+    """run.json of an affordance run, or one line pointing HOI runs at the HOI commands."""
+    from afford.checkpoint import read_run_info
+
+    info = read_run_info(Path(path))
+    if info.get("labels", {}).get("task") == "hoi":
+        raise AffordError(f"{path}: a {info['method']} run (HOI detection), not an affordance model; "
+                          "use 'afford hoi eval' / 'afford hoi predict'")
+    task = method_spec(info["method"]).task
+    if task == "affinity":
+        teacher = info.get("teacher", {}).get("path", "its teacher run")
+        raise AffordError(f"{path}: an AffinityNet head, which refines another run's maps; use "
+                          f"'--checkpoint {teacher} --refine affinity'")
+    if task != "affordance":
+        raise AffordError(f"{path}: a {info['method']} run is a training stage that makes no maps (task {task!r})")
+    return info

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -23,7 +24,9 @@ from afford import checkpoint as ckpt
 from afford.checkpoint import LoadedRun, load_run
 from afford.engine.evaluator import MapFn
 from afford.errors import AffordError, did_you_mean
+from afford.factory import affordance_run_info
 from afford.refine.affinity_head import AffinityHead
+from afford.refine.head_training import check_head_config, label_settings
 from afford.refine.refiner import AffinityRefiner
 
 REFINER_DIR = "affinity"
@@ -65,7 +68,7 @@ def save_refiner(refiner: AffinityRefiner, directory: Path, write_head: bool = T
     head = refiner.head.config() if refiner.head is not None else None
     if refiner.head is not None and write_head:
         ckpt.save_weights(refiner.head, directory / ckpt.WEIGHTS)  # weights first: the json marks completion
-    ckpt.write_json(directory / CONFIG_FILE, {"format": FORMAT, "version": 2, "params": refiner.params, "head": head})
+    ckpt.write_json(directory / CONFIG_FILE, {"format": FORMAT, "version": 3, "params": refiner.params, "head": head})
     return directory
 
 
@@ -78,19 +81,25 @@ def load_refiner(directory: Path, **overrides: object) -> AffinityRefiner:
     try:
         p = config["params"]
         kwargs: dict[str, object] = {
-            "beta": p["beta"], "steps": p["t"], "radius": p["gamma"], "blend": p["lambda"],
-            "alpha_low": p["alpha_low"], "alpha_high": p["alpha_high"], "kind": p["kind"],
-            "scale": p["scale"], "dense_limit": p["dense_limit"],
+            "beta": float(p["beta"]), "steps": int(p["t"]), "radius": int(p["gamma"]), "blend": float(p["lambda"]),
+            "kind": p["kind"], "scale": float(p["scale"]), "dense_limit": int(p["dense_limit"]),
         }
-    except (KeyError, TypeError) as e:
-        raise AffordError(f"{path}: params: missing or malformed entry {e}") from None
+        # version 2 recorded psa's α whatever the label mode: not a record of how the labels were made
+        labels = p["labels"] if config.get("version", 2) >= 3 else {
+            "label_mode": "unrecorded (refiner.json version 2)", "alpha_low": p["alpha_low"],
+            "alpha_high": p["alpha_high"]}
+        head_shape = config.get("head")
+        if head_shape is not None:
+            head_shape = ([int(d) for d in head_shape["in_dims"]], [int(w) for w in head_shape["widths"]])
+    except (KeyError, TypeError, ValueError) as e:
+        raise AffordError(f"{path}: params/head: missing or malformed entry {e}") from None
     if unknown := sorted(set(overrides) - set(kwargs)):
         raise AffordError(f"refine override: unknown parameter {unknown[0]!r}, expected one of {sorted(kwargs)}")
     head = None
-    if config.get("head") is not None:
-        head = AffinityHead(config["head"]["in_dims"], config["head"]["widths"])
+    if head_shape is not None:
+        head = AffinityHead(*head_shape)
         ckpt.load_weights(head, directory / ckpt.WEIGHTS, "affinity head")
-    return AffinityRefiner(head, **{**kwargs, **overrides})  # type: ignore[arg-type]
+    return AffinityRefiner(head, labels=labels, **{**kwargs, **overrides})  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------- runs
@@ -147,11 +156,26 @@ def train_refiner_for_run(
             f"train.seed={seed}", f"train.batch_size={batch_size}", f"train.device={device or run.config.train.device}",
             *(f"data.{k}={v}" for k, v in data.items()), *overrides]
     cfg = load_config("affinity_refiner", sets)
+    _check_before_training(run, cfg, steps, blend)
     train(cfg, out, resume=resume, progress=progress)
     info = ckpt.read_run_info(out)
     head = AffinityHead(info["head"]["in_dims"], info["head"]["widths"])
     ckpt.load_weights(head, out / ckpt.WEIGHTS, "affinity head")
     m = cfg.model
-    refiner = AffinityRefiner(head.eval(), steps=steps, blend=blend, radius=m.radius, alpha_low=m.alpha_low,
-                              alpha_high=m.alpha_high)
+    refiner = AffinityRefiner(head.eval(), steps=steps, blend=blend, radius=m.radius, labels=label_settings(m))
     return save_refiner(refiner, out, write_head=False)
+
+
+def _check_before_training(run: LoadedRun, cfg: Any, steps: int, blend: float) -> None:
+    """Every setting that would fail after the head's run folder exists (a rerun is then refused as
+    'already holds an affinity head'), checked first: labels, propagation, the radius on the grid."""
+    check_head_config(cfg.model)
+    AffinityRefiner(None, steps=steps, blend=blend, radius=cfg.model.radius)  # raises on a bad t / λ / radius
+    affordance_run_info(run.path)
+    size = cfg.data.crop
+    with torch.no_grad():
+        h, w = run.method.features(torch.zeros(1, 3, size, size, device=next(run.method.parameters()).device))[0].shape[-2:]
+    reach = cfg.model.radius - 1
+    if h - reach < 1 or w - 2 * reach < 1:
+        raise AffordError(f"--radius {cfg.model.radius}: too large for the teacher's {h}x{w} feature grid at "
+                          f"{size} px (pairs need h > radius - 1 and w > 2 (radius - 1)); largest: {min(h, (w + 1) // 2)}")

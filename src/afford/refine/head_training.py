@@ -51,6 +51,31 @@ class AffinityHeadConfig:
     widths: list[int] = field(default_factory=list)  # per feature level; [] = max(8, D_l // 8)
 
 
+def check_head_config(cfg: AffinityHeadConfig) -> None:
+    """The label settings that can make training labels (affinity.md §3.1, §12.1), before anything runs:
+    α < 1 or α_low >= α_high left no foreground or no ignore band, and the head learnt nothing."""
+    if cfg.label_mode not in LABEL_MODES:
+        raise AffordError(f"model.label_mode: expected one of {', '.join(LABEL_MODES)}, got {cfg.label_mode!r}")
+    if cfg.label_mode == "alpha" and not 1.0 <= cfg.alpha_low < cfg.alpha_high < float("inf"):
+        raise AffordError(f"model.alpha_low, model.alpha_high: expected 1 <= alpha_low < alpha_high (psa: 4 and 32), "
+                          f"got {cfg.alpha_low} and {cfg.alpha_high}")
+    if cfg.label_mode == "fixed" and not 0.0 <= cfg.bg_threshold < cfg.fg_threshold <= 1.0:
+        raise AffordError(f"model.bg_threshold, model.fg_threshold: expected 0 <= bg_threshold < fg_threshold <= 1 "
+                          f"(IRN: 0.05 and 0.30), got {cfg.bg_threshold} and {cfg.fg_threshold}")
+    if cfg.radius < 2:
+        raise AffordError(f"model.radius: expected at least 2, got {cfg.radius}")
+    if any(w < 1 for w in cfg.widths):
+        raise AffordError(f"model.widths: expected positive widths, got {cfg.widths}")
+
+
+def label_settings(cfg: AffinityHeadConfig) -> dict[str, Any]:
+    """How the training labels were made, as a report names them: the mode's own settings and the CRF."""
+    crf = default_crf(cfg.label_mode) if cfg.crf else None
+    values = ({"alpha_low": cfg.alpha_low, "alpha_high": cfg.alpha_high} if cfg.label_mode == "alpha"
+              else {"fg_threshold": cfg.fg_threshold, "bg_threshold": cfg.bg_threshold})
+    return {"label_mode": cfg.label_mode, **values, "crf": crf.to_dict() if crf is not None else None}
+
+
 def make_labels(cams: torch.Tensor, images: torch.Tensor, grid: tuple[int, int], cfg: AffinityHeadConfig) -> torch.Tensor:
     """(B, h, w) CAMs -> (B, *grid) labels 0/1/255 per ``cfg`` (CRF on the [0, 1] images as RGB 0..255)."""
     crf = default_crf(cfg.label_mode) if cfg.crf else None
@@ -64,9 +89,11 @@ def make_labels(cams: torch.Tensor, images: torch.Tensor, grid: tuple[int, int],
 def load_teacher(run_dir: str, labels: LabelSpace) -> Any:
     """The trained run whose CAMs teach the head, frozen; its classes must be the task's."""
     from afford.checkpoint import load_run
+    from afford.factory import affordance_run_info
 
     if not run_dir:
         raise AffordError("model.teacher: the run folder whose CAMs train the affinity head is required")
+    affordance_run_info(run_dir)  # a run that makes maps, else one line saying what it is
     run = load_run(Path(run_dir))
     if run.classes != labels.names:
         raise AffordError(f"model.teacher: {run_dir} was trained on {len(run.classes)} classes, the training split "
@@ -81,8 +108,7 @@ class AffinityHeadTraining(AffinityHead, Trainable):
     name = "affinity"
 
     def __init__(self, cfg: AffinityHeadConfig, labels: LabelSpace | Sequence[str], teacher: Any = None) -> None:
-        if cfg.label_mode not in LABEL_MODES:
-            raise AffordError(f"model.label_mode: expected one of {', '.join(LABEL_MODES)}, got {cfg.label_mode!r}")
+        check_head_config(cfg)
         if teacher is None:
             run = load_teacher(cfg.teacher, LabelSpace.coerce(labels))
             teacher, size = run.method, run.config.data.test_size

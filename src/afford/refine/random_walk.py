@@ -116,6 +116,9 @@ def propagate(
         raise AffordError(f"refine blend: expected a value in [0, 1], got {blend}")
     if solver not in ("auto", "dense", "iterative"):
         raise AffordError(f"refine solver: expected 'auto', 'dense' or 'iterative', got {solver!r}")
+    if cams.dim() != 3 or tuple(cams.shape[-2:]) != tuple(aff.grid):
+        raise AffordError(f"refine cams: expected shape (B, {aff.grid[0]}, {aff.grid[1]}) on the affinity grid, "
+                          f"got {tuple(cams.shape)}")
     c = minmax(cams)
     if boundary is not None:
         c = c * (1.0 - boundary)

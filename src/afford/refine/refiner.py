@@ -19,6 +19,7 @@ Defaults are psa's (β = 8, γ = 5, t = 256, affinity.md §6). §12.3 warns that
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -32,8 +33,8 @@ from afford.refine.random_walk import DENSE_LIMIT, propagate
 class AffinityRefiner:
     """``refiner(cams (B, h, w), features [(B, D_l, h', w'), ...]) -> (B, h, w)`` refined maps in [0, 1].
 
-    ``alpha_low`` / ``alpha_high`` are not used at inference; they record how the head's training
-    labels were made so that a report names every setting.
+    ``labels`` is not used at inference; it records how a trained head's training labels were made
+    (label mode, its α or thresholds, the CRF), so that a report names every setting (§10, §12.4).
     """
 
     def __init__(
@@ -44,13 +45,12 @@ class AffinityRefiner:
         steps: int = 256,
         radius: int = 5,
         blend: float = 0.0,
-        alpha_low: float = 4.0,
-        alpha_high: float = 32.0,
+        labels: dict[str, object] | None = None,
         kind: str = "l1",
         scale: float = 1.0,
         dense_limit: int = DENSE_LIMIT,
     ) -> None:
-        if beta <= 0 or steps < 0 or radius < 2:
+        if not (math.isfinite(beta) and beta > 0) or steps < 0 or radius < 2:
             raise AffordError(f"refine params: expected beta > 0, t >= 0, radius >= 2; got {beta}, {steps}, {radius}")
         if not 0.0 <= blend <= 1.0:
             raise AffordError(f"refine blend: expected a value in [0, 1], got {blend}")
@@ -58,7 +58,7 @@ class AffinityRefiner:
             raise AffordError(f"refine kind: expected 'l1' or 'cosine', got {kind!r}")
         self.head = head.eval() if head is not None else None
         self.beta, self.steps, self.radius, self.blend = float(beta), int(steps), int(radius), float(blend)
-        self.alpha_low, self.alpha_high = float(alpha_low), float(alpha_high)
+        self.labels = dict(labels) if labels is not None else None
         self.kind, self.scale, self.dense_limit = kind, float(scale), int(dense_limit)
 
     @property
@@ -72,8 +72,7 @@ class AffinityRefiner:
             "t": self.steps,
             "gamma": self.radius,
             "lambda": self.blend,
-            "alpha_low": self.alpha_low,
-            "alpha_high": self.alpha_high,
+            "labels": self.labels,
             "dense_limit": self.dense_limit,
         }
 

@@ -55,6 +55,8 @@ def test_eval_scores_ground_truth_as_detections_perfectly_and_writes_json(synth:
         # every class with a test pair is found perfectly; the others score 0 and are counted
         assert sorted({round(a, 9) for a in r["ap"]}) in ([0.0, 1.0], [1.0])
         assert sum(a < 0.5 for a in r["ap"]) == r["n_classes_without_gt"]
+        printed = capsys.readouterr().out
+        assert ("known-object images derived from the box annotations" in printed) == (mode == "known-object")
     assert main(["hoi", "eval", "--dets", str(tmp_path / "gt.json"), "--data", str(synth),
                  "--zero-shot", str(synth / "zero_shot_uc.json"), "--json", str(tmp_path / "z.json")]) == 0
     z = json.loads((tmp_path / "z.json").read_text())
@@ -145,3 +147,82 @@ def test_a_negative_draw_count_is_refused_at_parse_time(capsys) -> None:
     with pytest.raises(SystemExit) as e:
         main(["hoi", "predict", "x.jpg", "--checkpoint", "r", "--out", "o", "--draw", "-2"])
     assert e.value.code == 2 and "expected an integer >= 0" in capsys.readouterr().err
+
+
+def test_evaluation_after_training_reports_an_empty_group_as_na(tmp_path) -> None:
+    """HOITask's end-of-epoch evaluation on a tiny split where every class is rare failed after the
+    training with 'group non_rare must be a non-empty list' (afford hoi eval already said n/a)."""
+    from afford.hoi.baselines import baseline_detections
+    from afford.hoi.evaluate import evaluate_hoi
+    from afford.hoi.task import HOITask, report_groups
+
+    out = tmp_path / "tiny"
+    assert main(["data", "synth-hoi", "--out", str(out), "--n-train", "8", "--n-test", "4", "--tile", "48",
+                 "--quiet"]) == 0
+    task = HOITask(out)
+    groups, empty = report_groups(task.test_data, task.unseen)
+    assert empty == ["non_rare"] and set(groups) == {"rare"} and groups["rare"]
+    test = task.test_data
+    dets = baseline_detections(test.annotations, test.hoi_object, "object-prior")
+    result = evaluate_hoi(test.annotations, dets, test.hoi_object, groups=groups, num_classes=test.num_classes)
+    assert set(result.map) == {"full", "rare"}
+
+
+def test_a_training_file_with_other_classes_is_refused(synth: Path, tmp_path, capsys) -> None:
+    """Its counts were applied to the test classes by id: rare/non-rare silently wrong."""
+    d = json.loads((synth / "instances_train2015.json").read_text())
+    d["verbs"][0], d["verbs"][1] = d["verbs"][1], d["verbs"][0]  # the same ids, other classes
+    other = tmp_path / "other" / "instances_train2015.json"
+    other.parent.mkdir()
+    other.write_text(json.dumps(d))
+    t = json.loads((synth / "instances_test2015.json").read_text())
+    bare = tmp_path / "bare" / "instances_test2015.json"
+    bare.parent.mkdir()
+    bare.write_text(json.dumps({k: v for k, v in t.items() if k not in ("rare", "non_rare")}))
+    for args in (["--baseline", "object-prior", "--data", str(bare)], ["--baseline", "frequency-prior", "--data", str(synth)]):
+        assert main(["hoi", "eval", *args, "--train", str(other)]) == 2
+        assert "define different HOI classes" in capsys.readouterr().err
+
+
+def test_an_image_listed_twice_in_a_detection_file_is_refused(synth: Path, tmp_path, capsys) -> None:
+    name = load_hicodet(synth).filenames[0]
+    row = "[0, 0, 0, 1, 1, 0, 0, 1, 1, 0.5]"
+    (tmp_path / "d.json").write_text(f'{{"{name}": [{row}], "{name}": [{row}]}}')  # two shards' outputs joined
+    assert main(["hoi", "eval", "--dets", str(tmp_path / "d.json"), "--data", str(synth)]) == 2
+    assert f"'{name}' is listed twice" in capsys.readouterr().err  # JSON kept only the last list
+
+
+def test_named_zero_shot_splits_need_the_official_class_order(tmp_path) -> None:
+    from afford.errors import AffordError
+    from afford.hoi.splits import RF_UC, zero_shot_unseen
+
+    real = load_hicodet(REAL)
+    assert zero_shot_unseen("rf-uc", real) == RF_UC
+    d = json.loads(REAL.read_text())
+    d["correspondence"] = [[i, *c[1:]] for i, c in enumerate(d["correspondence"][1:] + d["correspondence"][:1])]
+    shifted = tmp_path / "instances_test2015.json"
+    shifted.write_text(json.dumps({**d, "annotation": [{**a, "hoi": [(h - 1) % 600 for h in a["hoi"]]}
+                                                       for a in d["annotation"]]}))
+    with pytest.raises(AffordError, match="not in HICO-DET's official order"):
+        zero_shot_unseen("rf-uc", load_hicodet(shifted))
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("empty", ["a", 1], "empty: expected a list of image indices"),  # was a TypeError traceback from sorted()
+])
+def test_malformed_fields_are_findings_not_tracebacks(synth: Path, tmp_path, capsys, field, value, message) -> None:
+    d = json.loads((synth / "instances_test2015.json").read_text())
+    d[field] = value
+    (tmp_path / "instances_test2015.json").write_text(json.dumps(d))
+    main(["data", "check", "--hoi", str(tmp_path / "instances_test2015.json")])
+    assert message in capsys.readouterr().out
+
+
+def test_an_absurd_image_size_is_refused(synth: Path, tmp_path) -> None:
+    from afford.errors import AffordError
+
+    d = json.loads((synth / "instances_test2015.json").read_text())
+    d["size"][0] = [1e300, 3]  # was cast to int64 garbage with a RuntimeWarning
+    (tmp_path / "instances_test2015.json").write_text(json.dumps(d))
+    with pytest.raises(AffordError, match=r"size\[0\].*at most 65535 px"):
+        load_hicodet(tmp_path / "instances_test2015.json")

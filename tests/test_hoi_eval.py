@@ -317,9 +317,11 @@ def test_group_means():
 def test_to_dict_is_json_ready():
     gt, dets = [img_gt((0, 0, H, H))], [img_dets((0, H0, H0, 0.9))]
     d = evaluate_hoi(gt, dets, np.zeros(2, dtype=np.int64), {"rare": [1]}, num_classes=2).to_dict()
-    assert set(d) == {"mode", "rule", "n_images", "n_detections", "mAP", "ap", "n_classes_without_gt"}
+    assert set(d) == {"mode", "rule", "n_images", "n_detections", "mAP", "ap", "n_classes_without_gt",
+                      "classes_without_gt", "n_gt"}
     assert json.loads(json.dumps(d)) == d
     assert d["mAP"] == {"full": pytest.approx(0.5, abs=EPS), "rare": 0.0} and d["n_classes_without_gt"] == 1
+    assert d["classes_without_gt"] == [1] and d["n_gt"] == [1, 0]  # hoi.md §12: which classes, not only how many
 
 
 # ---------------------------------------------------------------------------------- validation

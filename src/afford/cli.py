@@ -181,14 +181,17 @@ class _TrainingAnnotations:
         self.source = train or (root if Path(root).expanduser().is_dir() else None)
         self._ds = None
 
-    def load(self, needed_by: str):
+    def load(self, needed_by: str, test):
+        """The training file, checked to define ``test``'s classes (its counts are applied by class id)."""
         from afford.hoi.hicodet import load_hicodet
+        from afford.hoi.task import check_same_classes
 
         if self.source is None:
             raise AffordError(f"{needed_by} needs the training annotations: pass --train "
                               "(instances_train2015.json or its folder), or --data the folder holding both files")
         if self._ds is None:
             self._ds = load_hicodet(self.source, split="train2015")
+            check_same_classes(self._ds, test, "hoi eval")
         return self._ds
 
 
@@ -199,6 +202,7 @@ def cmd_hoi_eval(a: argparse.Namespace) -> int:
     from afford.hoi.evaluate import evaluate_hoi
     from afford.hoi.hicodet import load_hicodet
     from afford.hoi.splits import zero_shot_unseen
+    from afford.hoi.task import report_groups
 
     if sum(x is not None for x in (a.dets, a.baseline, a.checkpoint)) != 1:
         raise AffordError("hoi eval: give exactly one of --dets FILE, --baseline NAME or --checkpoint RUN")
@@ -229,7 +233,7 @@ def cmd_hoi_eval(a: argparse.Namespace) -> int:
     elif a.baseline is not None:
         counts = None
         if a.baseline == "frequency-prior":
-            counts = training_counts(training.load("--baseline frequency-prior").annotations, ds.num_classes)
+            counts = training_counts(training.load("--baseline frequency-prior", ds).annotations, ds.num_classes)
         dets = baseline_detections(ds.annotations, ds.hoi_object, a.baseline, counts)
     else:
         dets, _ = _hoi_model_dets(a, ds)
@@ -240,16 +244,11 @@ def cmd_hoi_eval(a: argparse.Namespace) -> int:
 
         from afford.hoi.hicodet import rare_from_counts
 
-        rare, non_rare = rare_from_counts(training.load(f"{root}: no rare/non_rare lists; the rare split"))
+        rare, non_rare = rare_from_counts(training.load(f"{root}: no rare/non_rare lists; the rare split", ds))
         ds = dataclasses.replace(ds, rare=rare, non_rare=non_rare)
-    if zero_shot:
-        unseen = set(zero_shot_unseen(zero_shot, ds))
-        groups = {"unseen": sorted(unseen), "seen": [c for c in range(ds.num_classes) if c not in unseen]}
-    else:
-        groups = {"rare": list(ds.rare), "non_rare": list(ds.non_rare)}
-    empty = sorted(name for name, ids in groups.items() if not ids)  # e.g. no non-rare class in a tiny set
-    result = evaluate_hoi(ds.annotations, dets, ds.hoi_object, groups={k: v for k, v in groups.items() if v},
-                          mode=a.mode, rule=a.rule, num_classes=ds.num_classes)
+    groups, empty = report_groups(ds, zero_shot_unseen(zero_shot, ds) if zero_shot else ())
+    result = evaluate_hoi(ds.annotations, dets, ds.hoi_object, groups=groups, mode=a.mode, rule=a.rule,
+                          num_classes=ds.num_classes)
     out = result.to_dict()
     if empty:
         out["empty_groups"] = empty
@@ -264,6 +263,8 @@ def cmd_hoi_eval(a: argparse.Namespace) -> int:
     maps = ", ".join(f"{k} {100 * v:.2f}" for k, v in out["mAP"].items())
     print(f"HOI mAP % ({a.rule} rule, {a.mode} mode): {maps} [images {out['n_images']}, detections "
           f"{out['n_detections']}, classes without GT {out['n_classes_without_gt']}]")
+    if a.mode == "known-object":
+        print(f"note: known-object images {out['known_object_images']}")
     _write_json(a.json, out)
     return 0
 

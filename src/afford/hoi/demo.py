@@ -88,7 +88,7 @@ def run_hoi_demo(out: Path, plan: HOIDemoPlan, seed: int, progress: bool,
         unseen = unseen_classes(split, test)
         for kind in HOI_BASELINES:
             dets = baseline_detections(test.annotations, test.hoi_object, kind, counts)
-            res = evaluate_hoi(test.annotations, dets, test.hoi_object, groups=report_groups(test, unseen),
+            res = evaluate_hoi(test.annotations, dets, test.hoi_object, groups=report_groups(test, unseen)[0],
                                num_classes=test.num_classes)
             rows[f"{name} | baseline: {kind}"] = _maps(res)
     device = resolve_device("cpu")

@@ -22,13 +22,32 @@ from afford.hoi.types import ImageDetections
 ROW = "[hoi, h_x1, h_y1, h_x2, h_y2, o_x1, o_y1, o_x2, o_y2, score]"
 
 
+class _RepeatedKey(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object whose keys are all distinct (files assembled from shards may repeat an image)."""
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:
+            raise _RepeatedKey(k)
+        out[k] = v
+    return out
+
+
 def read_image_mapping(path: str | Path, filenames: Sequence[str], what: str, subset: bool = False) -> dict:
     """A JSON file holding one object keyed by image file name (detections, cached detector
     outputs), checked against the dataset's file list; one-line errors naming the file.
     ``subset``: ``filenames`` are some of the file's images (a predictor's lookup), not the dataset."""
     p = Path(path)
     try:
-        obj = json.loads(p.read_text(encoding="utf-8"))
+        obj = json.loads(p.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
+    except _RepeatedKey as exc:
+        raise AffordError(f"{p}: {exc.key!r} is listed twice in this {what} file (JSON keeps only the last list, "
+                          "dropping the first's rows silently); merge its rows into one list") from None
     except FileNotFoundError:
         raise AffordError(f"{p}: {what} file not found (it does not exist)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -89,6 +89,8 @@ class HoiResult:
             "mAP": {k: float(v) for k, v in self.map.items()},
             "ap": [float(a) for a in self.ap],
             "n_classes_without_gt": int(self.n_classes_without_gt),
+            "classes_without_gt": [int(c) for c in np.flatnonzero(self.n_gt == 0)],  # hoi.md §12: report them
+            "n_gt": [int(n) for n in self.n_gt],
         }
         if self.notes:
             out["notes"] = list(self.notes)

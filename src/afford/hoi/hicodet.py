@@ -227,6 +227,10 @@ def _correspondence(r: _Reader, raw: Any, n_obj: int, n_verb: int) -> np.ndarray
     return corr
 
 
+#: Largest image side accepted in a ``size`` field (JPEG's limit); 1e300 was cast to int64 garbage.
+MAX_IMAGE_SIDE = 65535
+
+
 def _sizes(r: _Reader, raw: Any, n: int) -> np.ndarray:
     try:
         sizes = np.asarray(raw, dtype=np.float64).reshape(n, 2) if isinstance(raw, list) and len(raw) == n else None
@@ -234,9 +238,11 @@ def _sizes(r: _Reader, raw: Any, n: int) -> np.ndarray:
         sizes = None
     if sizes is None:
         raise r.fatal("size", "expected one [width, height] pair per image")
-    bad = np.flatnonzero(~np.isfinite(sizes).all(1) | (sizes <= 0).any(1) | (sizes != np.round(sizes)).any(1))
+    bad = np.flatnonzero(~np.isfinite(sizes).all(1) | (sizes <= 0).any(1) | (sizes != np.round(sizes)).any(1)
+                         | (sizes > MAX_IMAGE_SIDE).any(1))
     if bad.size:
-        raise r.fatal(f"size[{int(bad[0])}]", f"{raw[int(bad[0])]!r}: expected positive integer [width, height]")
+        raise r.fatal(f"size[{int(bad[0])}]", f"{raw[int(bad[0])]!r}: expected positive integer [width, height] "
+                      f"of at most {MAX_IMAGE_SIDE} px")
     return sizes.astype(np.int64)
 
 
@@ -351,8 +357,13 @@ def _parse(file: Path, image_dir: Path | None, strict: bool) -> tuple[HicoDet, l
     annotations = tuple(_image(r, f"image {i} ({name})", ann, corr, len(objects), len(verbs))
                         for i, (name, ann) in enumerate(zip(filenames, raw["annotation"], strict=True)))
     empty = tuple(i for i, a in enumerate(annotations) if len(a) == 0)
-    if "empty" in raw and isinstance(raw["empty"], list) and sorted(raw["empty"]) != list(empty):
-        r.add("empty_mismatch", "empty", f"lists {len(raw['empty'])} images but {len(empty)} have no pairs; "
+    listed = raw.get("empty")
+    if "empty" in raw and not (isinstance(listed, list)
+                               and all(isinstance(i, int) and not isinstance(i, bool) for i in listed)):
+        r.add("empty_mismatch", "empty", "expected a list of image indices; afford uses the annotations",
+              warning=True)
+    elif "empty" in raw and sorted(listed) != list(empty):
+        r.add("empty_mismatch", "empty", f"lists {len(listed)} images but {len(empty)} have no pairs; "
               "afford uses the annotations", warning=True)
     dataset = HicoDet(filenames=tuple(filenames), sizes=sizes, annotations=annotations, empty=empty,
                       objects=objects, verbs=verbs, correspondence=corr, rare=rare or (),

@@ -86,6 +86,20 @@ def unseen_object_hois(dataset: HicoDet) -> tuple[int, ...]:
     return tuple(int(i) for i in np.flatnonzero(np.isin(dataset.hoi_object, sorted(objects))))
 
 
+def _check_official_order(dataset: HicoDet, key: str) -> None:
+    """The named splits are lists of HOI ids in HICO's order (hoi.md §6): on a file whose 600 classes
+    are ordered otherwise they name other classes. The object of each id must be HICO's (the 100 UO
+    ids are exactly the HOIs of the 12 UO objects)."""
+    try:
+        same = unseen_object_hois(dataset) == UO
+    except AffordError:
+        same = False
+    if not same:
+        raise AffordError(f"{dataset.source}: its 600 HOI classes are not in HICO-DET's official order (the objects "
+                          f"of the HOI ids differ), so the {key} split's ids would name other classes; give the "
+                          "split as a file of this file's HOI ids instead")
+
+
 def _read_ids(file: Path, n: int) -> tuple[int, ...]:
     """HOI ids from a JSON list (or ``{"unseen": [...]}``) or a text file (whitespace/commas, ``#`` comments)."""
     try:
@@ -127,6 +141,7 @@ def zero_shot_unseen(name_or_file: str | Path, dataset: HicoDet) -> tuple[int, .
         if dataset.num_classes != HICO_CLASSES:
             raise AffordError(f"{dataset.source}: the {key} split is defined on the {HICO_CLASSES} HICO-DET "
                               f"classes, this file has {dataset.num_classes}")
+        _check_official_order(dataset, key)
         if key == "uv":
             return unseen_verb_hois(dataset)
         return {"rf-uc": RF_UC, "nf-uc": NF_UC, "uo": UO}[key]

@@ -12,6 +12,7 @@ Epoch selection, when asked for, ranks by Full mAP (higher is better).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,11 +49,24 @@ def unseen_classes(setting: str, data: HicoDet) -> tuple[int, ...]:
     return () if str(setting).lower() == SUPERVISED else zero_shot_unseen(setting, data)
 
 
-def report_groups(test: HicoDet, unseen: tuple[int, ...]) -> dict[str, list[int]]:
-    """Unseen/seen for a zero-shot setting, else rare/non-rare."""
+def report_groups(test: HicoDet, unseen: Sequence[int]) -> tuple[dict[str, list[int]], list[str]]:
+    """Unseen/seen for a zero-shot setting, else rare/non-rare: ``(groups, empty)``, the groups that
+    have classes and the names of those that have none (every class of a small training set is
+    rare: no non-rare mAP, reported n/a rather than failing after training)."""
     if unseen:
-        return {"unseen": sorted(unseen), "seen": [c for c in range(test.num_classes) if c not in set(unseen)]}
-    return {"rare": list(test.rare), "non_rare": list(test.non_rare)}
+        out = {"unseen": sorted(unseen), "seen": [c for c in range(test.num_classes) if c not in set(unseen)]}
+    else:
+        out = {"rare": list(test.rare), "non_rare": list(test.non_rare)}
+    return {k: v for k, v in out.items() if v}, sorted(k for k, v in out.items() if not v)
+
+
+def check_same_classes(train: HicoDet, test: HicoDet, where: str) -> None:
+    """Training and test files define one HOI class list (ids, objects, verbs): training counts (rare
+    classes, the frequency prior) and unseen ids are applied to the test classes by id."""
+    if not np.array_equal(train.correspondence, test.correspondence) or train.objects != test.objects \
+            or train.verbs != test.verbs:
+        raise AffordError(f"{where}: the training file {train.source} and the test file {test.source} define "
+                          "different HOI classes (correspondence/objects/verbs)")
 
 
 def person_label(data: HicoDet) -> int:
@@ -113,9 +127,12 @@ def evaluate_detector(model: torch.nn.Module, test: HicoDet, cfg: RunConfig, dev
     """Detections of ``model`` on ``test``, scored by the official rule (hoi.md §7)."""
     dets = detect_all(model, image_set(test, cfg, train=False), device, cfg.eval.batch_size, progress, bf16,
                       cfg.data.num_workers)
-    result = evaluate_hoi(test.annotations, dets, test.hoi_object, groups=report_groups(test, unseen),
-                          mode=mode, num_classes=test.num_classes)
+    groups, empty = report_groups(test, unseen)
+    result = evaluate_hoi(test.annotations, dets, test.hoi_object, groups=groups, mode=mode,
+                          num_classes=test.num_classes)
     out = result.to_dict()
+    if empty:
+        out["empty_groups"] = empty
     out.update({k: v for k, v in out["mAP"].items()}, data=str(test.source), _detections=dets)
     return out
 
@@ -134,10 +151,7 @@ class HOITask(Task):
                               "instances_train2015.json and instances_test2015.json (one file cannot be both)")
         train = load_hicodet(root, split="train2015")
         test = load_hicodet(root, split="test2015")
-        if not np.array_equal(train.correspondence, test.correspondence) or train.objects != test.objects \
-                or train.verbs != test.verbs:
-            raise AffordError(f"{root}: the training and test files define different HOI classes "
-                              "(correspondence/objects/verbs)")
+        check_same_classes(train, test, str(root))
         if not test.rare and not test.non_rare:
             rare, non_rare = rare_from_counts(train)
             test = dataclasses.replace(test, rare=rare, non_rare=non_rare)

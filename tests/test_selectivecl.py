@@ -78,14 +78,20 @@ def test_calibration_continuous_binary_and_constant_affinity() -> None:
 
 # ----------------------------------------------------------------------------- part maps
 def test_two_map_part_is_the_mean_of_cosine_and_distance_softmax() -> None:
-    desc, cen = torch.randn(3, 6, 4, 4, generator=gen(6)), torch.randn(3, 6, generator=gen(7))
-    got = two_map_part(desc, cen)
+    """Cosine on the (weighted) descriptors; the softmax of −‖raw desc − n(centroid)‖ over all the
+    sample's views and positions (the reference: raw, unweighted descriptors; one softmax per sample)."""
+    g = gen(6)
+    raw = torch.randn(3, 2, 6, 4, 4, generator=g) * 5  # DINO keys have norms far from 1
+    weighted = raw * torch.rand(3, 1, 1, 4, 4, generator=g)
+    cen = torch.randn(3, 6, generator=gen(7))
+    got = two_map_part(weighted, raw, cen)
     for m in range(3):
         c = cen[m] / cen[m].norm()
-        x = [desc[m, :, i, j] / desc[m, :, i, j].norm() for i in range(4) for j in range(4)]
-        cos = torch.stack([(v * c).sum() for v in x])
-        soft = torch.softmax(torch.stack([-(v - c).norm() for v in x]), 0)
+        cells = [(v, i, j) for v in range(2) for i in range(4) for j in range(4)]
+        cos = torch.stack([(weighted[m, v, :, i, j] / weighted[m, v, :, i, j].norm() * c).sum() for v, i, j in cells])
+        soft = torch.softmax(torch.stack([-(raw[m, v, :, i, j] - c).norm() for v, i, j in cells]), 0)
         torch.testing.assert_close(got[m].flatten(), (cos + soft) / 2)
+    assert float(got.sum()) != 0 and abs(float(((got * 2) - two_map_part(weighted, raw, cen) * 2).abs().max())) == 0
 
 
 def _parts_model(**cfg) -> SelectiveCL:
@@ -125,7 +131,8 @@ def test_part_found_uses_the_part_maps_else_the_affinity_fallback(on_part: bool)
         assert float(sel.piou.max()) >= 0.6
         # the part map peaks on the block of the matching descriptor type
         assert sel.ego_map[0, :2, :2].min() > sel.ego_map[0, 2:, 2:].max()
-        torch.testing.assert_close(sel.ego_map, two_map_part(ego * a_ego[:, None], torch.eye(8)[:1]))
+        torch.testing.assert_close(sel.ego_map, two_map_part((ego * a_ego[:, None])[:, None], ego[:, None],
+                                                             torch.eye(8)[:1])[:, 0])
     else:
         assert not bool(sel.found[0])
         torch.testing.assert_close(sel.ego_map, a_ego)
@@ -171,11 +178,12 @@ def test_prototype_membership_follows_the_rules_of_the_spec() -> None:
             k = int(kind[j])
             want_pos = int(kind[i]) == ANCHOR and cls[i] == cls[j] and (
                 (k == EGO_POS and owner[i] != owner[j]) or k == EXO_POS)
-            want_den = int(kind[i]) == ANCHOR and (k in (EGO_POS, EXO_POS) or (cls[i] == cls[j] and k in (EGO_NEG, EXO_NEG)))
+            want_den = int(kind[i]) == ANCHOR and ((k == EGO_POS and owner[i] != owner[j]) or k == EXO_POS
+                                                   or (cls[i] == cls[j] and k in (EGO_NEG, EXO_NEG)))
             assert bool(pos[i, j]) == want_pos, (i, j)
             assert bool(den[i, j]) == want_den, (i, j)
-    # the anchor's own ego_pos is not its positive; its own exo_pos are
-    assert not bool(pos[0, b + 0]) and bool(pos[0, b + 2]) and bool(pos[0, 3 * b])
+    # the anchor's own ego_pos is neither its positive nor in its denominator; its own exo_pos are positives
+    assert not bool(pos[0, b + 0]) and not bool(den[0, b + 0]) and bool(pos[0, b + 2]) and bool(pos[0, 3 * b])
 
 
 def test_prototype_loss_matches_a_plain_loop() -> None:
@@ -306,6 +314,28 @@ def test_training_step_gives_finite_losses_and_gradients_only_to_the_heads() -> 
         assert model.pixel_contrast_projection.weight.grad.abs().sum() > 0
         assert model.aff_exo_proj[0].weight.grad.abs().sum() > 0
         assert all(p.grad is None for p in model.clip.parameters())
+
+
+def test_negatives_carry_the_cam_gradient_and_pixel_anchors_are_the_object_mask(monkeypatch) -> None:
+    """methods.md §4.5 / the reference: negatives 1 − M · relu(CAM_y) with the CAM's gradient (afford
+    used a detached min-max CAM: L_proto never reached the classifier); the pixel loss's anchors are
+    the binary minmax(A_ego) > γ2 mask (afford used the min-max part map)."""
+    import afford.methods.selectivecl as scl
+
+    torch.manual_seed(0)
+    model = SelectiveCL(SelectiveCLConfig(**TINY, saliency="cam"), SEEN_AFFORDANCES).train()
+    batch = {"ego": torch.rand(4, 3, 112, 112, generator=gen(15)), "exo": torch.rand(4, 3, 3, 112, 112, generator=gen(16)),
+             "label": torch.tensor([0, 1, 1, 5])}
+    seen = {}
+    real = scl.pixel_contrastive_loss
+    monkeypatch.setattr(scl, "pixel_contrastive_loss", lambda f, fg, wm, *a: seen.setdefault("w", wm) is None or real(f, fg, wm, *a))
+    for epoch, reaches in ((0, False), (1, True)):
+        model.zero_grad()
+        model.forward_train(batch, epoch)["proto"].backward()
+        grad = model.aff_classifier.weight.grad
+        assert (grad is not None and float(grad.abs().sum()) > 0) == reaches  # only through the CAM of the negatives
+    w = seen["w"]
+    assert set(w.unique().tolist()) <= {0.0, 1.0} and 0 < float(w.mean()) < 1
 
 
 def test_trains_through_the_engine_and_predicts_from_the_run(synth_root, tmp_path) -> None:

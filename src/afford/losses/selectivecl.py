@@ -25,26 +25,28 @@ from afford.modules.heads import minmax
 ANCHOR, EGO_POS, EGO_NEG, EXO_POS, EXO_NEG = range(5)
 
 
-def two_map_part(desc: Tensor, centroid: Tensor) -> Tensor:
+def two_map_part(cos_desc: Tensor, raw_desc: Tensor, centroid: Tensor) -> Tensor:
     """The part map of a centroid (§4.4 step 5): the mean of two maps over positions.
 
-    1. the cosine similarity between the centroid and each position's descriptor;
-    2. a softmax over positions of ``−‖n(desc) − n(centroid)‖`` (both L2-normalised, so the
-       distance is on the same unit sphere as the cosine; the spec does not say more).
+    1. the cosine similarity between the centroid and each position of ``cos_desc`` (egocentric:
+       the descriptors weighted by A_ego, §4.4 step 3);
+    2. a softmax of ``−‖desc − n(centroid)‖`` over all the sample's positions, with ``desc`` the raw
+       DINO descriptors (unweighted, not normalised) and the L2-normalised centroid, as the
+       reference computes it; a sample's exocentric views share one softmax (``V`` views).
 
     Args:
-        desc: ``(M, D, h, w)`` descriptors.
+        cos_desc, raw_desc: ``(M, V, D, h, w)`` descriptors of M samples with V views each.
         centroid: ``(M, D)``.
 
     Returns:
-        ``(M, h, w)``.
+        ``(M, V, h, w)``.
     """
-    m, d, h, w = desc.shape
-    x = F.normalize(desc, dim=1).flatten(2)  # (M, D, hw)
-    c = F.normalize(centroid, dim=-1)[:, :, None]  # (M, D, 1)
-    cos = (x * c).sum(1)  # (M, hw)
-    soft = (-(x - c).norm(dim=1)).softmax(dim=-1)
-    return ((cos + soft) / 2).view(m, h, w)
+    m, v, d, h, w = raw_desc.shape
+    c = F.normalize(centroid, dim=-1)[:, None, :, None]  # (M, 1, D, 1)
+    cos = (F.normalize(cos_desc, dim=2).flatten(3) * c).sum(2)  # (M, V, hw)
+    dist = (raw_desc.flatten(3) - c).norm(dim=2)  # (M, V, hw)
+    soft = (-dist).flatten(1).softmax(dim=-1).view(m, v, h * w)
+    return ((cos + soft) / 2).view(m, v, h, w)
 
 
 def weighted_embedding(feat: Tensor, weight: Tensor) -> Tensor:
@@ -58,7 +60,8 @@ def prototype_membership(labels: Tensor, n_exo: int) -> tuple[Tensor, Tensor, Te
     ``B`` anchors / ego_pos / ego_neg (one per sample), ``B·n_exo`` exo_pos / exo_neg. For an
     anchor (§4.5): positives = the same-class ego_pos of *other* samples and every same-class
     exo_pos (its own exocentric views included); the denominator adds the other-class
-    ego_pos / exo_pos and the same-class ego_neg / exo_neg. Other-class negatives never enter.
+    ego_pos / exo_pos and the same-class ego_neg / exo_neg. Other-class negatives never enter,
+    nor does the anchor's own ego_pos (excluded from both, as the reference's logits mask does).
 
     Returns:
         ``anchor_mask (N,)``, ``positive (N, N)``, ``denominator (N, N)`` and ``kind (N,)``.
@@ -77,7 +80,7 @@ def prototype_membership(labels: Tensor, n_exo: int) -> tuple[Tensor, Tensor, Te
     other_sample = sample[:, None] != sample[None, :]
     kj = kind[None, :]
     positive = is_anchor[:, None] & same_cls & (((kj == EGO_POS) & other_sample) | (kj == EXO_POS))
-    denominator = is_anchor[:, None] & ((kj == EGO_POS) | (kj == EXO_POS)
+    denominator = is_anchor[:, None] & (((kj == EGO_POS) & other_sample) | (kj == EXO_POS)
                                         | (same_cls & ((kj == EGO_NEG) | (kj == EXO_NEG))))
     return is_anchor, positive, denominator, kind
 
@@ -128,9 +131,9 @@ def pixel_contrastive_loss(pixel_feat: Tensor, foreground: Tensor, weight_map: T
     """SupCon over each image's patches, foreground vs background (§4.5).
 
     Per image: the ``h·w`` L2-normalised patch embeddings, labelled by ``foreground``; anchors
-    are the patches with ``weight_map > anchor_thd``. afford's weight map is the min-max of the
-    egocentric part (or fallback affinity) map. The loss is the mean over the images that have
-    at least one anchor with a positive.
+    are the patches with ``weight_map > anchor_thd``; SelectiveCL passes the binary object mask
+    ``minmax(A_ego) > γ2``, as the reference does. The loss is the mean over the images that have
+    at least one anchor with a positive (the reference divides by B, and is nan when an image has none).
 
     Args:
         pixel_feat: ``(B, D, h, w)`` (``pixel_contrast_projection`` output).

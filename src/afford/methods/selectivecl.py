@@ -226,11 +226,12 @@ class SelectiveCL(Method):
         saliency = partiou_saliency(self.cfg.saliency, dino_sal[:b], desc[:b], ego_cam)
         sel = self.select_parts(a_ego, a_exo, exo_cam_y if with_cam else None, desc[:b],
                                 desc[b:].view(b, n, *desc.shape[1:]), saliency)
-        with torch.no_grad():
-            neg_ego = 1 - sel.ego_map * (minmax(ego_cam_y.detach()) if with_cam else 1)
-            neg_exo = 1 - sel.exo_map * (minmax(exo_cam_y.detach()) if with_cam else 1)
-            anchor_w = torch.where(sel.found[:, None, None], a_ego, torch.ones_like(a_ego))
         m_ego, m_exo, found = sel.ego_map, sel.exo_map, sel.found
+        # Negatives: 1 − M · relu(CAM_y) from the first CAM epoch, as the reference builds them: the raw
+        # CAM (no min-max), its gradient kept, so L_proto trains the classifier and the heads through it.
+        neg_ego = 1 - m_ego * (F.relu(ego_cam_y) if with_cam else 1)
+        neg_exo = 1 - m_exo * (F.relu(exo_cam_y) if with_cam else 1)
+        anchor_w = torch.where(found[:, None, None], a_ego, torch.ones_like(a_ego))
 
         # Prototypical contrastive loss on the K-projected view features.
         k_ego = self.K_contrast_projection(ego_feat)
@@ -243,8 +244,8 @@ class SelectiveCL(Method):
         # Pixel contrastive loss on the egocentric patches.
         object_mask = minmax(a_ego, eps=0.0).nan_to_num(0.0) > self.cfg.gamma2
         fg = pixel_foreground(a_ego, exo_action_cos.view(b, n, h, w), object_mask)
-        l_pix = pixel_contrastive_loss(self.pixel_contrast_projection(ego_feat), fg,
-                                       minmax(m_ego).nan_to_num(0.0), self.cfg.pixel_anchor_thd,
+        l_pix = pixel_contrastive_loss(self.pixel_contrast_projection(ego_feat), fg,  # anchors: the γ2 mask
+                                       object_mask.float(), self.cfg.pixel_anchor_thd,
                                        self.cfg.temperature, self.cfg.base_temperature)
         total = l_ego + l_exo + self.cfg.proto_weight * l_proto + self.cfg.pixel_weight * l_pix
         return {"loss": total, "ce_ego": l_ego, "ce_exo": l_exo, "proto": l_proto, "pixel": l_pix,
@@ -269,8 +270,8 @@ class SelectiveCL(Method):
                              cam_thd=self.cfg.gamma1, iou_thd=self.cfg.alpha, k=self.cfg.cluster_num,
                              generator=sample_seeds(self._step_seed, self._first_row, b), iters=self.cfg.kmeans_iters, iou_eps=1e-10)
         centroid = sel.centroids[torch.arange(b, device=a_ego.device), sel.best]  # (B, D)
-        part_ego = two_map_part(ego_w, centroid)
-        part_exo = two_map_part(exo_desc.flatten(0, 1), centroid.repeat_interleave(n, 0)).view(b, n, h, w)
+        part_ego = two_map_part(ego_w[:, None], ego_desc[:, None], centroid)[:, 0]
+        part_exo = two_map_part(exo_desc, exo_desc, centroid)  # one softmax over the sample's N views
         found = sel.valid
         return PartChoice(found, torch.where(found[:, None, None], part_ego, a_ego),
                           torch.where(found[:, None, None, None], part_exo, a_exo), sel.piou)

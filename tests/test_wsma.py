@@ -230,3 +230,19 @@ def test_resume_continues_from_the_online_nmf_bases(synth_root, tmp_path) -> Non
     train(load_config("wsma_synthagd_demo", [*sets, "train.epochs=2"]), tmp_path / "b", resume=True, progress=False)
     wa, wb = load_file(tmp_path / "a" / ckpt.WEIGHTS), load_file(tmp_path / "b" / ckpt.WEIGHTS)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_training_refuses_the_full_text_tower_without_its_weights(synth_root, tmp_path) -> None:
+    """The reference presets left model.text_weights unset: WSMA then fine-tuned a random CLIP RN50
+    text tower to the end without a word (methods.md §2.1: loaded from RN50.pt)."""
+    from afford.config import load_config
+    from afford.engine.trainer import train
+
+    sets = [f"data.root={synth_root}", "data.resize=64", "data.crop=56", "data.test_size=56", "model.grid=7",
+            "data.feature_cache=false", "train.batch_size=4", "train.max_steps_per_epoch=1", "train.epochs=1",
+            "model.text_encoder=clip_rn50"]
+    with pytest.raises(AffordError, match="model.text_weights: WSMA fine-tunes the pretrained CLIP clip_rn50"):
+        train(load_config("wsma_synthagd_demo", sets), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+    tiny_wsma(text_encoder="clip_rn50", allow_random_text=True).check_training()  # on purpose: allowed
+    tiny_wsma().check_training()  # the tiny test tower is random by design

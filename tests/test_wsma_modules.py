@@ -76,6 +76,9 @@ def test_hamburger_state_dict_matches_official_keys() -> None:
     assert {k: tuple(v.shape) for k, v in sd.items()} == expected
     assert ham.bases.shape == (512, 64)  # present, but not persistent
     assert ham.upper_bread[1].momentum == 3e-4
+    # the reference's initialisation: He-normal over the fan-out k*k*out (PyTorch's default was 2-3x smaller)
+    for w, fan_out in ((sd["lower_bread.0.weight"], 512), (sd["upper_bread.0.weight"], 384)):
+        assert abs(float(w.std()) / (2.0 / fan_out) ** 0.5 - 1) < 0.02 and abs(float(w.mean())) < 1e-3
 
 
 def test_hamburger_is_joint_over_the_n_views() -> None:

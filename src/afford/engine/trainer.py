@@ -277,6 +277,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, task: Ta
         raise AffordError(f"train.select: task {task.name!r} has no test evaluation to select an epoch by; use 'last'")
     seed_everything(t.seed)
     method = build_method(cfg.method, cfg.model, task.labels).to(device)
+    method.check_training()
     if ctx.active:
         use_global_batchnorm(method)  # statistics of the global batch, as in one process
     cache_info = None

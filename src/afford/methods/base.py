@@ -57,6 +57,12 @@ class Trainable(nn.Module):
         LoopTrans cluster module's file and sha256). Default: nothing to record."""
         return {}
 
+    def check_training(self) -> None:
+        """Refuse, in one line naming the setting, to train a configuration that cannot train as the
+        paper does (a pretrained tower its recipe loads, left at random weights). Called by the
+        engine before anything is written; building the model for import or evaluation never is.
+        Default: every configuration trains."""
+
     def check_record(self, info: dict[str, Any], source: Any) -> None:
         """Refuse, in one line naming ``source`` (the run's ``run.json``), a run record whose weights
         this version of the model cannot hold (an earlier layout), before its keys are compared.

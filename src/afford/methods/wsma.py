@@ -13,6 +13,12 @@ the gate along the *batch* axis, so a map depends on its batch-mates (and is a s
 batch 1). afford normalises along channels; ``faithful=True`` restores the reference behaviour
 (batch axis in training, one image at a time at test like ``test.py``) together with its
 "prompt embeddings + token_embedding[ids]" quirk (wsma.md §4 step 3), for released checkpoints.
+
+A consequence of the quirk, also a deviation by default: the reference's class-name tokens enter
+through the fine-tuned ``token_embedding`` (trained at 2x), whereas afford's prompt buffers hold
+them as taken from the initial CLIP table (frozen), like CoOp. ``faithful`` mode reproduces the
+reference's *inference* on released weights; its training differs in one more way (the reference
+builds the prefix/suffix from a random N(0, 1) embedding, afford from the CLIP table).
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ class WSMAConfig:
     key_layers: tuple[int, ...] = (-2, -1)  # blocks 11 and 12 of 12 (1-based), concatenated
     text_encoder: str = "clip_rn50"
     text_weights: str | None = None  # OpenAI RN50.pt (only the text tower is used)
+    allow_random_text: bool = False  # train a full-size text tower from random weights on purpose
     tokenizer: str | None = None  # bpe .gz/dir/hub name; default: $AFFORD_CLIP_BPE, the weights' files, the hub
     train_text: bool = True  # WSMA fine-tunes the CLIP text tower (at 2x LR)
     n_ctx: int = 16
@@ -142,6 +149,16 @@ class WSMA(Method):
         self.aff_ego_proj = conv_bn_relu_stack(dim, 1)
         self.attnpool = AttentionPool2d(cfg.grid, dim, cfg.attnpool_heads, self.text_encoder.embed_dim)
         self.fc = nn.Linear(dim, len(self.classnames))
+
+    def check_training(self) -> None:
+        """WSMA fine-tunes OpenAI CLIP RN50's text tower (methods.md §2.1), whose file no hub serves:
+        a preset without ``model.text_weights`` trained it from random weights without a word."""
+        if self.cfg.text_weights is None and not self.cfg.text_encoder.startswith("tiny") \
+                and not self.cfg.allow_random_text:
+            raise AffordError(f"model.text_weights: WSMA fine-tunes the pretrained CLIP {self.cfg.text_encoder} text "
+                              "tower, and no weights are given, so it would train from random weights; pass --set "
+                              "model.text_weights=/path/RN50.pt (OpenAI's file), or --set model.allow_random_text=true "
+                              "to train a random tower on purpose")
 
     @staticmethod
     def _ids_loaded(module: nn.Module, incompatible: Any) -> None:

@@ -14,6 +14,8 @@ buffer that starts random and follows an online moving average (η = 0.9) during
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -92,6 +94,11 @@ class Hamburger(nn.Module):
         )
         # Non-persistent: follows .to(device) but stays out of the state dict, like the reference.
         self.register_buffer("bases", F.normalize(torch.rand(dim, rank), dim=0), persistent=False)
+        # The reference's HamburgerV1 initialisation: He-normal over the fan-out (k·k·out_channels), 2-3x
+        # larger than PyTorch's default, so the NMF residual counts as much from the first step.
+        for conv in (self.lower_bread[0], self.upper_bread[0]):
+            fan_out = conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels
+            nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / fan_out))
 
     @torch.no_grad()
     def _online_update(self, bases: torch.Tensor) -> None:

@@ -268,7 +268,7 @@ def test_wsma_indices_are_consecutive_windows():
         starts.add(idx[0])
     assert starts == {0, 1, 2}
     assert consecutive_window_indices(3, 3, torch.Generator()) == [0, 1, 2]
-    assert consecutive_window_indices(2, 3, torch.Generator()) == [0, 1, 0]
+    assert consecutive_window_indices(2, 3, torch.Generator()) == [0, 1, 1]  # padded with the last image, as the reference
     assert consecutive_window_indices(1, 3, torch.Generator()) == [0, 0, 0]
 
 

@@ -61,13 +61,14 @@ def anchor_plus_random_indices(n: int, anchor: int, n_exo: int, generator: torch
 def consecutive_window_indices(n: int, n_exo: int, generator: torch.Generator) -> list[int]:
     """``consecutive_window`` (WSMA): ``n_exo`` consecutive files (sorted order) from a random start.
 
-    The start is drawn so that the window fits; a folder with fewer than ``n_exo`` images is
-    used whole and padded by cycling through it again ([0, 1] -> [0, 1, 0]). The anchor is not
-    necessarily in the window, as in the reference.
+    The start is drawn uniformly among the windows that fit (the reference's ``randint(0, n - 4)``
+    never draws the last one); a folder with fewer than ``n_exo`` images is used whole and padded
+    by repeating its last image ([0, 1] -> [0, 1, 1]), as the reference loader pads. The anchor is
+    not necessarily in the window, as in the reference.
     """
     if n <= 0:
         raise IndexError("empty exocentric folder")
     if n < n_exo:
-        return [i % n for i in range(n_exo)]
+        return [min(i, n - 1) for i in range(n_exo)]
     start = int(torch.randint(0, n - n_exo + 1, (1,), generator=generator).item())
     return list(range(start, start + n_exo))

@@ -333,7 +333,7 @@ def test_train_set_wsma_sampling_and_bad_args(tmp_path):
         gid, _ = ds._samples[index]
         folder = ds._exo[gid]
         pos = [folder.index(p) for p in ds.exo_paths(index)]
-        assert pos == ([0, 0, 0] if len(folder) == 1 else [0, 1, 0] if len(folder) == 2
+        assert pos == ([0, 0, 0] if len(folder) == 1 else [0, 1, 1] if len(folder) == 2
                        else list(range(pos[0], pos[0] + 3)))
     with pytest.raises(AffordError, match="did you mean: anchor_plus_random"):
         AffordanceTrainSet(split, sampling="anchor_plus_randm")

@@ -156,3 +156,19 @@ def test_every_split_is_checked(tmp_path):
     assert report.splits[0].objects == ("bottle", "knife")
     only = check_tree(tmp_path / "Seen")  # the root is itself a split
     assert [s.name for s in only.splits] == ["Seen"] and only.ok
+
+
+def test_colour_or_16_bit_gt_and_unseen_overlap_are_warnings(tmp_path):
+    make_tree(tmp_path)
+    s = tmp_path / "Seen"
+    rgb = s / "testset/GT/hold/knife/knife_000000.png"
+    Image.open(rgb).convert("RGB").save(rgb)
+    deep = s / "testset/GT/hold/knife/knife_000001.png"
+    Image.fromarray(np.asarray(Image.open(deep), dtype=np.uint16) * 257).save(deep)
+    kinds = _by_kind(check_tree(tmp_path))
+    assert {p["path"] for p in kinds["gt_not_grayscale"]} == {str(rgb), str(deep)}
+    assert "all_zero_gt" not in kinds  # the 16-bit GT is read scaled, not as zeros or clipped
+    # Unseen: an object in the test set and in training is named (the disjoint sets define Unseen)
+    make_tree(tmp_path / "u", split="Unseen")
+    kinds = _by_kind(check_tree(tmp_path / "u"))
+    assert {p["message"].split("'")[1] for p in kinds["unseen_object_in_training"]} == {"knife", "bottle"}

@@ -199,6 +199,8 @@ def test_user_errors_name_the_field(tmp_path: Path) -> None:
         generate(tmp_path, size=32, n_exo=0, n_ego=0, n_test=1)
     s = generate(tmp_path, size=32, n_exo=0, n_ego=0, n_test=1, overwrite=True, difficulty=0.0)
     assert s["counts"]["test"] == len(split_pairs("seen")[1])
+    # a count of 0 leaves its sub-tree empty, not absent (data check called the tree NOT USABLE)
+    assert (tmp_path / "Seen" / "trainset" / "exocentric").is_dir() and (tmp_path / "Seen" / "trainset" / "egocentric").is_dir()
 
 
 def test_image_rng_is_a_function_of_identity_only() -> None:
@@ -207,3 +209,33 @@ def test_image_rng_is_a_function_of_identity_only() -> None:
     c = image_rng(0, "seen", "exo", "hold", "knife", 6).integers(1 << 30)
     d = image_rng(0, "unseen", "exo", "hold", "knife", 5).integers(1 << 30)
     assert a == b and len({a, c, d}) == 3
+
+
+def test_unseen_training_images_never_show_a_held_out_category(tmp_path: Path, monkeypatch) -> None:
+    """A distractor was drawn from every category: 16 % of Unseen's egocentric training images showed
+    a held-out test object. Seen holds none out, so its images keep every category as distractors."""
+    import sys
+
+    gen_mod = sys.modules["afford.synthagd.generate"]  # the package exports a function of that name
+    drawn: dict[str, set[str]] = {}
+    real_place = gen_mod.place
+
+    def spy(spec, size, rng, span, *a, **kw):  # the distractor is the object placed at span 0.25-0.4
+        if span < 0.45:
+            drawn.setdefault(current["role"], set()).add(spec.name)
+        return real_place(spec, size, rng, span, *a, **kw)
+
+    current = {"role": ""}
+    real_render = gen_mod.render_ego
+
+    def render(*args, **kw):
+        current["role"] = "train" if args[6:] and args[6] is not None else "test"
+        return real_render(*args, **kw)
+
+    monkeypatch.setattr(gen_mod, "place", spy)
+    monkeypatch.setattr(gen_mod, "render_ego", render)
+    generate(tmp_path / "u", split="unseen", size=32, n_exo=1, n_ego=12, n_test=4)
+    assert drawn["train"] and not drawn["train"] & set(UNSEEN_OBJECTS)
+    drawn.clear()
+    generate(tmp_path / "s", split="seen", size=32, n_exo=1, n_ego=12, n_test=1)
+    assert drawn["train"] & set(UNSEEN_OBJECTS)  # Seen: every category, as before

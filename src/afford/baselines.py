@@ -8,8 +8,10 @@
   × the width (columns). Per-axis fractions make it isotropic after the protocol's square resize.
 * ``object``: the whole-object mask (SynthAGD oracle segmentation) blurred by a Gaussian with
   ``sigma = OBJECT_SIGMA_FRAC`` × the image's short side, so the map is soft at the border like
-  a GT but still covers the whole object. A method "works" on SynthAGD when it beats this map on
-  KLD and SIM: the part-versus-object question.
+  a GT but still covers the whole object. An **oracle** (it uses the object segmentation, which no
+  method is given): shown beside every method, with the label-sensitivity table; a method "works"
+  on SynthAGD when it beats the non-oracle rows (uniform, centre, egocentric-only CAM) on KLD and
+  SIM (synthagd.md, revised), and beating this map (part- rather than object-level) is a research goal.
 
 All maps are float64 (H, W) in [0, 1] at the image's native size.
 """

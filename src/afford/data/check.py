@@ -36,6 +36,7 @@ from afford.data.layout import (
     subtree_path,
     unknown_folders,
 )
+from afford.data.transforms import as_8bit
 from afford.device import usable_cores
 from afford.errors import AffordError
 
@@ -44,7 +45,8 @@ ERROR_KINDS = frozenset({
     "corrupt_image", "corrupt_gt", "gt_size_mismatch", "no_train_samples", "no_test_items",
     "check_failed",
 })
-WARNING_KINDS = frozenset({"missing_gt", "all_zero_gt", "gt_without_image", "empty_folder", "no_egocentric"})
+WARNING_KINDS = frozenset({"missing_gt", "all_zero_gt", "gt_without_image", "empty_folder", "no_egocentric",
+                           "gt_not_grayscale", "unseen_object_in_training"})
 KNOWN_ZERO_GT = ("hold", "bottle", "bottle_000341.png")
 PROGRESS_MIN_ITEMS = 200
 LABELS = {"exocentric": "exo", "egocentric": "ego train", "test_egocentric": "ego test", "GT": "GT"}
@@ -145,15 +147,15 @@ class CheckReport(Problems):
         return "\n".join(lines)
 
 
-def _decode(path: Path, gt: bool) -> tuple[tuple[int, int] | None, bool, str | None]:
-    """Fully decode one file -> ((W, H), all_zero, error). Any exception means a broken file."""
+def _decode(path: Path, gt: bool) -> tuple[tuple[int, int] | None, bool, str | None, str]:
+    """Fully decode one file -> ((W, H), all_zero, error, mode). Any exception means a broken file."""
     try:
         with Image.open(path) as im:
             im.load()
-            zero = gt and int(np.asarray(im.convert("L")).max()) == 0
-            return im.size, zero, None
+            zero = gt and int(np.asarray(as_8bit(im).convert("L")).max()) == 0
+            return im.size, zero, None, im.mode
     except Exception as e:  # noqa: BLE001 - whatever PIL raises, the file is unusable
-        return None, False, f"{type(e).__name__}: {e}"
+        return None, False, f"{type(e).__name__}: {e}", ""
 
 
 def _decode_all(paths: list[tuple[Path, bool]], workers: int, desc: str) -> list[Any]:
@@ -212,11 +214,19 @@ def _check_split(report: CheckReport, root: Path, name: str, workers: int) -> No
     todo = [(p, sub == "GT") for sub in SUBTREES for files in scans[sub].groups.values() for p in files]
     results = dict(zip([p for p, _ in todo], _decode_all(todo, workers, f"decoding {name}"), strict=True))
     for path, gt in todo:
-        size, zero, err = results[path]
+        size, zero, err, mode = results[path]
         if err is not None:
             report.add("corrupt_gt" if gt else "corrupt_image", path, f"does not decode ({err})")
         elif zero:
             report.add("all_zero_gt", path, _zero_gt_message(path.parts[-3], path.parts[-2], path.name))
+        if gt and err is None and mode not in ("L", "P"):
+            report.add("gt_not_grayscale", path, f"GT is a {mode} image, not 8-bit grayscale as AGD20K's (protocol.md "
+                       "§1.1); afford reads it as 8-bit grayscale (colour by luminance, 16-bit scaled by 1/257)")
+    if name.lower() == "unseen":  # disjoint object sets are what Unseen means (protocol.md §1.3)
+        train_objs = {o for sub in ("exocentric", "egocentric") for (_, o), f in scans[sub].groups.items() if f}
+        for obj in sorted(train_objs & {o for (_, o), f in scans["test_egocentric"].groups.items() if f}):
+            report.add("unseen_object_in_training", root / "testset", f"object {obj!r} is in the test set and in "
+                       "training: Unseen's test objects must be absent from training (protocol.md §1.3)")
 
     gts = scans["GT"].groups
     for (aff, obj), images in scans["test_egocentric"].groups.items():

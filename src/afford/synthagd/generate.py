@@ -25,6 +25,7 @@ import json
 import shutil
 import time
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,7 @@ from afford.synthagd.render import Canvas, Placement, background, draw_object, p
 from afford.synthagd.shapes import bbox, raster, short_side, transform
 from afford.synthagd.world import VOCAB, ObjectSpec, make_world, split_pairs
 
-VERSION = "1"
+VERSION = "2"  # 2: Unseen training images without held-out distractors
 SPLITS: dict[str, str] = {"seen": "Seen", "unseen": "Unseen"}
 _SPLIT_ID = {"seen": 1, "unseen": 2}
 _ROLE_ID = {"exo": 1, "ego": 2, "test": 3}
@@ -84,13 +85,14 @@ def _visible(masks: list[np.ndarray], spec: ObjectSpec, parts: tuple[str, ...]) 
 
 
 def render_ego(world: dict[str, ObjectSpec], obj: str, aff: str, size: int, rng: np.random.Generator,
-               difficulty: float = 1.0) -> tuple[Image.Image, np.ndarray, np.ndarray]:
-    """Object alone on a textured background, sometimes over a distractor of another category.
-    Returns the image, the object mask and the affordance-part mask (both visible, bool)."""
+               difficulty: float = 1.0, distractors: Sequence[str] | None = None) -> tuple[Image.Image, np.ndarray, np.ndarray]:
+    """Object alone on a textured background, sometimes over a distractor of another category
+    (one of ``distractors``, default every category of the world). Returns the image, the object
+    mask and the affordance-part mask (both visible, bool)."""
     spec = world[obj]
     canvas = background(size, rng, difficulty)
     if rng.uniform() < 0.35 * difficulty:
-        others = [o for o in sorted(world) if o != obj]
+        others = [o for o in sorted(distractors if distractors is not None else world) if o != obj]
         dspec = world[others[int(rng.integers(len(others)))]]
         dpl = place(dspec, size, rng, float(rng.uniform(0.25, 0.4)), _tilt(dspec, rng, 1.0, False),
                     bool(rng.uniform() < 0.5))
@@ -194,6 +196,10 @@ def generate(out: Path | str, split: str = "seen", seed: int = 0, size: int = 22
     train, test = split_pairs(key)
     jobs = [("exo", p, i) for p in train for i in range(n_exo)] + [("ego", p, i) for p in train for i in range(n_ego)]
     jobs += [("test", p, i) for p in test for i in range(n_test)]
+    # Unseen: training images never show a held-out category, not even as a distractor (it leaked
+    # into 16 % of the egocentric training images); Seen holds none out, so its images are unchanged.
+    held_out = {o for _, o in test} - {o for _, o in train}
+    train_distractors = [o for o in sorted(world) if o not in held_out]
     # The tree is the one the reader defines (afford.data.layout), never retyped here.
     exo_rel = subtree_path(Path(), "exocentric").as_posix()  # "trainset/exocentric", kept in hoi.json
     ego_dir = {"ego": subtree_path(root, "egocentric"), "test": subtree_path(root, "test_egocentric")}
@@ -211,7 +217,8 @@ def generate(out: Path | str, split: str = "seen", seed: int = 0, size: int = 22
             hoi.append({"file": rel, "width": size, "height": size, **rec})
             counts["exocentric"] += 1
             continue
-        img, obj_mask, part_mask = render_ego(world, obj, aff, size, rng, difficulty)
+        img, obj_mask, part_mask = render_ego(world, obj, aff, size, rng, difficulty,
+                                              train_distractors if role == "ego" else None)
         _save_jpg(img, ego_dir[role] / aff / obj / f"{stem}.jpg", jpeg_quality)
         for kind, mask in (("object", obj_mask), ("part", part_mask)):
             _save_png(mask.astype(np.uint8) * 255,
@@ -230,7 +237,8 @@ def generate(out: Path | str, split: str = "seen", seed: int = 0, size: int = 22
     classes = {"affordances": affs, "objects": objs, "source": "SynthAGD", "seed": seed, "size": size,
                "version": VERSION, "split": name, "difficulty": difficulty,
                "parts": {o: {a: list(VOCAB[o][a].parts) for a in sorted(VOCAB[o]) if a in affs} for o in objs}}
-    root.mkdir(parents=True, exist_ok=True)
+    for subtree in ("exocentric", "egocentric", "test_egocentric", "GT"):  # a count of 0 leaves it empty, not absent
+        subtree_path(root, subtree).mkdir(parents=True, exist_ok=True)
     (root / CLASS_FILE).write_text(json.dumps(classes, indent=1, sort_keys=True) + "\n")
     extras.mkdir(parents=True, exist_ok=True)
     (extras / "hoi.json").write_text(json.dumps({"source": "SynthAGD", "split": name, "box_format": "xyxy",

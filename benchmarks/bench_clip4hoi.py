@@ -10,7 +10,7 @@ label space of the same size; ``--classes N`` keeps the first N classes.
 
 One synthetic batch at the reference input sizes: ``--batch`` images (default 2, UPT's batch per
 GPU) of an original 640x480 (HICO-DET's typical size), CLIP's 224x224 resize and the detector's
-resize to short side 800 (long side at most 1333: 1067x800), with 3 random ground-truth pairs
+resize to short side 800 (long side at most 1333: 1066x800), with 3 random ground-truth pairs
 per image (1-based inclusive boxes). A random DETR predicts one class for all its queries, no
 "person" and scores far below the 0.2 threshold: its filtered proposals hold no human, so the
 model forms no pair and skips the decoder, the classifier and the text tower. So, with
@@ -248,7 +248,7 @@ def main() -> None:
     print(f"device={dev} threads={torch.get_num_threads()} dtype={'bf16' if a.bf16 else 'fp32'} "
           f"torch={torch.__version__}; detector={a.detector}; labels: {r['labels']}, {r['classes']} classes; "
           f"batch {r['batch']} of 640x480 (CLIP 224x224"
-          f"{', DETR 1067x800' if a.detector != 'cached' else ''}); median of {a.steps} after one warm-up "
+          f"{', DETR 1066x800' if a.detector != 'cached' else ''}); median of {a.steps} after one warm-up "
           f"(first step {r['first_step']:.2f} s); {r['trainable'] / 1e6:.2f} M trainable parameters")
     b = r["batch"]
     print()

@@ -325,3 +325,17 @@ def test_a_run_of_an_earlier_interactor_layout_is_refused_by_name(synth: Path, t
     with pytest.raises(AffordError, match="earlier afford"):  # nor resumed
         train(cfg_for(synth, "train.max_steps_per_epoch=1", "train.epochs=2"), tmp_path / "run", resume=True,
               progress=False)
+
+
+@pytest.mark.parametrize(("wh", "expected"), [
+    ((640, 480), (1066, 800)),  # the long side truncated, as DETR's resize (a rounding gave 1067)
+    ((480, 640), (800, 1066)),
+    ((200, 1069), (249, 1330)),  # capped: the short side rounded first, then the long side truncated
+    ((800, 600), (1066, 800)),
+    ((800, 800), (800, 800)),
+    ((1000, 800), (1000, 800)),  # the short side is already 800
+])
+def test_detector_size_is_detrs_rule(wh, expected) -> None:
+    from afford.hoi.data import detector_size
+
+    assert detector_size(*wh, 800, 1333) == expected

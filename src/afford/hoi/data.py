@@ -72,9 +72,17 @@ def color_jitter(img: Image.Image, strength: float, rng: np.random.Generator) ->
 
 
 def detector_size(width: int, height: int, short: int, longest: int) -> tuple[int, int]:
-    """(w, h) for DETR's test resize: short side ``short``, long side at most ``longest``."""
-    scale = min(short / min(width, height), longest / max(width, height))
-    return max(1, round(width * scale)), max(1, round(height * scale))
+    """(w, h) for DETR's resize, by DETR's own rule: the short side is ``short`` (lowered, rounded, so
+    the long side stays within ``longest``) and the long side is truncated, ``int(short · long / short_side)``
+    (640 x 480 -> 1066 x 800, where a plain rounding gave 1067)."""
+    lo, hi = min(width, height), max(width, height)
+    if hi / lo * short > longest:
+        short = int(round(longest * lo / hi))
+    if lo == short:
+        return width, height
+    if width < height:
+        return short, max(1, int(short * height / width))
+    return max(1, int(short * width / height)), short
 
 
 class HOIImageSet(Dataset):

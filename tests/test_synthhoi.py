@@ -56,6 +56,7 @@ def test_layout_boxes_and_classes_follow_hicodet(synth: Path) -> None:
                 assert d["correspondence"][hoi][1:] == [o, v]
                 for x1, y1, x2, y2 in (bh, bo):  # 1-based inclusive, inside the image
                     assert 1 <= x1 <= x2 <= w and 1 <= y1 <= y2 <= h
+                    assert all(isinstance(x, float) for x in (x1, y1, x2, y2))  # floats, as HICO-DET's files
 
 
 def test_several_verbs_per_pair_no_interaction_pairs_and_a_rare_tail(synth: Path) -> None:
@@ -87,3 +88,33 @@ def test_unseen_compositions_are_absent_from_training_with_their_verbs_and_objec
         assert verbs[classes[c][1]] != NO_INTERACTION
         assert classes[c][0] in seen_objs and classes[c][1] in seen_verbs
     assert set(unseen) & {h for a in test["annotation"] for h in a["hoi"]}  # tested
+
+
+def test_unseen_count_is_exact_and_every_seen_class_is_drawn() -> None:
+    """--unseen 0 held out 14 classes (the count was tested after a class was added), a count above
+    what can be held out was cut silently, and holding out 'hold tennis_racket' left 'hit
+    tennis_racket' (whose pairs carry hold) without a training pair while it was scored as seen."""
+    from afford.hoi.synth import drawable, unseen_compositions
+
+    objects, verbs, classes = vocabulary()
+    ni = verbs.index(NO_INTERACTION)
+    inter = {c for c, (_, v) in enumerate(classes) if v != ni}
+    rng = lambda: np.random.default_rng(0)  # noqa: E731
+    assert unseen_compositions(classes, objects, verbs, 0, rng()) == []
+    for k in (1, 6, 10):
+        unseen = unseen_compositions(classes, objects, verbs, k, rng())
+        assert len(unseen) == k
+        assert set(drawable(classes, objects, verbs, set(unseen))) == inter - set(unseen)
+    with pytest.raises(AffordError, match="--unseen 40: only .* can be held out"):
+        unseen_compositions(classes, objects, verbs, 40, rng())
+
+
+def test_object_tiles_have_no_distractor(monkeypatch, tmp_path) -> None:
+    """An 'object alone' tile drew another category's object in about 1 of 5 tiles, without a box."""
+    import afford.hoi.synth as synth_mod
+
+    asked = []
+    real = synth_mod.render_ego
+    monkeypatch.setattr(synth_mod, "render_ego", lambda *a, **kw: asked.append(kw.get("distractors")) or real(*a, **kw))
+    generate_synthhoi(tmp_path / "s", seed=0, n_train=30, n_test=5, tile=48)
+    assert asked and all(d == () for d in asked)

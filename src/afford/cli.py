@@ -675,7 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--n-test", type=positive_int, default=hg["n_test"], help="test images (default: %(default)s)")
     sh.add_argument("--tile", type=positive_int, default=hg["tile"], help="tile side in pixels (default: %(default)s)")
     sh.add_argument("--grid", type=positive_int, default=hg["grid"], help="tiles per image side (default: %(default)s)")
-    sh.add_argument("--unseen", type=int, default=hg["n_unseen"],
+    sh.add_argument("--unseen", type=non_negative_int, default=hg["n_unseen"],
                     help="interaction classes held out of training (unseen compositions) (default: %(default)s)")
     sh.add_argument("--difficulty", type=float, default=hg["difficulty"],
                     help="0..1 clutter/pose realism of the tiles (default: %(default)s)")

@@ -25,6 +25,7 @@ identical bytes.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 import zlib
@@ -42,7 +43,8 @@ from afford.synthagd.render import background
 from afford.synthagd.shapes import bbox
 from afford.synthagd.world import VOCAB, make_world
 
-VERSION = "1"
+VERSION = "2"  # 2: object tiles without distractors, float boxes, unseen classes that leave every other class drawn
+log = logging.getLogger(__name__)
 #: the label of people in the ground-truth detection files (SynthHOI has no "person" object)
 HUMAN_LABEL = -1
 NO_INTERACTION = "no_interaction"
@@ -90,24 +92,30 @@ def drawable(classes: list[tuple[int, int]], objects: list[str], verbs: list[str
 def unseen_compositions(classes: list[tuple[int, int]], objects: list[str], verbs: list[str], k: int,
                         rng: np.random.Generator) -> list[int]:
     """``k`` interaction classes held out of training whose verb and object both stay seen (drawn
-    in training by another class)."""
+    in training by another class), and whose removal leaves every other class drawable (holding out
+    ``hold tennis_racket`` also removed ``hit tennis_racket``, whose pairs carry ``hold``: a "seen"
+    class without a training pair). Fewer than ``k`` such classes is an AffordError."""
+    if k <= 0:
+        return []
     ni = verbs.index(NO_INTERACTION)
+    inter = [c for c, (_, v) in enumerate(classes) if v != ni]
     chosen: list[int] = []
-    for c in rng.permutation([c for c, (_, v) in enumerate(classes) if v != ni]):
+    for c in rng.permutation(inter):
         trial = {*chosen, int(c)}
         left = drawable(classes, objects, verbs, trial)
         objs, vbs = {classes[u][0] for u in left}, {classes[u][1] for u in left}
-        if all(classes[u][0] in objs and classes[u][1] in vbs for u in trial):
+        if set(left) == set(inter) - trial and all(classes[u][0] in objs and classes[u][1] in vbs for u in trial):
             chosen.append(int(c))
-        if len(chosen) == k:
-            break
-    return sorted(chosen)
+            if len(chosen) == k:
+                return sorted(chosen)
+    raise AffordError(f"synth-hoi: --unseen {k}: only {len(chosen)} interaction classes can be held out with their "
+                      "verb and object still trained and every other class still drawn")
 
 
-def _tile_box(box: list[int], ox: int, oy: int) -> list[int]:
-    """A 0-based end-exclusive tile box -> 1-based inclusive image box (HICO-DET's convention)."""
+def _tile_box(box: list[int], ox: int, oy: int) -> list[float]:
+    """A 0-based end-exclusive tile box -> 1-based inclusive image box, floats as HICO-DET's files hold."""
     x1, y1, x2, y2 = box
-    return [x1 + ox + 1, y1 + oy + 1, x2 + ox, y2 + oy]
+    return [float(x1 + ox + 1), float(y1 + oy + 1), float(x2 + ox), float(y2 + oy)]
 
 
 def render_image(world: dict, split: str, index: int, seed: int, tile: int, grid: int,
@@ -146,7 +154,8 @@ def render_image(world: dict, split: str, index: int, seed: int, tile: int, grid
         elif kind == "object":
             o = int(trng.integers(len(objects)))
             aff = sorted(VOCAB[objects[o]])[0]
-            img, obj_mask, _ = render_ego(world, objects[o], aff, tile, trng, difficulty)
+            # an object alone: no distractor of another category (it would carry no box and no pair)
+            img, obj_mask, _ = render_ego(world, objects[o], aff, tile, trng, difficulty, distractors=())
             box = bbox(obj_mask)
             if box is not None:
                 alone.append((_tile_box(list(box), ox, oy), o))
@@ -198,6 +207,10 @@ def generate_synthhoi(out: str | Path, seed: int = 0, n_train: int = 2000, n_tes
                      "unseen": unseen}
     for split, count, probs in (("train", n_train, train_p), ("test", n_test, test_p)):
         every = [int(c) for c in np.flatnonzero(probs)]  # each drawable class at least once, first
+        if count < len(every):
+            log.warning("synth-hoi: %d %s images cannot hold each of its %d interaction classes once; some classes "
+                        "(and, for training, possibly an unseen class's object or verb) will be missing",
+                        count, split, len(every))
         img_dir = out / "images" / SPLIT_FILES[split]
         img_dir.mkdir(parents=True, exist_ok=True)
         filenames, sizes, annotation, empty = [], [], [], []

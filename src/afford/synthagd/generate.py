@@ -93,10 +93,11 @@ def render_ego(world: dict[str, ObjectSpec], obj: str, aff: str, size: int, rng:
     canvas = background(size, rng, difficulty)
     if rng.uniform() < 0.35 * difficulty:
         others = [o for o in sorted(distractors if distractors is not None else world) if o != obj]
-        dspec = world[others[int(rng.integers(len(others)))]]
-        dpl = place(dspec, size, rng, float(rng.uniform(0.25, 0.4)), _tilt(dspec, rng, 1.0, False),
-                    bool(rng.uniform() < 0.5))
-        draw_object(canvas, dpl, _masks(dpl, size), rng)
+        if others:
+            dspec = world[others[int(rng.integers(len(others)))]]
+            dpl = place(dspec, size, rng, float(rng.uniform(0.25, 0.4)), _tilt(dspec, rng, 1.0, False),
+                        bool(rng.uniform() < 0.5))
+            draw_object(canvas, dpl, _masks(dpl, size), rng)
     pl = place(spec, size, rng, float(rng.uniform(0.5, 0.8)), _tilt(spec, rng, difficulty, False),
                bool(rng.uniform() < 0.5))
     masks = _masks(pl, size)

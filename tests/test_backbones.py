@@ -403,3 +403,25 @@ def test_clip_with_imagenet_input_stats_reproduces_the_reference_quirk() -> None
     assert "input_stats='imagenet'" in repr(quirk)
     with pytest.raises(AffordError, match="input_stats"):
         create_backbone("tiny_clip", input_stats="clip")
+
+
+def test_dino_position_embeddings_follow_dinos_interpolation() -> None:
+    """DINO interpolates with the scale factor (g + 0.1) / sqrt(N), not to a target size: at 448 px
+    the keys moved by up to 6 with transformers' resize-to-size."""
+    import math
+
+    import torch.nn.functional as F
+
+    from afford.backbones.vit import dino_position_embeddings
+
+    g = torch.Generator().manual_seed(0)
+    pos = torch.randn(1, 1 + 14 * 14, 8, generator=g)
+    assert dino_position_embeddings(pos, 14, 14) is pos  # native grid: untouched
+    for gh, gw in ((28, 28), (10, 10), (14, 20)):
+        got = dino_position_embeddings(pos, gh, gw)
+        grid = pos[:, 1:].reshape(1, 14, 14, 8).permute(0, 3, 1, 2)
+        want = F.interpolate(grid, scale_factor=((gh + 0.1) / math.sqrt(196), (gw + 0.1) / math.sqrt(196)),
+                             mode="bicubic", align_corners=False).permute(0, 2, 3, 1).reshape(1, gh * gw, 8)
+        torch.testing.assert_close(got, torch.cat([pos[:, :1], want], 1))
+        by_size = F.interpolate(grid, size=(gh, gw), mode="bicubic", align_corners=False)
+        assert float((by_size.permute(0, 2, 3, 1).reshape(1, gh * gw, 8) - want).abs().max()) > 1e-2

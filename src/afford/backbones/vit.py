@@ -9,11 +9,13 @@ Subclasses only say where the pieces live in each transformers model.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from afford.backbones.features import (
@@ -258,19 +260,44 @@ def _to_float(f: Features) -> Features:
     )
 
 
+def dino_position_embeddings(pos: Tensor, grid_h: int, grid_w: int) -> Tensor:
+    """DINO's positional embeddings ``(1, 1 + N, D)`` for a ``grid_h x grid_w`` patch grid, by DINO's
+    own rule: unchanged on the native square grid, else bicubic with the scale factor
+    ``(g + 0.1) / sqrt(N)`` (a scale factor samples other points than a target size does:
+    transformers' resize to the size moved the keys by up to 6 at 448 px). The official code gives
+    the width's factor to the rows, which only matters on non-square inputs; afford keeps rows as
+    rows there."""
+    n = pos.shape[1] - 1
+    side = int(math.sqrt(n))
+    if grid_h == grid_w == side:
+        return pos
+    grid = pos[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid.float(), scale_factor=((grid_h + 0.1) / side, (grid_w + 0.1) / side), mode="bicubic",
+                         align_corners=False).to(pos.dtype)
+    if tuple(grid.shape[-2:]) != (grid_h, grid_w):  # float rounding of the factor
+        raise AffordError(f"DINO position embeddings: interpolated to {tuple(grid.shape[-2:])}, expected "
+                          f"({grid_h}, {grid_w})")
+    return torch.cat([pos[:, :1], grid.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, -1)], 1)
+
+
 class DinoViT(VisionBackbone):
     """DINO v1 ViT (facebookresearch/dino) on ``transformers.ViTModel``.
 
-    Positional embeddings are bicubically interpolated for inputs whose grid differs from the
-    config's (the demo runs 112 px with patch 8); at the native size nothing is interpolated, as
-    in the reference.
+    Positional embeddings follow DINO's interpolation (:func:`dino_position_embeddings`) for inputs
+    whose grid differs from the config's; at the native size nothing is interpolated, as in the
+    reference.
     """
 
     def _blocks(self) -> nn.ModuleList:
         return self.model.layers
 
     def _embed(self, pixels: Tensor) -> Tensor:
-        return self.model.embeddings(pixels, interpolate_pos_encoding=True)
+        emb = self.model.embeddings
+        b, _, h, w = pixels.shape
+        x = emb.patch_embeddings(pixels)
+        x = torch.cat([emb.cls_token.expand(b, -1, -1), x], 1)
+        x = x + dino_position_embeddings(emb.position_embeddings, h // emb.patch_size, w // emb.patch_size)
+        return emb.dropout(x)
 
     def _norm1(self, block: nn.Module) -> nn.Module:
         return block.layernorm_before

@@ -43,7 +43,7 @@ from afford.backbones.vit import VisionBackbone
 from afford.device import compute_context
 from afford.errors import AffordError
 
-FORMAT = 1
+FORMAT = 2  # 2: DINO position embeddings interpolated by DINO's rule at non-native sizes (stored features differ)
 
 
 def default_feature_dir() -> Path:

@@ -184,9 +184,28 @@ def test_real_size_towers_without_vocabulary(monkeypatch, tmp_path) -> None:
 
 def test_save_pretrained_round_trip(tmp_path) -> None:
     enc = create_text_encoder("tiny_clip")
+    with torch.no_grad():
+        enc.logit_scale.fill_(3.25)  # learned: the round trip reset it to log(1/0.07)
     enc.save_pretrained(tmp_path / "t")
     again = create_text_encoder("tiny_clip", weights=tmp_path / "t")
     torch.testing.assert_close(again.encode_text(TEXTS), enc.encode_text(TEXTS), atol=0, rtol=0)
+    assert again.logit_scale.item() == pytest.approx(3.25)
+
+
+def test_a_full_clip_checkpoint_gives_its_learned_temperature(tmp_path) -> None:
+    """A hub-layout CLIPModel directory (as openai/clip-vit-base-patch16) holds logit_scale at its root;
+    the text tower loaded from it kept log(1/0.07) = 2.659 instead of OpenAI's ln 100 = 4.605."""
+    import math
+
+    from transformers import CLIPConfig, CLIPModel
+
+    text = create_text_encoder("tiny_clip").model.config.to_dict()
+    cfg = CLIPConfig(text_config=text, vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                         num_attention_heads=2, image_size=32, patch_size=16),
+                     projection_dim=text["projection_dim"], logit_scale_init_value=math.log(100))
+    CLIPModel(cfg).save_pretrained(tmp_path / "clip")
+    enc = create_text_encoder("tiny_clip", weights=tmp_path / "clip")
+    assert enc.logit_scale.item() == pytest.approx(math.log(100), abs=1e-5)
 
 
 def test_load_official_state_dict_into_existing_encoder() -> None:

@@ -44,8 +44,9 @@ class CLIPTextEncoder(nn.Module):
     still back-propagate to CoOp context vectors.
 
     Attributes:
-        logit_scale: CLIP's learned temperature (log scale), read from OpenAI files when present
-            (WSMA's ``L_clip`` uses it); initialised to ``log(1/0.07)`` otherwise.
+        logit_scale: CLIP's learned temperature (log scale), read from OpenAI files, a full CLIP
+            checkpoint (hub name or directory) or a directory this class saved, when present (WSMA's
+            ``L_clip`` uses it); initialised to ``log(1/0.07)`` otherwise.
     """
 
     def __init__(
@@ -96,7 +97,9 @@ class CLIPTextEncoder(nn.Module):
         return self.model.text_model.embeddings.token_embedding
 
     def save_pretrained(self, path: str | Path) -> None:
-        """Write the transformers model; reload with ``create_text_encoder(name, weights=path)``."""
+        """Write the transformers model and the learned temperature (its config's ``afford_logit_scale``:
+        the text model has no slot for it); reload with ``create_text_encoder(name, weights=path)``."""
+        self.model.config.afford_logit_scale = float(self.logit_scale.detach())
         self.model.save_pretrained(str(path))
 
     def load_official_state_dict(self, sd: dict[str, Tensor], source: str) -> None:

@@ -183,6 +183,26 @@ def _from_pretrained(model_cls: Any, where: str, kwargs: dict[str, Any]) -> nn.M
 
 
 # ----------------------------------------------------------------------------- text encoders
+def stored_logit_scale(model: nn.Module, where: str, kind: str) -> torch.Tensor | None:
+    """CLIP's learned temperature for a text tower loaded from a directory or hub name: the text
+    model drops it, so it comes from the config afford wrote (``afford_logit_scale``) or from the
+    full CLIP checkpoint's root ``logit_scale`` (OpenAI's: ln 100); None when neither has it."""
+    if (value := getattr(model.config, "afford_logit_scale", None)) is not None:
+        return torch.tensor(float(value))
+    if kind == "dir":
+        file: str | Path | None = Path(where).expanduser() / "model.safetensors"
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        file = try_to_load_from_cache(where, "model.safetensors")
+    if not isinstance(file, (str, Path)) or not Path(file).is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as f:
+        return f.get_tensor("logit_scale").float().reshape(()) if "logit_scale" in f.keys() else None
+
+
 def _text(proj: int, hidden: int = 512, heads: int = 8, layers: int = 12, vocab: int = 49408) -> dict[str, Any]:
     # OpenAI CLIP text tower: causal, QuickGELU, LayerNorm eps 1e-5, 77 positions (wsma.md §3.2).
     return dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden, num_attention_heads=heads,
@@ -236,6 +256,7 @@ def create_text_encoder(
     logit_scale = None
     if kind in ("dir", "hub"):
         model = _from_pretrained(CLIPTextModelWithProjection, where, dict(overrides))
+        logit_scale = stored_logit_scale(model, where, kind)
     else:
         model = CLIPTextModelWithProjection(CLIPTextConfig(**cfg))
         if kind == "file":

@@ -425,3 +425,14 @@ def test_dino_position_embeddings_follow_dinos_interpolation() -> None:
         torch.testing.assert_close(got, torch.cat([pos[:, :1], want], 1))
         by_size = F.interpolate(grid, size=(gh, gw), mode="bicubic", align_corners=False)
         assert float((by_size.permute(0, 2, 3, 1).reshape(1, gh * gw, 8) - want).abs().max()) > 1e-2
+
+
+def test_a_local_copy_of_a_hub_dino_gets_dinos_layernorm_eps(tmp_path) -> None:
+    """The hub's facebook/dino-* configs store layer_norm_eps 1e-12 (DINO: 1e-6); the override was applied
+    to hub names only, so the same weights downloaded into a directory ran with 1e-12."""
+    from transformers import ViTConfig, ViTModel
+
+    ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                       image_size=32, patch_size=16, layer_norm_eps=1e-12), add_pooling_layer=False).save_pretrained(tmp_path / "d")
+    bb = create_backbone("dino_vits16", weights=tmp_path / "d")
+    assert bb.model.config.layer_norm_eps == 1e-6 and bb.model.layernorm.eps == 1e-6

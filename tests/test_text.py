@@ -367,3 +367,11 @@ def test_wsma_tokenises_its_prompts_on_demand_only(monkeypatch) -> None:
     torch.testing.assert_close(m.prompt_learner.token_prefix, emb[want[:, :1]])
     assert torch.equal(m.prompt_learner.ctx, ctx) and torch.equal(torch.get_rng_state(), rng)
     assert m.text_features().shape == (2, 1024)
+
+
+def test_text_is_cleaned_as_openais_tokenizer_cleans_it(tmp_path) -> None:
+    """ftfy always runs (it was optional and absent here): a curly apostrophe and a decomposed é give
+    the ids of their plain forms, as with OpenAI's tokenizer."""
+    from afford.backbones.tokenizer import clean_text
+
+    assert clean_text("A person\u2019s  CAFE\u0301") == "a person's café"

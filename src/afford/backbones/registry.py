@@ -141,8 +141,9 @@ def _check_config_fields(config_cls: type, overrides: dict[str, Any], name: str)
 def _build(family: Family, cfg_kwargs: dict[str, Any], weights: Any, name: str, user_cfg: dict[str, Any]) -> nn.Module:
     kind, where = resolve_weights(weights)
     if kind in ("dir", "hub"):
-        # Released DINO uses LayerNorm eps 1e-6; hub configs may store another value.
-        extra = {"layer_norm_eps": 1e-6} if (kind == "hub" and family is _DINO) else {}
+        # Released DINO uses LayerNorm eps 1e-6; the hub's configs (and so a downloaded copy in a local
+        # directory) store 1e-12. A user's own option still wins.
+        extra = {"layer_norm_eps": 1e-6} if family is _DINO else {}
         return _from_pretrained(family.model_cls, where, {**extra, **user_cfg, **family.model_kwargs})
     model = family.model_cls(family.config_cls(**cfg_kwargs), **family.model_kwargs)
     if kind == "file":

@@ -53,13 +53,11 @@ def bytes_to_unicode() -> dict[int, str]:
 
 
 def clean_text(text: str) -> str:
-    """CLIP's normalisation: ftfy when installed, HTML unescape, collapse whitespace, lower case."""
-    try:
-        import ftfy  # optional, as in the reference tokenizer
+    """CLIP's normalisation, as OpenAI's tokenizer: ftfy (curly quotes, NFC: "person’s" and "person's"
+    give the same ids), HTML unescape, collapse whitespace, lower case."""
+    import ftfy
 
-        text = ftfy.fix_text(text)
-    except ImportError:
-        pass
+    text = ftfy.fix_text(text)
     text = html.unescape(html.unescape(text)).strip()
     return regex.sub(r"\s+", " ", text).strip().lower()
 

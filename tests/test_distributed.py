@@ -20,10 +20,11 @@ from afford.modules.kmeans import init_centroids
 
 #: float32 sums split over two processes round differently from one sum (BatchNorm statistics,
 #: gradients), and training amplifies rounding: after these 6 steps one process with 2 threads
-#: differs from one with 1 thread by 1.40e-4 (max |weight difference|, measured), and two
-#: processes differ from one by the same 1.40e-4. After 3 steps: 2.9e-7. The tolerance is that
-#: run-to-run noise of a single process, with room.
-ATOL = 5e-4
+#: differs from one with 1 thread by 3.75e-3 (max |weight difference|, measured 2026-12-03; it was
+#: 1.40e-4 when this tolerance was first set, before that session's model changes), and two
+#: processes differ from one by 7.1e-4. The tolerance is that run-to-run noise of a single
+#: process, with room.
+ATOL = 5e-3
 LOCATE = ["--set", "model.train_backbone=true", "--set", "data.resize=64", "--set", "data.crop=56",
           "--set", "data.test_size=56", "--set", "train.batch_size=4", "--set", "train.max_steps_per_epoch=3",
           "--set", "data.feature_cache=false", "--set", "model.warm_epoch=9", "--quiet"]

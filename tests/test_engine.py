@@ -220,3 +220,32 @@ def test_one_process_at_a_time_trains_into_a_run_folder(synth_root, tmp_path):
     with pytest.raises(AffordError, match="fewer than train.batch_size"):  # a failed start into a new folder ...
         train(cfg, tmp_path / "fresh", progress=False)
     assert not (tmp_path / "fresh").exists()  # ... leaves no folder behind
+
+
+def test_a_run_that_fails_at_its_first_step_leaves_no_folder_to_block_the_rerun(synth_root, tmp_path) -> None:
+    """model.grid set for another input size fails at the first step, after run.json was written: the
+    folder then refused the corrected rerun ('already holds a run', and with --resume 'a different
+    config'). A folder with a saved epoch is a run and stays."""
+    cfg = tiny_cfg(synth_root, "train.epochs=1")
+    calls = {"n": 0}
+
+    def failing(name, model_cfg, labels):
+        from afford.factory import create_method
+
+        m = create_method(name, model_cfg, labels)
+        real = m.forward_train
+
+        def forward_train(batch, epoch):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise AffordError("model.grid: the images give a 7x7 feature grid, the model expects 14x14")
+            return real(batch, epoch)
+
+        m.forward_train = forward_train
+        return m
+
+    with pytest.raises(AffordError, match="model.grid"):
+        train(cfg, tmp_path / "run", progress=False, build_method=failing)
+    assert not (tmp_path / "run").exists()
+    train(cfg, tmp_path / "run", progress=False)  # the corrected rerun trains
+    assert (tmp_path / "run" / ckpt.WEIGHTS).is_file()

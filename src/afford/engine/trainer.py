@@ -217,7 +217,9 @@ def exclusive_run(run_dir: Path) -> Iterator[None]:
     """One training per run folder: a second process (two sweeps or two ``--resume`` into one
     folder) gets a one-line error instead of both writing the same checkpoints. Under torchrun
     only rank 0 takes it (every rank trains into the same folder). A folder this call created is
-    removed again when nothing was written into it (a refused or failed start)."""
+    removed again when the training fails before its first epoch is saved (a refused start, or a
+    model that fails at its first step): it holds no run to resume, and its run.json would refuse
+    the corrected rerun ("already holds a run", then "--resume with a different config")."""
     if os.environ.get("RANK", "0") != "0":
         yield
         return
@@ -230,12 +232,16 @@ def exclusive_run(run_dir: Path) -> Iterator[None]:
         except BlockingIOError:
             raise AffordError(f"{run_dir}: another afford process is training into this folder (it holds {lock}); "
                               "wait for it to finish, or choose another --out") from None
+        failed = False
         try:
             yield
+        except BaseException:
+            failed = True
+            raise
         finally:
-            if created and [p.name for p in run_dir.iterdir()] == [RUN_LOCK]:
-                lock.unlink()
-                run_dir.rmdir()
+            only_lock = [p.name for p in run_dir.iterdir()] == [RUN_LOCK]
+            if created and (only_lock or (failed and not ckpt.completed_epochs(run_dir))):
+                shutil.rmtree(run_dir, ignore_errors=True)
             fcntl.flock(f, fcntl.LOCK_UN)
 
 

@@ -269,3 +269,16 @@ def test_eval_output_and_protocol_must_agree(run_dir, tmp_path, capsys):
     out = tmp_path / "p.json"
     assert main(["eval", "--checkpoint", str(run_dir), "--protocol", "plsp", "--json", str(out), "--quiet"]) == 0
     assert json.loads(out.read_text())["protocol"] == "plsp"
+
+
+def test_set_takes_several_overrides_after_one_flag_as_readme_writes_it() -> None:
+    """README writes [--set k=v ...]; a second value after one --set was an 'unrecognized arguments' error."""
+    from afford.cli import build_parser
+
+    p = build_parser()
+    a = p.parse_args(["train", "locate_seen", "--out", "r", "--set", "train.epochs=1", "train.lr=0.1", "--set", "data.crop=56"])
+    assert a.set == ["train.epochs=1", "train.lr=0.1", "data.crop=56"]
+    a = p.parse_args(["sweep", "locate_seen", "--seeds", "0,1", "--out", "r", "--set", "train.epochs=1", "train.lr=0.1"])
+    assert a.set == ["train.epochs=1", "train.lr=0.1"]
+    a = p.parse_args(["refine", "train", "--checkpoint", "r", "--set", "train.lr=0.05", "model.label_mode=fixed"])
+    assert a.set == ["train.lr=0.05", "model.label_mode=fixed"]

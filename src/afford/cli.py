@@ -589,7 +589,8 @@ def _add_train_parser(sub, help_text: str, config_help: str) -> None:  # noqa: A
     t = sub.add_parser("train", help=help_text)
     t.add_argument("config", help=config_help)
     t.add_argument("--out", required=True, help="run folder to write (run.json, model.safetensors, checkpoints/)")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.epochs=3")
+    t.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE",
+                   help="overrides, e.g. --set train.epochs=3 train.lr=0.01 (the flag may also repeat)")
     t.add_argument("--resume", action="store_true", help="continue from the last complete epoch checkpoint in --out")
     t.add_argument("--select", choices=("last", "best-on-test"), default=None,
                    help="which epoch's weights the run keeps (same as --set train.select=...; default: last)")
@@ -808,9 +809,9 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--radius", type=int, default=DEFAULT_RADIUS,
                     help=f"affinity neighbourhood gamma in feature cells (default: {DEFAULT_RADIUS})")
     rt.add_argument("--batch-size", type=positive_int, default=16, help="images per step (default: %(default)s)")
-    rt.add_argument("--set", action="append", metavar="KEY=VALUE",
-                    help="override of the head's training config (preset affinity_refiner), e.g. train.lr=0.05 or "
-                         "model.label_mode=fixed")
+    rt.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE",
+                    help="overrides of the head's training config (preset affinity_refiner), e.g. train.lr=0.05 "
+                         "model.label_mode=fixed (the flag may also repeat)")
     rt.add_argument("--resume", action="store_true", help="continue the head's training from its last complete epoch "
                     "(RUN/affinity/checkpoints)")
     rt.add_argument("--device", default=None, help="device to train on (default: the run's train.device); "
@@ -841,7 +842,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--seeds", default="0,1,2", help="comma-separated train.seed values (default: %(default)s)")
     sw.add_argument("--out", required=True, help="folder for seed_<s>/ runs, summary.json and summary.md; rerun to "
                     "resume: finished seeds are kept, a partial one resumes")
-    sw.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every seed, e.g. train.epochs=3")
+    sw.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE",
+                    help="overrides for every seed, e.g. --set train.epochs=3 train.lr=0.01 (the flag may also repeat)")
     sw.add_argument("--select", choices=("last", "best-on-test"), default=None,
                     help="best-on-test scores every epoch, so the summary also reports the best epoch on the test "
                          "set, labelled as such (the runs then keep that epoch's weights)")

@@ -40,7 +40,7 @@ def test_eval_checkpoint_and_baseline_json_schema(run_dir, synth_root, tmp_path,
     assert main(["eval", "--checkpoint", str(run_dir), "--data", str(synth_root), "--split", "Seen",
                  "--json", str(out), "--viz", str(tmp_path / "viz")]) == 0
     # the printed line names every choice behind its figures (protocol.md §1.5, §5, §7)
-    assert "[protocol=standard, nss=ooal_eps, empty_gt=kept, selection=last-epoch]" in capsys.readouterr().out
+    assert "[protocol=standard, nss=ooal_eps, empty_gt=kept, selection=last-epoch, output=raw]" in capsys.readouterr().out
     m = json.loads(out.read_text())
     for key in ("protocol", "split", "n_images", "KLD", "SIM", "NSS", "per_affordance", "per_object"):
         assert key in m

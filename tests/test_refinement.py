@@ -76,7 +76,9 @@ def test_refine_train_then_eval_and_predict(tiny_run, synth_root, tmp_path, caps
     raw, refined = tmp_path / "raw.json", tmp_path / "m.json"
     common = ["eval", "--checkpoint", str(run_copy), "--data", str(synth_root), "--split", "Seen", "--quiet"]
     assert main([*common, "--json", str(raw)]) == 0
+    capsys.readouterr()
     assert main([*common, "--refine", "affinity", "--json", str(refined)]) == 0
+    assert ", refine=affinity]" in capsys.readouterr().out  # the printed line says the maps were refined
     m, r = json.loads(refined.read_text()), json.loads(raw.read_text())
     assert m["refine"]["affinity"] == "trained_head" and np.isfinite(m["KLD"]) and r["refine"] == "none"
     # how the head's labels were made, as trained (affinity.md §10, §12.4): the stored α were psa's whatever the mode

@@ -61,6 +61,16 @@ def test_sweep_trains_each_seed_reports_both_rules_and_resumes(synth_root: Path,
     (tmp_path / "killed" / "run.json").write_text(json.dumps(info))
     assert main(["eval", "--runs", str(tmp_path / "killed"), "--quiet"]) == 2
     assert "an unfinished run" in capsys.readouterr().err
+    # two configurations are not two seeds (a LOCATE and a WSMA run were averaged), and eval flags that
+    # --runs cannot apply are refused, not ignored
+    shutil.copytree(tmp_path / "seed_4", tmp_path / "other_lr")
+    info = json.loads((tmp_path / "other_lr" / "run.json").read_text())
+    info["config"]["train"]["lr"] = 0.5
+    (tmp_path / "other_lr" / "run.json").write_text(json.dumps(info))
+    assert main(["eval", "--runs", str(tmp_path / "seed_3"), str(tmp_path / "other_lr"), "--quiet"]) == 2
+    assert "not a seed of the same configuration" in capsys.readouterr().err
+    assert main(["eval", "--runs", str(tmp_path / "seed_3"), "--label-sensitivity", "--refine", "affinity"]) == 2
+    assert "--refine, --label-sensitivity would be ignored" in capsys.readouterr().err
     assert main(["sweep", "looptrans_synthagd_demo", "--seeds", "3", "--out", str(tmp_path), "--set",
                  f"data.root={synth_root}", "--quiet"]) == 2
     assert "method: run has 'locate', now 'looptrans'" in capsys.readouterr().err  # was a KeyError traceback

@@ -92,6 +92,10 @@ def _print_summary(title: str, s: dict) -> None:
               + (f" ({s['n_excluded']})" if s.get("n_excluded") else "")]
     if s.get("selection"):
         labels.append(f"selection={s['selection'].get('rule', 'unknown')}")
+    if s.get("output"):
+        labels.append(f"output={s['output']}")
+    if isinstance(s.get("refine"), dict):
+        labels.append(f"refine={s['refine'].get('refine', 'yes')}")
     print(f"{title}: n={s['n_images']} KLD={s['KLD']:.3f} SIM={s['SIM']:.3f} NSS={s['NSS']:.3f} "
           f"[{', '.join(labels)}]")
     if s.get("n_constant_pred"):
@@ -340,6 +344,11 @@ MODEL_ONLY_FLAGS = {"viz": "--viz", "refine": "--refine", "device": "--device", 
                     "batch_size": "--batch-size", "label_sensitivity": "--label-sensitivity", "output": "--output"}
 
 
+#: eval flags that --runs cannot apply (each run is scored by its own recorded settings).
+RUN_SCORING_FLAGS = {**MODEL_ONLY_FLAGS, "data": "--data", "split": "--split", "exact": "--exact",
+                     "exclude_empty_gt": "--exclude-empty-gt", "breakdown": "--breakdown"}
+
+
 def _open_eval_split(a: argparse.Namespace, info: dict | None):
     """``--data``/``--split``, defaulting to what the run recorded (``data_root``, ``split``)."""
     from afford.data.agd20k import open_split
@@ -357,6 +366,13 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if a.runs:
         if a.pred or a.baseline or a.checkpoint:
             raise AffordError("eval: --runs scores runs on their own test sets; drop --pred/--baseline/--checkpoint")
+        unused = [flag for dest, flag in RUN_SCORING_FLAGS.items() if getattr(a, dest) not in (None, False, "auto")]
+        from afford.metrics.saliency import PROTOCOLS
+
+        unused += ["--protocol"] if a.protocol != PROTOCOLS[0] else []
+        if unused:
+            raise AffordError(f"eval: --runs scores each run as it was trained to be scored (its eval settings); "
+                              f"{', '.join(unused)} would be ignored: score one run with --checkpoint RUN for those")
         from afford.sweep import format_summary, summarise_runs
 
         per_run, summary = summarise_runs(a.runs, progress=not a.quiet)

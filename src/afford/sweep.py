@@ -179,6 +179,27 @@ def format_summary(summary: dict[str, Any], title: str) -> str:
     return "\n".join(lines)
 
 
+def check_one_recipe(run_dirs: Sequence[str | Path]) -> None:
+    """Runs summarised together are seeds of one configuration: the same method and settings, the seed
+    aside (and what does not change results: log cadence, workers, cache folder). A LOCATE and a WSMA
+    run were averaged as two seeds."""
+    from afford.config import config_from_dict
+    from afford.engine.trainer import config_differences
+
+    if len(run_dirs) < 2:
+        return
+    first = Path(run_dirs[0])
+    info = ckpt.read_run_info(first)
+    cfg = config_from_dict(info["config"], first / ckpt.RUN_FILE)
+    for other in run_dirs[1:]:
+        cfg.train.seed = int(ckpt.read_run_info(Path(other))["config"]["train"].get("seed", cfg.train.seed))
+        diff = config_differences(Path(other), cfg)
+        if diff:
+            what = diff[0].replace("run has", "this run has").replace(", now", f", {first} has")
+            raise AffordError(f"{other}: not a seed of the same configuration as {first} ({what}); summarise the seeds "
+                              "of one configuration together")
+
+
 def summarise_runs(run_dirs: Sequence[str | Path], progress: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """Evaluate existing runs and summarise them: ``(per_run, summary)``. Each run counts once
     however it is spelt; runs of different tasks (other metrics) cannot be averaged."""
@@ -187,6 +208,7 @@ def summarise_runs(run_dirs: Sequence[str | Path], progress: bool = False) -> tu
         if (key := Path(p).resolve()) in seen:
             raise AffordError(f"{p}: the same run as {seen[key]}; list each run once")
         seen[key] = str(p)
+    check_one_recipe(run_dirs)
     per_run = {str(p): evaluate_run(Path(p), progress) for p in run_dirs}
     metrics = {name: sorted(v[LAST]) for name, v in per_run.items()}
     first = next(iter(metrics.items()), None)

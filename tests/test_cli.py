@@ -282,3 +282,19 @@ def test_set_takes_several_overrides_after_one_flag_as_readme_writes_it() -> Non
     assert a.set == ["train.epochs=1", "train.lr=0.1"]
     a = p.parse_args(["refine", "train", "--checkpoint", "r", "--set", "train.lr=0.05", "model.label_mode=fixed"])
     assert a.set == ["train.lr=0.05", "model.label_mode=fixed"]
+
+
+def test_eval_split_of_a_run_is_found_beside_the_split_it_trained_on(run_dir, synth_root, tmp_path, capsys) -> None:
+    """run.json records the split's own folder as data_root: --split Other looked for data_root/Other."""
+    import shutil
+
+    data = tmp_path / "d"
+    for name in ("Seen", "Other"):
+        shutil.copytree(synth_root / "Seen", data / name)
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    info = json.loads((run / "run.json").read_text())
+    info["data_root"] = str(data / "Seen")
+    (run / "run.json").write_text(json.dumps(info))
+    assert main(["eval", "--checkpoint", str(run), "--split", "Other", "--quiet", "--json", str(tmp_path / "m.json")]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["data_root"] == str(data / "Other")

@@ -353,11 +353,15 @@ def _open_eval_split(a: argparse.Namespace, info: dict | None):
     """``--data``/``--split``, defaulting to what the run recorded (``data_root``, ``split``)."""
     from afford.data.agd20k import open_split
 
-    data = a.data or (info or {}).get("data_root")
+    info = info or {}
+    data = a.data or info.get("data_root")
     if not data:
-        why = " (the run records no data root, e.g. an imported checkpoint)" if info is not None else ""
+        why = " (the run records no data root, e.g. an imported checkpoint)" if info else ""
         raise AffordError(f"eval: --data ROOT is required{why}")
-    return open_split(data, a.split or (info or {}).get("split") or "Seen")
+    if not a.data and a.split and info.get("split") and a.split.lower() != str(info["split"]).lower() \
+            and Path(data).name.lower() == str(info["split"]).lower():
+        data = str(Path(data).parent)  # the run records its split's folder: another split is its sibling
+    return open_split(data, a.split or info.get("split") or "Seen")
 
 
 def cmd_eval(a: argparse.Namespace) -> int:

@@ -298,3 +298,10 @@ def test_eval_split_of_a_run_is_found_beside_the_split_it_trained_on(run_dir, sy
     (run / "run.json").write_text(json.dumps(info))
     assert main(["eval", "--checkpoint", str(run), "--split", "Other", "--quiet", "--json", str(tmp_path / "m.json")]) == 0
     assert json.loads((tmp_path / "m.json").read_text())["data_root"] == str(data / "Other")
+
+
+def test_select_flag_and_set_must_agree(tmp_path, capsys) -> None:
+    assert main(["train", "locate_synthagd_demo", "--out", str(tmp_path / "r"), "--select", "best-on-test",
+                 "--set", "train.select=last"]) == 2  # --select silently won
+    assert "--select best-on-test and --set train.select=last disagree" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -198,13 +198,19 @@ def test_hoi_commands_refuse_affordance_runs_and_undecodable_images_in_one_line(
     err = capsys.readouterr().err.strip()
     assert "broken.jpg: not a readable image" in err and len(err.splitlines()) == 1
     train_img = synth / "images" / "train2015" / "SYNTHHOI_train2015_00000000.jpg"
-    for extra, message in (([], "pass the detections of your images"),
-                           (["--detections", str(synth / "detections_gt_test2015.json")],
-                            "no cached detections for image 'SYNTHHOI_train2015_00000000.jpg'")):
+    # without --detections the run's own test detections are read (as hoi eval and the app do)
+    for extra in ([], ["--detections", str(synth / "detections_gt_test2015.json")]):
         assert main(["hoi", "predict", str(train_img), "--checkpoint", str(tmp_path / "r"), "--out",
                      str(tmp_path / "p"), *extra]) == 2
         err = capsys.readouterr().err.strip()
-        assert message in err and len(err.splitlines()) == 1
+        assert "no cached detections for image 'SYNTHHOI_train2015_00000000.jpg'" in err and len(err.splitlines()) == 1
+    test_img = synth / "images" / "test2015" / "SYNTHHOI_test2015_00000000.jpg"
+    assert main(["hoi", "predict", str(test_img), "--checkpoint", str(tmp_path / "r"), "--out", str(tmp_path / "p"),
+                 "--quiet"]) == 0
+    assert (tmp_path / "p" / "SYNTHHOI_test2015_00000000_hoi.json").is_file()
+    # hoi train of an affordance preset is refused (it trained an affordance model quietly)
+    assert main(["hoi", "train", "locate_synthagd_demo", "--out", str(tmp_path / "x")]) == 2
+    assert "'afford hoi train' trains HOI detectors" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 def test_training_images_flip_boxes_with_the_image(synth: Path) -> None:

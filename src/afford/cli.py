@@ -220,6 +220,9 @@ def cmd_hoi_eval(a: argparse.Namespace) -> int:
         from afford.checkpoint import read_run_info
 
         run_info = read_run_info(Path(a.checkpoint))
+        if run_info.get("labels", {}).get("task", "affordance") != "hoi":
+            raise AffordError(f"{a.checkpoint}: a {run_info['method']} run (affordance grounding), not an HOI "
+                              "detector; score it with 'afford eval --checkpoint'")
     root = a.data or run_info.get("data_root")
     if not root:
         raise AffordError("hoi eval: --data ROOT is required")
@@ -315,8 +318,17 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     overrides = list(a.set or [])
     if a.select:
+        if clash := [o for o in overrides if o.split("=", 1)[0].strip() == "train.select" and o.split("=", 1)[-1].strip()
+                     != a.select]:
+            raise AffordError(f"train: --select {a.select} and --set {clash[0]} disagree; give one of them")
         overrides.append(f"train.select={a.select}")
     cfg = load_config(a.config, overrides)  # a bad config fails here, before any process starts
+    if getattr(a, "task", None):
+        from afford.factory import method_spec
+
+        if (task := method_spec(cfg.method).task) != a.task:
+            raise AffordError(f"{a.config}: a {cfg.method} config (task {task!r}); 'afford hoi train' trains HOI "
+                              "detectors: train it with 'afford train'")
     if a.nproc > 1 and "WORLD_SIZE" not in os.environ:
         from afford.engine.distributed import DistContext, check_batch
         from afford.engine.launch import launch_torchrun
@@ -604,8 +616,9 @@ OUTPUT_HELP = ("which of the method's outputs to use (default: the method's own,
                "'raw' is the unrefined CAM)")
 
 
-def _add_train_parser(sub, help_text: str, config_help: str) -> None:  # noqa: ANN001 - argparse's private type
-    """``afford train`` and ``afford hoi train``: one verb, the same engine."""
+def _add_train_parser(sub, help_text: str, config_help: str, task: str | None = None) -> None:  # noqa: ANN001
+    """``afford train`` and ``afford hoi train``: one verb, the same engine (``task``: the one the verb
+    trains, when it is the HOI verb)."""
     t = sub.add_parser("train", help=help_text)
     t.add_argument("config", help=config_help)
     t.add_argument("--out", required=True, help="run folder to write (run.json, model.safetensors, checkpoints/)")
@@ -619,7 +632,7 @@ def _add_train_parser(sub, help_text: str, config_help: str) -> None:  # noqa: A
                         "GPU; the global batch stays train.batch_size; default: 1). Multi-node: run "
                         "'torchrun ... -m afford.cli train ...' yourself (docs/distributed.md)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
-    t.set_defaults(fn=cmd_train)
+    t.set_defaults(fn=cmd_train, task=task)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -716,7 +729,7 @@ def build_parser() -> argparse.ArgumentParser:
     hoi = sub.add_parser("hoi", help="human-object interaction detection tools").add_subparsers(
         dest="hoi_cmd", required=True)
     _add_train_parser(hoi, "train an HOI detector from a YAML config (same as 'afford train')",
-                      "YAML path or a packaged config name, e.g. clip4hoi_hicodet, clip4hoi_synthhoi_demo")
+                      "YAML path or a packaged config name, e.g. clip4hoi_hicodet, clip4hoi_synthhoi_demo", task="hoi")
     he = hoi.add_parser("eval", help="HICO-DET mAP with the official rule (hoi.md §7, §12)")
     src = he.add_mutually_exclusive_group(required=True)
     src.add_argument("--dets", default=None, help="detection file: JSON {image file name: [[hoi, h_x1, h_y1, h_x2, "
@@ -754,7 +767,7 @@ def build_parser() -> argparse.ArgumentParser:
     hp.add_argument("--checkpoint", required=True, help="run folder of a trained HOI detector (clip4hoi)")
     hp.add_argument("--out", required=True, help="folder for <image>_hoi.json and <image>_hoi.png")
     hp.add_argument("--detections", default=None, help="cached detections of the images (runs with a cached "
-                    "detector): JSON {file name: {boxes, scores, labels}}")
+                    "detector): JSON {file name: {boxes, scores, labels}} (default: the run's model.detections_test)")
     hp.add_argument("--top", type=positive_int, default=10, help="triplets per image in the JSON (default: %(default)s)")
     hp.add_argument("--draw", type=non_negative_int, default=3,
                     help="triplets drawn on the picture (default: %(default)s; 0: none)")

@@ -25,7 +25,8 @@ class HOIPredictor:
     """Top HOI triplets of an image from a trained ``clip4hoi`` run.
 
     ``detections``: a cached-detections file (JSON per image file name) for runs whose detector
-    is ``cached``; images are looked up by file name.
+    is ``cached`` (default: the run's own test detections, ``model.detections_test``, as ``hoi eval``
+    and the app use); images are looked up by file name.
     """
 
     def __init__(self, run: LoadedRun | str | Path, device: str = "cpu", detections: str | Path | None = None) -> None:
@@ -36,9 +37,11 @@ class HOIPredictor:
         self.model = self.run.method
         self.cfg = self.run.config.model
         self.device = torch.device(device)
-        self.detections = None if detections is None else Path(detections)
-        if self.cfg.detector == "cached" and self.detections is None:
-            raise AffordError(f"{self.run.path}: this run reads cached detections (model.detector=cached); "
+        own = getattr(self.cfg, "detections_test", None)
+        self.detections = Path(detections) if detections is not None else (Path(own) if own else None)
+        if self.cfg.detector == "cached" and (self.detections is None or not self.detections.is_file()):
+            tried = f" (its own test detections {str(self.detections)!r} are not here)" if self.detections else ""
+            raise AffordError(f"{self.run.path}: this run reads cached detections (model.detector=cached){tried}; "
                               "pass the detections of your images (--detections FILE)")
         self._cached: dict | None = None
         self.image: Image.Image | None = None

@@ -106,3 +106,8 @@ def test_values_runs_were_trained_with_still_load():
     cfg = build_config("locate", overrides=["train.log_every=0", "data.cache_views=0", "train.scheduler=none",
                                             "train.step_size=0", "train.gamma=0"])
     assert (cfg.train.log_every, cfg.data.cache_views, cfg.train.step_size) == (0, 0, 0)
+
+
+def test_a_mistyped_preset_name_gets_suggestions() -> None:
+    with pytest.raises(AffordError, match=r"did you mean: locate_synthagd_demo"):
+        load_config("locate_synthagd_dem")

@@ -331,3 +331,13 @@ def cfg_overrides(cfg) -> list[str]:
     """A run config as key=value overrides (to vary one field)."""
     d = cfg.to_dict()
     return [f"{s}.{k}={v}" for s in ("model", "data", "train") for k, v in d[s].items() if v is not None]
+
+
+def test_a_missing_cluster_module_names_the_key_and_how_to_make_it() -> None:
+    """The demo preset run by hand failed with 'checkpoint file not found' naming neither the key nor the
+    command that makes the cluster run."""
+    from afford.errors import AffordError
+    from afford.methods.looptrans_cluster import load_cluster_weights
+
+    with pytest.raises(AffordError, match=r"model.cluster_weights: .*nowhere does not exist.*looptrans_cluster_synthagd_demo"):
+        load_cluster_weights("/nowhere")

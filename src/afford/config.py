@@ -237,7 +237,10 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
 
         packaged = packaged_config(str(path))
         if packaged is None:
-            raise AffordError(f"{path}: config file not found")
+            from afford.factory import list_presets
+
+            raise AffordError(f"{path}: config file not found, nor a packaged preset of that name"
+                              f"{did_you_mean(str(path), list_presets())} (afford list)")
         p = packaged
     try:
         preset = yaml.safe_load(p.read_text()) or {}

@@ -89,6 +89,11 @@ def load_cluster_weights(source: str | Path) -> tuple[dict[str, Tensor], dict[st
     from afford.checkpoint import file_sha256, read_run_weights
 
     path = Path(source)
+    if not path.exists():
+        raise AffordError(f"model.cluster_weights: {source} does not exist; LoopTrans needs its frozen cluster module: "
+                          "train it first (afford train looptrans_cluster_<split> --out RUN, e.g. "
+                          "looptrans_cluster_synthagd_demo for the demo presets) and pass --set model.cluster_weights=RUN, "
+                          "or give a released cluster_{seen,unseen}.pth")
     if path.is_dir():
         sd, info = read_run_weights(path, "looptrans_cluster", "model.cluster_weights")
         cluster = {k[len("cluster."):]: v for k, v in sd.items() if k.startswith("cluster.")}

@@ -226,3 +226,16 @@ def test_an_absurd_image_size_is_refused(synth: Path, tmp_path) -> None:
     (tmp_path / "instances_test2015.json").write_text(json.dumps(d))
     with pytest.raises(AffordError, match=r"size\[0\].*at most 65535 px"):
         load_hicodet(tmp_path / "instances_test2015.json")
+
+
+def test_a_group_without_any_test_pair_is_said_to_be_the_rules_zero(synth: Path, tmp_path, capsys) -> None:
+    """The quick demo printed 'non_rare 0.00' for a group none of whose classes has a test pair."""
+    d = json.loads((synth / "instances_test2015.json").read_text())
+    present = {h for a in d["annotation"] for h in a["hoi"]}
+    absent = [c for c in range(len(d["correspondence"])) if c not in present]
+    assert absent
+    d["rare"], d["non_rare"] = absent, sorted(present)
+    (tmp_path / "instances_test2015.json").write_text(json.dumps(d))
+    assert main(["hoi", "eval", "--baseline", "object-prior", "--data", str(tmp_path / "instances_test2015.json")]) == 0
+    out = capsys.readouterr().out
+    assert f"none of the {len(absent)} rare classes has a test pair" in out and "non_rare classes" not in out

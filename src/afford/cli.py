@@ -272,6 +272,10 @@ def cmd_hoi_eval(a: argparse.Namespace) -> int:
           f"{out['n_detections']}, classes without GT {out['n_classes_without_gt']}]")
     if a.mode == "known-object":
         print(f"note: known-object images {out['known_object_images']}")
+    for name, ids in groups.items():  # hoi.md §12: AP 0 for a class without a test pair, by the official rule
+        if not any(out["n_gt"][c] for c in ids):
+            print(f"note: none of the {len(ids)} {name} classes has a test pair in {ds.source.name}: its "
+                  f"{100 * out['mAP'][name]:.2f} is the official rule's AP 0 per class, not a measurement")
     _write_json(a.json, out)
     return 0
 

@@ -252,9 +252,9 @@ def test_eval_takes_data_and_split_from_the_run_and_rejects_ignored_flags(run_di
     for flags in (["--viz", "v"], ["--refine", "affinity-free"], ["--device", "cpu"], ["--bf16"], ["--batch-size", "4"],
                   ["--output", "raw"]):
         assert main(["eval", "--baseline", "center", "--data", str(synth_root), *flags]) == 2
-        assert f"{flags[0]} only apply to --checkpoint RUN" in one_line_error(capsys)
+        assert f"{flags[0]} only applies to --checkpoint RUN" in one_line_error(capsys)
     assert main(["eval", "--pred", str(tmp_path), "--data", str(synth_root), "--bf16"]) == 2
-    assert "with --pred they would be ignored" in one_line_error(capsys)
+    assert "with --pred it would be ignored" in one_line_error(capsys)
     assert main(["eval", "--baseline", "center"]) == 2
     assert "--data ROOT is required" in one_line_error(capsys)
 
@@ -305,3 +305,9 @@ def test_select_flag_and_set_must_agree(tmp_path, capsys) -> None:
                  "--set", "train.select=last"]) == 2  # --select silently won
     assert "--select best-on-test and --set train.select=last disagree" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_data_synth_takes_the_split_as_every_other_command_spells_it() -> None:
+    from afford.cli import build_parser
+
+    assert build_parser().parse_args(["data", "synth", "--out", "o", "--split", "Seen"]).split == "seen"  # was refused

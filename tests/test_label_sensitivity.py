@@ -76,7 +76,7 @@ def test_eval_label_sensitivity_flag(tiny_run, synth_root, tmp_path, capsys):
     assert f"| {ls['right']['KLD']:.3f} | {ls['wrong']['KLD']:.3f} |" in capsys.readouterr().out
     # a baseline or a prediction folder cannot be asked about other labels: one clear error
     assert main(["eval", "--baseline", "object", "--data", str(synth_root), "--label-sensitivity"]) == 2
-    assert "--label-sensitivity only apply to --checkpoint" in capsys.readouterr().err
+    assert "--label-sensitivity only applies to --checkpoint" in capsys.readouterr().err
 
 
 def test_label_sensitivity_batches_by_the_eval_batch_size_and_drops_empty_gts(gt_by_image):

@@ -214,7 +214,8 @@ def cmd_hoi_eval(a: argparse.Namespace) -> int:
         ignored = [f for f, v in (("--detections", a.detections), ("--bf16", a.bf16), ("--save-dets", a.save_dets))
                    if v]
         if ignored:
-            raise AffordError(f"hoi eval: {', '.join(ignored)} only apply to --checkpoint RUN")
+            raise AffordError(f"hoi eval: {', '.join(ignored)} only {'apply' if len(ignored) > 1 else 'applies'} to "
+                              "--checkpoint RUN")
     run_info: dict = {}
     if a.checkpoint:
         from afford.checkpoint import read_run_info
@@ -405,8 +406,10 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if not a.checkpoint:
         ignored = [flag for attr, flag in MODEL_ONLY_FLAGS.items() if getattr(a, attr) not in (None, False, "auto")]
         if ignored:
-            raise AffordError(f"eval: {', '.join(ignored)} only apply to --checkpoint RUN (a model); "
-                              f"with --{'pred' if a.pred else 'baseline'} they would be ignored")
+            raise AffordError(f"eval: {', '.join(ignored)} only {'apply' if len(ignored) > 1 else 'applies'} to "
+                              "--checkpoint RUN (a model); "
+                              f"with --{'pred' if a.pred else 'baseline'} {'they' if len(ignored) > 1 else 'it'} "
+                              "would be ignored")
     progress = not a.quiet
     ecfg = EvalConfig(protocol=a.protocol, exact=a.exact, exclude_empty_gt=a.exclude_empty_gt,
                       batch_size=a.batch_size or EvalConfig.batch_size, output=a.output)
@@ -665,7 +668,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="SynthAGD and SynthHOI -> train every method -> evaluate beside the baselines -> report")
     d.add_argument("--out", default="demo_out",
                    help="output folder: data/, runs/, overlays/, report.md, metrics.json (default: demo_out)")
-    d.add_argument("--quick", action="store_true", help="smoke-test sizes (< 60 s)")
+    d.add_argument("--quick", action="store_true",
+                   help="smoke test (< 60 s): tiny sizes, and only LOCATE, LoopTrans, SelectiveCL and a small HOI section")
     d.add_argument("--seed", type=int, default=0, help="seed of the SynthAGD data and of training (default: 0)")
     d.add_argument("--overwrite", action="store_true",
                    help="replace OUT/data and OUT/runs/<preset> even when OUT is not a previous demo output")
@@ -685,7 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = data.add_parser("synth", help="generate SynthAGD in the AGD20K layout")
     s.add_argument("--out", required=True, help="data root; the split is written to OUT/<Seen|Unseen>, masks "
                    "and HOI boxes to OUT/extras/<Seen|Unseen>")
-    s.add_argument("--split", choices=tuple(SPLITS), default=gen["split"],
+    s.add_argument("--split", choices=tuple(SPLITS), type=str.lower, default=gen["split"],
                    help="seen or unseen (unseen: test objects absent from training) (default: %(default)s)")
     s.add_argument("--seed", type=int, default=gen["seed"],
                    help="world and image seed; same arguments give byte-identical files (default: %(default)s)")

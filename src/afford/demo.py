@@ -571,7 +571,7 @@ def _label_text(rows: dict[str, dict]) -> list[str]:
             "object's other affordances (wrong label), scored against the same GT. A method that reads the "
             "label scores worse with a wrong one; a label-blind method scores the same and its maps "
             "correlate near 1 (methods.md §1.6). The whole-object map is label-blind by construction.", "",
-            format_label_sensitivity(rows), ""]
+            format_label_sensitivity(rows, legend=False), ""]
 
 
 def _breakdown_text(rows: dict[str, dict], reference: str = "baseline: object") -> list[str]:

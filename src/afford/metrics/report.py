@@ -173,9 +173,13 @@ def map_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(a @ b) / (na * nb)
 
 
-def format_label_sensitivity(rows: Mapping[str, Mapping]) -> str:
-    """Markdown table of the ``label_sensitivity`` entries of report rows (rows without one skipped)."""
-    lines = ["| row | n | right-label KLD ↓ | wrong-label KLD | right-label SIM ↑ | wrong-label SIM | map correlation |",
+def format_label_sensitivity(rows: Mapping[str, Mapping], legend: bool = True) -> str:
+    """Markdown table of the ``label_sensitivity`` entries of report rows (rows without one skipped),
+    after a one-line legend (``legend``): the table is read by comparing the right- and wrong-label columns."""
+    head = ["Label sensitivity: each image scored with its own affordance's map (right) and with its object's other "
+            "affordances' maps (wrong); a label-blind map scores the same and its maps correlate near 1.",
+            ""] if legend else []
+    lines = [*head, "| row | n | right-label KLD ↓ | wrong-label KLD | right-label SIM ↑ | wrong-label SIM | map correlation |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for name, row in rows.items():
         ls = row.get("label_sensitivity")

@@ -37,6 +37,9 @@ def test_train_writes_run_and_loads(synth_root, tmp_path):
     assert res.epochs_done == 2 and res.selection == {"rule": "last-epoch", "epoch": 2}
     info = json.loads((run / "run.json").read_text())
     assert info["method"] == "locate" and info["selection"]["rule"] == "last-epoch"
+    # which code made the run (a saved run's figures move when the library changes)
+    assert info["software"]["torch"] == torch.__version__ and info["software"]["afford"]
+    assert set(info["software"]) >= {"python", "torch", "afford", "transformers"}
     lines = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     assert lines[0]["kind"] == "start" and any(r["kind"] == "epoch" for r in lines)
     groups = {g["group"]: g["lr"] for g in lines[0]["param_groups"]}

@@ -108,10 +108,37 @@ def read_run_weights(path: Path, method: str, field: str) -> tuple[dict[str, tor
                                            "model": dict(info["config"].get("model", {}))}
 
 
+def software() -> dict[str, Any]:
+    """What made a run: afford's version and, in a git checkout, its commit (``+dirty`` with local
+    changes), and the versions of Python, torch and transformers. A saved run's figures can move when
+    the library changes; this says which code made them."""
+    import platform
+    import subprocess
+    from importlib import metadata
+
+    out: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__}
+    for dist in ("afford", "transformers"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--", "."], capture_output=True,
+                               text=True, timeout=5, check=True).stdout.strip()
+        out["afford_commit"] = commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):  # not a git checkout, or no git
+        pass
+    return out
+
+
 def write_run_info(run_dir: Path, cfg: RunConfig, labels: LabelSpace, extra: dict[str, Any] | None = None) -> None:
-    """``run.json``: the label space in full (``labels``) and its names as ``classes``."""
+    """``run.json``: the label space in full (``labels``) and its names as ``classes``, and the software
+    that made it (:func:`software`)."""
     info = {"format": "afford-run/1", "method": cfg.method, "labels": labels.to_dict(), "classes": list(labels.names),
-            "config": cfg.to_dict()}
+            "config": cfg.to_dict(), "software": software()}
     info.update(extra or {})
     write_json(run_dir / RUN_FILE, info)
 

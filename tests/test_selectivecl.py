@@ -387,3 +387,21 @@ def test_synth_clip_run_gives_selectivecl_its_towers_and_is_recorded(synth_root,
     train(load_config("locate_synthagd_demo", small), tmp_path / "locate", progress=False)
     with pytest.raises(AffordError, match="is a 'locate' run, not a synth_clip run"):
         SelectiveCL(SelectiveCLConfig(**TINY, clip_weights=str(tmp_path / "locate")), clip_run.classes)
+
+
+def test_batchnorm_statistics_move_as_the_references_two_passes_per_step() -> None:
+    """The reference runs each conv stack twice per step on one input ("nocond"), so its BatchNorm
+    running statistics take two updates at 0.1; afford's one pass at 0.19 lands on the same values."""
+    from afford.methods.selectivecl import TWO_PASS_BN_MOMENTUM
+
+    model = SelectiveCL(SelectiveCLConfig(**TINY), SEEN_AFFORDANCES[:4]).train()
+    bn = model.aff_ego_proj[1]
+    assert bn.momentum == pytest.approx(0.19)
+    x = torch.randn(4, bn.num_features, 5, 5, generator=gen(21)) * 3 + 1
+    ref = torch.nn.BatchNorm2d(bn.num_features).train()  # PyTorch's 0.1, applied twice to the same batch
+    ref(x), ref(x)
+    bn.reset_running_stats()
+    bn(x)
+    torch.testing.assert_close(bn.running_mean, ref.running_mean)
+    torch.testing.assert_close(bn.running_var, ref.running_var)
+    assert TWO_PASS_BN_MOMENTUM == pytest.approx(1 - 0.9**2)

@@ -91,6 +91,10 @@ class SelectiveCLConfig:
     calibration: str = "continuous"  # the code's minmax(A_ego) · CAM; "binary" = the paper's text
 
 
+#: BatchNorm momentum of SelectiveCL's two conv stacks: two updates at PyTorch's 0.1 per step.
+TWO_PASS_BN_MOMENTUM = 1.0 - (1.0 - 0.1) ** 2
+
+
 class SelectiveCL(Method):
     """SelectiveCL with the official head names: ``aff_proj``, ``aff_{ego,exo}_proj``,
     ``aff_classifier``, ``K_contrast_projection``, ``pixel_contrast_projection``."""
@@ -123,8 +127,11 @@ class SelectiveCL(Method):
                               f"embeddings ({self.text_encoder.embed_dim}) differ")
         dim = self.backbone.embed_dim
         self.aff_proj = Mlp(dim, 4 * dim)
-        self.aff_ego_proj = conv_bn_relu_stack(dim, 2)
-        self.aff_exo_proj = conv_bn_relu_stack(dim, 2)
+        # The reference runs each stack twice per training step on the same input (its "nocond" pass
+        # for the contrastive projections), so BatchNorm's running statistics move twice per step:
+        # one update at momentum 1 - 0.9^2 = 0.19 is exactly that (the batch statistics are the same).
+        self.aff_ego_proj = conv_bn_relu_stack(dim, 2, bn_momentum=TWO_PASS_BN_MOMENTUM)
+        self.aff_exo_proj = conv_bn_relu_stack(dim, 2, bn_momentum=TWO_PASS_BN_MOMENTUM)
         self.aff_classifier = nn.Conv2d(dim, len(self.classnames), 1)
         self.K_contrast_projection = nn.Conv2d(dim, dim, 1)
         self.pixel_contrast_projection = nn.Conv2d(dim, dim, 1)

@@ -29,11 +29,11 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(self.norm(x))))
 
 
-def conv_bn_relu_stack(dim: int, depth: int = 2) -> nn.Sequential:
+def conv_bn_relu_stack(dim: int, depth: int = 2, bn_momentum: float = 0.1) -> nn.Sequential:
     """``depth`` x [Conv3x3(dim, dim, pad 1), BatchNorm2d, ReLU] (LOCATE ``aff_ego_proj``)."""
     layers: list[nn.Module] = []
     for _ in range(depth):
-        layers += [nn.Conv2d(dim, dim, 3, padding=1), nn.BatchNorm2d(dim), nn.ReLU(inplace=True)]
+        layers += [nn.Conv2d(dim, dim, 3, padding=1), nn.BatchNorm2d(dim, momentum=bn_momentum), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
 
 

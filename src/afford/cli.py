@@ -585,9 +585,9 @@ def cmd_app(a: argparse.Namespace) -> int:
 def cmd_list(a: argparse.Namespace) -> int:
     from afford.backbones import list_backbones, list_text_encoders
     from afford.baselines import BASELINES
-    from afford.engine.refinement import REFINERS
     from afford.factory import METHODS, list_presets, official_methods
     from afford.metrics.saliency import PROTOCOLS
+    from afford.refine.defaults import REFINERS
 
     rows = {
         "methods": ", ".join(f"{m} (task {s.task}, recipe {s.recipe})" for m, s in sorted(METHODS.items())),
@@ -646,15 +646,9 @@ def build_parser() -> argparse.ArgumentParser:
     # Choices and defaults come from the modules that define them, never retyped here.
     from afford.baselines import BASELINES
     from afford.config import EvalConfig
-    from afford.engine.refinement import (
-        DEFAULT_BLEND,
-        DEFAULT_EPOCHS,
-        DEFAULT_RADIUS,
-        DEFAULT_STEPS,
-        REFINERS,
-    )
     from afford.factory import official_methods
     from afford.metrics.saliency import PROTOCOLS
+    from afford.refine.defaults import DEFAULT_BLEND, DEFAULT_EPOCHS, DEFAULT_RADIUS, DEFAULT_STEPS, REFINERS
 
     p = argparse.ArgumentParser(prog="afford", description="Weakly supervised affordance grounding.")
     p.add_argument("--version", action="version", version=f"afford {_version()}", help="print the version and exit")

@@ -26,22 +26,13 @@ from afford.engine.evaluator import MapFn
 from afford.errors import AffordError, did_you_mean
 from afford.factory import affordance_run_info
 from afford.refine.affinity_head import AffinityHead
+from afford.refine.defaults import DEFAULT_BLEND, DEFAULT_EPOCHS, DEFAULT_RADIUS, DEFAULT_STEPS, REFINERS
 from afford.refine.head_training import check_head_config, label_settings
 from afford.refine.refiner import AffinityRefiner
 
 REFINER_DIR = "affinity"
 CONFIG_FILE = "refiner.json"
 FORMAT = "afford.affinity_refiner"
-#: ``--refine`` choices: the trained head, or the training-free affinity.
-REFINERS: tuple[str, ...] = ("affinity", "affinity-free")
-# Propagation defaults for a 14x14 grid. t = 256 over-smooths 196 nodes (affinity.md §12.3). These
-# were chosen on held-out SynthAGD images (test indices 4-7 of an 8-per-pair generation, disjoint from
-# the 4 the demo reports), from t in {2, 4, 16}, lambda in {0, 0.5}, gamma in {3, 5}: never on a
-# test set that is reported.
-DEFAULT_STEPS = 16
-DEFAULT_BLEND = 0.5
-DEFAULT_RADIUS = 5
-DEFAULT_EPOCHS = 3
 
 RefineFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (cams (B,h,w), images) -> (B,h,w)
 

@@ -36,7 +36,6 @@ from PIL import Image
 from tqdm import tqdm
 
 from afford.errors import AffordError
-from afford.hoi.detector import write_ground_truth_detections
 from afford.hoi.types import ImageGT
 from afford.synthagd.generate import render_ego, render_exo
 from afford.synthagd.render import background
@@ -188,6 +187,8 @@ def generate_synthhoi(out: str | Path, seed: int = 0, n_train: int = 2000, n_tes
         if not overwrite:
             raise AffordError(f"{out}: already exists and is not empty (pass --overwrite)")
         shutil.rmtree(out)
+    from afford.hoi.detector import write_ground_truth_detections  # the model stack, only when generating
+
     world = make_world(seed)
     objects, verbs, classes = vocabulary()
     rng = np.random.default_rng([seed, 79, zlib.crc32(b"synthhoi")])

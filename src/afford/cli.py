@@ -146,15 +146,28 @@ def cmd_data_synth_hoi(a: argparse.Namespace) -> int:
 
 
 # -- hoi ----------------------------------------------------------------------------------------
-def _hoi_run(path: str, device: str):
-    """A loaded HOI run, or one line saying what the folder holds instead."""
-    from afford.checkpoint import load_run, read_run_info
-    from afford.device import resolve_device
+def _only_apply(flags: list[str]) -> str:
+    """``--a, --b only apply`` / ``--a only applies``: the start of a refused-flags message."""
+    return f"{', '.join(flags)} only {'apply' if len(flags) > 1 else 'applies'}"
+
+
+def _hoi_run_info(path: str) -> dict:
+    """run.json of an HOI run, or one line saying the folder holds an affordance run instead."""
+    from afford.checkpoint import read_run_info
 
     info = read_run_info(Path(path))
     if info.get("labels", {}).get("task", "affordance") != "hoi":
         raise AffordError(f"{path}: a {info['method']} run (affordance grounding), not an HOI detector; "
-                          "HOI commands need a clip4hoi run")
+                          "HOI commands need a clip4hoi run (score this one with 'afford eval --checkpoint')")
+    return info
+
+
+def _hoi_run(path: str, device: str):
+    """A loaded HOI run, or one line saying what the folder holds instead."""
+    from afford.checkpoint import load_run
+    from afford.device import resolve_device
+
+    _hoi_run_info(path)
     return load_run(path, device=resolve_device(device))
 
 
@@ -214,16 +227,10 @@ def cmd_hoi_eval(a: argparse.Namespace) -> int:
         ignored = [f for f, v in (("--detections", a.detections), ("--bf16", a.bf16), ("--save-dets", a.save_dets))
                    if v]
         if ignored:
-            raise AffordError(f"hoi eval: {', '.join(ignored)} only {'apply' if len(ignored) > 1 else 'applies'} to "
-                              "--checkpoint RUN")
+            raise AffordError(f"hoi eval: {_only_apply(ignored)} to --checkpoint RUN")
     run_info: dict = {}
     if a.checkpoint:
-        from afford.checkpoint import read_run_info
-
-        run_info = read_run_info(Path(a.checkpoint))
-        if run_info.get("labels", {}).get("task", "affordance") != "hoi":
-            raise AffordError(f"{a.checkpoint}: a {run_info['method']} run (affordance grounding), not an HOI "
-                              "detector; score it with 'afford eval --checkpoint'")
+        run_info = _hoi_run_info(a.checkpoint)
     root = a.data or run_info.get("data_root")
     if not root:
         raise AffordError("hoi eval: --data ROOT is required")
@@ -406,9 +413,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if not a.checkpoint:
         ignored = [flag for attr, flag in MODEL_ONLY_FLAGS.items() if getattr(a, attr) not in (None, False, "auto")]
         if ignored:
-            raise AffordError(f"eval: {', '.join(ignored)} only {'apply' if len(ignored) > 1 else 'applies'} to "
-                              "--checkpoint RUN (a model); "
-                              f"with --{'pred' if a.pred else 'baseline'} {'they' if len(ignored) > 1 else 'it'} "
+            raise AffordError(f"eval: {_only_apply(ignored)} to --checkpoint RUN (a model); with "
+                              f"--{'pred' if a.pred else 'baseline'} {'they' if len(ignored) > 1 else 'it'} "
                               "would be ignored")
     progress = not a.quiet
     ecfg = EvalConfig(protocol=a.protocol, exact=a.exact, exclude_empty_gt=a.exclude_empty_gt,

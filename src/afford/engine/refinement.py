@@ -25,7 +25,7 @@ from afford.checkpoint import LoadedRun, load_run
 from afford.engine.evaluator import MapFn
 from afford.errors import AffordError, did_you_mean
 from afford.factory import affordance_run_info
-from afford.refine.affinity_head import AffinityHead
+from afford.refine.affinity_head import AffinityHead, pair_grid
 from afford.refine.defaults import DEFAULT_BLEND, DEFAULT_EPOCHS, DEFAULT_RADIUS, DEFAULT_STEPS, REFINERS
 from afford.refine.head_training import check_head_config, label_settings
 from afford.refine.refiner import AffinityRefiner
@@ -166,7 +166,8 @@ def _check_before_training(run: LoadedRun, cfg: Any, steps: int, blend: float) -
     size = cfg.data.crop
     with torch.no_grad():
         h, w = run.method.features(torch.zeros(1, 3, size, size, device=next(run.method.parameters()).device))[0].shape[-2:]
-    reach = cfg.model.radius - 1
-    if h - reach < 1 or w - 2 * reach < 1:
-        raise AffordError(f"--radius {cfg.model.radius}: too large for the teacher's {h}x{w} feature grid at "
-                          f"{size} px (pairs need h > radius - 1 and w > 2 (radius - 1)); largest: {min(h, (w + 1) // 2)}")
+    try:
+        pair_grid(int(h), int(w), cfg.model.radius)
+    except AffordError:
+        raise AffordError(f"--radius {cfg.model.radius}: too large for the teacher's {h}x{w} feature grid at {size} px "
+                          f"(pairs need h > radius - 1 and w > 2 (radius - 1)); largest: {min(h, (w + 1) // 2)}") from None

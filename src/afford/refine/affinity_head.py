@@ -52,14 +52,22 @@ def _check_features(f: torch.Tensor, name: str = "affinity features") -> None:
         raise AffordError(f"{name}: expected (B, D, h, w), got shape {tuple(f.shape)}")
 
 
+def pair_grid(h: int, w: int, radius: int, what: str = "feature") -> tuple[int, int]:
+    """``(rows, columns)`` of the cells pairs start from on an ``h x w`` grid (rows ``[0, h - r + 1)``,
+    columns ``[r - 1, w - r + 1)``): every half-disc partner stays inside; none is an AffordError."""
+    rf = radius - 1
+    hf, wf = h - rf, w - 2 * rf
+    if hf < 1 or wf < 1:
+        raise AffordError(f"affinity radius: {radius} is too large for a {h}x{w} {what} grid")
+    return hf, wf
+
+
 def pair_affinity(f: torch.Tensor, radius: int) -> torch.Tensor:
     """Training affinities ``(B, P, N_from)`` over the half disc; ``f`` (B, E, h, w)."""
     _check_features(f)
     _, _, h, w = f.shape
     rf = radius - 1
-    hf, wf = h - rf, w - 2 * rf
-    if hf < 1 or wf < 1:
-        raise AffordError(f"affinity radius: {radius} is too large for a {h}x{w} feature grid")
+    hf, wf = pair_grid(h, w, radius)
     src = f[:, :, :hf, rf : rf + wf]
     out = [
         torch.exp(-(src - f[:, :, dy : dy + hf, rf + dx : rf + dx + wf]).abs().mean(1)).flatten(1)
@@ -77,9 +85,7 @@ def pair_labels(labels: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.
         raise AffordError(f"affinity labels: expected (B, h, w), got shape {tuple(labels.shape)}")
     h, w = labels.shape[-2:]
     rf = radius - 1
-    hf, wf = h - rf, w - 2 * rf
-    if hf < 1 or wf < 1:
-        raise AffordError(f"affinity radius: {radius} is too large for a {h}x{w} label grid")
+    hf, wf = pair_grid(h, w, radius, "label")
     src = labels[:, :hf, rf : rf + wf].flatten(1).unsqueeze(1)
     dst = torch.stack(
         [labels[:, dy : dy + hf, rf + dx : rf + dx + wf].flatten(1) for dy, dx in half_disc_offsets(radius)], 1

@@ -389,6 +389,38 @@ def test_synth_clip_run_gives_selectivecl_its_towers_and_is_recorded(synth_root,
         SelectiveCL(SelectiveCLConfig(**TINY, clip_weights=str(tmp_path / "locate")), clip_run.classes)
 
 
+def test_synth_clip_pooling_mean_and_lse_against_loops(tmp_path, synth_root) -> None:
+    """``mean``: the embedding of the mean patch against each prompt; ``lse``: log of the mean over
+    patches of exp(scale * cosine), i.e. the patches trained as SelectiveCL reads them. An unknown
+    pooling is refused by name; an lse run says so in the provenance SelectiveCL records."""
+    from afford.config import load_config
+    from afford.engine.trainer import train
+    from afford.methods.synth_clip import SynthCLIP, SynthCLIPConfig, load_clip_run
+
+    tokens, text = torch.randn(2, 8, 3, 4, generator=gen(40)), torch.randn(5, 8, generator=gen(41))
+    scale = torch.tensor(14.0)
+    for pooling in ("mean", "lse"):
+        model = SynthCLIP(SynthCLIPConfig(pooling=pooling), ["hold", "cut_with"])
+        got = model._logits(tokens, text, scale)
+        want = torch.empty(2, 5)
+        for i in range(2):
+            patches = [tokens[i, :, r, c] for r in range(3) for c in range(4)]
+            for k in range(5):
+                t = text[k] / text[k].norm()
+                if pooling == "mean":
+                    m = sum(patches) / len(patches)
+                    want[i, k] = scale * (m / m.norm()) @ t
+                else:
+                    want[i, k] = math.log(sum(math.exp(float(scale * (p / p.norm()) @ t)) for p in patches) / len(patches))
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
+    with pytest.raises(AffordError, match="model.pooling: expected one of mean, lse, got 'max'"):
+        SynthCLIP(SynthCLIPConfig(pooling="max"), ["hold"])
+    small = [f"data.root={synth_root}", "data.resize=64", "data.crop=56", "data.test_size=56",
+             "train.batch_size=4", "train.epochs=1", "train.max_steps_per_epoch=1", "model.pooling=lse"]
+    train(load_config("synth_clip_synthagd_demo", small), tmp_path / "clip", progress=False)
+    assert "log-mean-exp of ClearCLIP patch cosines" in load_clip_run(tmp_path / "clip")[2]["how"]
+
+
 def test_batchnorm_statistics_move_as_the_references_two_passes_per_step() -> None:
     """The reference runs each conv stack twice per step on one input ("nocond"), so its BatchNorm
     running statistics take two updates at 0.1; afford's one pass at 0.19 lands on the same values."""

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from afford.cli import main
+from afford.errors import AffordError
 
 TINY = ["--set", "model.backbone=tiny_vit", "--set", "model.train_backbone=true", "--set", "data.resize=64",
         "--set", "data.crop=56", "--set", "data.test_size=56", "--set", "train.batch_size=4",
@@ -249,7 +250,7 @@ def test_eval_takes_data_and_split_from_the_run_and_rejects_ignored_flags(run_di
     ma, mb = json.loads(a.read_text()), json.loads(b.read_text())
     assert ma["KLD"] == mb["KLD"] and ma["split"] == "Seen" and ma["output"] == "raw" and ma["output_kind"] == "logits"
     capsys.readouterr()
-    for flags in (["--viz", "v"], ["--refine", "affinity-free"], ["--device", "cpu"], ["--bf16"], ["--batch-size", "4"],
+    for flags in (["--viz", "v"], ["--save-pred", "s"], ["--refine", "affinity-free"], ["--device", "cpu"], ["--bf16"], ["--batch-size", "4"],
                   ["--output", "raw"]):
         assert main(["eval", "--baseline", "center", "--data", str(synth_root), *flags]) == 2
         assert f"{flags[0]} only applies to --checkpoint RUN" in one_line_error(capsys)
@@ -257,6 +258,41 @@ def test_eval_takes_data_and_split_from_the_run_and_rejects_ignored_flags(run_di
     assert "with --pred it would be ignored" in one_line_error(capsys)
     assert main(["eval", "--baseline", "center"]) == 2
     assert "--data ROOT is required" in one_line_error(capsys)
+
+
+def test_eval_save_pred_writes_the_maps_that_eval_pred_scores_the_same(run_dir, tmp_path, capsys):
+    """--save-pred writes the scored maps in the --pred layout: re-scoring them gives the model's figures
+    bit for bit, under the default and another protocol; a folder with files is refused before any work."""
+    saved, a, b = tmp_path / "maps", tmp_path / "a.json", tmp_path / "b.json"
+    assert main(["eval", "--checkpoint", str(run_dir), "--save-pred", str(saved), "--json", str(a), "--quiet"]) == 0
+    ma = json.loads(a.read_text())
+    files = sorted(saved.glob("*/*/*.npy"))
+    assert len(files) == ma["n_images"] and ma["saved_predictions"] == str(saved)
+    assert np.load(files[0]).dtype == np.float32 and np.load(files[0]).ndim == 2
+    data = str(Path(ma["data_root"]).parent)
+    assert main(["eval", "--pred", str(saved), "--data", data, "--json", str(b), "--quiet"]) == 0
+    mb = json.loads(b.read_text())
+    assert (mb["KLD"], mb["SIM"], mb["NSS"]) == (ma["KLD"], ma["SIM"], ma["NSS"])
+    assert mb["n_extra_files"] == 0
+    assert main(["eval", "--checkpoint", str(run_dir), "--protocol", "cvag_test", "--json", str(a), "--quiet"]) == 0
+    assert main(["eval", "--pred", str(saved), "--data", data, "--protocol", "cvag_test", "--json", str(b),
+                 "--quiet"]) == 0
+    assert json.loads(a.read_text())["KLD"] == json.loads(b.read_text())["KLD"]
+    capsys.readouterr()
+    before = sorted(saved.rglob("*"))
+    assert main(["eval", "--checkpoint", str(run_dir), "--save-pred", str(saved), "--quiet"]) == 2
+    assert "--save-pred: " in one_line_error(capsys) and sorted(saved.rglob("*")) == before
+
+
+def test_save_pred_refuses_two_images_that_would_share_a_file(tmp_path):
+    from types import SimpleNamespace
+
+    from afford.data.predictions import check_save_dir
+
+    items = [SimpleNamespace(gt_id="hold/cup/x", image=Path(f"x{ext}")) for ext in (".jpg", ".png")]
+    with pytest.raises(AffordError, match=r"x.jpg and x.png would both be saved as hold/cup/x.npy"):
+        check_save_dir(tmp_path / "new", items)
+    check_save_dir(tmp_path / "new", items[:1])  # a folder that does not exist yet is fine
 
 
 def test_eval_output_and_protocol_must_agree(run_dir, tmp_path, capsys):

@@ -66,7 +66,7 @@ def _write_json(path: str | None, obj: dict) -> None:
 
 
 #: Output flags (argparse dest) and what they name; checked before any work starts.
-OUTPUT_FLAGS = (("out", "folder"), ("viz", "folder"), ("json", "file"), ("save_dets", "file"))
+OUTPUT_FLAGS = (("out", "folder"), ("viz", "folder"), ("save_pred", "folder"), ("json", "file"), ("save_dets", "file"))
 
 
 def check_output_paths(args: argparse.Namespace) -> None:
@@ -364,7 +364,7 @@ def _refiner(a: argparse.Namespace, run):
 
 
 #: eval flags that only mean something for a model (--checkpoint): rejected with --pred/--baseline.
-MODEL_ONLY_FLAGS = {"viz": "--viz", "refine": "--refine", "device": "--device", "bf16": "--bf16",
+MODEL_ONLY_FLAGS = {"viz": "--viz", "save_pred": "--save-pred", "refine": "--refine", "device": "--device", "bf16": "--bf16",
                     "batch_size": "--batch-size", "label_sensitivity": "--label-sensitivity", "output": "--output"}
 
 
@@ -444,13 +444,17 @@ def cmd_eval(a: argparse.Namespace) -> int:
         from afford.factory import affordance_run_info
 
         split = _open_eval_split(a, affordance_run_info(a.checkpoint))
+        if a.save_pred:
+            from afford.data.predictions import check_save_dir
+
+            check_save_dir(Path(a.save_pred).expanduser(), split.test_items())
         device = resolve_device(a.device)
         run = load_run(a.checkpoint, device=device, expect_classes=split.affordances)
         refine = _refiner(a, run)
         which = check_output_protocol(run.method, ecfg, refined=refine is not None)
         fn = refined(method_map_fn(run.method, device, bf16=a.bf16, output=which["output"]), refine)
         size = run.config.data.test_size
-        summary = evaluate_fn(fn, split, ecfg, size=size, progress=progress, keep_maps=bool(a.viz))
+        summary = evaluate_fn(fn, split, ecfg, size=size, progress=progress, keep_maps=bool(a.viz or a.save_pred))
         summary.update(which, selection=run.info.get("selection", {"rule": "unknown"}),
                        refine=refine.params if refine is not None else "none")
         title = f"{run.info['method']} {a.checkpoint}"
@@ -460,6 +464,12 @@ def cmd_eval(a: argparse.Namespace) -> int:
             from afford.visualize import save_eval_overlays
 
             save_eval_overlays(split, summary["_maps"], Path(a.viz))
+        if a.save_pred:
+            from afford.data.predictions import save_prediction_dir
+
+            n = save_prediction_dir(Path(a.save_pred).expanduser(), split.test_items(), summary["_maps"])
+            summary["saved_predictions"] = str(Path(a.save_pred).expanduser())
+            print(f"saved {n} maps to {a.save_pred} (<aff>/<obj>/<name>.npy; afford eval --pred scores them the same)")
     summary["split"] = split.name
     _print_summary(title, summary)
     if a.breakdown:
@@ -805,6 +815,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--output", default=None, help=OUTPUT_HELP)
     e.add_argument("--json", help="write the metrics as JSON to this path")
     e.add_argument("--viz", help="write overlays to this folder")
+    e.add_argument("--save-pred", metavar="DIR",
+                   help="also write every scored map to DIR/<aff>/<obj>/<name>.npy (float32, before the protocol's "
+                        "resize), the layout --pred reads: re-score them later, under another protocol or beside "
+                        "another codebase's maps, without the model")
     e.add_argument("--breakdown", choices=("affordance", "object", "pair"),
                    help="also print KLD / SIM per affordance, object or (affordance, object) pair")
     e.add_argument("--label-sensitivity", action="store_true",

@@ -1,4 +1,5 @@
-"""Reading another codebase's heatmaps: a folder ``<aff>/<obj>/<name>.png|.npy`` per test image.
+"""Another codebase's heatmaps, or afford's own saved for one: a folder ``<aff>/<obj>/<name>.png|.npy``
+per test image (read by ``afford eval --pred``, written by ``afford eval --save-pred``).
 
 Only file I/O and validation live here; scoring is :mod:`afford.engine.evaluator`'s, so a folder
 of predictions is scored exactly like afford's own maps. Nothing is dropped silently: a missing
@@ -7,7 +8,9 @@ or unreadable prediction is an error naming its path.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,3 +62,31 @@ def load_prediction(path: Path) -> np.ndarray:
 
 def all_files(pred_dir: Path) -> list[Path]:
     return sorted(p for p in pred_dir.rglob("*") if p.is_file())
+
+
+def check_save_dir(out_dir: Path, items: Sequence[Any]) -> None:
+    """Refuse, before any work, a ``--save-pred`` folder that holds files (they would mix with the new
+    maps) and a test set whose images share ``<aff>/<obj>/<name>`` (one file could hold only one map)."""
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise AffordError(f"--save-pred: {out_dir} is not empty; give a new folder (its files would mix with the maps)")
+    seen: dict[str, Any] = {}
+    for it in items:
+        if it.gt_id in seen:
+            raise AffordError(f"--save-pred: {seen[it.gt_id].image} and {it.image} would both be saved as "
+                              f"{it.gt_id}.npy; rename one of them")
+        seen[it.gt_id] = it
+
+
+def save_prediction_dir(out_dir: Path, items: Sequence[Any], maps: Sequence[np.ndarray | torch.Tensor]) -> int:
+    """Write each map, as the evaluator scored it (before the protocol's resize and normalisation), to
+    ``out_dir/<aff>/<obj>/<name>.npy`` as float32, so ``afford eval --pred out_dir`` gives the same
+    figures. Returns the number of files written."""
+    if len(items) != len(maps):
+        raise ValueError(f"save_prediction_dir: {len(maps)} maps for {len(items)} test items")
+    check_save_dir(out_dir, items)
+    for it, m in zip(items, maps, strict=True):
+        path = out_dir / f"{it.gt_id}.npy"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arr = m.detach().cpu().numpy() if isinstance(m, torch.Tensor) else np.asarray(m)
+        np.save(path, arr.astype(np.float32), allow_pickle=False)
+    return len(items)

@@ -357,3 +357,18 @@ def test_the_parser_does_not_import_the_model_stack() -> None:
     code = "import sys; from afford.cli import build_parser; build_parser(); print('transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
+
+
+def test_log_flags_work_before_and_after_the_verb():
+    import logging
+
+    from afford.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["list"]).log_level == logging.INFO
+    for flag, level in (("-v", logging.DEBUG), ("-q", logging.WARNING)):
+        assert parse([flag, "list"]).log_level == level
+        assert parse(["list", flag]).log_level == level
+        assert parse(["data", "synth", "--out", "x", flag]).log_level == level  # nested verbs too
+    args = parse(["eval", "--baseline", "center", "-q", "--quiet"])  # -q: log level; --quiet: progress bars
+    assert args.log_level == logging.WARNING and args.quiet

@@ -924,7 +924,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="methods, importers, presets, backbones, text encoders, protocols, baselines, refiners")
     ls.set_defaults(fn=cmd_list)
+    _accept_log_flags_after_verbs(p)
     return p
+
+
+def _accept_log_flags_after_verbs(parser: argparse.ArgumentParser) -> None:
+    """``afford train ... -v`` works as ``afford -v train ...``: every verb also takes ``-v`` / ``-q`` (their
+    long forms stay global only, since the verbs' own ``--quiet`` means no progress bars)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for verb in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+                loud = verb.add_mutually_exclusive_group()
+                loud.add_argument("-v", dest="log_level", action="store_const", const=logging.DEBUG,
+                                  default=argparse.SUPPRESS, help="also print debug messages (as afford -v)")
+                loud.add_argument("-q", dest="log_level", action="store_const", const=logging.WARNING,
+                                  default=argparse.SUPPRESS, help="print only warnings and errors (as afford -q)")
+                _accept_log_flags_after_verbs(verb)
 
 
 def _configure_logging(level: int) -> None:

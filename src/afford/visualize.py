@@ -79,10 +79,13 @@ def save_overlay(
         img = save_grid([(img, title)], None, cols=1, pad=0)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
+    img.save(path, compress_level=PNG_LEVEL)
     return path
 
 
+#: zlib level of overlay PNGs: 1 encodes 3.5x faster than PIL's default 6 for 26 % more bytes (a
+#: 660x360 grid: 17 ms against 59 ms); the demo writes a dozen grids per row.
+PNG_LEVEL = 1
 TITLE_HEIGHT = 14  # PIL's default bitmap font is ~11 px tall
 
 
@@ -120,7 +123,7 @@ def save_grid(
     if path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        canvas.save(path)
+        canvas.save(path, compress_level=PNG_LEVEL)
     return canvas
 
 

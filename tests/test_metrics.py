@@ -49,11 +49,20 @@ def np_resize(x: np.ndarray, H: int, W: int) -> np.ndarray:
     return out
 
 
-def np_metrics(cam: np.ndarray, gt: np.ndarray, exact: bool = True) -> tuple[float, float, float]:
-    """One image, loops and numpy only, the LOCATE pipeline."""
-    p = np_resize(cam.astype(np.float64), 224, 224)
-    p = (p - p.min()) / (p.max() - p.min() + 1e-10)
-    g = np_resize(gt.astype(np.float64) / 255.0, 224, 224)
+def np_metrics(cam: np.ndarray, gt: np.ndarray, exact: bool = True, protocol: str = "standard") -> tuple[float, float, float]:
+    """One image, loops and numpy only: the LOCATE pipeline (``standard``), or §3.5's ``cvag_epoch_eval``
+    (min-max before the resize) and ``cvag_plus`` (the map resized to the GT's native size, min-max +1e-12,
+    one ε in the NSS denominator)."""
+    c = cam.astype(np.float64)
+    if protocol == "cvag_epoch_eval":
+        p = np_resize((c - c.min()) / (c.max() - c.min() + 1e-10), 224, 224)
+    elif protocol == "cvag_plus":
+        p = np_resize(c, *gt.shape)
+        p = (p - p.min()) / (p.max() - p.min() + 1e-12)
+    else:
+        p = np_resize(c, 224, 224)
+        p = (p - p.min()) / (p.max() - p.min() + 1e-10)
+    g = gt.astype(np.float64) / 255.0 if protocol == "cvag_plus" else np_resize(gt.astype(np.float64) / 255.0, 224, 224)
     e = 1e-12
     pn, gn = p / (p.sum() + e), g / (g.sum() + e)
     k = float(np.sum(gn * np.log(gn / (pn + e) + e)))
@@ -63,7 +72,7 @@ def np_metrics(cam: np.ndarray, gt: np.ndarray, exact: bool = True) -> tuple[flo
     gg = g / 255.0
     f = (gg - gg.min()) / (gg.max() - gg.min() + e)
     fix = (f > 0.1).astype(np.float64)
-    n = float(np.sum(z * fix) / np.sum(fix + e))
+    n = float(np.sum(z * fix) / (np.sum(fix) + e if protocol == "cvag_plus" else np.sum(fix + e)))
     return k, s, n
 
 
@@ -179,6 +188,31 @@ def test_batched_matches_per_image_numpy_reference():
             ref = np_metrics(c, g, exact=exact)
             got = [float(s[k][i]) for k in ("KLD", "SIM", "NSS")]
             assert got == pytest.approx(list(ref), rel=1e-10, abs=1e-10)  # NSS sums cancelling z-scores
+
+
+@pytest.mark.parametrize("protocol", ["cvag_epoch_eval", "cvag_plus"])
+def test_other_protocols_match_the_numpy_reference_on_random_maps(protocol):
+    """Random CAMs tell the orders apart (a Gaussian gives the same figures either way, §3.7); cvag_plus
+    scores GTs of several native sizes in one batch, and on GTs of a few pixels its single-ε NSS
+    denominator differs from the per-pixel one by more than the tolerance."""
+    rng = np.random.default_rng(4)
+    shapes = [(480, 640), (3, 4), (100, 120), (5, 6), (3, 4)]
+    cams = [rng.normal(size=s) for s in [(14, 14), (7, 9), (14, 14), (5, 5), (14, 14)]]
+    gts = [(rng.random(s) ** 3 * 255).astype(np.uint8) for s in shapes]
+    for exact in (True, False):
+        s = score(cams, gts, protocol, exact=exact)
+        for i, (c, g) in enumerate(zip(cams, gts, strict=True)):
+            ref = np_metrics(c, g, exact=exact, protocol=protocol)
+            got = [float(s[k][i]) for k in ("KLD", "SIM", "NSS")]
+            assert got[:2] == pytest.approx(list(ref[:2]), rel=1e-12)
+            if protocol == "cvag_plus" and exact and g.size < 100:  # few native pixels, no std ε: the
+                # denominator's ε choice shows at ~4e-12 relative
+                assert got[2] == pytest.approx(ref[2], rel=1e-13, abs=0)
+            else:  # NSS sums cancelling z-scores over many pixels
+                assert got[2] == pytest.approx(ref[2], rel=1e-10, abs=1e-10)
+    other = "standard" if protocol == "cvag_epoch_eval" else "cvag_epoch_eval"
+    assert float(score(cams[:1], gts[:1], protocol)["KLD"][0]) != pytest.approx(
+        np_metrics(cams[0], gts[0], protocol=other)[0], rel=1e-6)
 
 
 def test_tensor_batch_equals_list():

@@ -228,10 +228,12 @@ def sim(P: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
 def nss(P: torch.Tensor, G: torch.Tensor, std_eps: float = EPS, single_eps: bool = False) -> torch.Tensor:
     """``(B,)`` mean z-scored prediction over GT pixels with min-max(G) > 0.1 (strict).
 
-    ``std_eps=0`` is the reference (nan for a constant P); the default 1e-12 is the OOAL fix.
-    The denominator is Σ(F + 1e-12) per pixel, or ΣF + 1e-12 with ``single_eps`` (cvag_plus).
+    ``std_eps=0`` is the reference (nan for a constant P); the default 1e-12 is the OOAL fix, added
+    to the std of ``P / 255`` as the references compute it (§3.3; on ``P`` itself the ε would weigh
+    255x less: NSS off by ~1e-9 relative). The denominator is Σ(F + 1e-12) per pixel, or ΣF + 1e-12
+    with ``single_eps`` (cvag_plus).
     """
-    P, G = P.to(torch.float64), G.to(torch.float64)
+    P, G = P.to(torch.float64) / 255.0, G.to(torch.float64)
     mean = P.mean(dim=(-2, -1), keepdim=True)
     std = P.std(dim=(-2, -1), correction=0, keepdim=True)
     s = (P - mean) / (std + std_eps)

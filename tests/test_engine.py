@@ -71,6 +71,35 @@ def test_same_seed_same_weights_and_resume_refuses_other_config(synth_root, tmp_
               resume=True, progress=False)
 
 
+def test_train_seed_drives_the_batch_order_and_the_step_seeds(synth_root, tmp_path, monkeypatch):
+    """Not only the initialisation: another train.seed draws other batches and other per-step seeds (the
+    same seed, the same ones), so seeds of a sweep are independent runs."""
+    from afford.methods.locate import LOCATE
+
+    seen: list[tuple[str, object]] = []
+    real_train, real_seed = LOCATE.forward_train, LOCATE.set_step_seed
+
+    def forward_train(self, batch, epoch):
+        seen.append(("batch", round(float(batch["ego"].sum()), 3)))
+        return real_train(self, batch, epoch)
+
+    def set_step_seed(self, seed, first_row=0):
+        seen.append(("seed", seed))
+        return real_seed(self, seed, first_row)
+
+    monkeypatch.setattr(LOCATE, "forward_train", forward_train)
+    monkeypatch.setattr(LOCATE, "set_step_seed", set_step_seed)
+    logs = []
+    for i, seed in enumerate((0, 1, 0)):
+        seen.clear()
+        train(tiny_cfg(synth_root, "train.epochs=1", "train.max_steps_per_epoch=2", f"train.seed={seed}"),
+              tmp_path / str(i), progress=False)
+        logs.append(list(seen))
+    assert logs[0] == logs[2]
+    for kind in ("batch", "seed"):
+        assert [v for k, v in logs[0] if k == kind] != [v for k, v in logs[1] if k == kind], kind
+
+
 _CHILD = """
 import sys
 from afford.config import build_config
@@ -82,7 +111,9 @@ train(cfg, sys.argv[1], resume=sys.argv[2] == "1", progress=False)
 
 def test_kill_mid_epoch_then_resume_gives_identical_weights(synth_root, tmp_path):
     """SIGKILL a training process in its 2nd epoch, resume, compare with an uninterrupted run."""
-    args = [f"data.root={synth_root}", *TINY, "train.epochs=3", "train.max_steps_per_epoch=3"]
+    # step_size=2: the learning rate decays after the 2nd epoch, so a resume that restarted the scheduler's
+    # count (the optimizer keeps the decayed rate, not the count) would decay one epoch late
+    args = [f"data.root={synth_root}", *TINY, "train.epochs=3", "train.max_steps_per_epoch=3", "train.step_size=2"]
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     subprocess.run([sys.executable, "-c", _CHILD, str(ref), "0", *args], check=True, env=env)
@@ -168,6 +199,32 @@ def test_best_on_test_selection_is_labelled(synth_root, tmp_path):
     assert sel["rule"] == "best-epoch-on-test" and "test set" in sel["note"]
     kl = [h["test"]["KLD"] for h in res.history]
     assert sel["test"]["KLD"] == min(kl) and sel["epoch"] == kl.index(min(kl)) + 1
+
+
+def test_best_on_test_serves_the_chosen_epochs_weights_after_pruning_and_resume(synth_root, tmp_path, monkeypatch):
+    """The best epoch (here the first) keeps its checkpoint however many later ones are pruned, a resume
+    recomputes it from the history, and model.safetensors holds exactly its weights."""
+    from afford.engine.tasks import WSAGTask
+
+    kld = {0: 1.0, 1: 3.0, 2: 2.0, 3: 4.0}  # by epoch: the first is best, the third second best
+    calls: list[int] = []
+
+    def scripted(self, model, cfg, device, progress):
+        calls.append(len(calls))  # once per epoch, in order, across the resume
+        return {"KLD": kld[calls[-1]], "SIM": 0.0, "NSS": 0.0, "n_images": 1}
+
+    monkeypatch.setattr(WSAGTask, "evaluate", scripted)
+    run = tmp_path / "best"
+    opts = ("train.max_steps_per_epoch=1", "train.select=best-on-test", "train.keep_checkpoints=1")
+    train(tiny_cfg(synth_root, "train.epochs=2", *opts), run, progress=False)
+    res = train(tiny_cfg(synth_root, "train.epochs=4", *opts), run, resume=True, progress=False)
+    assert res.selection["epoch"] == 1 and res.selection["test"]["KLD"] == 1.0 and len(calls) == 4
+    assert 0 in ckpt.completed_epochs(run)  # protected from pruning
+    first = load_file(str(ckpt.epoch_dir(run, 0) / ckpt.WEIGHTS))
+    last = load_file(str(ckpt.epoch_dir(run, 3) / ckpt.WEIGHTS))
+    final = weights(run)
+    assert all(torch.equal(v, first[k]) for k, v in final.items())
+    assert not all(torch.equal(v, last[k]) for k, v in final.items())
 
 
 def test_load_run_keeps_the_label_space_and_rejects_wrong_classes(synth_root, tmp_path):

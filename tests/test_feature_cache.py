@@ -200,3 +200,33 @@ def test_bench_refuses_what_it_cannot_measure(capsys) -> None:
     with pytest.raises(SystemExit):  # argparse's choices
         main(["bench", "--methods", "nope"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("field", ["layers", "mean", "std", "input_stats", "name"])
+def test_every_field_that_changes_the_features_is_in_the_key(tmp_path: Path, field: str) -> None:
+    """Two towers with the same weights that differ in one field must not share cache entries: a tower
+    asking for another layer, or normalising its input otherwise, would be served the other's features."""
+    from afford.engine.feature_cache import tower_fingerprint
+
+    a, b = Holder(), Holder()
+    if field == "layers":
+        torch.manual_seed(0)
+        b.backbone = create_backbone("tiny_vit", layers=(-2,))
+        assert all(torch.equal(v, b.backbone.state_dict()[k]) for k, v in a.backbone.state_dict().items())
+    elif field in ("mean", "std"):
+        setattr(b.backbone, field, (0.4, 0.4, 0.4))
+    elif field == "input_stats":
+        b.backbone.input_stats = "imagenet" if a.backbone.input_stats != "imagenet" else "own"
+    else:
+        b.backbone.name = "another_tiny_vit"
+    assert tower_fingerprint(a.backbone, True) == tower_fingerprint(Holder().backbone, True)  # same tower, same key
+    assert tower_fingerprint(a.backbone, True) != tower_fingerprint(b.backbone, True)
+    if field == "layers":  # end to end: the second tower computes its own layer instead of a hit
+        images = torch.rand(2, 3, 56, 56, generator=torch.Generator().manual_seed(3))
+        want = b.backbone(images).keys[0]
+        attach_feature_cache(a, tmp_path)
+        attach_feature_cache(b, tmp_path)
+        a.backbone(images)
+        got = b.backbone(images).keys[0]
+        assert cache_stats(b)["backbone"] == {"hits": 0, "misses": 2}
+        torch.testing.assert_close(got, want.half().float())

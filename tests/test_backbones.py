@@ -193,6 +193,26 @@ def test_saliency_head_selection() -> None:
     torch.testing.assert_close(dino_saliency(three), _hand_saliency(three, [0, 1, 2]))
 
 
+def test_mean_head_saliency_is_looptrans_continuous_map() -> None:
+    """LoopTrans: the raw CLS attention of heads [0, 1, 3] averaged, then min-max (no binarisation);
+    the other heads do not matter; fewer than 4 heads: all of them."""
+    from afford.modules.saliency import mean_head_saliency
+
+    a = torch.rand(2, 6, 5, 5, dtype=torch.float64)
+    m = (a[:, 0] + a[:, 1] + a[:, 3]) / 3
+    lo, hi = m.amin((1, 2), keepdim=True), m.amax((1, 2), keepdim=True)
+    got = mean_head_saliency(a)
+    torch.testing.assert_close(got.double(), (m - lo) / (hi - lo), rtol=1e-5, atol=1e-6)
+    assert got.amin() == 0 and 0.999 < float(got.amax()) <= 1.0 and len(got.unique()) > 2
+    a2 = a.clone()
+    a2[:, [2, 4, 5]] = torch.rand(2, 3, 5, 5, dtype=torch.float64)
+    torch.testing.assert_close(mean_head_saliency(a2), got)
+    three = torch.rand(1, 3, 4, 4, dtype=torch.float64)
+    m3 = three.mean(1)
+    torch.testing.assert_close(mean_head_saliency(three).double(), (m3 - m3.min()) / (m3.max() - m3.min()),
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_other_input_size_interpolates_positions() -> None:
     bb = create_backbone("tiny_vit", layers=(0, -1))
     feats = bb(torch.randn(1, 3, 96, 128))

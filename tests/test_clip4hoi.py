@@ -120,7 +120,8 @@ def test_train_resume_eval_predict_with_cached_detections(synth: Path, tmp_path:
     assert max(d[-1] for d in dets) == pytest.approx(rows[0]["score"], rel=1e-5)  # one inference path
 
 
-def test_zero_shot_training_records_the_split_and_keeps_unseen_out_of_the_loss(synth: Path, tmp_path: Path) -> None:
+def test_zero_shot_training_records_the_split_and_keeps_unseen_out_of_the_loss(synth: Path, tmp_path: Path,
+                                                                              monkeypatch) -> None:
     uc = synth / "zero_shot_uc.json"
     cfg = cfg_for(synth, f"data.split={uc}")
     task = HOITask.from_config(cfg)
@@ -129,8 +130,24 @@ def test_zero_shot_training_records_the_split_and_keeps_unseen_out_of_the_loss(s
     assert not any(set(g.hoi.tolist()) & unseen for g in task.train_data.annotations)
     torch.manual_seed(0)
     model = CLIP4HOI(cfg.model, task.labels)
-    batch = collate_hoi([task.train_set(cfg)[i] for i in range(4)], unseen=task.unseen)
+    batch = task.collate([task.train_set(cfg)[i] for i in range(4)])  # the trainer's own collate
+    assert sorted(batch["unseen"]) == sorted(unseen)
+    import afford.methods.clip4hoi as clip4hoi_module
+
+    seen_by_loss = []
+    real_loss = clip4hoi_module.interaction_loss
+
+    def spy(logits, priors, y, *args):  # the loss on a leaf copy of the logits, to see its gradient
+        leaf = logits.detach().requires_grad_()
+        real_loss(leaf, priors, y, *args).backward()
+        seen_by_loss.append(leaf.grad)
+        return real_loss(logits, priors, y, *args)
+
+    monkeypatch.setattr(clip4hoi_module, "interaction_loss", spy)
     full = model.forward_train(batch, 0)["loss"]
+    monkeypatch.undo()
+    grad = seen_by_loss[0]  # the split's unseen columns get no gradient at all, the seen ones do
+    assert grad[:, sorted(unseen)].abs().max() == 0 and grad.abs().sum() > 0
     none = model.forward_train({**batch, "unseen": tuple(range(len(task.labels)))}, 0)["loss"]
     assert float(full.detach()) > 0 and float(none.detach()) == 0.0  # every class unseen: nothing left to learn from
     train(cfg, tmp_path / "zs", progress=False)
@@ -299,6 +316,7 @@ def test_prompt_cache_is_keyed_by_the_autocast_it_was_computed_under(synth: Path
 def test_interaction_logits_are_float32_under_bf16_autocast(synth: Path) -> None:
     cfg = cfg_for(synth)
     task = HOITask.from_config(cfg)
+    torch.manual_seed(0)  # not the global RNG state earlier tests of this worker left
     model = CLIP4HOI(cfg.model, task.labels).eval()
     images = HOIImageSet(task.test_data, 64, cached=task_cached(task, synth))
     batch = collate_hoi([images[0], images[1]])
@@ -308,8 +326,9 @@ def test_interaction_logits_are_float32_under_bf16_autocast(synth: Path) -> None
             low = model._forward(batch, 2.8)
     for (_, _, a, _), (_, _, b, _) in zip(plain, low, strict=True):
         assert b.dtype == torch.float32 and len(b) > 0
-        # bf16 cosine logits would agree with float32 only to ~3 significant digits and tie often
-        assert b.flatten().unique().numel() == a.flatten().unique().numel()
+        # bf16 cosine logits would agree with float32 only to ~3 significant digits and tie often; float32
+        # ones tie as rarely as the plain pass (1 tie more or less in 734 values for 1 of 20 seeds)
+        assert b.flatten().unique().numel() >= a.flatten().unique().numel() - 2
 
 
 def task_cached(task: HOITask, synth: Path) -> list[Instances]:

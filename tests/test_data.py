@@ -303,6 +303,9 @@ def test_train_set_items_and_locate_sampling(tmp_path, caplog):
         folder = ds._exo[gid]
         assert paths[0] == folder[pos]  # the anchor comes first
         assert set(paths) <= set(groups[(paths[0].parts[-3], paths[0].parts[-2])])
+        aff, obj = paths[0].parts[-3], paths[0].parts[-2]  # its egocentric image: the same affordance/object
+        assert ds.ego_path(index) in split.ego_groups()[(aff, obj)]
+        assert ds.labels[index] == SEEN_AFFORDANCES.index(aff) and ds[index]["object"] == obj
         if len(folder) > 3:  # distinct partners; 3 or fewer draw with replacement (LOCATE)
             assert len(set(paths)) == 3
 

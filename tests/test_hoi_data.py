@@ -162,6 +162,18 @@ def test_coco80_conversion_refuses_unknown_names() -> None:
 
 # ---- zero-shot splits --------------------------------------------------------------------------
 
+def spec_ids(heading: str) -> list[int]:
+    """The sorted id list printed (indented) under ``heading`` in the shipped hoi.md."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "specs" / "hoi.md").read_text()
+    section = text.split(heading, 1)[1].split("\n### ", 1)[0]
+    return [int(x) for line in section.splitlines() if line.startswith("      ") for x in line.split()]
+
+
+def test_rf_uc_and_nf_uc_are_the_specs_lists() -> None:
+    assert list(RF_UC) == spec_ids("### 8.1 RF-UC") and len(RF_UC) == 120
+    assert list(NF_UC) == spec_ids("### 8.2 NF-UC") and len(NF_UC) == 120
+
+
 def test_rf_uc_and_nf_uc(real: HicoDet) -> None:
     assert len(RF_UC) == len(set(RF_UC)) == 120 and len(NF_UC) == len(set(NF_UC)) == 120
     assert not set(RF_UC) & set(NF_UC)

@@ -44,6 +44,14 @@ def test_losses_and_prototype_schedule():
     assert torch.isclose(out0["loss"], out0["cls"] + 0.07 * out0["con"])
     out1 = m.forward_train(batch, epoch=1)
     assert "n_proto" in out1 and torch.isfinite(out1["loss"])
+    assert torch.isclose(out1["loss"], out1["cls"] + m.cfg.proto_weight * out1["proto"] + 0.07 * out1["con"])
+    # random inputs seldom pass PartIoU: with every sample given a prototype, L_proto is in the loss
+    d = m.backbone(batch["ego"]).keys[0].shape[1]
+    m.part_prototypes = lambda *a: (torch.nn.functional.normalize(torch.randn(4, d, generator=g), dim=1),
+                                    torch.ones(4, dtype=torch.bool))
+    out2 = m.forward_train(batch, epoch=1)
+    assert out2["n_proto"] == 4 and out2["proto"] > 0 and m.cfg.proto_weight > 0
+    assert torch.isclose(out2["loss"], out2["cls"] + m.cfg.proto_weight * out2["proto"] + 0.07 * out2["con"])
     out1["loss"].backward()
     assert m.aff_fc.weight.grad is not None and m.aff_fc.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in m.backbone.parameters())  # frozen, as in the paper

@@ -94,6 +94,72 @@ def test_hamburger_is_joint_over_the_n_views() -> None:
         assert torch.allclose(recon[3 + i].reshape(5, 6), ref[:, 6 * i : 6 * (i + 1)], atol=1e-6)
 
 
+def loop_nmf(x: torch.Tensor, bases: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """methods.md §2.1's NMF for one (D, N) matrix, element by element: coefficients start as the
+    softmax over the R bases of xᵀB, then ``steps`` Lee-Seung rounds (coefficients, then bases), then
+    one last coefficient update; ε = 1e-6 in every denominator."""
+    d, n = x.shape
+    r = bases.shape[1]
+    b = bases.clone()
+    c = torch.empty(n, r, dtype=x.dtype)
+    for i in range(n):
+        logits = [sum(x[k, i] * b[k, j] for k in range(d)) for j in range(r)]
+        m = max(logits)
+        e = [math.exp(float(v - m)) for v in logits]
+        c[i] = torch.tensor([v / sum(e) for v in e], dtype=x.dtype)
+
+    def coef_step(c, b):
+        btb = b.T @ b
+        return torch.stack([torch.stack([c[i, j] * sum(x[k, i] * b[k, j] for k in range(d))
+                                         / (sum(c[i, q] * btb[q, j] for q in range(r)) + 1e-6)
+                                         for j in range(r)]) for i in range(n)])
+
+    for _ in range(steps):
+        c = coef_step(c, b)
+        ctc = c.T @ c
+        b = torch.stack([torch.stack([b[k, j] * sum(x[k, i] * c[i, j] for i in range(n))
+                                      / (sum(b[k, q] * ctc[q, j] for q in range(r)) + 1e-6)
+                                      for j in range(r)]) for k in range(d)])
+    return b, coef_step(c, b)
+
+
+def test_nmf_and_the_hamburger_forward_against_hand_loops() -> None:
+    """The NMF (softmax start, update order, last coefficient step) and the forward pass
+    relu(x + upper(NMF(lower(x)))) in eval, against loops written from the formulas; and one online
+    update of the bases in training: b <- normalise(b + 0.9 (batch mean - b))."""
+    torch.manual_seed(0)
+    x = torch.rand(1, 4, 6, dtype=torch.float64)
+    b0 = F.normalize(torch.rand(1, 4, 3, dtype=torch.float64), dim=1)
+    for steps in (0, 2):
+        got_b, got_c = nmf(x, b0.clone(), steps)
+        want_b, want_c = loop_nmf(x[0], b0[0], steps)
+        torch.testing.assert_close(got_b[0], want_b, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(got_c[0], want_c, rtol=1e-10, atol=1e-12)
+
+    ham = Hamburger(in_channels=3, n=2, dim=4, rank=3, eval_steps=2).double().eval()
+    with torch.no_grad():
+        ham.upper_bread[1].running_mean.uniform_(-0.1, 0.1)
+        ham.upper_bread[1].running_var.uniform_(0.5, 1.5)
+    inp = torch.rand(2, 3, 1, 2, dtype=torch.float64)  # one sample, n = 2 views of 1x2 positions
+    with torch.no_grad():
+        z = torch.relu(F.conv2d(inp, ham.lower_bread[0].weight, ham.lower_bread[0].bias))
+    mat = torch.cat([z[0].reshape(4, 2), z[1].reshape(4, 2)], dim=1)  # D x (n·h·w), the views side by side
+    bases, coef = loop_nmf(mat, ham.bases.double(), 2)
+    recon = bases @ coef.T
+    views = torch.stack([recon[:, :2].reshape(4, 1, 2), recon[:, 2:].reshape(4, 1, 2)])
+    bn = ham.upper_bread[1]
+    up = F.conv2d(views, ham.upper_bread[0].weight)
+    up = (up - bn.running_mean[None, :, None, None]) / torch.sqrt(bn.running_var[None, :, None, None] + bn.eps) \
+        * bn.weight[None, :, None, None] + bn.bias[None, :, None, None]
+    torch.testing.assert_close(ham(inp).detach(), torch.relu(inp + up).detach(), rtol=1e-9, atol=1e-12)
+
+    before = ham.bases.clone()
+    solution = torch.rand(2, 4, 3, dtype=torch.float64)  # two samples' NMF bases
+    ham._online_update(solution)
+    moved = before + 0.9 * (solution.mean(0) - before)
+    torch.testing.assert_close(ham.bases, moved / moved.norm(dim=0, keepdim=True), rtol=1e-12, atol=1e-12)
+
+
 def test_hamburger_forward_shape_and_online_update() -> None:
     torch.manual_seed(0)
     ham = Hamburger(in_channels=8, n=3, dim=6, rank=3)

@@ -269,6 +269,10 @@ class AffordanceTrainSet(Dataset):
         """The exocentric files sample ``index`` uses in the current epoch (for inspection)."""
         return self._draw(index)[0]
 
+    def ego_path(self, index: int) -> Path:
+        """The egocentric file sample ``index`` uses in the current epoch (for inspection)."""
+        return self._draw(index)[1]
+
     def _draw(self, index: int) -> tuple[list[Path], Path, torch.Generator]:
         gid, pos = self._samples[index]
         g = sample_generator(self.seed, self.epoch, index)

@@ -115,10 +115,11 @@ class Hamburger(nn.Module):
         # (B·n, D, h, w) -> (B, D, n·h·w): all positions of the n images form one matrix.
         x = z.view(b, self.n, d, h * w).permute(0, 2, 1, 3).reshape(b, d, self.n * h * w)
         steps = self.train_steps if self.training else self.eval_steps
-        # Multiplicative updates divide by small numbers: keep them in float32 under autocast.
+        # Multiplicative updates divide by small numbers: at least float32, also under autocast.
+        dtype = torch.promote_types(x.dtype, torch.float32)
         with torch.autocast(device_type=z.device.type, enabled=False):
-            bases = self.bases.unsqueeze(0).expand(b, -1, -1).contiguous()
-            bases, coef = nmf(x.float(), bases, steps)
+            bases = self.bases.to(dtype).unsqueeze(0).expand(b, -1, -1).contiguous()
+            bases, coef = nmf(x.to(dtype), bases, steps)
             recon = torch.bmm(bases, coef.transpose(1, 2))  # (B, D, n·h·w)
         if self.training:
             self._online_update(bases)

@@ -214,6 +214,36 @@ def test_crf_labels_and_bad_settings() -> None:
         AffinityHeadTraining(AffinityHeadConfig(), ["hold"])
 
 
+@pytest.mark.parametrize("settings", [dict(label_mode="alpha", alpha_low=2.0, alpha_high=16.0, crf=True),
+                                      dict(label_mode="fixed", fg_threshold=0.4, bg_threshold=0.1, crf=True),
+                                      dict(label_mode="fixed", fg_threshold=0.4, bg_threshold=0.1, crf=False)])
+def test_head_training_targets_are_the_labels_its_settings_name(settings) -> None:
+    """The loss trains on affinity_labels made with the config's own mode, thresholds and CRF (not the
+    defaults): recomputed here from those settings it is the same, and other settings give another loss."""
+    from afford.refine.affinity_head import pair_affinity, pair_labels
+    from afford.refine.head_training import AffinityHeadConfig
+    from afford.refine.labels import affinity_labels, default_crf, to_rgb255
+
+    torch.manual_seed(0)
+    m = AffinityHeadTraining(AffinityHeadConfig(radius=3, **settings), ["hold"], teacher=_HalvesTeacher())
+    images = _HalvesImages().images[:2] * 0.8 + 0.1 * torch.rand(2, 3, 1, 1, generator=torch.Generator().manual_seed(1))
+    y = torch.zeros(2, dtype=torch.long)
+    got = float(m.forward_train({"ego": images, "label": y}, 0)["loss"].detach())
+    teacher = _HalvesTeacher()
+    feats = [f.float() for f in teacher.features(images)]
+    cams = teacher.predict(images, y).float()
+    crf = default_crf(settings["label_mode"]) if settings["crf"] else None
+    values = {k: v for k, v in settings.items() if k not in ("label_mode", "crf")}
+    target = affinity_labels(cams, mode=settings["label_mode"], size=tuple(feats[0].shape[-2:]), crf=crf,
+                             image=to_rgb255(images.float()) if crf is not None else None, **values)
+    with torch.no_grad():
+        want = float(affinity_loss(pair_affinity(m(feats), 3), *pair_labels(target, 3))["loss"])
+    assert got == pytest.approx(want, rel=1e-6)
+    plain = AffinityHeadTraining(AffinityHeadConfig(radius=3), ["hold"], teacher=_HalvesTeacher())
+    plain.load_state_dict(m.state_dict())
+    assert float(plain.forward_train({"ego": images, "label": y}, 0)["loss"].detach()) != pytest.approx(got, rel=1e-6)
+
+
 def test_refiner_save_load_roundtrip(tmp_path) -> None:
     torch.manual_seed(0)
     teacher, head = _HalvesTeacher(), AffinityHead([8])

@@ -172,3 +172,27 @@ def test_colour_or_16_bit_gt_and_unseen_overlap_are_warnings(tmp_path):
     make_tree(tmp_path / "u", split="Unseen")
     kinds = _by_kind(check_tree(tmp_path / "u"))
     assert {p["message"].split("'")[1] for p in kinds["unseen_object_in_training"]} == {"knife", "bottle"}
+
+
+def test_a_tree_that_cannot_train_or_cannot_be_scored_is_not_usable(tmp_path):
+    """No exocentric image with an egocentric partner: nothing to train on. No test image with its GT: nothing
+    to score. Either makes the tree unusable (exit 1), named by kind and folder."""
+    import shutil
+
+    make_tree(tmp_path / "a")
+    s = tmp_path / "a/Seen"
+    shutil.rmtree(s / "testset/GT")
+    (s / "testset/GT").mkdir()
+    report = check_tree(tmp_path / "a")
+    kinds = _by_kind(report)
+    assert not report.ok and [p["path"] for p in kinds["no_test_items"]] == [str(s / "testset")]
+    assert "no_train_samples" not in kinds
+    make_tree(tmp_path / "b")
+    s = tmp_path / "b/Seen"
+    for aff, obj in PAIRS:  # exocentric and egocentric training images of different pairs
+        shutil.rmtree(s / "trainset/egocentric" / aff / obj)
+        _img(s / "trainset/egocentric" / aff / "cup" / "cup_000000.jpg")
+    report = check_tree(tmp_path / "b")
+    kinds = _by_kind(report)
+    assert not report.ok and [p["path"] for p in kinds["no_train_samples"]] == [str(s / "trainset")]
+    assert "no_test_items" not in kinds

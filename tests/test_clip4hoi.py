@@ -231,20 +231,28 @@ def test_hoi_commands_refuse_affordance_runs_and_undecodable_images_in_one_line(
 
 
 def test_training_images_flip_boxes_with_the_image(synth: Path) -> None:
+    """A flipped training image flips its GT (human and object boxes) and its cached detections alike."""
+    from afford.hoi.task import cached_instances
+
     cfg = cfg_for(synth)
     task = HOITask.from_config(cfg)
-    plain = HOIImageSet(task.train_data, 64, flip=False, cached=None)
-    flipped = HOIImageSet(task.train_data, 64, flip=True, seed=3)
+    cached = cached_instances(str(synth / "detections_gt_train2015.json"), task.train_data, "detections_train")
+    plain = HOIImageSet(task.train_data, 64, flip=False, cached=cached)
+    flipped = HOIImageSet(task.train_data, 64, flip=True, seed=3, cached=cached)
     flipped.set_epoch(0)
     hits = 0
     for i in range(len(plain)):
         a, b = plain[i], flipped[i]
         if torch.equal(a["image"], b["image"]):
+            assert torch.equal(a["instances"].boxes, b["instances"].boxes)
             continue
         hits += 1
         assert torch.allclose(a["image"].flip(-1), b["image"], atol=0.05)  # bicubic resize of a mirror
         w = a["size"][1]
         assert np.allclose(flip_gt(a["gt"], w).boxes_h, b["gt"].boxes_h)
+        assert np.allclose(flip_gt(a["gt"], w).boxes_o, b["gt"].boxes_o)
+        assert torch.allclose(flip_instances(a["instances"], w).boxes, b["instances"].boxes)
+        assert not torch.allclose(a["instances"].boxes, b["instances"].boxes)
     assert 0 < hits < len(plain)
 
 
@@ -329,6 +337,48 @@ def test_interaction_logits_are_float32_under_bf16_autocast(synth: Path) -> None
         # bf16 cosine logits would agree with float32 only to ~3 significant digits and tie often; float32
         # ones tie as rarely as the plain pass (1 tie more or less in 734 values for 1 of 20 seeds)
         assert b.flatten().unique().numel() >= a.flatten().unique().numel() - 2
+
+
+def test_detector_scores_enter_as_upt_priors_exponent_1_in_training_and_2_8_in_detect(synth: Path, monkeypatch) -> None:
+    """Each pair's interaction score is sigmoid(logit) * (s_h * s_o)^2.8 at test time; the training loss
+    sees the priors at exponent 1 (hoi.md §3.3). Detections with scores other than 1 tell them apart."""
+    import dataclasses
+
+    import afford.methods.clip4hoi as clip4hoi_module
+
+    cfg = cfg_for(synth)
+    task = HOITask.from_config(cfg)
+    torch.manual_seed(0)
+    model = CLIP4HOI(cfg.model, task.labels).eval()
+    images = HOIImageSet(task.test_data, 64, cached=task_cached(task, synth))
+    batch = collate_hoi([images[0], images[1]])
+    g = torch.Generator().manual_seed(5)
+    batch["instances"] = [dataclasses.replace(i, scores=0.3 + 0.6 * torch.rand(len(i), generator=g))
+                          for i in batch["instances"]]
+    dets = model.detect(batch)
+    with torch.no_grad():
+        out = model._forward(batch, 1.0)
+    n_checked = 0
+    for d, (inst, pairs, logit, _) in zip(dets, out, strict=True):
+        assert len(d.scores) > 0
+        s = inst.scores.double()
+        for row, (h, o) in enumerate(pairs.tolist()):
+            rows = np.flatnonzero((np.abs(d.boxes_h - inst.boxes[h].double().numpy()).sum(1) < 1e-6)
+                                  & (np.abs(d.boxes_o - inst.boxes[o].double().numpy()).sum(1) < 1e-6))
+            for r in rows:
+                want = torch.sigmoid(logit[row, d.hoi[r]].double()) * (s[h] * s[o]) ** 2.8
+                assert float(d.scores[r]) == pytest.approx(float(want), rel=1e-5)
+                n_checked += 1
+    assert n_checked > 0
+    seen: list[torch.Tensor] = []
+    real = clip4hoi_module.interaction_loss
+    monkeypatch.setattr(clip4hoi_module, "interaction_loss", lambda lg, pr, *a: seen.append(pr) or real(lg, pr, *a))
+    model.train().forward_train(batch, 0)
+    want = torch.cat([(inst.scores[pairs[:, 0]] * inst.scores[pairs[:, 1]]) for inst, pairs, _, _ in out])
+    top = seen[0].amax(1)
+    scored = top > 0  # pairs whose object takes some verb of the table
+    assert int(scored.sum()) >= 5
+    torch.testing.assert_close(top[scored], want.float()[scored])  # exponent 1: the plain product
 
 
 def task_cached(task: HOITask, synth: Path) -> list[Instances]:

@@ -57,6 +57,26 @@ def test_train_writes_run_and_loads(synth_root, tmp_path):
         ckpt.load_run(run)
 
 
+def test_a_run_still_training_is_served_its_last_complete_epoch(synth_root, tmp_path, caplog):
+    """No model.safetensors and no selection yet (killed, or still running): load_run takes the newest
+    complete epoch, not the first, and says so."""
+    import logging
+
+    run = tmp_path / "run"
+    train(tiny_cfg(synth_root, "train.epochs=2", "train.max_steps_per_epoch=2"), run, progress=False)
+    (run / ckpt.WEIGHTS).unlink()
+    info = json.loads((run / "run.json").read_text())
+    info.pop("selection"), info.pop("epochs_done")
+    (run / "run.json").write_text(json.dumps(info))
+    with caplog.at_level(logging.WARNING):
+        loaded = ckpt.load_run(run)
+    assert "still training" in caplog.text and "last complete epoch, 2" in caplog.text
+    second, first = (load_file(str(ckpt.epoch_dir(run, e) / ckpt.WEIGHTS)) for e in (1, 0))
+    state = loaded.method.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in second.items())
+    assert not all(torch.equal(state[k], v) for k, v in first.items())
+
+
 def test_same_seed_same_weights_and_resume_refuses_other_config(synth_root, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     cfg = tiny_cfg(synth_root, "train.epochs=1", "train.max_steps_per_epoch=2")

@@ -48,6 +48,26 @@ def test_float_image_in_unit_range_equals_its_uint8_image(predictor):
     assert any(not np.array_equal(black[a], want[a]) for a in CLASSES)
 
 
+def test_maps_are_the_cam_resized_to_the_image_then_min_maxed(predictor):
+    """What predict returns (and afford predict saves): the method's raw map of the image at the run's test
+    size, half-pixel bilinear to the image's own H x W, then min-max with +1e-10 (protocol.md §3.2),
+    against a numpy reference of those formulas."""
+    from afford.data.transforms import eval_transform
+    from test_metrics import np_resize
+
+    u8 = _image()
+    predictor.set_image(u8)
+    got = predictor.predict("cut_with")["cut_with"]
+    x = eval_transform(predictor._image, size=56).unsqueeze(0)
+    with torch.no_grad():
+        cam = predictor.run.method.predict(x, torch.tensor([CLASSES.index("cut_with")]))[0].double().numpy()
+    p = np_resize(cam, 40, 48)
+    want = (p - p.min()) / (p.max() - p.min() + 1e-10)
+    assert got.dtype == np.float32 and got.shape == (40, 48)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    assert len(np.unique(got.round(3))) > 50  # a map with structure, not a constant
+
+
 @pytest.mark.parametrize("bad", [
     _image().astype(np.float32),                      # 0..255 floats: outside [0, 1]
     np.full((8, 8, 3), -0.1, dtype=np.float32),

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from afford.errors import AffordError
-from afford.refine.crf import CRFParams
+from afford.refine.crf import CRFParams, unary_from_labels
 from afford.refine.labels import (
     IGNORE,
     affinity_labels,
@@ -87,6 +88,31 @@ def test_fixed_mode_with_label_crf_keeps_clean_regions() -> None:
     cams[:, 4:12, 4:12] = 1.0
     labels = affinity_labels(cams, mode="fixed", image=image, crf=CRFParams(reference_size=None, window=15, downsample=1))
     assert (labels[0, 4:12, 4:12] == 1).all() and (labels[0, :3] == 0).all()
+
+
+def test_crf_labels_on_a_grid_coarser_than_the_image_average_blocks_then_argmax() -> None:
+    """affinity.md §3.3: the CRF runs at image resolution and its scores are averaged over each label
+    cell's block before the argmax (a block-majority of probabilities, not the centre pixel's label)."""
+    from afford.refine.crf import dense_crf
+
+    g = torch.Generator().manual_seed(0)
+    image = (torch.rand(1, 3, 64, 64, generator=g) * 255).round()
+    cams = torch.rand(1, 8, 8, generator=g)
+    params = CRFParams(reference_size=None, window=7, downsample=1)
+    got = affinity_labels(cams, mode="fixed", size=(8, 8), image=image, crf=params)
+    c = (cams - cams.min()) / (cams.max() - cams.min() + 1e-10)
+    c_img = F.interpolate(c[:, None], size=(64, 64), mode="bilinear", align_corners=False)[:, 0].clamp(0, 1)
+
+    def posterior(labels_img):
+        q = dense_crf(unary_from_labels(labels_img, 2), image, params)  # (1, 2, 64, 64)
+        return F.avg_pool2d(q, 8).argmax(1)  # the mean of each 8x8 block
+
+    fg = posterior((c_img >= 0.30).long()) == 1
+    bg = posterior((c_img >= 0.05).long()) == 0
+    want = torch.full((1, 8, 8), 255, dtype=torch.long)
+    want[fg] = 1
+    want[bg] = 0
+    assert torch.equal(got, want) and len(got.unique()) > 1
 
 
 def test_errors_and_rgb255() -> None:

@@ -26,6 +26,9 @@ def test_training_free_refiner_propagates_over_the_run_features(tiny_run):
     run = load_run(tiny_run)
     fn = refiner_for_run(run, "affinity-free", radius=2)  # the 56 px test run has a 7x7 grid
     assert fn.params["affinity"] == "training_free" and fn.params["refine"] == "affinity-free"
+    # the propagation defaults chosen on held-out images (refine/defaults.py), not the refiner's own t = 256
+    assert (fn.params["t"], fn.params["lambda"], fn.params["gamma"]) == (16, 0.5, 2)
+    assert (refiner_for_run(run, "affinity-free").params["gamma"]) == 5
     images = torch.rand(2, 3, 56, 56, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         cams = run.method.predict(images, torch.tensor([0, 1]))
@@ -54,6 +57,8 @@ def test_refine_train_then_eval_and_predict(tiny_run, synth_root, tmp_path, caps
     assert main(["refine", "train", "--checkpoint", str(run_copy), "--epochs", "1", "--radius", "2", "--quiet"]) == 0
     saved = run_copy / REFINER_DIR
     assert (saved / "refiner.json").is_file() and (saved / "model.safetensors").is_file()
+    stored = json.loads((saved / "refiner.json").read_text())["params"]  # what --refine affinity will use
+    assert (stored["t"], stored["lambda"], stored["gamma"], stored["affinity"]) == (16, 0.5, 2, "trained_head")
     rows = [json.loads(x) for x in (saved / "log.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if r["kind"] == "train"]
     assert losses and all(np.isfinite(losses)) and rows[0]["config"]["model"]["teacher"] == str(run_copy)

@@ -40,6 +40,19 @@ def test_sweep_trains_each_seed_reports_both_rules_and_resumes(synth_root: Path,
     for s in (3, 4):  # the best rule never scores worse than the last on the selection metric
         run = r["runs"][str(tmp_path / f"seed_{s}")]
         assert run[BEST]["KLD"] <= run[LAST]["KLD"]
+    # the rules read the history: best = the lowest test KLD and its epoch, last = the final epoch (a made-up
+    # history where the first epoch is best, so picking the last would show)
+    import afford.sweep as sweep_module
+    from afford.sweep import evaluate_run
+
+    def row(epoch, kld):
+        return {"epoch": epoch, "test": {"KLD": kld, "SIM": 0.5 - kld / 10, "NSS": 1.0, "n_images": 3}}
+
+    history = [row(0, 1.5), row(1, 2.5)]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sweep_module.ckpt, "load_epoch_state", lambda *a: {"history": history})
+        rules = evaluate_run(tmp_path / "seed_3")
+    assert rules[BEST]["KLD"] == 1.5 and rules[BEST]["epoch"] == 1 and rules[LAST]["KLD"] == 2.5
     assert (tmp_path / "summary.md").read_text().startswith("locate_synthagd_demo (2 seeds")
 
     assert main(args) == 0  # rerun: finished seeds are kept, not retrained

@@ -47,6 +47,17 @@ def test_byte_identical_for_same_seed_and_different_for_other_seed(tmp_path: Pat
     assert differ == sum(k.endswith(".jpg") for k in a)
 
 
+def test_each_image_depends_on_its_own_index_not_on_how_many_are_drawn(tmp_path: Path) -> None:
+    """Image i of a pair is the same whatever n_exo / n_ego / n_test are: a demo at 2 test images per pair
+    shows the first 2 of a 3-image run (refine/defaults.py's tuning images stay disjoint from the demo's)."""
+    generate(tmp_path / "a", seed=7, size=40, n_exo=1, n_ego=1, n_test=1)
+    generate(tmp_path / "b", seed=7, size=40, n_exo=2, n_ego=2, n_test=2)
+    a, b = _digest(tmp_path / "a"), _digest(tmp_path / "b")
+    images = [k for k in a if k.endswith((".jpg", ".png"))]
+    assert len(b) > len(a) and len(images) > 100
+    assert all(a[k] == b[k] for k in images)
+
+
 def test_world_depends_on_seed_only_and_colour_does_not_name_the_role() -> None:
     w0, w0b, w1 = make_world(0), make_world(0), make_world(1)
     assert w0["knife"].parts[0].texture == w0b["knife"].parts[0].texture

@@ -100,6 +100,28 @@ def test_train_transform_is_deterministic_and_flips_by_generator():
         assert bool((no_flip(_ramp(), torch.Generator().manual_seed(seed))[0, 5].diff() > 0).all())
 
 
+def _texture(w: int = 60, h: int = 40) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(7).integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def test_transforms_against_pil_written_out():
+    """methods.md §0.3 step by step on a textured image: the short side resized to ``resize`` with PIL
+    bilinear (torchvision's truncation), a crop at (row, column) drawn in that order, then the flip
+    draw; the eval transform is PIL bilinear straight to the square. Any other filter or order differs."""
+    img = _texture()
+    for seed in range(6):
+        g = torch.Generator().manual_seed(seed)
+        top = int(torch.randint(0, 32 - 24 + 1, (1,), generator=g).item())
+        left = int(torch.randint(0, 48 - 24 + 1, (1,), generator=g).item())
+        flip = bool(torch.rand(1, generator=g).item() < 0.5)
+        ref = np.asarray(img.resize((48, 32), Image.BILINEAR).crop((left, top, left + 24, top + 24)))
+        ref = torch.from_numpy((ref[:, ::-1] if flip else ref).copy()).permute(2, 0, 1).float() / 255
+        got = TrainTransform(resize=32, crop=24)(img, torch.Generator().manual_seed(seed))
+        assert torch.equal(got, ref), seed
+    ref = torch.from_numpy(np.asarray(img.resize((16, 16), Image.BILINEAR)).copy()).permute(2, 0, 1).float() / 255
+    assert torch.equal(eval_transform(img, 16), ref)
+
+
 def test_square_train_transform_with_full_crop_equals_eval_transform():
     img = Image.new("RGB", (60, 40), (30, 60, 90))
     img.paste((250, 0, 0), (0, 0, 20, 10))
@@ -231,6 +253,25 @@ def test_gt_cache_is_built_once_and_reused(tmp_path, monkeypatch, caplog):
     _gt(item.gt, peak=100)  # an edited GT must not be served from the old cache
     third = GTCache(open_split(tmp_path, "Seen"), cache_dir=tmp_path / "cache")
     assert not third.from_disk and third[item].max() == 100
+
+
+def test_gt_cache_rebuilds_a_damaged_file_and_keys_by_the_split_folder(tmp_path, caplog):
+    """A truncated cache (a full disk, a killed writer) is rebuilt with a warning, never served; two datasets
+    whose splits share a name (Seen) get separate caches."""
+    make_tree(tmp_path / "a", n_test=1)
+    make_tree(tmp_path / "b", n_test=1)
+    _gt(tmp_path / "b/Seen/testset/GT/hold/bottle/bottle_000.png", peak=77)
+    cache = tmp_path / "cache"
+    first = GTCache(open_split(tmp_path / "a", "Seen"), cache_dir=cache)
+    other = GTCache(open_split(tmp_path / "b", "Seen"), cache_dir=cache)
+    assert other.path != first.path and not other.from_disk
+    assert other["hold/bottle/bottle_000"].max() == 77 != first["hold/bottle/bottle_000"].max()
+    first.path.write_bytes(first.path.read_bytes()[:50])
+    with caplog.at_level(logging.WARNING):
+        again = GTCache(open_split(tmp_path / "a", "Seen"), cache_dir=cache)
+    assert "unreadable GT cache" in caplog.text and not again.from_disk
+    assert all(np.array_equal(again[it], first[it]) for it in first)
+    assert GTCache(open_split(tmp_path / "a", "Seen"), cache_dir=cache).from_disk  # rewritten whole
 
 
 def test_gt_cache_honours_afford_cache_env(tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ import hashlib
 import io
 import logging
 import os
+import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -107,7 +108,7 @@ class GTCache(Mapping["TestItem", np.ndarray]):
                 keys = [str(k) for k in z["keys"]]
                 arrays = {k: z[f"a{i}"] for i, k in enumerate(keys)}
                 self.mismatched = [str(k) for k in z["mismatched"]]
-        except (OSError, KeyError, ValueError) as e:
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:  # truncated: not a zip at all
             log.warning("%s: unreadable GT cache (%s); rebuilding it", self.path, e)
             return None
         if set(arrays) != {it.gt_id for it in self.items}:

@@ -7,6 +7,7 @@ the forward.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 import pytest
@@ -71,9 +72,21 @@ class RefDino(nn.Module):
         a = (q @ k.transpose(-2, -1) * (c // self.heads) ** -0.5).softmax(-1)
         return k, a, (a @ v).transpose(1, 2).reshape(b, t, c)
 
+    def pos(self, gh: int, gw: int) -> torch.Tensor:
+        """DINO's interpolate_pos_encoding: bicubic by the scale factor (g + 0.1) / sqrt(N) per axis."""
+        n = self.pos_embed.shape[1] - 1
+        side = int(math.sqrt(n))
+        if (gh, gw) == (side, side):
+            return self.pos_embed
+        grid = self.pos_embed[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, scale_factor=((gh + 0.1) / math.sqrt(n), (gw + 0.1) / math.sqrt(n)),
+                             mode="bicubic", align_corners=False)
+        return torch.cat([self.pos_embed[:, :1], grid.permute(0, 2, 3, 1).reshape(1, gh * gw, -1)], 1)
+
     def forward(self, img: torch.Tensor, layers: tuple[int, ...]) -> dict[str, object]:
         x = self.patch_embed.proj(img).flatten(2).transpose(1, 2)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self.pos_embed
+        gh, gw = img.shape[-2] // self.patch, img.shape[-1] // self.patch
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self.pos(gh, gw)
         keys, attn = {}, None
         for i, blk in enumerate(self.blocks):
             k, a, o = self._attend(blk, x)
@@ -86,9 +99,8 @@ class RefDino(nn.Module):
             attn = a
             x = x + blk.attn.proj(o)
             x = x + blk.mlp.fc2(F.gelu(blk.mlp.fc1(blk.norm2(x))))
-        g = img.shape[-1] // self.patch
-        to_map = lambda z: z[:, 1:].transpose(1, 2).reshape(z.shape[0], -1, g, g)  # noqa: E731
-        return {"keys": [to_map(keys[i]) for i in layers], "cls_attn": attn[:, :, 0, 1:].reshape(-1, self.heads, g, g),
+        to_map = lambda z: z[:, 1:].transpose(1, 2).reshape(z.shape[0], -1, gh, gw)  # noqa: E731
+        return {"keys": [to_map(keys[i]) for i in layers], "cls_attn": attn[:, :, 0, 1:].reshape(-1, self.heads, gh, gw),
                 "tokens": to_map(self.norm(x))}
 
 
@@ -110,6 +122,21 @@ def test_official_dino_file_matches_reference_tiny(tmp_path) -> None:
     torch.testing.assert_close(got.cls_attn, want["cls_attn"], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(got.tokens[-1], want["tokens"], atol=1e-4, rtol=1e-4)
     assert got.layers == (2, 3)
+
+
+def test_official_dino_at_another_input_size_matches_dinos_own_interpolation(tmp_path) -> None:
+    """A 96x128 input (12x16 grid from a 14x14 table): the tower's keys, CLS attention and tokens equal
+    DINO's forward with its interpolate_pos_encoding, written out in RefDino."""
+    ref = RefDino(96, 4, 4, 8, 112).eval()
+    bb = create_backbone("tiny_vit", weights=_save_ref(tmp_path, ref), layers=(-1,))
+    img = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        want = ref(bb.normalize(img), layers=(3,))
+    got = bb(img)
+    assert got.keys[0].shape == (2, 96, 12, 16)
+    torch.testing.assert_close(got.keys[0], want["keys"][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got.cls_attn, want["cls_attn"], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(got.tokens[-1], want["tokens"], atol=1e-4, rtol=1e-4)
 
 
 def test_official_dino_vits16_shapes_match_reference(tmp_path) -> None:
@@ -139,12 +166,19 @@ def _block_input(bb, img: torch.Tensor, index: int) -> torch.Tensor:
 @pytest.mark.parametrize("name", ["tiny_vit", "tiny_dinov2", "tiny_clip"])
 def test_keys_and_cls_attn_equal_hand_computation(name: str) -> None:
     bb = create_backbone(name, return_tokens=False)
+    with torch.no_grad():  # distinct norms, so reading the keys after the wrong one shows
+        for m in bb.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight.normal_(1.0, 0.3)
+                m.bias.normal_(0.0, 0.3)
     img = torch.randn(2, 3, 112, 112)
     feats = bb(img)
     last = bb.num_layers - 1
     x = _block_input(bb, img, last)
     blk = bb._blocks()[last]
-    norm, attn = bb._norm1(blk), bb._attention(blk)
+    # the block's first norm by its transformers name (the pre-attention LayerNorm), not afford's accessor
+    norm = getattr(blk, {"tiny_vit": "layernorm_before", "tiny_dinov2": "norm1", "tiny_clip": "layer_norm1"}[name])
+    attn = bb._attention(blk)
     y = F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
     k = F.linear(y, attn.k_proj.weight, attn.k_proj.bias)  # (B, T, heads*d) head-major
     q = F.linear(y, attn.q_proj.weight, attn.q_proj.bias)
@@ -348,6 +382,7 @@ class RefClipVisual(nn.Module):
             x = x + blk.attn(y, y, y, need_weights=False)[0]
             h = blk.mlp.c_fc(blk.ln_2(x))
             x = x + blk.mlp.c_proj(h * torch.sigmoid(1.702 * h))
+        self.cls = self.ln_post(x)[:, 0] @ self.proj  # CLIP's image embedding (the class token's row)
         return self.ln_post(x)[:, 1:] @ self.proj
 
 
@@ -362,8 +397,10 @@ def test_openai_clip_visual_file_and_clearclip_match_reference(tmp_path, clearcl
     img = torch.randn(2, 3, 112, 112)
     with torch.no_grad():
         want = ref(bb.normalize(img), clearclip=clearclip)
-    got = bb(img).tokens[-1]
+    feats = bb(img)
+    got = feats.tokens[-1]
     assert got.shape == (2, 64, 14, 14)
+    torch.testing.assert_close(feats.cls_token, ref.cls, atol=1e-4, rtol=1e-4)  # CLIP4HOI's global embedding
     torch.testing.assert_close(got.flatten(2).transpose(1, 2), want, atol=1e-5, rtol=1e-5)
 
 

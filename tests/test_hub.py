@@ -67,3 +67,41 @@ def test_backbones_and_the_detector_fail_fast_when_the_hub_is_out_of_reach(build
     with pytest.raises(AffordError, match="not in the Hugging Face cache and https://huggingface.co is unreachable"):
         build()
     assert time.perf_counter() - t0 < 30
+
+
+def test_offline_flags_proxy_probe_and_device_names(monkeypatch) -> None:
+    """Every spelling huggingface_hub accepts for its offline flags; the hub probe goes to the proxy the
+    requests would use (not to huggingface.co itself) unless the host is bypassed; --device auto and an
+    unavailable CUDA."""
+    import torch
+
+    from afford.device import resolve_device
+    from afford.hub import _hub_address, offline
+
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+        assert not offline()
+        for value in ("1", "ON", "yes", "True "):
+            monkeypatch.setenv(var, value)
+            assert offline(), (var, value)
+        monkeypatch.setenv(var, "0")
+        assert not offline()
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    monkeypatch.setattr("urllib.request.getproxies", lambda: {})
+    assert _hub_address() == ("https://huggingface.co", "huggingface.co", 443)
+    monkeypatch.setattr("urllib.request.getproxies", lambda: {"https": "proxy.local:3128"})
+    monkeypatch.setattr("urllib.request.proxy_bypass", lambda host: False)
+    assert _hub_address() == ("https://huggingface.co", "proxy.local", 3128)
+    monkeypatch.setattr("urllib.request.proxy_bypass", lambda host: host == "huggingface.co")
+    assert _hub_address()[1:] == ("huggingface.co", 443)
+    monkeypatch.setenv("HF_ENDPOINT", "http://mirror.example:8080/")
+    monkeypatch.setattr("urllib.request.getproxies", lambda: {})
+    assert _hub_address() == ("http://mirror.example:8080", "mirror.example", 8080)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(AffordError, match="train.device: CUDA requested but not available"):
+        resolve_device("cuda:0", field="train.device")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")

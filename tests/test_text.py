@@ -375,3 +375,27 @@ def test_text_is_cleaned_as_openais_tokenizer_cleans_it(tmp_path) -> None:
     from afford.backbones.tokenizer import clean_text
 
     assert clean_text("A person\u2019s  CAFE\u0301") == "a person's café"
+
+
+def test_the_other_tokenizer_rules(tmp_path, monkeypatch) -> None:
+    """resolve_tokenizer's remaining rules: a tiny tower keeps its char-level vocabulary whatever
+    $AFFORD_CLIP_BPE says (no real vocabulary fits 514 ids); OpenAI's bpe_simple_vocab_16e6.txt.gz next to a
+    weights file is that file's vocabulary; ids beyond the tower's vocabulary are refused, not embedded."""
+
+    from afford.backbones.clip_text import BPE_FILENAME, resolve_tokenizer
+
+    _no_hub(monkeypatch, tmp_path)
+    monkeypatch.setenv("AFFORD_CLIP_BPE", str(_gz(tmp_path / "env.txt.gz")))
+    assert _first_ids(create_text_encoder("tiny_clip")) == CHAR_THE
+    monkeypatch.delenv("AFFORD_CLIP_BPE")
+    (tmp_path / "w").mkdir()
+    gz = _gz(tmp_path / "w" / BPE_FILENAME)
+    weights = tmp_path / "w" / "ViT-B-16.pt"
+    weights.write_bytes(b"")
+    found = resolve_tokenizer("clip_vitb16", None, "file", str(weights))
+    want = ClipBPETokenizer.from_openai_gz(gz)
+    assert found is not None and torch.equal(found(["the cat"]), want(["the cat"]))
+    assert resolve_tokenizer("clip_vitb16", None, "file", str(tmp_path / "elsewhere.pt")) is None
+    enc = create_text_encoder("tiny_clip", tokenizer=lambda texts, context_length: torch.full((1, 77), 600))
+    with pytest.raises(AffordError, match="tokenizer produced id 600 >= vocab size 514"):
+        enc.tokenize(["the"])

@@ -90,6 +90,12 @@ def test_unknown_method_and_file(tmp_path):
     bad.write_text("model: {backbone: x}\n")
     with pytest.raises(AffordError, match="'method:' key"):
         load_config(bad)
+    bad.write_bytes(b"method: locate\n# caf\xe9 in Latin-1\n")  # saved by an editor in another encoding
+    with pytest.raises(AffordError, match=r"bad\.yaml: not a UTF-8 text file \(byte 20\)"):
+        load_config(bad)
+    bad.write_text("method: [locate\n")
+    with pytest.raises(AffordError, match="bad.yaml: not valid YAML"):
+        load_config(bad)
 
 
 def test_a_bad_value_in_a_run_record_names_the_file(tmp_path):

@@ -243,9 +243,13 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
                               f"{did_you_mean(str(path), list_presets())} (afford list)")
         p = packaged
     try:
-        preset = yaml.safe_load(p.read_text()) or {}
+        preset = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise AffordError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except UnicodeDecodeError as e:
+        raise AffordError(f"{p}: not a UTF-8 text file (byte {e.start}); a config is YAML text") from None
+    except OSError as e:
+        raise AffordError(f"{p}: cannot read the config ({e.strerror or e})") from None
     if not isinstance(preset, dict) or "method" not in preset:
         raise AffordError(f"{p}: a config must be a mapping with a 'method:' key")
     return build_config(str(preset["method"]), preset, overrides)

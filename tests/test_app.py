@@ -328,3 +328,29 @@ def test_a_port_in_use_is_one_line_naming_it(tiny_run: Path, capsys) -> None:
     err = capsys.readouterr()
     assert f"--port {port}" in err.err and "another --port" in err.err and "Traceback" not in err.err
     assert "serving" not in err.out  # not announced before it failed
+
+
+def test_a_failing_handler_keeps_the_page_serving_with_a_message(caplog) -> None:
+    """A user's bad input (AffordError) is shown as it is; a bug is named as an internal error with the
+    traceback in the server log, never shown raw; either way the outputs are emptied."""
+    import logging
+
+    from afford.app.ui import _in_page
+
+    @_in_page(2)
+    def ok(x):
+        return x, x + 1
+
+    @_in_page(2)
+    def bad_input(x):
+        raise AffordError("image: expected an (H, W, 3) array")
+
+    @_in_page(2)
+    def bug(x):
+        return 1 // x, 0
+
+    assert ok(1) == (1, 2, "")
+    assert bad_input(1) == (None, None, "**Error:** image: expected an (H, W, 3) array")
+    with caplog.at_level(logging.ERROR):
+        assert bug(0) == (None, None, "**Error:** internal error (ZeroDivisionError); the server log has the details")
+    assert "bug failed" in caplog.text and "ZeroDivisionError" in caplog.text

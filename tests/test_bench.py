@@ -107,3 +107,23 @@ def test_bad_bench_arguments_are_one_line(capsys) -> None:
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2
+
+
+def test_a_bench_row_and_its_table_follow_from_the_measured_times_and_flops() -> None:
+    """One real row (LOCATE, one image per step): each ratio and each 'needed GFLOP/s' is the formula of
+    the measured fields, the cached step computes the heads alone, and the table prints the row's values."""
+    from afford.bench import TARGET_OVER_FLOOR, TARGET_SPEEDUP, bench_method, format_bench
+
+    r = bench_method("locate", steps=1, batch_size=1)
+    assert r["batch"] == 1 and r["images_per_step"] == 4 and r["towers"] == ["backbone"]
+    assert r["uncached_over_floor"] == pytest.approx(r["uncached_s"] / r["floor_s"])
+    assert r["speedup"] == pytest.approx(r["uncached_s"] / r["cached_s"])
+    assert r["heads_gflop"] == pytest.approx(r["step_gflop"] - r["floor_gflop"])
+    assert r["cached_gflop"] == pytest.approx(r["heads_gflop"], rel=0.01)  # no tower forward once cached
+    assert r["floor_gflop"] > r["heads_gflop"] > 0
+    assert r["needed_gflops_over_floor"] == pytest.approx(r["heads_gflop"] / ((TARGET_OVER_FLOOR - 1) * r["floor_s"]))
+    assert r["needed_gflops_speedup"] == pytest.approx(r["cached_gflop"] / (r["uncached_s"] / TARGET_SPEEDUP))
+    assert r["infer_images_per_s"] > 0 and set(r["tower_share"]) == {"backbone"}
+    table = format_bench([r], "head")
+    assert f"| locate | 1 (4) | {r['floor_s']:.2f} | {r['uncached_s']:.2f} | {r['uncached_over_floor']:.2f} |" in table
+    assert f"{r['speedup']:.1f}×" in table and f"| {r['needed_gflops_over_floor']:.0f} |" in table

@@ -39,6 +39,14 @@ def test_quick_demo_writes_report_metrics_and_overlays(demo_out):
         assert name in report and f"{m['KLD']:.3f}" in report
     n = {m["n_images"] for m in metrics.values()}
     assert len(n) == 1 and n.pop() > 0  # every row scored on the same test images
+    # one table line per row, in report order (the plan's, not the order the jobs finished in), with its figures
+    table = [line for line in report.splitlines() if line.startswith("| ") and " | standard | " in line]
+    assert [line.split(" | ")[0][2:] for line in table] == list(metrics)
+    assert list(metrics)[:4] == ["baseline: uniform", "baseline: center", "baseline: object",
+                                 next(k for k in metrics if k.startswith("baseline: ego-only CAM"))]
+    for line, (name, m) in zip(table, metrics.items(), strict=True):
+        assert line.startswith(f"| {name} | standard | {m['nss']} | {m['n_images']} | {m['KLD']:.3f} | {m['SIM']:.3f} | "
+                               f"{m['NSS']:.3f} |"), line
     assert list((out / "overlays" / "locate").glob("*.png"))
     # the per-affordance comparison with the whole-object map, one line per method row
     assert "## Per affordance, against the whole-object baseline" in report
@@ -200,6 +208,13 @@ def test_demo_shares_jobs_out_so_the_busiest_worker_is_least_loaded():
     assert max(sum(cost[n] for n in s) for s in shares) == 325  # the optimum (longest-first greedy: 346)
     assert all(s == sorted(s) for s in shares)  # report order kept within a worker
     assert partition_jobs(["a", "b"], 1, cost) == [["a", "b"]]
+    # beyond the exhaustive search (3 ** 11 > 50,000): longest first, each to the least loaded worker
+    big = {f"j{i}": float(c) for i, c in enumerate([50, 40, 30, 30, 20, 20, 10, 10, 10, 5, 5])}
+    shares = partition_jobs(list(big), 3, big)
+    assert sorted(n for g in shares for n in g) == sorted(big) and all(g == sorted(g, key=list(big).index)
+                                                                        for g in shares)
+    loads = sorted(sum(big[n] for n in g) for g in shares)
+    assert loads == [75.0, 75.0, 80.0]  # longest first, each to the least loaded worker
 
 
 def test_a_demo_worker_that_dies_ends_the_demo_with_one_clear_error(tmp_path):

@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from afford.engine.distributed import GlobalBatchNorm
-from afford.global_batch import gather_rows, per_process_denominator
+from afford.global_batch import gather_rows, local_rows, mean_over_processes, per_process_denominator
 from afford.losses.contrastive import supcon_loss
 
 WORLD, PER = 2, 3
@@ -41,8 +41,10 @@ def _rank(rank: int, init: str, out: str) -> None:
     loss.backward()
     counts = [per_process_denominator(torch.tensor(4 if rank == 0 else 0), floor=1.0),  # one side has none
               per_process_denominator(0.0, floor=1.0)]
+    mean = mean_over_processes(d["f"][mine].mean(0))  # WSMA's NMF bases: the global batch's mean
     torch.save({"x_grad": x.grad, "bn_w_grad": bn.weight.grad, "bn_b_grad": bn.bias.grad, "running": bn.running_var,
-                "f_grad": f.grad, "loss": loss.detach(), "counts": counts}, Path(out) / f"rank{rank}.pt")
+                "running_mean": bn.running_mean, "f_grad": f.grad, "loss": loss.detach(), "counts": counts,
+                "mean": mean, "local": local_rows(PER)}, Path(out) / f"rank{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -60,6 +62,10 @@ def test_global_batch_terms_in_two_processes_equal_one_process(tmp_path: Path) -
     torch.testing.assert_close(r[0]["bn_b_grad"] + r[1]["bn_b_grad"], bn.bias.grad, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(r[0]["running"], bn.running_var)  # unbiased, global count
     torch.testing.assert_close(r[1]["running"], bn.running_var)
+    for ri in r:  # the running mean too (the global batch's mean, not this process's)
+        torch.testing.assert_close(ri["running_mean"], bn.running_mean)
+        torch.testing.assert_close(ri["mean"], d["f"].mean(0))
+    assert r[0]["local"].tolist() == [True] * PER + [False] * PER and r[1]["local"].tolist() == [False] * PER + [True] * PER
 
     f = d["f"].clone().requires_grad_()
     loss = supcon_loss(nn.functional.normalize(f, dim=-1), d["labels"])

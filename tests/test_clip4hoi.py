@@ -71,6 +71,18 @@ def test_ground_truth_entry_lists_each_instance_once_in_detector_coordinates() -
     assert e["scores"] == [1.0, 1.0]
 
 
+def test_box_pool_on_a_non_square_image_averages_the_patches_whose_centres_lie_in_the_box() -> None:
+    """A 2 x 4 token grid over an (H, W) = (20, 80) image: patch centres at x = 10, 30, 50, 70 and y = 5, 15.
+    [0, 0, 40, 10] holds the centres (row 0, columns 0-1); a box holding none takes the patch under its
+    centre. With (H, W) swapped the same box would hold no centre."""
+    tokens = torch.arange(2 * 8, dtype=torch.float32).reshape(2, 2, 4)  # (E=2, h=2, w=4)
+    got = box_pool(tokens, torch.tensor([[0.0, 0.0, 40.0, 10.0], [52.0, 12.0, 58.0, 18.0]]), (20, 80))
+    want0 = tokens[:, 0, 0:2].mean(-1)
+    want1 = tokens[:, 1, 2]  # centre (55, 15): row 1, column 2
+    torch.testing.assert_close(got, torch.stack([want0, want1]))
+    assert not torch.allclose(box_pool(tokens, torch.tensor([[0.0, 0.0, 40.0, 10.0]]), (80, 20))[0], want0)
+
+
 def test_detr_r50_labels_map_to_every_hicodet_object_by_name() -> None:
     from afford.methods.clip4hoi import CLIP4HOIConfig
 
@@ -175,14 +187,29 @@ def test_detr_from_a_local_hub_layout_directory_runs_end_to_end(synth: Path, tmp
     monkeypatch.setattr(DetrDetector, "_proposals", alternating)
     cfg = cfg_for(synth, "model.detector=tiny_detr", f"model.detector_weights={tmp_path / 'detr'}",
                   "model.instance_tokens=detector", "model.embed_dim=32", "model.detector_short=96",
-                  "model.detector_max=128")
+                  "model.detector_max=128", "model.score_thd=0.1", "model.nms_thd=0.6", "model.min_instances=2",
+                  "model.max_instances=12")
     train(cfg, tmp_path / "r", progress=False)
     info = json.loads((tmp_path / "r" / "run.json").read_text())
     assert info["detector"]["kind"] == "detr" and info["detector"]["weights"] == str(tmp_path / "detr")
-    assert main(["hoi", "eval", "--checkpoint", str(tmp_path / "r"), "--quiet", "--json", str(tmp_path / "e.json")]) == 0
+    # the config's proposal filter reaches the detector (not its defaults), in training and in the loaded run
+    want = {"score_thd": 0.1, "nms_thd": 0.6, "min_instances": 2, "max_instances": 12}
+    assert ckpt.load_run(tmp_path / "r").method.detector.thresholds == want
+    assert main(["hoi", "eval", "--checkpoint", str(tmp_path / "r"), "--quiet", "--json", str(tmp_path / "e.json"),
+                 "--save-dets", str(tmp_path / "d.json")]) == 0
     e = json.loads((tmp_path / "e.json").read_text())
     n_classes = sum(1 for _, o, _ in load_hicodet(synth, "train2015").correspondence.tolist() if o == 0)
     assert e["n_detections"] > 0 and e["n_detections"] % n_classes == 0  # every pair scored on its object's classes
+    # hoi predict through the DETR path: the same detections as the evaluation's for that image
+    from afford.hoi.predictor import HOIPredictor
+
+    name = "SYNTHHOI_test2015_00000001.jpg"
+    hp = HOIPredictor(tmp_path / "r")
+    hp.set_image(synth / "images" / "test2015" / name)
+    rows = hp.predict(top_k=3)
+    dets = sorted(json.loads((tmp_path / "d.json").read_text())[name], key=lambda d: -d[-1])
+    assert [r["score"] for r in rows] == pytest.approx([d[-1] for d in dets[:3]], rel=1e-5)
+    assert rows[0]["human_box"] == pytest.approx(dets[0][1:5], abs=1e-3)
 
 
 def test_cached_detections_need_instance_tokens_from_clip() -> None:
@@ -379,6 +406,79 @@ def test_detector_scores_enter_as_upt_priors_exponent_1_in_training_and_2_8_in_d
     scored = top > 0  # pairs whose object takes some verb of the table
     assert int(scored.sum()) >= 5
     torch.testing.assert_close(top[scored], want.float()[scored])  # exponent 1: the plain product
+
+
+def test_hoi_predictor_on_a_non_square_image_keeps_its_orientation_and_its_pairs(synth: Path, tmp_path: Path,
+                                                                                 monkeypatch) -> None:
+    """A 40 x 100 (h x w) photo: the batch records (h, w); the decoder's union boxes are the pair boxes over
+    [w, h, w, h]; each returned triplet's human box is a person's and its object box the object's."""
+    import afford.methods.clip4hoi as clip4hoi_module
+    from afford.hoi.predictor import HOIPredictor
+
+    train(cfg_for(synth, "train.max_steps_per_epoch=1"), tmp_path / "run", progress=False)
+    hp = HOIPredictor(tmp_path / "run")
+    labels = hp.run.labels
+    obj = 0 if labels.objects[0] != "person" else 1
+    boxes = torch.tensor([[5.0, 2.0, 30.0, 38.0], [60.0, 10.0, 95.0, 30.0]])  # a person left, an object right
+    inst = Instances(boxes, torch.tensor([0.9, 0.8]), torch.tensor([len(labels.objects), obj]),
+                     torch.tensor([True, False]))
+    hp.set_image(np.full((40, 100, 3), 128, dtype=np.uint8), instances=inst)
+    assert hp._batch["size"] == [(40, 100)]
+    seen = []
+    real = clip4hoi_module.union_mask
+    monkeypatch.setattr(clip4hoi_module, "union_mask", lambda bh, bo, *a: seen.append((bh, bo)) or real(bh, bo, *a))
+    rows = hp.predict(top_k=50)
+    scale = torch.tensor([100.0, 40.0, 100.0, 40.0])
+    torch.testing.assert_close(seen[0][0][0, 0], boxes[0] / scale)
+    torch.testing.assert_close(seen[0][1][0, 0], boxes[1] / scale)
+    assert rows and all(r["human_box"] == boxes[0].tolist() and r["object_box"] == boxes[1].tolist() for r in rows)
+    assert all(labels.objects[labels.pairs[r["hoi"]][1]] == r["object"] == labels.objects[obj] for r in rows)
+
+
+def test_global_score_adds_the_image_embeddings_cosine_and_the_union_mask_changes_the_decoder(synth: Path) -> None:
+    """hoi.md §3: each pair's logits gain scale * cos(CLIP image embedding, text) of its image (the same for
+    every pair of that image); masking the decoder's cross-attention to the pair's union box changes them."""
+    import torch.nn.functional as F
+
+    cfg = cfg_for(synth)
+    task = HOITask.from_config(cfg)
+    torch.manual_seed(0)
+    model = CLIP4HOI(cfg.model, task.labels).eval()
+    images = HOIImageSet(task.test_data, 64, cached=task_cached(task, synth))
+    batch = collate_hoi([images[0], images[1]])
+    with torch.no_grad():
+        model.cfg.global_score = True
+        on = model._forward(batch, 2.8)
+        model.cfg.global_score = False
+        off = model._forward(batch, 2.8)
+        glob = model.clip(batch["image"]).cls_token.float()
+        scale = model.logit_scale.float().exp().clamp(max=100)
+        expected = scale * F.normalize(glob, dim=-1) @ model.text_features().float().T
+        model.cfg.union_mask = False
+        unmasked = model._forward(batch, 2.8)
+    for k, ((_, _, a, _), (_, _, b, _), (_, _, u, _)) in enumerate(zip(on, off, unmasked, strict=True)):
+        assert len(a) > 0
+        torch.testing.assert_close(a - b, expected[k].expand_as(a), rtol=1e-4, atol=1e-4)
+        assert float((u - b).abs().max()) > 1e-4
+
+
+def test_the_configs_proposal_filter_applies_to_cached_detections(synth: Path) -> None:
+    """hoi.md §3.1 on cached (raw) detections with the config's own thresholds: NMS per label, then the
+    score threshold, then at most max_instances per group (at least min_instances)."""
+    cfg = cfg_for(synth, "model.score_thd=0.5", "model.nms_thd=0.5", "model.min_instances=1",
+                  "model.max_instances=2")
+    task = HOITask.from_config(cfg)
+    torch.manual_seed(0)
+    model = CLIP4HOI(cfg.model, task.labels).eval()
+    h = [[0, 0, 10, 10], [0, 0, 10, 9], [20, 0, 30, 10], [40, 0, 50, 10], [60, 0, 70, 10]]  # 2nd: a duplicate
+    o = [[0, 20, 10, 30], [20, 20, 30, 30]]
+    inst = Instances(torch.tensor(h + o, dtype=torch.float32), torch.tensor([0.9, 0.8, 0.6, 0.55, 0.3, 0.4, 0.2]),
+                     torch.tensor([-1] * 5 + [0, 0]), torch.tensor([True] * 5 + [False] * 2))
+    batch = {"instances": [inst], "size": [(64, 80)], "image": torch.zeros(1, 3, 64, 64)}
+    found = model._instances(batch, torch.zeros(1, model.clip.token_dim, 4, 4))[0]
+    people = found.scores[found.is_human].tolist()
+    things = found.scores[~found.is_human].tolist()
+    assert people == pytest.approx([0.9, 0.6]) and things == pytest.approx([0.4])  # below 0.5: the top 1 kept
 
 
 def task_cached(task: HOITask, synth: Path) -> list[Instances]:

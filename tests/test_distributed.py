@@ -161,6 +161,43 @@ def test_torchrun_logs_folder_does_not_outlive_the_run(tmp_path: Path, monkeypat
     assert len(seen) == 1 and not Path(seen[0]).exists()
 
 
+def test_a_failed_torchrun_names_the_newest_complete_epoch_and_the_command_is_torchruns(tmp_path: Path,
+                                                                                       monkeypatch) -> None:
+    """The relaunch: torchrun standalone with --nproc_per_node and afford's arguments minus --nproc, the
+    cores shared out unless the user set OMP_NUM_THREADS; a failure names the newest complete epoch (or
+    none) and removes the log folder too."""
+    import subprocess
+
+    from afford.engine import launch
+    from afford.errors import AffordError
+
+    run = tmp_path / "r"
+    calls: list[tuple[list[str], dict]] = []
+
+    def failing(cmd, env):
+        calls.append((cmd, env))
+        return subprocess.CompletedProcess(cmd, 1)
+
+    monkeypatch.setattr(launch.subprocess, "run", failing)
+    monkeypatch.setattr(launch, "usable_cores", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    for epochs, message in (([], "no epoch had completed"), ([0], "last good checkpoint is epoch 1"),
+                            ([0, 1], "last good checkpoint is epoch 2")):
+        for e in epochs:
+            ckpt.epoch_dir(run, e).mkdir(parents=True, exist_ok=True)
+        monkeypatch.setattr(launch.ckpt, "completed_epochs", lambda _run, done=epochs: list(done))
+        with pytest.raises(AffordError, match=f"torchrun exit code 1.*{message}.*--resume"):
+            launch.launch_torchrun(2, ["train", "c", "--nproc", "2", "--out", str(run)], str(run))
+    cmd, env = calls[0]
+    assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    assert cmd[-5:] == ["afford.cli", "train", "c", "--out", str(run)] and env["OMP_NUM_THREADS"] == "4"
+    assert not any(Path(a.split("=", 1)[1]).exists() for c, _ in calls for a in c if a.startswith("--log-dir="))
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice stands
+    with pytest.raises(AffordError):
+        launch.launch_torchrun(2, ["train", "c", "--out", str(run)], str(run))
+    assert calls[-1][1]["OMP_NUM_THREADS"] == "3"
+
+
 def test_per_sample_kmeans_draws_ignore_padding_and_position() -> None:
     """A sample's initial centroids depend on its seed alone: not on the batch's padding or on its
     row, which is what lets a process holding half the batch draw what one process draws."""

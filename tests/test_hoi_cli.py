@@ -239,3 +239,20 @@ def test_a_group_without_any_test_pair_is_said_to_be_the_rules_zero(synth: Path,
     assert main(["hoi", "eval", "--baseline", "object-prior", "--data", str(tmp_path / "instances_test2015.json")]) == 0
     out = capsys.readouterr().out
     assert f"none of the {len(absent)} rare classes has a test pair" in out and "non_rare classes" not in out
+
+
+def test_draw_hoi_outlines_the_human_blue_and_the_object_red_and_joins_them() -> None:
+    from PIL import Image
+
+    from afford.hoi.predictor import draw_hoi
+
+    img = Image.new("RGB", (120, 90), (128, 128, 128))
+    row = {"human_box": [10.0, 10.0, 40.0, 80.0], "object_box": [80.0, 60.0, 110.0, 85.0], "verb": "hold",
+           "object": "cup", "score": 0.9}
+    out = draw_hoi(img, [row])
+    px = out.load()
+    assert px[10, 60] == (40, 110, 255) and px[40, 70] == (40, 110, 255)  # the human box's left and right edges
+    assert px[80, 78] == (235, 50, 50) and px[100, 85] == (235, 50, 50)  # the object box's left and bottom edges
+    assert px[33, 48] == (255, 220, 0)  # the line from the human's centre (25, 45) to the object's (95, 72.5)
+    assert px[5, 85] == (128, 128, 128) and img.load()[10, 60] == (128, 128, 128)  # elsewhere, and the input, untouched
+    assert draw_hoi(img, []).tobytes() == img.tobytes()

@@ -264,3 +264,14 @@ def test_detr_default_thresholds_are_the_spec() -> None:
     assert det.thresholds == {"score_thd": 0.2, "nms_thd": 0.5, "min_instances": 3, "max_instances": 15}
     assert det.human_label == 1
     assert DetrDetector(None, human_label=7).human_label == 7
+
+
+def test_cxcywh_boxes_become_pixel_xyxy_of_the_original_frame_clamped() -> None:
+    """DETR's normalised (cx, cy, w, h) of an (h, w) = (100, 200) image, worked by hand; a box over the
+    border is clamped to the image."""
+    from afford.hoi.detector import cxcywh_to_xyxy
+
+    got = cxcywh_to_xyxy(torch.tensor([[0.5, 0.5, 0.2, 0.4], [0.05, 0.5, 0.2, 0.2], [0.95, 0.9, 0.2, 0.4]]),
+                         (100, 200))
+    torch.testing.assert_close(got, torch.tensor([[80.0, 30.0, 120.0, 70.0], [0.0, 40.0, 30.0, 60.0],
+                                                  [170.0, 70.0, 200.0, 100.0]]))

@@ -190,3 +190,20 @@ def test_a_zero_area_box_keeps_every_pair_token_finite() -> None:
     inst.boxes[2] = torch.tensor([5.0, 5.0, 5.0, 20.0])
     pairs, tokens = model([inst], [(100, 100)], torch.randn(1, G))[0]
     assert len(pairs) == 6 and torch.isfinite(tokens).all()
+
+
+def test_pairwise_spatial_is_the_encoding_of_each_ordered_pair_on_a_non_square_image() -> None:
+    """Entry (i, j) is the 36-d encoding of (box i, box j) with box i first; image_size comes as (h, w)
+    (UPT's image_shapes) and reaches spatial_encoding as (w, h): a swap shows on a 120 x 300 image."""
+    from afford.hoi.interactor import pairwise_spatial
+    from afford.hoi.spatial import spatial_encoding
+
+    boxes = torch.tensor([[10.0, 5.0, 60.0, 100.0], [200.0, 20.0, 290.0, 70.0], [100.0, 50.0, 150.0, 110.0]])
+    got = pairwise_spatial(boxes, (120, 300), torch.nn.Identity())
+    assert got.shape == (3, 3, 36)
+    for i in range(3):
+        for j in range(3):
+            want = spatial_encoding(boxes[i : i + 1], boxes[j : j + 1], (300, 120))[0]
+            torch.testing.assert_close(got[i, j], want)
+    assert not torch.allclose(got[0, 1], got[1, 0])
+    assert not torch.allclose(got, pairwise_spatial(boxes, (300, 120), torch.nn.Identity()))

@@ -212,6 +212,55 @@ def _batch(b: int = 4, n: int = 3, size: int = 56, seed: int = 0) -> dict[str, T
             "label": torch.tensor([0, 1, 2, 1][:b])}
 
 
+def test_each_loss_gets_the_maps_methods_md_names(monkeypatch) -> None:
+    """methods.md §3: the pseudo-mask comes from the shared CAM on the egocentric view (cross_cam, > 0.92)
+    with the saliency of the egocentric images; L_mse/L_dice train the pixel decoder's map of the label
+    (with gradient); L_corr and L_con take all C + 15 pixel-decoder maps; L_denoise the exocentric CAMs and
+    descriptors per sample; the CE terms the pooled cross and exocentric CAMs."""
+    import afford.methods.looptrans as lt
+    from afford.modules.saliency import mean_head_saliency
+
+    got: dict[str, tuple] = {}
+    for name in ("select_pseudo_masks", "pseudo_mask_losses", "correlation_loss", "denoise_loss",
+                 "concentration_loss"):
+        real = getattr(lt, name)
+        monkeypatch.setattr(lt, name, lambda *a, _n=name, _r=real, **k: got.setdefault(_n, (a, k)) and _r(*a, **k))
+    torch.manual_seed(0)
+    m = LoopTrans(LoopTransConfig(**TINY), ["a", "b", "c"])
+    batch = _batch()
+    ego, exo, y = batch["ego"], batch["exo"], batch["label"]
+    out = m.forward_train(batch, epoch=0)
+    with torch.no_grad():  # the same modules in the same (training) mode, recomputed by hand
+        feats = m.backbone(torch.cat([ego, exo.flatten(0, 1)]))
+        desc = feats.keys[0]
+        proj = m._project(desc)
+        cross = m.aff_fc(m.scam(proj[:4]))
+        pix = m.aff_fc(m.pixel_dec(proj[:4]))
+        exo_cam = m.aff_fc(m.scam(proj[4:]))
+    idx = torch.arange(4)
+    (clusters, cam_y, sal, k), kw = got["select_pseudo_masks"]
+    torch.testing.assert_close(cam_y, cross[idx, y])
+    torch.testing.assert_close(sal, mean_head_saliency(feats.cls_attn)[:4])
+    assert kw["cam_thd"] == 0.92 and k == m.cluster.num_tokens
+    (pix_y, target), _ = got["pseudo_mask_losses"]
+    torch.testing.assert_close(pix_y.detach(), pix[idx, y])
+    assert pix_y.requires_grad and target.shape == pix_y.shape
+    (corr_pix, corr_exo), _ = got["correlation_loss"]
+    torch.testing.assert_close(corr_pix.detach(), pix)
+    torch.testing.assert_close(corr_exo.detach(), exo_cam.view(4, 3, 18, *pix.shape[-2:]))
+    (d_exo, d_desc, d_pix_y, d_ego_desc, d_y, d_c), d_kw = got["denoise_loss"]
+    torch.testing.assert_close(d_exo.detach(), exo_cam.view(4, 3, 18, *pix.shape[-2:]))
+    torch.testing.assert_close(d_desc, desc[4:].view(4, 3, *desc.shape[1:]))
+    torch.testing.assert_close(d_pix_y.detach(), pix[idx, y])
+    torch.testing.assert_close(d_ego_desc, desc[:4])
+    assert torch.equal(d_y, y) and d_c == 3 and d_kw["temperature"] == 1.0
+    (con_pix,), _ = got["concentration_loss"]
+    assert con_pix.shape[1] == 18
+    torch.testing.assert_close(con_pix.detach(), pix)
+    want_cls = F.cross_entropy(cross.mean((2, 3)), y) + F.cross_entropy(exo_cam.mean((2, 3)), y.repeat_interleave(3))
+    torch.testing.assert_close(out["cls"].detach(), want_cls)
+
+
 def test_model_wiring_losses_and_reference_weights() -> None:
     torch.manual_seed(0)
     m = LoopTrans(LoopTransConfig(**TINY), ["a", "b", "c"])

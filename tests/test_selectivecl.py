@@ -133,6 +133,16 @@ def test_part_found_uses_the_part_maps_else_the_affinity_fallback(on_part: bool)
         assert sel.ego_map[0, :2, :2].min() > sel.ego_map[0, 2:, 2:].max()
         torch.testing.assert_close(sel.ego_map, two_map_part((ego * a_ego[:, None])[:, None], ego[:, None],
                                                              torch.eye(8)[:1])[:, 0])
+        # a raw cosine can be negative: the affinity weighting then shows through the descriptor cosine
+        a_neg = a_ego.clone()
+        a_neg[0, 1, 1] = -0.5
+        neg = model.select_parts(a_neg, region, None, ego, exo, sal)
+        assert bool(neg.found[0])
+        torch.testing.assert_close(neg.ego_map, two_map_part((ego * a_neg[:, None])[:, None], ego[:, None],
+                                                             torch.eye(8)[:1])[:, 0])
+        assert not torch.allclose(neg.ego_map, two_map_part(ego[:, None], ego[:, None], torch.eye(8)[:1])[:, 0])
+        # the exocentric part map: the raw descriptors, one softmax over the sample's views (not the affinity)
+        torch.testing.assert_close(sel.exo_map, two_map_part(exo, exo, torch.eye(8)[:1]))
     else:
         assert not bool(sel.found[0])
         torch.testing.assert_close(sel.ego_map, a_ego)
@@ -285,6 +295,14 @@ def test_param_groups_keep_the_classifier_at_the_base_rate_and_the_towers_frozen
     heads = [model.aff_proj, model.aff_ego_proj, model.aff_exo_proj, model.aff_classifier,
              model.K_contrast_projection, model.pixel_contrast_projection]
     assert sum(len(g.params) for g in groups.values()) == sum(len(list(h.parameters())) for h in heads)
+    # every parameter's rate by name (methods.md §4.6): fc1/fc2 of aff_proj x10/x20, all else x1 (weights) / x2 (biases)
+    rate = {id(p): g.lr_mult for g in groups.values() for p in g.params}
+    for name, p in model.named_parameters():
+        if id(p) not in rate:
+            continue
+        fc = name.startswith(("aff_proj.fc1.", "aff_proj.fc2."))
+        want = (20.0 if fc else 2.0) if name.endswith(".bias") else (10.0 if fc else 1.0)
+        assert rate[id(p)] == want, name
 
 
 def test_bad_options_and_mismatched_grids_are_named() -> None:
@@ -419,6 +437,67 @@ def test_synth_clip_pooling_mean_and_lse_against_loops(tmp_path, synth_root) -> 
              "train.batch_size=4", "train.epochs=1", "train.max_steps_per_epoch=1", "model.pooling=lse"]
     train(load_config("synth_clip_synthagd_demo", small), tmp_path / "clip", progress=False)
     assert "log-mean-exp of ClearCLIP patch cosines" in load_clip_run(tmp_path / "clip")[2]["how"]
+
+
+def test_forward_train_feeds_each_loss_what_methods_md_names(monkeypatch) -> None:
+    """methods.md §4.4-4.6 wiring: L_proto's five embeddings (anchor = A_ego where a part is found else the
+    whole image; ego/exo positives = the part maps; negatives = 1 − M·relu(CAM_y) with gradient) on the
+    K-projected features, at (0.5, 0.07); L_pix on the pixel projection with the foreground of A_ego and the
+    exocentric action cosines and the γ2 = 0.6 mask as anchors; CE_exo against each view's own label."""
+    import afford.methods.selectivecl as scl
+    from afford.losses.selectivecl import pixel_foreground
+
+    calls: dict[str, list] = {"weighted_embedding": []}
+    real_we, real_proto, real_pix = scl.weighted_embedding, scl.prototype_contrastive_loss, scl.pixel_contrastive_loss
+    monkeypatch.setattr(scl, "weighted_embedding", lambda f, w: calls["weighted_embedding"].append((f, w))
+                        or real_we(f, w))
+    monkeypatch.setattr(scl, "prototype_contrastive_loss", lambda *a: calls.setdefault("proto", a) and real_proto(*a))
+    monkeypatch.setattr(scl, "pixel_contrastive_loss", lambda *a: calls.setdefault("pix", a) and real_pix(*a))
+    torch.manual_seed(0)
+    model = SelectiveCL(SelectiveCLConfig(**TINY, warm_epoch=0), SEEN_AFFORDANCES[:4]).train()
+    chosen = []
+    real_select = model.select_parts
+    model.select_parts = lambda *a: chosen.append(real_select(*a)) or chosen[-1]
+    g = gen(30)
+    batch = {"ego": torch.rand(2, 3, 112, 112, generator=g), "exo": torch.rand(2, 3, 3, 112, 112, generator=g),
+             "label": torch.tensor([3, 1])}
+    out = model.forward_train(batch, epoch=1)  # epoch > warm_epoch: the CAM enters region and negatives
+    sel, y = chosen[0], batch["label"]
+    with torch.no_grad():
+        images = torch.cat([batch["ego"], batch["exo"].flatten(0, 1)])
+        desc, _ = model._descriptors(images)
+        tokens = model._clip_tokens(images)
+        t_action, t_entity = model.text_features()
+        a_ego = cosine_map(tokens[:2], t_action[y])
+        hw = a_ego.shape[-2:]
+        exo_cos = cosine_map(tokens[2:], t_action[y.repeat_interleave(3)]).view(2, 3, *hw)
+        ego_feat, ego_cam = model._heads(desc[:2], model.aff_ego_proj)
+        exo_feat, exo_cam = model._heads(desc[2:], model.aff_exo_proj)
+        ego_cam_y = ego_cam[torch.arange(2), y]
+        exo_cam_y = exo_cam.view(2, 3, -1, *hw)[torch.arange(2), :, y]
+    (f_a, w_a), (f_p, w_p), (f_n, w_n), (f_xp, w_xp), (f_xn, w_xn) = calls["weighted_embedding"][:5]
+    k_ego, k_exo = model.K_contrast_projection(ego_feat), model.K_contrast_projection(exo_feat)
+    for f, want in ((f_a, k_ego), (f_p, k_ego), (f_n, k_ego), (f_xp, k_exo), (f_xn, k_exo)):
+        assert f.requires_grad
+        torch.testing.assert_close(f.detach(), want.detach(), rtol=1e-4, atol=1e-5)
+    found = sel.found[:, None, None]
+    torch.testing.assert_close(w_a, torch.where(found, a_ego, torch.ones_like(a_ego)))
+    torch.testing.assert_close(w_p, sel.ego_map)
+    torch.testing.assert_close(w_xp, sel.exo_map.flatten(0, 1))
+    assert w_n.requires_grad and w_xn.requires_grad  # the negatives carry the CAM's gradient
+    torch.testing.assert_close(w_n.detach(), 1 - sel.ego_map * torch.relu(ego_cam_y), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(w_xn.detach(), (1 - sel.exo_map * torch.relu(exo_cam_y)).flatten(0, 1), rtol=1e-4,
+                               atol=1e-5)
+    assert torch.equal(calls["proto"][5], y) and calls["proto"][6:] == (0.5, 0.07)
+    feats, fg, anchors, thd, t, tb = calls["pix"]
+    torch.testing.assert_close(feats.detach(), model.pixel_contrast_projection(ego_feat).detach(), rtol=1e-4,
+                               atol=1e-5)
+    mask = (a_ego - a_ego.amin((1, 2), keepdim=True)) / (a_ego.amax((1, 2), keepdim=True)
+                                                          - a_ego.amin((1, 2), keepdim=True)) > 0.6
+    assert torch.equal(anchors, mask.float()) and (thd, t, tb) == (0.5, 0.5, 0.07)
+    assert torch.equal(fg, pixel_foreground(a_ego, exo_cos, mask))
+    want_exo = sum(F.cross_entropy(exo_cam.view(2, 3, -1, *hw)[:, v].mean((2, 3)), y) for v in range(3)) / 3
+    torch.testing.assert_close(out["ce_exo"].detach(), want_exo, rtol=1e-5, atol=1e-6)
 
 
 def test_batchnorm_statistics_move_as_the_references_two_passes_per_step() -> None:

@@ -71,6 +71,59 @@ def test_forward_train_losses_and_gradients(faithful: bool) -> None:
     assert all(p.grad is None for p in m.backbone.parameters())  # frozen DINO
 
 
+def test_forward_train_feeds_the_four_losses_what_methods_md_names(monkeypatch) -> None:
+    """methods.md §2: the losses get the weights 1 / 1 / 0.5 / 0.5, the exponentiated logit scale, the text
+    features with their gradient, the egocentric features gated by the label's own text, and each
+    sample's own exocentric views (B, n order)."""
+    import afford.methods.wsma as wsma_module
+
+    got = {}
+    real = wsma_module.wsma_losses
+    monkeypatch.setattr(wsma_module, "wsma_losses", lambda **kw: got.update(kw) or real(**kw))
+    m = tiny_wsma().train()
+    b = batch(3, seed=2)
+    b["label"] = torch.tensor([2, 0, 1])
+    bases = m.Hamburger.bases.clone()
+    m.forward_train(b, epoch=0)
+    assert got["weights"] == {"cls": 1.0, "clip": 1.0, "d": 0.5, "lrela": 0.5}
+    torch.testing.assert_close(got["logit_scale"], m.logit_scale.exp())
+    assert got["text_embed"].requires_grad and got["ego_feat"].requires_grad and torch.equal(got["labels"], b["label"])
+    m.Hamburger.bases.copy_(bases)  # the step's online update moved them: recompute from the same start
+    with torch.no_grad():
+        ego, exo, y = b["ego"], b["exo"], b["label"]
+        proj = m._project(torch.cat([ego, exo.flatten(0, 1)]))
+        text = m.text_features()
+        pooled = m.attnpool(proj[:3])
+        t = F.normalize(text[y], dim=-1)
+        sim = (F.normalize(pooled.patch_embed, dim=-1) * t[:, None]).sum(-1)
+        gate = torch.sigmoid(F.normalize(sim, dim=1)).view(3, 1, *proj.shape[-2:])
+        ego_feat = m.aff_ego_proj(gate * proj[:3] + proj[:3])
+        exo_feat = m.aff_exo_proj(m.Hamburger(proj[3:]))
+    torch.testing.assert_close(got["text_embed"].detach(), text)
+    torch.testing.assert_close(got["ego_feat"].detach(), ego_feat, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got["exo_feat"].detach(), exo_feat.view(3, 3, *exo_feat.shape[1:]), rtol=1e-4,
+                               atol=1e-5)
+    torch.testing.assert_close(got["exo_logits"].detach(), m.fc(exo_feat.mean((2, 3))).view(3, 3, -1), rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_the_default_channel_gate_at_inference_written_out() -> None:
+    """afford's default gate (normalised along channels, batch independent): gate = sigmoid(l2n over
+    positions of cos(patch embedding, text_y)); CAM = mean over channels of fc_y * aff_ego_proj(gate·f + f)."""
+    m = tiny_wsma().eval()
+    x, labels = batch(3, seed=4)["ego"], torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        proj = m._project(x)
+        pooled = m.attnpool(proj)
+        t = F.normalize(m.text_features()[labels], dim=-1)
+        s = (F.normalize(pooled.patch_embed, dim=-1) * t[:, None]).sum(-1)
+        gate = torch.sigmoid(F.normalize(s, dim=1)).view(3, 1, *proj.shape[-2:])
+        want = (m.fc.weight[labels][:, :, None, None] * m.aff_ego_proj(gate * proj + proj)).mean(1)
+    torch.testing.assert_close(m.predict(x, labels, output="raw"), want, rtol=1e-4, atol=1e-5)
+    ungated = (m.fc.weight[labels][:, :, None, None] * m.aff_ego_proj(proj)).mean(1)
+    assert not torch.allclose(want, ungated, atol=1e-4)
+
+
 def test_cam_is_channel_mean_of_class_weighted_features() -> None:
     m = tiny_wsma()
     feat = torch.randn(2, m.backbone.embed_dim, 4, 4)

@@ -72,7 +72,19 @@ def test_predict_writes_npy_png_overlay(run_dir, synth_root, tmp_path):
     out2 = tmp_path / "pred_all"
     assert main(["predict", str(img), "--checkpoint", str(run_dir), "--out", str(out2)]) == 0
     classes = json.loads((run_dir / "run.json").read_text())["classes"]
-    assert len(list(out2.glob("*.npy"))) == len(classes)
+    assert sorted(p.name for p in out2.glob("*.npy")) == sorted(f"{img.stem}_{c}.npy" for c in classes)
+    # several images in one call: each gets its own maps, the Predictor's for that image
+    from afford.predictor import Predictor
+
+    other = [p for p in (synth_root / "Seen" / "testset" / "egocentric").rglob("*.jpg") if p.stem != img.stem][0]
+    out3 = tmp_path / "pred_two"
+    assert main(["predict", str(img), str(other), "--checkpoint", str(run_dir), "--affordance", "hold",
+                 "--out", str(out3)]) == 0
+    predictor = Predictor(run_dir)
+    for path in (img, other):
+        predictor.set_image(Image.open(path))
+        np.testing.assert_array_equal(np.load(out3 / f"{path.stem}_hold.npy"), predictor.predict("hold")["hold"])
+    assert not np.array_equal(np.load(out3 / f"{img.stem}_hold.npy")[:8, :8], np.load(out3 / f"{other.stem}_hold.npy")[:8, :8])
 
 
 def test_bad_inputs_are_one_line_errors(run_dir, synth_root, tmp_path, capsys):
@@ -154,6 +166,17 @@ def test_data_check_and_synth_cli(tmp_path, capsys):
     assert main(["data", "check", str(root), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] is True
+    # the flags reached the generator: the counts per pair, the image size and the seed's world
+    from afford.synthagd import generate
+
+    counts = report["splits"][0]["counts"]
+    assert {n for aff in counts["exocentric"].values() for n in aff.values()} == {2}
+    assert {n for aff in counts["egocentric"].values() for n in aff.values()} == {1}
+    assert {n for aff in counts["test_egocentric"].values() for n in aff.values()} == {1}
+    jpg = next((root / "Seen" / "testset" / "egocentric").rglob("*.jpg"))
+    assert Image.open(jpg).size[0] == 48 or Image.open(jpg).size[1] == 48
+    generate(tmp_path / "same", split="seen", seed=1, size=48, n_exo=2, n_ego=1, n_test=1)
+    assert (tmp_path / "same" / jpg.relative_to(root)).read_bytes() == jpg.read_bytes()
     # break it: corrupt one test image -> non-zero exit, the file is named
     jpg = next((root / "Seen" / "testset" / "egocentric").rglob("*.jpg"))
     jpg.write_bytes(jpg.read_bytes()[:40])
@@ -372,3 +395,23 @@ def test_log_flags_work_before_and_after_the_verb():
         assert parse(["data", "synth", "--out", "x", flag]).log_level == level  # nested verbs too
     args = parse(["eval", "--baseline", "center", "-q", "--quiet"])  # -q: log level; --quiet: progress bars
     assert args.log_level == logging.WARNING and args.quiet
+
+
+def test_eval_and_predict_name_a_run_that_makes_no_affordance_maps(run_dir, synth_root, tmp_path, capsys):
+    """An HOI run, or a training stage (LoopTrans's cluster module), given to eval / predict: one line saying
+    what the run is and which command fits, before any model is built."""
+    img = next((synth_root / "Seen" / "testset" / "egocentric").rglob("*.jpg"))
+    info = json.loads((run_dir / "run.json").read_text())
+    cases = {"hoi": ({**info, "method": "clip4hoi", "labels": {**info["labels"], "task": "hoi"}},
+                     "a clip4hoi run (HOI detection), not an affordance model; use 'afford hoi eval'"),
+             "cluster": ({**info, "method": "looptrans_cluster"},
+                         "a looptrans_cluster run is a training stage that makes no maps (task 'images')")}
+    for name, (record, message) in cases.items():
+        run = tmp_path / name
+        run.mkdir()
+        (run / "run.json").write_text(json.dumps(record))
+        capsys.readouterr()
+        assert main(["eval", "--checkpoint", str(run), "--data", str(synth_root)]) == 2
+        assert message in one_line_error(capsys)
+        assert main(["predict", str(img), "--checkpoint", str(run), "--out", str(tmp_path / "p")]) == 2
+        assert message in one_line_error(capsys)

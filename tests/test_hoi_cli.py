@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from afford.cli import main
@@ -62,6 +63,17 @@ def test_eval_scores_ground_truth_as_detections_perfectly_and_writes_json(synth:
     z = json.loads((tmp_path / "z.json").read_text())
     assert set(z["mAP"]) == {"full", "unseen", "seen"}
     assert "full" in capsys.readouterr().out
+    # the groups are the split file's: with a baseline's imperfect APs, unseen / seen are the means over its ids
+    uc = json.loads((synth / "zero_shot_uc.json").read_text())
+    for zs in ([], ["--zero-shot", str(synth / "zero_shot_uc.json")]):
+        assert main(["hoi", "eval", "--baseline", "object-prior", "--data", str(synth), *zs,
+                     "--json", str(tmp_path / ("zb.json" if zs else "b.json"))]) == 0
+    b, zb = (json.loads((tmp_path / f).read_text()) for f in ("b.json", "zb.json"))
+    assert zb["ap"] == b["ap"] and len(set(round(a, 6) for a in b["ap"])) > 3
+    seen = [c for c in range(len(b["ap"])) if c not in set(uc)]
+    assert zb["mAP"]["unseen"] == pytest.approx(np.mean([b["ap"][c] for c in uc]))
+    assert zb["mAP"]["seen"] == pytest.approx(np.mean([b["ap"][c] for c in seen]))
+    assert zb["mAP"]["full"] == pytest.approx(b["mAP"]["full"])
 
 
 def test_baselines_need_what_they_use_and_score(synth: Path, tmp_path, capsys) -> None:
@@ -256,3 +268,28 @@ def test_draw_hoi_outlines_the_human_blue_and_the_object_red_and_joins_them() ->
     assert px[33, 48] == (255, 220, 0)  # the line from the human's centre (25, 45) to the object's (95, 72.5)
     assert px[5, 85] == (128, 128, 128) and img.load()[10, 60] == (128, 128, 128)  # elsewhere, and the input, untouched
     assert draw_hoi(img, []).tobytes() == img.tobytes()
+
+
+def test_hoi_task_rare_lists_from_training_counts_and_mismatched_classes(synth: Path, tmp_path) -> None:
+    """A test file without rare/non_rare lists gets them from the training counts (HICO-DET's < 10 rule): the
+    generator's own lists; a training file whose classes differ from the test file's is refused by name."""
+    import os
+
+    from afford.errors import AffordError
+    from afford.hoi.task import HOITask
+
+    root = tmp_path / "copy"
+    root.mkdir()
+    os.symlink(synth / "images", root / "images")
+    train = json.loads((synth / "instances_train2015.json").read_text())
+    test = json.loads((synth / "instances_test2015.json").read_text())
+    (root / "instances_train2015.json").write_text(json.dumps(train))
+    (root / "instances_test2015.json").write_text(json.dumps({k: v for k, v in test.items()
+                                                              if k not in ("rare", "non_rare")}))
+    task = HOITask(root)
+    assert (list(task.test_data.rare), list(task.test_data.non_rare)) == (test["rare"], test["non_rare"])
+    assert task.unseen in ((), []) and task.removal is None
+    train["verbs"] = [v + "_x" for v in train["verbs"]]
+    (root / "instances_train2015.json").write_text(json.dumps(train))
+    with pytest.raises(AffordError, match="different HOI classes"):
+        HOITask(root)

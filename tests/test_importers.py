@@ -681,3 +681,25 @@ def test_hub_probe_honours_hf_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
         assert hub_unreachable(timeout=5) is None
     why = hub_unreachable(timeout=5)
     assert why is not None and why.startswith(f"http://127.0.0.1:{port} is unreachable (127.0.0.1:{port}: "), why
+
+
+def test_the_import_verb_and_afford_list(tmp_path, capsys) -> None:
+    """`afford import` end to end through the CLI (a full-size ViT-S/16 LOCATE file of the Unseen split), and
+    `afford list` naming every method, preset, protocol and refiner there is."""
+    from afford.cli import main
+    from afford.factory import METHODS, list_presets
+    from afford.metrics.saliency import PROTOCOLS
+    from afford.refine.defaults import REFINERS
+
+    sd = official_locate(c=25)
+    torch.save(sd, tmp_path / "best.pth")
+    assert main(["import", "--method", "locate", "--file", str(tmp_path / "best.pth"), "--out", str(tmp_path / "run"),
+                 "-q"]) == 0
+    run = load_run(tmp_path / "run")
+    assert run.info["method"] == "locate" and run.info["split"] == "Unseen" and len(run.classes) == 25
+    torch.testing.assert_close(run.method.aff_fc.weight, sd["aff_fc.weight"], atol=0, rtol=0)
+    capsys.readouterr()
+    assert main(["list"]) == 0
+    listed = capsys.readouterr().out
+    for name in [*METHODS, *list_presets(), *PROTOCOLS, *REFINERS, "dino_vits16", "clip_vitb16"]:
+        assert name in listed, name

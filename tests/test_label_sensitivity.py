@@ -103,3 +103,54 @@ def test_label_sensitivity_batches_by_the_eval_batch_size_and_drops_empty_gts(gt
     dropped = label_sensitivity(blind, split, EvalConfig(exclude_empty_gt=True), size=56, progress=False,
                                 gt_cache=OneBlank())
     assert dropped["n_images"] == kept["n_images"] - 1
+
+
+def test_wrong_label_scores_average_every_other_affordance_of_the_object(gt_by_image):
+    """A fake model whose map differs per wrong label: the summary (overall and per object) is, per image,
+    its own label's score against the mean over each of the object's other test affordances, and the mean
+    correlation of those maps with the right one; the printed row carries all five figures."""
+    import numpy as np
+
+    from afford.metrics.saliency import score
+
+    split, table = gt_by_image
+
+    def per_label(images, labels):
+        maps = []
+        for x, y in zip(images, labels, strict=True):
+            label, gt = table[x.numpy().tobytes()]
+            g = _gt_map(gt)
+            maps.append(g if int(y) == label else torch.roll(g, shifts=2 * int(y) + 1, dims=1) + 0.05 * int(y))
+        return torch.stack(maps)
+
+    out = label_sensitivity(per_label, split, size=56, progress=False)
+    ds, gts = AffordanceTestSet(split, size=56), GTCache(split)
+    affs: dict[str, set] = {}
+    for it in ds.items:
+        affs.setdefault(it.object, set()).add(it.affordance)
+    rows: dict[str, list] = {}
+    for i, it in enumerate(ds.items):
+        others = sorted(affs[it.object] - {it.affordance})
+        if not others:
+            continue
+        img = ds[i]["image"][None]
+        right = per_label(img, torch.tensor([split.label(it.affordance)]))[0]
+        wrong = [per_label(img, torch.tensor([split.label(a)]))[0] for a in others]
+        s = score([right, *wrong], [gts[it]] * (1 + len(wrong)), "standard")
+        cc = np.mean([map_correlation(right, w) for w in wrong])
+        rows.setdefault(it.object, []).append((float(s["KLD"][0]), float(s["KLD"][1:].mean()), float(s["SIM"][0]),
+                                               float(s["SIM"][1:].mean()), cc))
+    assert any(len(affs[o]) > 2 for o in rows)  # objects with several wrong labels, which the mean must average
+    every = [r for rs in rows.values() for r in rs]
+    mean = [float(np.mean([r[k] for r in every])) for k in range(5)]
+    assert out["n_images"] == len(every)
+    assert [out["right"]["KLD"], out["wrong"]["KLD"], out["right"]["SIM"], out["wrong"]["SIM"], out["map_cc"]] == \
+        pytest.approx(mean, rel=1e-9)
+    obj = max(rows, key=lambda o: len(affs[o]))
+    per = out["per_object"][obj]
+    assert per["n"] == len(rows[obj])
+    assert [per["right"]["KLD"], per["wrong"]["KLD"], per["wrong"]["SIM"], per["map_cc"]] == pytest.approx(
+        [float(np.mean([r[k] for r in rows[obj]])) for k in (0, 1, 3, 4)], rel=1e-9)
+    line = format_label_sensitivity({"fake": {"label_sensitivity": out}}).splitlines()[-1]
+    assert line == (f"| fake | {len(every)} | {mean[0]:.3f} | {mean[1]:.3f} | {mean[2]:.3f} | {mean[3]:.3f} | "
+                    f"{mean[4]:.3f} |")

@@ -72,6 +72,25 @@ def test_several_verbs_per_pair_no_interaction_pairs_and_a_rare_tail(synth: Path
     counts = np.bincount([h for a in d["annotation"] for h in a["hoi"]], minlength=len(classes))
     assert 0 < len(d["rare"]) < len(classes) and all(counts[c] < 10 for c in d["rare"])
     assert counts.max() >= 10
+    # rare / non-rare are exactly HICO-DET's rule on the training counts, and the test file carries the same lists
+    assert sorted(d["non_rare"]) == [c for c in range(len(classes)) if counts[c] >= 10]
+    test = json.loads((synth / "instances_test2015.json").read_text())
+    assert (test["rare"], test["non_rare"]) == (d["rare"], d["non_rare"])
+    # a tail: the interaction classes' counts are long-tailed, not uniform
+    inter = sorted((counts[c] for c, (_, v) in enumerate(classes) if verbs[v] != NO_INTERACTION and counts[c]),
+                   reverse=True)
+    assert inter[0] >= 4 * inter[len(inter) // 2]
+    # several people per image; every person of the image forms a no_interaction pair with each object tile
+    people = [len({tuple(b) for b in a["boxes_h"]}) for a in d["annotation"]]
+    assert max(people) >= 2
+    tiles_seen = 0
+    for a in d["annotation"]:
+        humans = {tuple(b) for b in a["boxes_h"]}
+        rows = list(zip(map(tuple, a["boxes_h"]), map(tuple, a["boxes_o"]), a["verb"], strict=True))
+        for o in {bo for _, bo, v in rows if verbs[v] == NO_INTERACTION}:
+            assert {bh for bh, bo, v in rows if bo == o and verbs[v] == NO_INTERACTION} == humans
+            tiles_seen += len(humans) > 1
+    assert tiles_seen > 0  # object tiles in images with several people
 
 
 def test_unseen_compositions_are_absent_from_training_with_their_verbs_and_objects_seen(synth: Path) -> None:

@@ -48,12 +48,32 @@ def test_overrides_are_typed():
         ("train.momentum=-0.1", "train.momentum: expected a number >= 0"),
         ("data.crop=300", "data.crop: the training crop (300) must not exceed data.resize (256)"),
         ("eval.protocol=foo", "eval.protocol: expected one of standard"),
+        # non-finite integers and YAML's yes/no words were tracebacks or silent guesses
+        ("train.epochs=nan", "train.epochs: expected an integer, got 'nan'"),
+        ("train.epochs=inf", "train.epochs: expected an integer, got 'inf'"),
+        ("train.lr=true", "train.lr: expected a number, got True"),
+        ("data.split=no", "data.split: expected a string, got False (YAML reads yes/no/on/off as true/false"),
+        # every range the config states (not only the ones above)
+        ("data.resize=0", "data.resize: expected an integer >= 1"),
+        ("data.n_exo=0", "data.n_exo: expected an integer >= 1"),
+        ("data.cache_views=-1", "data.cache_views: expected an integer >= 0"),
+        ("train.weight_decay=-1", "train.weight_decay: expected a number >= 0"),
+        ("train.grad_clip=-1", "train.grad_clip: expected a number >= 0"),
+        ("eval.batch_size=0", "eval.batch_size: expected an integer >= 1"),
+        ("train.max_steps_per_epoch=-1", "train.max_steps_per_epoch: expected an integer >= 0"),
+        ("train.log_every=-1", "train.log_every: expected an integer >= 0"),
     ],
 )
 def test_bad_overrides_name_the_key(override, fragment):
     with pytest.raises(AffordError) as e:
         build_config("locate", overrides=[override])
     assert fragment in str(e.value)
+
+
+def test_yaml_integers_one_and_zero_are_true_and_false():
+    assert build_config("locate", overrides=["model.train_backbone=1"]).model.train_backbone is True
+    assert build_config("locate", overrides=["model.train_backbone=0"]).model.train_backbone is False
+    assert build_config("locate", overrides=["data.split='no'"]).data.split == "no"  # quoted: the string
 
 
 PRESETS = sorted(p.stem for p in Path(str(resources.files("afford") / "configs")).glob("*.yaml"))
@@ -117,3 +137,27 @@ def test_values_runs_were_trained_with_still_load():
 def test_a_mistyped_preset_name_gets_suggestions() -> None:
     with pytest.raises(AffordError, match=r"did you mean: locate_synthagd_demo"):
         load_config("locate_synthagd_dem")
+
+
+#: methods.md's training recipes (§1.4 LOCATE, §2.3 WSMA, §3.3 LoopTrans, §4.6 SelectiveCL): epochs, batch,
+#: lr, scheduler, step size, seed, exocentric images, resize / crop, square resize, exocentric sampling.
+RECIPES = {
+    "locate": (15, 16, 1e-3, "step", 5, 0, 3, 256, 224, False, "anchor_plus_random"),
+    "wsma": (13, 10, 1e-3, "none", None, 0, 3, 256, 224, False, "consecutive_window"),
+    "looptrans": (5, 16, 1e-3, "step", 5, 42, 3, 256, 224, True, "anchor_plus_random"),
+    "selectivecl": (15, 8, 1e-3, "step", 50, 0, 3, 256, 224, False, "anchor_plus_random"),
+}
+
+
+@pytest.mark.parametrize("method", sorted(RECIPES))
+@pytest.mark.parametrize("split", ["seen", "unseen", "hico_iif"])
+def test_the_published_presets_state_the_papers_recipes(method, split):
+    cfg = load_config(f"{method}_{split}")
+    t, d = cfg.train, cfg.data
+    epochs, batch, lr, scheduler, step, seed, n_exo, resize, crop, square, sampling = RECIPES[method]
+    if method == "selectivecl" and split == "hico_iif":
+        epochs = 50  # the paper trains 50 epochs on HICO-IIF
+    assert (t.epochs, t.batch_size, t.lr, t.scheduler, t.seed) == (epochs, batch, lr, scheduler, seed)
+    assert step is None or t.step_size == step
+    assert (t.optimizer, t.momentum, t.weight_decay) == ("sgd", 0.9, 5e-4)  # §0.3: SGD, Nesterov, 0.9, 5e-4
+    assert (d.n_exo, d.resize, d.crop, d.square_resize, d.sampling) == (n_exo, resize, crop, square, sampling)

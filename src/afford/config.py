@@ -8,6 +8,7 @@ that name the key and the valid choices, so a typo never silently falls back to 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -128,6 +129,8 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, int) and value in (0, 1):  # YAML reads --set k=1 as the integer 1
+            return bool(value)
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
         raise AffordError(f"{where}: expected true/false, got {value!r}")
@@ -138,10 +141,12 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             f = float(value)
         except (TypeError, ValueError):
             raise AffordError(f"{where}: expected an integer, got {value!r}") from None
-        if f != int(f):
+        if not math.isfinite(f) or f != int(f):
             raise AffordError(f"{where}: expected an integer, got {value!r}")
         return int(f)
     if tp is float:
+        if isinstance(value, bool):  # YAML reads true/yes/on as a boolean: 1.0 would be a silent guess
+            raise AffordError(f"{where}: expected a number, got {value!r}")
         try:
             return float(value)
         except (TypeError, ValueError):
@@ -149,6 +154,9 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if tp is str:
         if isinstance(value, (dict, list)):
             raise AffordError(f"{where}: expected a string, got {value!r}")
+        if isinstance(value, bool):  # YAML reads yes/no/on/off as booleans: 'no' would become "False"
+            raise AffordError(f"{where}: expected a string, got {value!r} (YAML reads yes/no/on/off as "
+                              "true/false: quote the value)")
         return str(value)
     return value
 

@@ -82,7 +82,23 @@ class LabelSpace:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "labels") -> LabelSpace:
+        """The label space a run recorded; a damaged record is an error naming ``where`` (the file)."""
         if not isinstance(d, dict) or "task" not in d or "names" not in d:
             raise AffordError(f"{where}: expected a mapping with 'task' and 'names'")
-        return cls(task=str(d["task"]), names=tuple(d["names"]), verbs=tuple(d.get("verbs", ())),
-                   objects=tuple(d.get("objects", ())), pairs=tuple(tuple(p) for p in d.get("pairs", ())))
+
+        def strings(key: str) -> tuple[str, ...]:
+            value = d.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+                raise AffordError(f"{where}: labels.{key}: expected a list of names, got {value!r:.80}")
+            return tuple(value)
+
+        pairs = d.get("pairs", [])
+        if not isinstance(pairs, list) or not all(
+                isinstance(p, list) and len(p) == 2 and all(isinstance(i, int) and not isinstance(i, bool) for i in p)
+                for p in pairs):
+            raise AffordError(f"{where}: labels.pairs: expected [verb index, object index] pairs, got {pairs!r:.80}")
+        try:
+            return cls(task=str(d["task"]), names=strings("names"), verbs=strings("verbs"),
+                       objects=strings("objects"), pairs=tuple((int(v), int(o)) for v, o in pairs))
+        except AffordError as e:
+            raise AffordError(f"{where}: {e}") from None

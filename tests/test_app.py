@@ -148,6 +148,15 @@ def test_affordance_answer_is_what_the_predictor_and_afford_predict_give(registr
         assert p.read_bytes() == (tmp_path / "cli" / p.name).read_bytes()
     every = affordance_answer(registry, image, tiny_run.name, ALL, tmp_path / "all")
     assert set(every.maps) == set(registry.affordance[tiny_run.name].classes) and len(every.files) == 3 * len(every.maps)
+    for a, m in every.maps.items():  # the grid's maps are the Predictor's, class by class (one pass: ~1e-7 apart)
+        np.testing.assert_allclose(m, pred.predict(a)[a], atol=1e-5)
+    from afford.app.answers import _thumbnail
+    from afford.visualize import save_grid
+
+    thumb = _thumbnail(open_image(image))  # the picture: each class's overlay, in class order, six to a line
+    want_grid = save_grid([(overlay(thumb, m), a) for a, m in every.maps.items()], None, cols=6)
+    assert list(every.maps) == list(registry.affordance[tiny_run.name].classes)
+    assert np.array_equal(np.asarray(every.picture), np.asarray(want_grid))
     assert ans.downloads == ans.files
     (zipped,) = every.downloads  # all affordances: one zip of the same files
     with zipfile.ZipFile(zipped) as z:
@@ -163,6 +172,24 @@ def test_compare_lines_up_models_and_measures_label_blindness(registry, tiny_run
                                  classes[1:3])
     assert grid.size[0] > 3 * 150 and grid.size[1] > 2 * 150  # 2 lines x 3 maps of a 192 px thumbnail
     assert table.count(f"| {tiny_run.name} |") == 2
+    # each tile is that class's overlay on the thumbnail, and the table the mean correlation of the chosen
+    # map with the others' (the Predictor's maps, computed here independently)
+    import torch
+
+    from afford.app.answers import _thumbnail
+    from afford.metrics.report import map_correlation
+    from afford.visualize import save_grid
+
+    names = [classes[0], *classes[1:3]]
+    pred = Predictor(tiny_run)
+    full = open_image(registry.examples[0])
+    pred.set_image(full)
+    maps = pred.predict(names)
+    thumb = _thumbnail(full)
+    want = save_grid([(overlay(thumb, maps[a]), f"{tiny_run.name}: {a}"[:40]) for a in names] * 2, None, cols=3)
+    assert np.array_equal(np.asarray(grid), np.asarray(want))
+    cc = np.mean([map_correlation(torch.from_numpy(maps[names[0]]), torch.from_numpy(maps[a])) for a in names[1:]])
+    assert f"| {tiny_run.name} | {cc:.3f} |" in table and not np.isclose(cc, 1.0)
     with pytest.raises(AffordError, match="at least one model"):
         compare_answer(registry, registry.examples[0], [], classes[0])
 
@@ -170,6 +197,12 @@ def test_compare_lines_up_models_and_measures_label_blindness(registry, tiny_run
 def test_hoi_answer_draws_the_predictors_triplets(registry) -> None:
     picture, rows = hoi_answer(registry, registry.hoi_examples[0], "clip4hoi", top=3)
     assert 0 < len(rows) <= 3 and [r[2] for r in rows] == sorted((r[2] for r in rows), reverse=True)
+    with registry.lock:  # the rows are the predictor's triplets, human and object boxes in their places
+        hp = registry.hoi["clip4hoi"].predictor()
+        hp.set_image(open_image(registry.hoi_examples[0]), name=Path(registry.hoi_examples[0]).name)
+        want = hp.predict(top_k=3)
+    assert [[r["verb"], r["object"], f"{r['score']:.4f}", [round(x, 1) for x in r["human_box"]],
+             [round(x, 1) for x in r["object_box"]]] for r in want] == rows
     assert picture.size == Image.open(registry.hoi_examples[0]).size
     with pytest.raises(AffordError, match="no cached detections"):
         hoi_answer(registry, registry.examples[0], "clip4hoi")  # not in the run's detections file

@@ -422,3 +422,30 @@ def test_cached_images_give_identical_samples(synth_root):
             a, b = plain[i], cached[i]
             assert torch.equal(a["exo"], b["exo"]) and torch.equal(a["ego"], b["ego"])
     assert cached._decoded  # and the cache was used
+
+
+def test_class_and_object_lists_are_the_specs_tables():
+    """The class index is the CAM channel (the checkpoint format): every list equals protocol.md's tables
+    (§1.2 Seen with its Unseen indices, §1.3 objects with their Unseen roles, §2 HICO-IIF), parsed from the
+    shipped spec."""
+    import re
+
+    from afford.data.classes import HICO_IIF_AFFORDANCES, OBJECTS, SEEN_AFFORDANCES, UNSEEN_AFFORDANCES
+
+    spec = (Path(__file__).resolve().parents[1] / "docs" / "specs" / "protocol.md").read_text()
+    seen = re.findall(r"^\| (\d+) \| ([a-z_]+) \| (\d+|–) \| \d", spec, flags=re.M)
+    assert [int(i) for i, _, _ in seen] == list(range(36)) and tuple(a for _, a, _ in seen) == SEEN_AFFORDANCES
+    unseen = sorted((int(u), a) for _, a, u in seen if u != "–")
+    assert [u for u, _ in unseen] == list(range(25)) and tuple(a for _, a in unseen) == UNSEEN_AFFORDANCES
+    section = spec.split("### 1.3", 1)[1].split("###", 1)[0]
+    cells = re.findall(r"\| (\d+) \| ([a-z_]+) \| (tr|te|–) ", section)
+    objects = dict((int(i), o) for i, o, _ in cells)
+    assert [objects[i] for i in range(50)] == list(OBJECTS)
+    hico = re.search(r"`0 cut_with, .*?`", spec).group(0).strip("`")
+    assert tuple(x.split(" ")[1] for x in hico.split(", ")) == HICO_IIF_AFFORDANCES
+
+
+def test_a_lower_case_split_folder_is_found(tmp_path):
+    make_tree(tmp_path, split="seen")
+    split = open_split(tmp_path, "Seen")
+    assert split.root == tmp_path / "seen" and split.name == "Seen" and split.test_items()

@@ -41,6 +41,19 @@ def test_hot_pixels_turn_red_and_heatmap_is_resized():
     assert b2 > r2 + 60 and b2 > g2 + 60
 
 
+def test_overlay_keeps_the_heatmaps_orientation_on_a_non_square_image():
+    """Row r, column c of the map lands on row r, column c of the image (a transposed map would put the hot
+    cell bottom-left instead of top-right)."""
+    img = np.full((20, 60, 3), 128, np.uint8)  # H x W
+    heat = np.zeros((2, 6))
+    heat[0, -1] = 1.0  # top-right cell
+    out = np.asarray(overlay(img, heat, alpha=0.8)).astype(int)
+    r, g, b = out[2, 57]
+    assert r > g + 60 and r > b + 60
+    r2, g2, b2 = out[17, 2]  # bottom-left: cold
+    assert b2 > r2 + 60
+
+
 def test_grid_geometry_and_labels(tmp_path):
     tiles = [(np.full((10, 16, 3), 40 * i, np.uint8), f"aff{i}") for i in range(5)]
     path = tmp_path / "g" / "grid.png"

@@ -415,3 +415,21 @@ def test_eval_and_predict_name_a_run_that_makes_no_affordance_maps(run_dir, synt
         assert message in one_line_error(capsys)
         assert main(["predict", str(img), "--checkpoint", str(run), "--out", str(tmp_path / "p")]) == 2
         assert message in one_line_error(capsys)
+
+
+def test_a_reader_that_leaves_the_pipe_gets_no_traceback():
+    """`afford list | head -1`: when the reader closes the pipe, afford stops quietly (exit 141, as a Unix
+    tool killed by SIGPIPE), instead of a BrokenPipeError traceback and exit 1."""
+    code = ("import sys, afford.cli as c\n"
+            "def gone(a):\n    raise BrokenPipeError(32, 'Broken pipe')\n"
+            "c.cmd_list = gone\nsys.exit(c.main(['list']))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 141 and "Traceback" not in r.stderr and r.stderr == ""
+
+
+def test_did_you_mean_ignores_case():
+    from afford.errors import did_you_mean
+
+    assert did_you_mean("LOCATE", ["locate", "wsma"]) == " (did you mean: locate?)"
+    assert did_you_mean("Locate_Seen", ["locate_seen", "wsma_seen"]).startswith(" (did you mean: locate_seen")
+    assert did_you_mean("xyz", ["locate"]) == ""

@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from afford.baselines import CENTER_SIGMA_FRAC, baseline_map, center, gaussian_blur, object_map
+from afford.baselines import (
+    CENTER_SIGMA_FRAC,
+    OBJECT_SIGMA_FRAC,
+    baseline_map,
+    center,
+    gaussian_blur,
+    object_map,
+)
 from afford.config import EvalConfig
 from afford.data.agd20k import open_split
 from afford.engine.evaluator import evaluate_baseline, evaluate_maps, evaluate_prediction_dir
@@ -210,6 +217,16 @@ def test_center_and_object_maps_by_hand():
     om = object_map(m)
     assert om.max() == pytest.approx(1.0) and om[50, 40] == pytest.approx(1.0) and om[5, 90] < 1e-12
     assert 0.4 < om[50, 20] < 0.6  # half-height at the mask edge
+    # the blur's sigma is 3 % of the *short* side (synthagd.md): on a 60 x 200 mask, sigma = 1.8, radius 6, and
+    # 2 px outside a straight edge the map is the kernel's mass beyond 2 px, worked out here
+    wide = np.zeros((60, 200), np.uint8)
+    wide[10:50, 50:150] = 255
+    sigma = 0.03 * 60  # afford's OBJECT_SIGMA_FRAC (the spec gives none): pinned, as reports quote this baseline
+    assert OBJECT_SIGMA_FRAC == 0.03
+    k = np.exp(-0.5 * (np.arange(-6, 7) / sigma) ** 2)
+    k /= k.sum()
+    assert object_map(wide)[30, 48] == pytest.approx(k[6 + 2:].sum(), rel=1e-9)
+    assert object_map((wide > 0).astype(np.uint8))[30, 48] == pytest.approx(k[6 + 2:].sum(), rel=1e-9)  # 0/1 mask
     with pytest.raises(AffordError, match="baseline: .*did you mean: center"):
         baseline_map("centre", 4, 4)
 

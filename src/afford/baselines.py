@@ -65,11 +65,12 @@ def gaussian_blur(x: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def object_map(mask: np.ndarray, sigma_frac: float = OBJECT_SIGMA_FRAC) -> np.ndarray:
-    """``(H, W)`` blurred object mask in [0, 1]; ``mask`` is bool or 0/255 uint8 ``(H, W)``."""
+    """``(H, W)`` blurred object mask in [0, 1]; ``mask`` is bool, 0/255 uint8 or a 0/1 array ``(H, W)``."""
     m = np.asarray(mask)
     if m.ndim != 2:
         raise ValueError(f"object mask: expected (H, W), got shape {m.shape}")
-    binary = (m > 127 if m.dtype == np.uint8 else m > 0.5).astype(np.float64)
+    # uint8 0/255 (SynthAGD's PNGs) at 127; a 0/1 mask (uint8 or float) at 0.5, never read as all background
+    binary = (m > 127 if m.dtype == np.uint8 and m.max() > 1 else m > 0.5).astype(np.float64)
     out = gaussian_blur(binary, sigma_frac * min(m.shape))
     peak = out.max()
     return out / peak if peak > 0 else out

@@ -963,6 +963,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("afford: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `afford list | head -1`: the reader left; quietly, as a Unix tool does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

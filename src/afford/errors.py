@@ -27,7 +27,9 @@ UNREADABLE_PICKLE: tuple[type[BaseException], ...] = (
 
 def closest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
     """Return up to ``n`` close matches of ``name`` among ``choices`` (for 'did you mean')."""
-    return difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
+    options = list(choices)
+    by_fold = {c.casefold(): c for c in options}  # 'LOCATE' finds 'locate'
+    return [by_fold[m] for m in difflib.get_close_matches(name.casefold(), list(by_fold), n=n, cutoff=0.5)]
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

@@ -31,18 +31,26 @@ def groups_from_rules(
 ) -> list[ParamGroup]:
     """Split trainable parameters into groups by the first matching prefix rule.
 
+    A rule that matches no parameter (a renamed layer) or is shadowed by an earlier rule with other
+    rates is a ValueError, a programming error of the method's table, so a rename cannot pass silently.
+
     A parameter whose name ends in neither ``weight`` nor ``bias`` (prompt context vectors,
     positional embeddings) gets ``other_mult`` (default: the weight multiplier of its rule).
     """
     groups: dict[tuple[str, float], ParamGroup] = {}
+    used: set[str] = set()
     for name, p in model.named_parameters():
+        hits = [r for r in rules if name == r[0] or name.startswith(r[0] + ".")]
+        used.update(r[0] for r in hits[:1])
         if not p.requires_grad:
             continue
         tag, (w_mult, b_mult) = "default", default
-        for prefix, wm, bm in rules:
-            if name == prefix or name.startswith(prefix + "."):
-                tag, (w_mult, b_mult) = prefix, (wm, bm)
-                break
+        if hits:
+            tag, w_mult, b_mult = hits[0]
+            narrower = [r for r in hits[1:] if r[0].startswith(hits[0][0] + ".") and r[1:] != hits[0][1:]]
+            if narrower:  # a later, narrower rule would never apply
+                raise ValueError(f"param groups of {type(model).__name__}: rule {narrower[0][0]!r} is shadowed by "
+                                 f"{hits[0][0]!r} for {name}; list the narrower prefix first")
         if name.endswith("bias"):
             kind, mult = "bias", b_mult
         elif name.endswith("weight"):
@@ -51,6 +59,9 @@ def groups_from_rules(
             kind, mult = "other", other_mult if other_mult is not None else w_mult
         key = (f"{tag}:{kind}", mult)
         groups.setdefault(key, ParamGroup(name=f"{tag}:{kind}", lr_mult=mult)).params.append(p)
+    unused = [r[0] for r in rules if r[0] not in used]
+    if unused:  # a renamed layer: its parameters fell to the default rate without a word
+        raise ValueError(f"param groups of {type(model).__name__}: rule {unused[0]!r} matches no parameter")
     return list(groups.values())
 
 

@@ -355,3 +355,22 @@ def test_prompt_gradients_do_not_depend_on_thread_scheduling():
     finally:
         torch.set_num_threads(prev)
     assert all(torch.equal(grads[0], g) for g in grads[1:])
+
+
+def test_a_padded_batch_decodes_each_image_as_it_would_alone():
+    """CLIP4HOI decodes images with different pair counts as one padded batch: image k's union masks and
+    valid pairs are its own (image 0's applied to all would change image 1's output)."""
+    dec = _decoder().eval()
+    g = torch.Generator().manual_seed(3)
+    pairs, tokens = torch.randn(2, 3, 32, generator=g), torch.randn(2, 17, 48, generator=g)
+    union = torch.zeros(2, 3, 16, dtype=torch.bool)
+    union[0, :, :6] = True
+    union[1, 0, 10:] = True
+    union[1, 1, 3:9] = True
+    valid = torch.tensor([[True, True, True], [True, True, False]])  # image 1 has two pairs, one padding row
+    with torch.no_grad():
+        both = dec(pairs, tokens, union, has_cls=True, pair_valid=valid)
+        alone0 = dec(pairs[:1], tokens[:1], union[:1], has_cls=True, pair_valid=valid[:1])
+        alone1 = dec(pairs[1:, :2], tokens[1:], union[1:, :2], has_cls=True, pair_valid=valid[1:, :2])
+    torch.testing.assert_close(both[0], alone0[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(both[1, :2], alone1[0], rtol=1e-5, atol=1e-5)

@@ -377,6 +377,18 @@ def test_check_reports_a_corrupted_copy(real_raw: dict[str, Any], tmp_path: Path
     assert report.counts["pairs"] == 33404  # the unknown-class row is not counted
     assert "NOT USABLE (3 errors" in report.format()
 
+    # the 1-based limits that catch a 0-based file: x1 = 0 and x2 = w + 1 are outside, x2 = w is the last pixel
+    for edit, bad in (((0, 0.0), True), ((2, w + 1.0), True), ((2, float(w)), False)):
+        raw2 = dict(real_raw)
+        raw2["annotation"] = list(real_raw["annotation"])
+        raw2["annotation"][outside] = copy.deepcopy(real_raw["annotation"][outside])
+        box = raw2["annotation"][outside]["boxes_o"][0]
+        box[edit[0]] = edit[1]
+        if edit[0] == 0:
+            box[2] = max(box[2], 1.0)
+        kinds = {p["kind"] for p in check_hicodet(write(tmp_path / "instances_test2015.json", raw2)).errors}
+        assert ("box_outside" in kinds) == bad, (edit, kinds)
+
 
 def test_check_images(tmp_path: Path) -> None:
     write(tmp_path / "instances_test2015.json", tiny_raw())

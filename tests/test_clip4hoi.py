@@ -349,12 +349,7 @@ def test_prompt_cache_is_keyed_by_the_autocast_it_was_computed_under(synth: Path
 
 
 def test_interaction_logits_are_float32_under_bf16_autocast(synth: Path) -> None:
-    cfg = cfg_for(synth)
-    task = HOITask.from_config(cfg)
-    torch.manual_seed(0)  # not the global RNG state earlier tests of this worker left
-    model = CLIP4HOI(cfg.model, task.labels).eval()
-    images = HOIImageSet(task.test_data, 64, cached=task_cached(task, synth))
-    batch = collate_hoi([images[0], images[1]])
+    model, batch = _seeded_model_and_test_batch(synth)
     with torch.no_grad():
         plain = model._forward(batch, 2.8)
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -373,12 +368,7 @@ def test_detector_scores_enter_as_upt_priors_exponent_1_in_training_and_2_8_in_d
 
     import afford.methods.clip4hoi as clip4hoi_module
 
-    cfg = cfg_for(synth)
-    task = HOITask.from_config(cfg)
-    torch.manual_seed(0)
-    model = CLIP4HOI(cfg.model, task.labels).eval()
-    images = HOIImageSet(task.test_data, 64, cached=task_cached(task, synth))
-    batch = collate_hoi([images[0], images[1]])
+    model, batch = _seeded_model_and_test_batch(synth)
     g = torch.Generator().manual_seed(5)
     batch["instances"] = [dataclasses.replace(i, scores=0.3 + 0.6 * torch.rand(len(i), generator=g))
                           for i in batch["instances"]]
@@ -440,12 +430,7 @@ def test_global_score_adds_the_image_embeddings_cosine_and_the_union_mask_change
     every pair of that image); masking the decoder's cross-attention to the pair's union box changes them."""
     import torch.nn.functional as F
 
-    cfg = cfg_for(synth)
-    task = HOITask.from_config(cfg)
-    torch.manual_seed(0)
-    model = CLIP4HOI(cfg.model, task.labels).eval()
-    images = HOIImageSet(task.test_data, 64, cached=task_cached(task, synth))
-    batch = collate_hoi([images[0], images[1]])
+    model, batch = _seeded_model_and_test_batch(synth)
     with torch.no_grad():
         model.cfg.global_score = True
         on = model._forward(batch, 2.8)
@@ -479,6 +464,17 @@ def test_the_configs_proposal_filter_applies_to_cached_detections(synth: Path) -
     people = found.scores[found.is_human].tolist()
     things = found.scores[~found.is_human].tolist()
     assert people == pytest.approx([0.9, 0.6]) and things == pytest.approx([0.4])  # below 0.5: the top 1 kept
+
+
+def _seeded_model_and_test_batch(synth: Path) -> tuple[CLIP4HOI, dict]:
+    """The demo preset's model in eval mode, initialised from seed 0 (not from whatever global RNG state
+    earlier tests of this worker left), and a batch of the first two test images with cached detections."""
+    cfg = cfg_for(synth)
+    task = HOITask.from_config(cfg)
+    torch.manual_seed(0)
+    model = CLIP4HOI(cfg.model, task.labels).eval()
+    images = HOIImageSet(task.test_data, 64, cached=task_cached(task, synth))
+    return model, collate_hoi([images[0], images[1]])
 
 
 def task_cached(task: HOITask, synth: Path) -> list[Instances]:

@@ -444,17 +444,18 @@ def cmd_eval(a: argparse.Namespace) -> int:
         from afford.factory import affordance_run_info
 
         split = _open_eval_split(a, affordance_run_info(a.checkpoint))
-        if a.save_pred:
+        save_pred = Path(a.save_pred).expanduser() if a.save_pred else None
+        if save_pred is not None:
             from afford.data.predictions import check_save_dir
 
-            check_save_dir(Path(a.save_pred).expanduser(), split.test_items())
+            check_save_dir(save_pred, split.test_items())
         device = resolve_device(a.device)
         run = load_run(a.checkpoint, device=device, expect_classes=split.affordances)
         refine = _refiner(a, run)
         which = check_output_protocol(run.method, ecfg, refined=refine is not None)
         fn = refined(method_map_fn(run.method, device, bf16=a.bf16, output=which["output"]), refine)
         size = run.config.data.test_size
-        summary = evaluate_fn(fn, split, ecfg, size=size, progress=progress, keep_maps=bool(a.viz or a.save_pred))
+        summary = evaluate_fn(fn, split, ecfg, size=size, progress=progress, keep_maps=bool(a.viz or save_pred))
         summary.update(which, selection=run.info.get("selection", {"rule": "unknown"}),
                        refine=refine.params if refine is not None else "none")
         title = f"{run.info['method']} {a.checkpoint}"
@@ -464,11 +465,11 @@ def cmd_eval(a: argparse.Namespace) -> int:
             from afford.visualize import save_eval_overlays
 
             save_eval_overlays(split, summary["_maps"], Path(a.viz))
-        if a.save_pred:
+        if save_pred is not None:
             from afford.data.predictions import save_prediction_dir
 
-            n = save_prediction_dir(Path(a.save_pred).expanduser(), split.test_items(), summary["_maps"])
-            summary["saved_predictions"] = str(Path(a.save_pred).expanduser())
+            n = save_prediction_dir(save_pred, split.test_items(), summary["_maps"])
+            summary["saved_predictions"] = str(save_pred)
             print(f"saved {n} maps to {a.save_pred} (<aff>/<obj>/<name>.npy; afford eval --pred scores them the same)")
     summary["split"] = split.name
     _print_summary(title, summary)

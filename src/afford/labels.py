@@ -99,6 +99,6 @@ class LabelSpace:
             raise AffordError(f"{where}: labels.pairs: expected [verb index, object index] pairs, got {pairs!r:.80}")
         try:
             return cls(task=str(d["task"]), names=strings("names"), verbs=strings("verbs"),
-                       objects=strings("objects"), pairs=tuple((int(v), int(o)) for v, o in pairs))
+                       objects=strings("objects"), pairs=tuple((v, o) for v, o in pairs))
         except AffordError as e:
             raise AffordError(f"{where}: {e}") from None

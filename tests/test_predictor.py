@@ -141,3 +141,46 @@ def test_hoi_predictor_takes_arrays_by_the_same_rule() -> None:
     assert np.array_equal(np.asarray(hp.image), captured["u8"])  # astype(uint8) made it black
     with pytest.raises(AffordError, match=r"image: .*\[0, 1\]"):
         hp.set_image(u8.astype(np.float32), instances=object())
+
+
+def _phone_photo(path: Path) -> Path:
+    """A 30 x 64 (h x w) JPEG stored sideways, with EXIF orientation 6 (turn 90 degrees clockwise to view)."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, size=(30, 64, 3), dtype=np.uint8)).save(path, exif=exif)
+    return path
+
+
+def test_a_path_is_read_upright_as_a_viewer_and_the_app_show_it(predictor, tmp_path: Path) -> None:
+    """predict's maps lie on the photo as it is viewed; the datasets' reader keeps the stored pixels."""
+    from PIL import Image, ImageOps
+
+    from afford.app.answers import open_image
+    from afford.data.transforms import load_rgb
+
+    photo = _phone_photo(tmp_path / "phone.jpg")
+    with Image.open(photo) as im:
+        upright = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+        stored = np.asarray(im.convert("RGB"))
+    assert upright.shape == (64, 30, 3) and stored.shape == (30, 64, 3)
+    predictor.set_image(photo)
+    got = predictor.predict("hold")["hold"]
+    assert got.shape == (64, 30) and np.array_equal(np.asarray(predictor.image), upright)
+    predictor.set_image(upright)
+    np.testing.assert_array_equal(got, predictor.predict("hold")["hold"])
+    assert np.array_equal(np.asarray(open_image(photo)), upright)  # the app: the same image
+    assert np.array_equal(np.asarray(load_rgb(photo)), stored)  # datasets: as the references read them
+
+
+@pytest.mark.parametrize(("detector", "shape"), [("detr", (64, 30, 3)), ("cached", (30, 64, 3))])
+def test_hoi_predictor_reads_a_path_upright_unless_cached_boxes_are_in_the_stored_frame(
+        tmp_path: Path, detector: str, shape: tuple[int, ...]) -> None:
+    from afford.hoi.predictor import HOIPredictor
+
+    hp = HOIPredictor.__new__(HOIPredictor)  # only set_image's reading is exercised
+    hp.cfg = type("C", (), {"detector": detector, "image_size": 16, "detector_short": 16, "detector_max": 32})()
+    hp.device = torch.device("cpu")
+    hp.set_image(_phone_photo(tmp_path / "phone.jpg"), instances=object())
+    assert np.asarray(hp.image).shape == shape and hp._batch["size"] == [shape[:2]]

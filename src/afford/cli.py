@@ -782,7 +782,8 @@ def build_parser() -> argparse.ArgumentParser:
     he.add_argument("--json", default=None, help="write mode, counts, mAP and the per-class AP to this file")
     he.set_defaults(fn=cmd_hoi_eval)
     hp = hoi.add_parser("predict", help="top (human, verb, object) triplets of images: JSON + a picture")
-    hp.add_argument("images", nargs="+", help="image files")
+    hp.add_argument("images", nargs="+", help="image files, read upright (EXIF orientation applied) when DETR "
+                    "detects; as stored with cached detections, whose boxes are in the stored frame")
     hp.add_argument("--checkpoint", required=True, help="run folder of a trained HOI detector (clip4hoi)")
     hp.add_argument("--out", required=True, help="folder for <image>_hoi.json and <image>_hoi.png")
     hp.add_argument("--detections", default=None, help="cached detections of the images (runs with a cached "
@@ -832,7 +833,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(fn=cmd_eval)
 
     pr = sub.add_parser("predict", help="heatmaps for images")
-    pr.add_argument("images", nargs="+", help="image files")
+    pr.add_argument("images", nargs="+", help="image files, read upright (a phone photo's EXIF orientation applied, "
+                    "as a viewer and the app show it; the maps are at that resolution)")
     pr.add_argument("--checkpoint", required=True, help="run folder of a trained or imported model")
     pr.add_argument("--affordance", help="one affordance to predict (default: every class of the checkpoint)")
     pr.add_argument("--out", required=True, help="folder for <image>_<affordance>.npy, .png and _overlay.png")

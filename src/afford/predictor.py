@@ -54,9 +54,10 @@ class Predictor:
     def set_image(self, image: Image.Image | np.ndarray | str | Path) -> None:
         """Accept a PIL image, a path, or an ``(H, W, 3)`` array: uint8 in [0, 255] or float in [0, 1]
         (scaled by 255 and rounded). Any other dtype, or a float array outside [0, 1] or holding nan,
-        is an AffordError (never a silent cast)."""
+        is an AffordError (never a silent cast). A path is read upright: a phone photo's EXIF
+        orientation is applied, so the maps lie on the image as a viewer (and the app) shows it."""
         if isinstance(image, (str, Path)):
-            image = load_rgb(image)
+            image = load_rgb(image, upright=True)
         elif isinstance(image, np.ndarray):
             image = array_image(image)
         self._image = as_rgb(image)

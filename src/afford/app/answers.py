@@ -34,8 +34,11 @@ FORMATS = ("PNG", "JPEG", "BMP", "WEBP")
 ALL = "all"
 
 
-def open_image(path: str | Path | None, shown_as: str | None = None) -> Image.Image:
-    """The uploaded file as RGB, or an AffordError naming it (``shown_as``: the user's file name)."""
+def open_image(path: str | Path | None, shown_as: str | None = None, upright: bool = True) -> Image.Image:
+    """The uploaded file as RGB, or an AffordError naming it (``shown_as``: the user's file name).
+
+    ``upright``: as a browser shows it, a phone photo's EXIF orientation applied (the page draws on
+    it); False for an image looked up in cached detections, whose boxes are in the stored frame."""
     if path is None or str(path) == "":
         raise AffordError("no image: upload one or pick an example")
     name = shown_as or Path(path).name
@@ -45,8 +48,7 @@ def open_image(path: str | Path | None, shown_as: str | None = None) -> Image.Im
             if w * h > MAX_PIXELS:
                 raise AffordError(f"{name}: {w} x {h} pixels ({w * h / 1e6:.1f} MP) is too large; the app takes "
                                   f"images up to {MAX_PIXELS / 1e6:.1f} MP (e.g. 4096 x 4096): resize it first")
-            # as a browser shows it: a phone photo's EXIF orientation applied (the page draws on it)
-            return as_rgb(ImageOps.exif_transpose(im))
+            return as_rgb(ImageOps.exif_transpose(im) if upright else im)
     except Image.DecompressionBombError:  # PIL refuses to open images above ~179 MP at all
         raise AffordError(f"{name}: too large (over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} MP); the app takes images "
                           f"up to {MAX_PIXELS / 1e6:.1f} MP (e.g. 4096 x 4096): resize it first") from None
@@ -168,7 +170,7 @@ def hoi_answer(reg: Registry, image_path: str | Path | None, model: str, top: in
 
     if model not in reg.hoi:
         raise AffordError(f"model {model!r}: not loaded (choose one of: {', '.join(reg.hoi) or 'none'})")
-    image = open_image(image_path)
+    image = open_image(image_path, upright=reg.hoi[model].detections is None)
     with reg.lock:
         pred = reg.hoi[model].predictor()
         pred.set_image(image, name=Path(image_path).name)  # type: ignore[arg-type]

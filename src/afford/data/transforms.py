@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from afford.errors import AffordError
 
@@ -65,18 +65,20 @@ def array_image(image: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(image))
 
 
-def load_rgb(path: str | Path) -> Image.Image:
+def load_rgb(path: str | Path, upright: bool = False) -> Image.Image:
     """Fully decode ``path`` as an RGB image.
 
     The decode happens here (not lazily inside a DataLoader worker) so that a broken file is
-    reported by name instead of as a worker traceback.
+    reported by name instead of as a worker traceback. ``upright``: apply the file's EXIF
+    orientation, as a viewer shows a phone photo (a user's image in ``predict`` and the app); the
+    datasets keep the stored pixels, as the references read them and their ground truth is drawn.
     """
     path = Path(path)
     if not path.is_file():
         raise AffordError(f"{path}: file not found (expected an image)")
     try:
         with Image.open(path) as im:
-            return as_rgb(im)
+            return as_rgb(ImageOps.exif_transpose(im) if upright else im)
     except DECODE_ERRORS as e:
         raise AffordError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
 

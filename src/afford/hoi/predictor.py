@@ -14,9 +14,9 @@ import torch
 from PIL import Image, ImageDraw
 
 from afford.checkpoint import LoadedRun, load_run
-from afford.data.transforms import array_image, as_rgb, to_tensor
+from afford.data.transforms import array_image, as_rgb, load_rgb, to_tensor
 from afford.errors import AffordError
-from afford.hoi.data import detector_size, read_rgb
+from afford.hoi.data import detector_size
 from afford.hoi.detections import read_image_mapping
 from afford.hoi.detector import Instances, cached_entry
 
@@ -49,10 +49,13 @@ class HOIPredictor:
 
     def set_image(self, image: str | Path | Image.Image | np.ndarray, name: str | None = None,
                   instances: Instances | None = None) -> None:
-        """Prepare one image; ``name`` looks it up in the detections file (default: the file name)."""
+        """Prepare one image; ``name`` looks it up in the detections file (default: the file name).
+
+        A path is read upright (its EXIF orientation applied, as a viewer shows it) when DETR
+        detects on it; with cached detections it is read as stored, the frame their boxes are in."""
         if isinstance(image, (str, Path)):
             name = name or Path(image).name
-            img = read_rgb(Path(image))
+            img = load_rgb(image, upright=self.cfg.detector != "cached")
         elif isinstance(image, np.ndarray):
             img = array_image(image)  # the affordance Predictor's rule: uint8, or float in [0, 1]
         elif isinstance(image, Image.Image):

@@ -196,6 +196,44 @@ def test_a_training_file_with_other_classes_is_refused(synth: Path, tmp_path, ca
         assert "define different HOI classes" in capsys.readouterr().err
 
 
+def test_a_training_file_holding_the_test_images_is_refused(synth: Path, tmp_path, capsys) -> None:
+    """The test file under another name given as --train: its counts would make the rare split (and the
+    frequency prior) from the test pairs themselves."""
+    t = json.loads((synth / "instances_test2015.json").read_text())
+    bare = tmp_path / "bare" / "instances_test2015.json"
+    bare.parent.mkdir()
+    bare.write_text(json.dumps({k: v for k, v in t.items() if k not in ("rare", "non_rare")}))
+    (tmp_path / "mytrain.json").write_text(json.dumps(t))
+    for args in (["--baseline", "object-prior", "--data", str(bare)], ["--baseline", "frequency-prior", "--data", str(synth)]):
+        assert main(["hoi", "eval", *args, "--train", str(tmp_path / "mytrain.json")]) == 2
+        err = capsys.readouterr().err
+        assert f"holds {len(t['filenames'])} of the test file's images (e.g. {min(t['filenames'])})" in err
+
+
+def test_the_summary_counts_the_images_with_detections_and_odd_files_warn(synth: Path, tmp_path, capsys,
+                                                                          caplog) -> None:
+    ds = load_hicodet(synth)
+    dets = [ImageDetections(g.hoi, g.boxes_h - 1, g.boxes_o - 1, 0.5 + 0 * g.hoi.astype(float)) for g in ds.annotations]
+    dets[:3] = [None] * 3  # images without detections are left out of the file
+    with_pairs = sum(1 for d in dets if d is not None and len(d))
+    assert len(ds.filenames) / 2 < with_pairs < len(ds.filenames)  # not so few that a warning is due
+    write_detections(tmp_path / "gt.json", ds.filenames, dets)
+    with caplog.at_level(logging.WARNING, logger="afford"):
+        assert main(["hoi", "eval", "--dets", str(tmp_path / "gt.json"), "--data", str(synth), "--json",
+                     str(tmp_path / "r.json")]) == 0
+        assert not caplog.records
+        assert f"[images {len(ds.filenames)} ({with_pairs} with detections)" in capsys.readouterr().out
+        assert json.loads((tmp_path / "r.json").read_text())["n_images_with_detections"] == with_pairs
+        scaled = [ImageDetections(d.hoi, d.boxes_h / [w, h, w, h], d.boxes_o / [w, h, w, h], d.scores)
+                  for d, (w, h) in zip(dets[3:], ds.sizes[3:].astype(float), strict=True)]
+        write_detections(tmp_path / "norm.json", ds.filenames[3:], scaled)
+        assert main(["hoi", "eval", "--dets", str(tmp_path / "norm.json"), "--data", str(synth)]) == 0
+    assert "norm.json: every box coordinate is within [-1, 1]: normalised boxes?" in caplog.text
+    (tmp_path / "empty.json").write_text("{}")
+    assert main(["hoi", "eval", "--dets", str(tmp_path / "empty.json"), "--data", str(synth)]) == 2
+    assert "empty.json: no detections for any of the" in capsys.readouterr().err
+
+
 def test_an_image_listed_twice_in_a_detection_file_is_refused(synth: Path, tmp_path, capsys) -> None:
     name = load_hicodet(synth).filenames[0]
     row = "[0, 0, 0, 1, 1, 0, 0, 1, 1, 0.5]"
@@ -293,3 +331,20 @@ def test_hoi_task_rare_lists_from_training_counts_and_mismatched_classes(synth: 
     (root / "instances_train2015.json").write_text(json.dumps(train))
     with pytest.raises(AffordError, match="different HOI classes"):
         HOITask(root)
+
+
+def test_scoring_a_detection_file_does_not_import_the_model_stack(synth: Path, tmp_path) -> None:
+    """hoi eval --dets / --baseline need no model: importing transformers took 4 of its 6 s on HICO-DET."""
+    import subprocess
+    import sys
+
+    ds = load_hicodet(synth)
+    write_detections(tmp_path / "gt.json", ds.filenames,
+                     [ImageDetections(g.hoi, g.boxes_h - 1, g.boxes_o - 1, 0.5 + 0 * g.hoi.astype(float))
+                      for g in ds.annotations])
+    code = ("import sys; from afford.cli import main; "
+            f"assert main(['hoi', 'eval', '--dets', {str(tmp_path / 'gt.json')!r}, '--data', {str(synth)!r}]) == 0; "
+            f"assert main(['hoi', 'eval', '--baseline', 'frequency-prior', '--data', {str(synth)!r}]) == 0; "
+            "print('transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False"

@@ -201,10 +201,11 @@ def test_detr_rejects_bad_input(detector: DetrDetector, tmp_path) -> None:
 
 # ----------------------------------------------------------------------------- cached
 def test_cached_round_trip(tmp_path) -> None:
-    data = {"a.jpg": {"boxes": [[0, 1, 10, 11], [2.5, 3, 4, 5]], "scores": [0.9, 0.3], "labels": [1, 7]}}
+    data = {"a.jpg": {"boxes": [[0, 1, 10, 11], [2.5, 3, 4, 5]], "scores": [0.9, 0.3], "labels": [1, 7]},
+            "b.jpg": {"boxes": [], "scores": [], "labels": []}}
     path = tmp_path / "dets.json"
     path.write_text(json.dumps(data))
-    out = read_cached_detections(path, ["a.jpg", "b.jpg"])
+    out = read_cached_detections(path, ["a.jpg", "b.jpg"], human_label=1)
     assert out[0].boxes.tolist() == [[0, 1, 10, 11], [2.5, 3, 4, 5]]
     assert out[0].scores.tolist() == pytest.approx([0.9, 0.3])
     assert out[0].labels.tolist() == [1, 7] and out[0].is_human.tolist() == [True, False]
@@ -225,7 +226,7 @@ def test_cached_errors_are_one_line(tmp_path, entry: dict, match: str) -> None:
     path = tmp_path / "dets.json"
     path.write_text(json.dumps({"a.jpg": entry}))
     with pytest.raises(AffordError, match=match) as exc:
-        read_cached_detections(path, ["a.jpg"])
+        read_cached_detections(path, ["a.jpg"], human_label=1)
     assert "\n" not in str(exc.value) and "a.jpg" in str(exc.value)
 
 
@@ -233,15 +234,31 @@ def test_cached_unknown_image_and_bad_file(tmp_path) -> None:
     path = tmp_path / "dets.json"
     path.write_text(json.dumps({"zz.jpg": {"boxes": [], "scores": [], "labels": []}}))
     with pytest.raises(AffordError, match="zz.jpg") as exc:
-        read_cached_detections(path, ["a.jpg"])
+        read_cached_detections(path, ["a.jpg"], human_label=1)
     assert "\n" not in str(exc.value)
     for text in ("{not json", "[1, 2]"):
         path.write_text(text)
         with pytest.raises(AffordError) as exc:
-            read_cached_detections(path, ["a.jpg"])
+            read_cached_detections(path, ["a.jpg"], human_label=1)
         assert "\n" not in str(exc.value)
     with pytest.raises(AffordError, match="does not exist"):
-        read_cached_detections(tmp_path / "missing.json", ["a.jpg"])
+        read_cached_detections(tmp_path / "missing.json", ["a.jpg"], human_label=1)
+
+
+def test_cached_file_must_cover_every_image_and_name_its_people(tmp_path, caplog) -> None:
+    """A missing image is an error (a file for another split or a truncated one would score near 0);
+    a file in which no box carries the person label (DETR's COCO id 1 instead of the dataset's index)
+    warns, since no pair can be formed."""
+    empty = {"boxes": [], "scores": [], "labels": []}
+    path = tmp_path / "dets.json"
+    path.write_text(json.dumps({"a.jpg": {"boxes": [[0, 1, 10, 11]], "scores": [0.9], "labels": [1]}, "c.jpg": empty}))
+    with pytest.raises(AffordError, match=r"no cached detections for 1 of the 3 images \(first: b.jpg\); give every"):
+        read_cached_detections(path, ["a.jpg", "b.jpg", "c.jpg"], human_label=1)
+    with caplog.at_level("WARNING", logger="afford"):
+        read_cached_detections(path, ["a.jpg", "c.jpg"], human_label=1)
+        assert not caplog.records
+        read_cached_detections(path, ["a.jpg", "c.jpg"], human_label=0)
+    assert "no box carries the person label 0" in caplog.text and "COCO id 1" in caplog.text
 
 
 def test_detr_timm_config_is_one_line_error(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -184,3 +184,24 @@ def test_hoi_predictor_reads_a_path_upright_unless_cached_boxes_are_in_the_store
     hp.device = torch.device("cpu")
     hp.set_image(_phone_photo(tmp_path / "phone.jpg"), instances=object())
     assert np.asarray(hp.image).shape == shape and hp._batch["size"] == [shape[:2]]
+
+
+def test_hoi_predictor_warns_when_no_cached_box_is_a_person(tmp_path: Path, caplog) -> None:
+    """Cached labels are the dataset's object indices; a file with DETR's COCO id 1 for people forms no pair."""
+    import json
+    from types import SimpleNamespace
+
+    from afford.hoi.predictor import HOIPredictor
+
+    (tmp_path / "d.json").write_text(json.dumps({"a.jpg": {"boxes": [[0, 0, 9, 9], [2, 2, 5, 5]], "scores": [0.9, 0.8],
+                                                          "labels": [1, 3]}}))
+    hp = HOIPredictor.__new__(HOIPredictor)
+    hp.cfg = type("C", (), {"detector": "cached", "image_size": 16, "detector_short": 16, "detector_max": 32})()
+    hp.device, hp.detections, hp._cached = torch.device("cpu"), tmp_path / "d.json", None
+    with caplog.at_level("WARNING", logger="afford"):
+        hp.model = SimpleNamespace(cached_human_label=1)
+        hp.set_image(_image(), name="a.jpg")
+        assert not caplog.records
+        hp.model = SimpleNamespace(cached_human_label=0)
+        hp.set_image(_image(), name="a.jpg")
+    assert "image 'a.jpg': no box carries the person label 0" in caplog.text

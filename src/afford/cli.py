@@ -201,25 +201,28 @@ class _TrainingAnnotations:
     def load(self, needed_by: str, test):
         """The training file, checked to define ``test``'s classes (its counts are applied by class id)."""
         from afford.hoi.hicodet import load_hicodet
-        from afford.hoi.task import check_same_classes
+        from afford.hoi.splits import check_same_classes
 
         if self.source is None:
             raise AffordError(f"{needed_by} needs the training annotations: pass --train "
                               "(instances_train2015.json or its folder), or --data the folder holding both files")
         if self._ds is None:
-            self._ds = load_hicodet(self.source, split="train2015")
-            check_same_classes(self._ds, test, "hoi eval")
+            ds = load_hicodet(self.source, split="train2015")
+            check_same_classes(ds, test, "hoi eval")
+            if shared := set(ds.filenames) & set(test.filenames):
+                raise AffordError(f"hoi eval: the training file {ds.source} holds {len(shared)} of the test file's "
+                                  f"images (e.g. {min(shared)}); training counts must come from the training split")
+            self._ds = ds
         return self._ds
 
 
 def cmd_hoi_eval(a: argparse.Namespace) -> int:
     from afford.hoi.baselines import baseline_detections, training_counts
     from afford.hoi.check import box_problems
-    from afford.hoi.detections import read_detections, write_detections
+    from afford.hoi.detections import detection_warnings, read_detections, write_detections
     from afford.hoi.evaluate import evaluate_hoi
     from afford.hoi.hicodet import load_hicodet
-    from afford.hoi.splits import zero_shot_unseen
-    from afford.hoi.task import report_groups
+    from afford.hoi.splits import report_groups, zero_shot_unseen
 
     if sum(x is not None for x in (a.dets, a.baseline, a.checkpoint)) != 1:
         raise AffordError("hoi eval: give exactly one of --dets FILE, --baseline NAME or --checkpoint RUN")
@@ -254,6 +257,9 @@ def cmd_hoi_eval(a: argparse.Namespace) -> int:
         dets, _ = _hoi_model_dets(a, ds)
         if a.save_dets:
             write_detections(a.save_dets, ds.filenames, dets)
+    class0 = any(bool((g.hoi == 0).any()) for g in ds.annotations)
+    for warning in detection_warnings(dets, ds.filenames, ds.sizes, ds.num_classes, a.dets or "detections", class0):
+        logging.getLogger("afford").warning("%s", warning)
     if not ds.rare and not ds.non_rare and not zero_shot:  # no lists: count training pairs (hoi.md §12)
         import dataclasses
 
@@ -276,8 +282,9 @@ def cmd_hoi_eval(a: argparse.Namespace) -> int:
         out.update(method=run_info["method"], selection=run_info.get("selection"),
                    detector=run_info.get("detector"), unverified=run_info.get("unverified"))
     maps = ", ".join(f"{k} {100 * v:.2f}" for k, v in out["mAP"].items())
-    print(f"HOI mAP % ({a.rule} rule, {a.mode} mode): {maps} [images {out['n_images']}, detections "
-          f"{out['n_detections']}, classes without GT {out['n_classes_without_gt']}]")
+    out["n_images_with_detections"] = sum(1 for d in dets if d is not None and len(d))
+    print(f"HOI mAP % ({a.rule} rule, {a.mode} mode): {maps} [images {out['n_images']} ({out['n_images_with_detections']} "
+          f"with detections), detections {out['n_detections']}, classes without GT {out['n_classes_without_gt']}]")
     if a.mode == "known-object":
         print(f"note: known-object images {out['known_object_images']}")
     for name, ids in groups.items():  # hoi.md §12: AP 0 for a class without a test pair, by the official rule
@@ -772,7 +779,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="report Full / Unseen / Seen for this unseen list (a name or a file of HOI ids; "
                     "default with --checkpoint: the run's training setting)")
     he.add_argument("--detections", default=None, help="--checkpoint with a cached detector: the test images' "
-                    "cached detections (default: the run's model.detections_test)")
+                    "cached detections, an entry for every image (format: afford hoi predict --help; default: the "
+                    "run's model.detections_test)")
     he.add_argument("--save-dets", default=None, metavar="FILE", help="--checkpoint: also write its detections "
                     "in the --dets format")
     he.add_argument("--batch-size", type=positive_int, default=None, help="images per forward pass (--checkpoint)")
@@ -787,7 +795,8 @@ def build_parser() -> argparse.ArgumentParser:
     hp.add_argument("--checkpoint", required=True, help="run folder of a trained HOI detector (clip4hoi)")
     hp.add_argument("--out", required=True, help="folder for <image>_hoi.json and <image>_hoi.png")
     hp.add_argument("--detections", default=None, help="cached detections of the images (runs with a cached "
-                    "detector): JSON {file name: {boxes, scores, labels}} (default: the run's model.detections_test)")
+                    "detector): JSON {file name: {boxes: 0-based pixel [x1, y1, x2, y2], scores, labels: the "
+                    "dataset's object indices, people its 'person' index}} (default: the run's model.detections_test)")
     hp.add_argument("--top", type=positive_int, default=10, help="triplets per image in the JSON (default: %(default)s)")
     hp.add_argument("--draw", type=non_negative_int, default=3,
                     help="triplets drawn on the picture (default: %(default)s; 0: none)")

@@ -44,7 +44,8 @@ def read_image_mapping(path: str | Path, filenames: Sequence[str], what: str, su
     ``subset``: ``filenames`` are some of the file's images (a predictor's lookup), not the dataset."""
     p = Path(path)
     try:
-        obj = json.loads(p.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
+        # utf-8-sig: a file saved by a Windows editor starts with a byte-order mark, plain UTF-8 otherwise
+        obj = json.loads(p.read_text(encoding="utf-8-sig"), object_pairs_hook=_unique_keys)
     except _RepeatedKey as exc:
         raise AffordError(f"{p}: {exc.key!r} is listed twice in this {what} file (JSON keeps only the last list, "
                           "dropping the first's rows silently); merge its rows into one list") from None
@@ -95,14 +96,62 @@ def _rows(rows: object, name: str, num_classes: int, source: str) -> ImageDetect
             raise AffordError(f"{where}, row {j}: expected 10 numbers {ROW}, got {r!r}"[:300])
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in r):
             raise AffordError(f"{where}, row {j}: every entry must be a number, got {r!r}"[:300])
-        if not all(math.isfinite(v) for v in r):
+        if not all(_finite(v) for v in r):
             raise AffordError(f"{where}, row {j}: non-finite value in {r!r}"[:300])
         hoi = r[0]
         if hoi != int(hoi) or not 0 <= hoi < num_classes:
-            raise AffordError(f"{where}, row {j}: HOI index {hoi!r} is not an integer in 0..{num_classes - 1}")
+            hint = " (indices are 0-based: a file counting from 1 is off by one)" if hoi == num_classes else ""
+            raise AffordError(f"{where}, row {j}: HOI index {hoi!r} is not an integer in 0..{num_classes - 1}{hint}")
+        if r[3] < r[1] or r[4] < r[2] or r[7] < r[5] or r[8] < r[6]:
+            raise AffordError(f"{where}, row {j}: inverted box in {r!r} (expected [x1, y1, x2, y2] with x1 <= x2 and "
+                              f"y1 <= y2; [x, y, w, h] boxes must be converted)"[:400])
     a = np.asarray(rows, dtype=np.float64).reshape(-1, 10)
     return ImageDetections(hoi=a[:, 0].astype(np.int64), boxes_h=a[:, 1:5].copy(), boxes_o=a[:, 5:9].copy(),
                            scores=a[:, 9].copy())
+
+
+def _finite(v: float) -> bool:
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def detection_warnings(dets: Sequence[ImageDetections | None], filenames: Sequence[str], sizes: np.ndarray,
+                       num_classes: int, source: str, class0_in_gt: bool = True) -> list[str]:
+    """What in a valid detection file most likely means a mistake that scores near 0 without an
+    error: few images covered, normalised or out-of-image coordinates, 1-based class indices.
+    ``sizes``: ``(N, 2)`` ``[w, h]`` of the dataset's images; ``class0_in_gt``: HOI class 0 has a
+    test pair (so a detector that finds half the classes should find it). An empty file is an error."""
+    have = [i for i, d in enumerate(dets) if d is not None and len(d)]
+    if not have:
+        raise AffordError(f"{source}: no detections for any of the {len(dets)} images")
+    out = []
+    if len(have) < len(dets) / 2:
+        out.append(f"{source}: detections for only {len(have)} of the {len(dets)} images; the others are scored "
+                   "as having none (is this the whole file?)")
+    boxes = np.concatenate([np.concatenate([dets[i].boxes_h, dets[i].boxes_o], 1) for i in have])  # type: ignore[union-attr]
+    if float(np.abs(boxes).max()) <= 1.0:
+        out.append(f"{source}: every box coordinate is within [-1, 1]: normalised boxes? expected 0-based pixel "
+                   "coordinates")
+    else:
+        outside = [i for i in have if _beyond(dets[i], sizes[i])]  # type: ignore[arg-type]
+        if outside:
+            first = outside[0]
+            out.append(f"{source}: {len(outside)} image(s) have boxes more than 1 pixel outside the image (first: "
+                       f"{filenames[first]}, {int(sizes[first][0])} x {int(sizes[first][1])}); "
+                       "expected 0-based pixel [x1, y1, x2, y2] in the original image size")
+    classes = np.unique(np.concatenate([dets[i].hoi for i in have]))  # type: ignore[union-attr]
+    if class0_in_gt and len(classes) >= num_classes // 2 and classes[0] > 0:
+        out.append(f"{source}: {len(classes)} HOI classes detected but never class 0: indices are 0-based (a file "
+                   "counting from 1 is off by one)")
+    return out
+
+
+def _beyond(d: ImageDetections, size: np.ndarray) -> bool:
+    w, h = float(size[0]), float(size[1])
+    b = np.concatenate([d.boxes_h, d.boxes_o])
+    return bool((b[:, :2] < -1).any() or (b[:, 2] > w + 1).any() or (b[:, 3] > h + 1).any())
 
 
 def write_detections(path: str | Path, filenames: Sequence[str], dets: Sequence[ImageDetections | None]) -> None:

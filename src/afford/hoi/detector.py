@@ -9,8 +9,11 @@ which ``1`` is "person"); :class:`Instances` also carries the per-instance class
 
 Cached detections (``read_cached_detections``) are one JSON object mapping an image file name to
 ``{"boxes": [[x1, y1, x2, y2], ...], "scores": [...], "labels": [...]}``: 0-based pixel xyxy in the
-original image size, one score and one integer label (the detector's id) per box. Images absent
-from the file have no detections. Cached detections carry no embeddings.
+original image size, one score and one integer label per box: the *dataset's* object index (its
+``objects`` list; people carry the index of its "person" object, 0 in HICO-DET), not DETR's COCO id.
+Every image has an entry; one in which the detector found nothing has empty lists (a missing image
+is an error: a file for another split or a truncated one would silently score near 0). Cached
+detections carry no embeddings.
 
 A timm-free DETR: transformers' ``DetrConfig`` builds a timm backbone unless it is given a
 ``backbone_config`` (e.g. a ``ResNetConfig``); the hub's default revision of
@@ -19,6 +22,7 @@ A timm-free DETR: transformers' ``DetrConfig`` builds a timm backbone unless it 
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -308,14 +312,22 @@ def cached_entry(path: Path, name: str, entry: Any, human_label: int) -> Instanc
     return Instances(box, torch.tensor(scores, dtype=torch.float32), lab, lab == human_label)
 
 
-def read_cached_detections(path: str | Path, filenames: Sequence[str], human_label: int = COCO_PERSON,
+def read_cached_detections(path: str | Path, filenames: Sequence[str], human_label: int,
                            subset: bool = False) -> list[Instances]:
     """Cached detections aligned with ``filenames`` (format in the module docstring); ``subset``:
     the file may hold other images too (``filenames`` are some of its images: a zero-shot training
     set without the removed images, a predictor's lookup)."""
     p = Path(path)
     obj = read_image_mapping(p, filenames, "cached detection", subset=subset)
-    return [cached_entry(p, n, obj[n], human_label) if n in obj else empty_instances() for n in filenames]
+    if missing := [n for n in filenames if n not in obj]:
+        raise AffordError(f"{p}: no cached detections for {len(missing)} of the {len(filenames)} images (first: "
+                          f"{missing[0]}); give every image an entry (empty lists where the detector found nothing)")
+    out = [cached_entry(p, n, obj[n], human_label) for n in filenames]
+    if filenames and not any(bool(inst.is_human.any()) for inst in out):
+        logging.getLogger("afford").warning(
+            "%s: no box carries the person label %d (the dataset's 'person' object index, not DETR's COCO id 1): "
+            "no human-object pair can be formed", p, human_label)
+    return out
 
 
 # ----------------------------------------------------------------------------- record

@@ -223,7 +223,7 @@ def _check_options(mode: str, rule: str) -> None:
         raise AffordError(f"unknown matching rule {rule!r}; expected one of {', '.join(RULES)}")
     if rule == "pocket" and mode != "default":
         raise AffordError("the pocket rule has no Known-Object mode (UPT evaluates Default only); "
-                          "use rule='official'")
+                          "use the official rule (--rule official; rule='official' in Python)")
 
 
 def _check_hoi_object(hoi_object: np.ndarray, num_classes: int) -> np.ndarray:

@@ -6,6 +6,7 @@ test set's (:class:`afford.hoi.data.HOIImageSet`), so there is no second inferen
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,10 @@ class HOIPredictor:
             if name not in self._cached:
                 raise AffordError(f"{self.detections}: no cached detections for image {name!r}")
             instances = cached_entry(self.detections, name, self._cached[name], self.model.cached_human_label)
+            if not bool(instances.is_human.any()):
+                logging.getLogger("afford").warning(
+                    "%s: image %r: no box carries the person label %d (the dataset's 'person' object index, not "
+                    "DETR's COCO id 1), so no pair can be formed", self.detections, name, self.model.cached_human_label)
         s = self.cfg.image_size
         batch: dict[str, Any] = {"image": to_tensor(img.resize((s, s), Image.BICUBIC))[None].to(self.device),
                                  "size": [(h, w)], "gt": [None], "instances": [instances], "unseen": ()}

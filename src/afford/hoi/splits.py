@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -206,3 +207,23 @@ def remove_unseen(dataset: HicoDet, unseen: tuple[int, ...] | list[int],
     out = replace(dataset, filenames=tuple(dataset.filenames[i] for i in kept), sizes=dataset.sizes[kept],
                   annotations=tuple(annotations), empty=tuple(j for j, a in enumerate(annotations) if len(a) == 0))
     return out, RemovalReport(removed_rows, removed_pairs, dropped, dropped_empty, tuple(kept))
+
+
+def check_same_classes(train: HicoDet, test: HicoDet, where: str) -> None:
+    """Training and test files define one HOI class list (ids, objects, verbs): training counts (rare
+    classes, the frequency prior) and unseen ids are applied to the test classes by id."""
+    if not np.array_equal(train.correspondence, test.correspondence) or train.objects != test.objects \
+            or train.verbs != test.verbs:
+        raise AffordError(f"{where}: the training file {train.source} and the test file {test.source} define "
+                          "different HOI classes (correspondence/objects/verbs)")
+
+
+def report_groups(test: HicoDet, unseen: Sequence[int]) -> tuple[dict[str, list[int]], list[str]]:
+    """Unseen/seen for a zero-shot setting, else rare/non-rare: ``(groups, empty)``, the groups that
+    have classes and the names of those that have none (every class of a small training set is
+    rare: no non-rare mAP, reported n/a rather than failing after training)."""
+    if unseen:
+        out = {"unseen": sorted(unseen), "seen": [c for c in range(test.num_classes) if c not in set(unseen)]}
+    else:
+        out = {"rare": list(test.rare), "non_rare": list(test.non_rare)}
+    return {k: v for k, v in out.items() if v}, sorted(k for k, v in out.items() if not v)

@@ -12,12 +12,10 @@ Epoch selection, when asked for, ranks by Full mAP (higher is better).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -28,7 +26,7 @@ from afford.hoi.data import HOIImageSet, collate_hoi
 from afford.hoi.detector import Instances, read_cached_detections
 from afford.hoi.evaluate import evaluate_hoi
 from afford.hoi.hicodet import HicoDet, load_hicodet, rare_from_counts
-from afford.hoi.splits import remove_unseen, zero_shot_unseen
+from afford.hoi.splits import check_same_classes, remove_unseen, report_groups, zero_shot_unseen
 from afford.hoi.types import ImageDetections
 from afford.labels import LabelSpace
 
@@ -47,26 +45,6 @@ def hoi_labels(data: HicoDet) -> LabelSpace:
 def unseen_classes(setting: str, data: HicoDet) -> tuple[int, ...]:
     """The unseen HOI ids of a training setting (``default``: none)."""
     return () if str(setting).lower() == SUPERVISED else zero_shot_unseen(setting, data)
-
-
-def report_groups(test: HicoDet, unseen: Sequence[int]) -> tuple[dict[str, list[int]], list[str]]:
-    """Unseen/seen for a zero-shot setting, else rare/non-rare: ``(groups, empty)``, the groups that
-    have classes and the names of those that have none (every class of a small training set is
-    rare: no non-rare mAP, reported n/a rather than failing after training)."""
-    if unseen:
-        out = {"unseen": sorted(unseen), "seen": [c for c in range(test.num_classes) if c not in set(unseen)]}
-    else:
-        out = {"rare": list(test.rare), "non_rare": list(test.non_rare)}
-    return {k: v for k, v in out.items() if v}, sorted(k for k, v in out.items() if not v)
-
-
-def check_same_classes(train: HicoDet, test: HicoDet, where: str) -> None:
-    """Training and test files define one HOI class list (ids, objects, verbs): training counts (rare
-    classes, the frequency prior) and unseen ids are applied to the test classes by id."""
-    if not np.array_equal(train.correspondence, test.correspondence) or train.objects != test.objects \
-            or train.verbs != test.verbs:
-        raise AffordError(f"{where}: the training file {train.source} and the test file {test.source} define "
-                          "different HOI classes (correspondence/objects/verbs)")
 
 
 def person_label(data: HicoDet) -> int:

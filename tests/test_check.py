@@ -196,3 +196,18 @@ def test_a_tree_that_cannot_train_or_cannot_be_scored_is_not_usable(tmp_path):
     kinds = _by_kind(report)
     assert not report.ok and [p["path"] for p in kinds["no_train_samples"]] == [str(s / "trainset")]
     assert "no_test_items" not in kinds
+
+
+def test_test_images_sharing_a_stem_are_a_warning(tmp_path):
+    """cup.jpg and cup.png in one folder: the loader scores both with one GT (as the reference does) and
+    a --pred folder can hold one map for both; data check said OK without a word."""
+    make_tree(tmp_path)
+    folder = tmp_path / "Seen/testset/egocentric/hold/knife"
+    twin = folder / "knife_000000.png"
+    _img(twin, size=(48, 32))
+    report = check_tree(tmp_path)
+    kinds = _by_kind(report)
+    assert report.ok and set(kinds) == {"shared_stem"}
+    [p] = kinds["shared_stem"]
+    assert p["severity"] == "warning" and p["path"] in {str(twin), str(folder / "knife_000000.jpg")}
+    assert "same file stem as knife_000000." in p["message"]

@@ -433,3 +433,45 @@ def test_did_you_mean_ignores_case():
     assert did_you_mean("LOCATE", ["locate", "wsma"]) == " (did you mean: locate?)"
     assert did_you_mean("Locate_Seen", ["locate_seen", "wsma_seen"]).startswith(" (did you mean: locate_seen")
     assert did_you_mean("xyz", ["locate"]) == ""
+
+
+def test_predict_refuses_to_overwrite_an_input_image_and_a_duplicate(run_dir, synth_root, tmp_path, capsys):
+    """cup.png and cup_hold.png in one folder, --out that folder: cup's map was written over the user's
+    cup_hold.png, which was then predicted as an image."""
+    src = next((synth_root / "Seen" / "testset" / "egocentric").rglob("*.jpg"))
+    cup, cup_hold = tmp_path / "cup.png", tmp_path / "cup_hold.png"
+    Image.open(src).save(cup)
+    Image.open(src).convert("L").save(cup_hold)
+    before = cup_hold.read_bytes()
+    for extra in (["--affordance", "hold"], []):  # every class of the run, hold among them
+        assert main(["predict", str(cup), str(cup_hold), "--checkpoint", str(run_dir), "--out", str(tmp_path),
+                     *extra]) == 2
+        assert f"{cup_hold}: an output of this command has this name" in one_line_error(capsys)
+    assert cup_hold.read_bytes() == before and not (tmp_path / "cup_hold.npy").exists()
+    assert main(["predict", str(cup), str(cup), "--checkpoint", str(run_dir), "--out", str(tmp_path / "o")]) == 2
+    assert "cup.png: given twice" in one_line_error(capsys)
+    assert main(["predict", str(cup), "--checkpoint", str(run_dir / "run.json"), "--out", str(tmp_path / "o")]) == 2
+    assert f"give the run's folder ({run_dir})" in one_line_error(capsys)
+
+
+def test_an_output_that_cannot_be_written_is_one_line(run_dir, synth_root, tmp_path, capsys, monkeypatch):
+    """Checked before the work where permissions tell; a write that still fails (a read-only file system,
+    a full disk, root on an immutable folder) is one line naming the file, not a traceback."""
+    import os
+
+    import afford.predictor
+
+    img = str(next((synth_root / "Seen" / "testset" / "egocentric").rglob("*.jpg")))
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != tmp_path and real_access(p, mode))
+    assert main(["predict", img, "--checkpoint", str(run_dir), "--out", str(tmp_path / "new")]) == 2
+    assert f"--out: cannot write {tmp_path / 'new'}: no write permission in {tmp_path}" in one_line_error(capsys)
+    monkeypatch.setattr(os, "access", real_access)
+
+    def refuse(out, stem, image, maps):
+        raise PermissionError(1, "Operation not permitted", str(Path(out) / f"{stem}_hold.npy"))
+
+    monkeypatch.setattr(afford.predictor, "save_prediction", refuse)
+    assert main(["predict", img, "--checkpoint", str(run_dir), "--out", str(tmp_path / "o"), "--affordance",
+                 "hold"]) == 2
+    assert one_line_error(capsys).endswith("_hold.npy: Operation not permitted")

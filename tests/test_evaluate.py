@@ -344,3 +344,33 @@ def test_two_test_images_of_one_stem_are_scored_with_their_own_maps(tree: Path, 
     for row, name in zip(rows, ["c1.jpg", "c1.png"], strict=True):
         m = torch.rand(7, 9, generator=torch.Generator().manual_seed(order.index(name)))
         assert row["KLD"] == pytest.approx(float(score(m.double(), gt_array((40, 50), (20, 25)))["KLD"][0]), rel=1e-9)
+
+
+def test_deep_png_predictions_keep_their_levels_and_colour_pictures_are_refused(tree: Path, tmp_path: Path):
+    """A 16-bit PNG holding 0..255 was divided by 257 into a 0/1 map (KLD 3.2 -> 12.8 on the demo), and a
+    jet-coloured picture was scored by its luminance: both silently."""
+    split = open_split(tree.parent, "Mini")
+    npy, deep, low = tmp_path / "npy", tmp_path / "deep", tmp_path / "low"
+    write_preds(npy, "npy")
+    for key, m in PREDS.items():
+        for folder, top in ((deep, 65535), (low, 255)):
+            (folder / key).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((m / m.max() * top).astype(np.uint16)).save(folder / f"{key}.png")  # as write_preds
+    assert Image.open(next(low.rglob("*.png"))).mode.startswith("I")  # 16 bits deep, 0..255 inside
+    ref, s_deep, s_low = (evaluate_prediction_dir(p, split, progress=False) for p in (npy, deep, low))
+    eight = tmp_path / "eight"
+    write_preds(eight, "png")
+    s_eight = evaluate_prediction_dir(eight, split, progress=False)
+    assert s_low["KLD"] == pytest.approx(s_eight["KLD"], rel=1e-9)  # 0..255 in 16 bits: the 8-bit map's levels
+    assert abs(s_deep["KLD"] - ref["KLD"]) < abs(s_eight["KLD"] - ref["KLD"])  # more levels: nearer the .npy
+    assert abs(s_deep["KLD"] - ref["KLD"]) < 1e-4
+    key = next(iter(PREDS))
+    grey = np.asarray(Image.open(eight / f"{key}.png").convert("L"))
+    jet = np.stack([grey, 255 - grey, np.full_like(grey, 128)], -1)  # a colour map: the channels differ
+    Image.fromarray(jet).save(eight / f"{key}.png")
+    with pytest.raises(AffordError, match=rf"{key}\.png: a colour image \(RGB\); a prediction is a greyscale map"):
+        evaluate_prediction_dir(eight, split, progress=False)
+    (npy / f"{key}.npy").write_text("not an array")
+    with pytest.raises(AffordError, match=rf"{key}\.npy: not a numeric \.npy array") as e:
+        evaluate_prediction_dir(npy, split, progress=False)
+    assert "allow_pickle" not in str(e.value)  # the unsafe advice numpy gives is not passed on

@@ -348,3 +348,13 @@ def test_scoring_a_detection_file_does_not_import_the_model_stack(synth: Path, t
             "print('transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "False"
+
+
+def test_hoi_predict_refuses_to_overwrite_an_input_image(tmp_path, capsys) -> None:
+    from PIL import Image
+
+    for name in ("x.png", "x_hoi.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    assert main(["hoi", "predict", str(tmp_path / "x.png"), str(tmp_path / "x_hoi.png"), "--checkpoint",
+                 str(tmp_path / "no_run"), "--out", str(tmp_path)]) == 2  # refused before the run is read
+    assert f"{tmp_path / 'x_hoi.png'}: an output of this command has this name" in capsys.readouterr().err

@@ -205,3 +205,30 @@ def test_hoi_predictor_warns_when_no_cached_box_is_a_person(tmp_path: Path, capl
         hp.model = SimpleNamespace(cached_human_label=0)
         hp.set_image(_image(), name="a.jpg")
     assert "image 'a.jpg': no box carries the person label 0" in caplog.text
+
+
+def test_api_misuse_is_one_line_not_a_torch_error(predictor, tmp_path: Path) -> None:
+    with pytest.raises(AffordError, match="predict: no affordance asked for"):
+        predictor.set_image(_image())
+        predictor.predict([])
+    with pytest.raises(AffordError, match=r"set_image: an empty image \(0 x 0 pixels\)"):
+        predictor.set_image(np.zeros((0, 0, 3), np.uint8))
+    with pytest.raises(AffordError, match="set_image: expected a path, a PIL image .* got list"):
+        predictor.set_image([tmp_path / "a.png"])
+    with pytest.raises(AffordError, match=r": a folder; expected an image file"):
+        predictor.set_image(tmp_path)
+
+
+def test_a_float_image_in_pil_s_0_255_convention_is_not_turned_white() -> None:
+    """A 32-bit float TIFF holding 0..255 was read as [0, 1] and clipped: 99.6 % of its pixels at 255."""
+    from PIL import Image
+
+    from afford.data.transforms import as_rgb
+
+    ramp = np.linspace(0, 254.98, 40 * 48, dtype=np.float32).reshape(40, 48)
+    got = np.asarray(as_rgb(Image.fromarray(ramp, "F")))[..., 0].astype(np.float64)
+    np.testing.assert_allclose(got, ramp, atol=0.5)
+    unit = np.asarray(as_rgb(Image.fromarray(ramp / 255, "F")))[..., 0].astype(np.float64)  # [0, 1]: as before
+    np.testing.assert_allclose(unit, ramp, atol=0.5)
+    big = np.asarray(as_rgb(Image.fromarray(ramp * 40, "F")))[..., 0].astype(np.float64)  # own maximum above 255
+    np.testing.assert_allclose(big, ramp / ramp.max() * 255, atol=0.5)

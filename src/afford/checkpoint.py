@@ -146,6 +146,8 @@ def write_run_info(run_dir: Path, cfg: RunConfig, labels: LabelSpace, extra: dic
 def read_run_info(run_dir: Path) -> dict[str, Any]:
     path = run_dir / RUN_FILE
     if not path.is_file():
+        if run_dir.name == RUN_FILE and run_dir.is_file():
+            raise AffordError(f"{run_dir}: give the run's folder ({run_dir.parent}), not its {RUN_FILE}")
         raise AffordError(f"{run_dir}: not an afford run directory (no {RUN_FILE})")
     info = read_json(path, "run file")
     for key in ("method", "classes", "config"):

@@ -84,6 +84,9 @@ def check_output_paths(args: argparse.Namespace) -> None:
         blocker = next((q for q in p.parents if q.exists()), None)
         if blocker is not None and not blocker.is_dir():
             raise AffordError(f"{flag}: {p} cannot be made: {blocker} is a file")
+        where = p if kind == "folder" and p.is_dir() else blocker
+        if where is not None and not os.access(where, os.W_OK | os.X_OK):
+            raise AffordError(f"{flag}: cannot write {p}: no write permission in {where}")
 
 
 def _print_summary(title: str, s: dict) -> None:
@@ -304,15 +307,29 @@ def check_image_args(images: Sequence[str]) -> None:
         if not p.is_file():
             raise AffordError(f"{image}: no such image file" + (" (a folder)" if p.is_dir() else ""))
         if p.stem in stems:
+            if p.resolve() == Path(stems[p.stem]).expanduser().resolve():
+                raise AffordError(f"{image}: given twice; give each image once")
             raise AffordError(f"{image}: same name as {stems[p.stem]}; their outputs ({p.stem}_*) would overwrite "
                               "each other, so predict them into different --out folders")
         stems[p.stem] = image
+
+
+def check_outputs_spare_inputs(images: Sequence[str], outputs: Sequence[Path]) -> None:
+    """No output path is one of the input images: ``cup_hold.png`` beside ``cup.png`` would be
+    overwritten by cup's map (and then read as an image). Checked before anything is written."""
+    inputs = {Path(i).expanduser().resolve(): i for i in images}
+    for o in outputs:
+        if (hit := inputs.get(Path(o).expanduser().resolve())) is not None:
+            raise AffordError(f"{hit}: an output of this command has this name ({o}) and would overwrite it; "
+                              "choose another --out folder")
 
 
 def cmd_hoi_predict(a: argparse.Namespace) -> int:
     from afford.hoi.predictor import HOIPredictor, draw_hoi
 
     check_image_args(a.images)
+    check_outputs_spare_inputs(a.images, [Path(a.out) / f"{Path(i).stem}_hoi.{ext}" for i in a.images
+                                          for ext in ("json", "png")])
     run = _hoi_run(a.checkpoint, a.device)
     pred = HOIPredictor(run, device=str(next(run.method.parameters()).device), detections=a.detections)
     out = Path(a.out)
@@ -496,7 +513,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from afford.checkpoint import load_run
     from afford.device import resolve_device
     from afford.factory import affordance_run_info
-    from afford.predictor import Predictor, save_prediction
+    from afford.predictor import Predictor, prediction_paths, save_prediction
 
     device = resolve_device(a.device)
     check_image_args(a.images)
@@ -505,6 +522,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
     pred = Predictor(run, device=str(device), refine=_refiner(a, run), output=a.output)
     if a.affordance:
         pred.label_index(a.affordance)  # validate before touching any image
+    check_outputs_spare_inputs(a.images, [q for image in a.images for aff in ([a.affordance] if a.affordance
+                                          else pred.affordances) for q in prediction_paths(a.out, Path(image).stem, aff)])
     for image_path in a.images:
         pred.set_image(image_path)
         n = 0
@@ -978,6 +997,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `afford list | head -1`: the reader left; quietly, as a Unix tool does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as e:  # a folder that cannot be written (read-only, full disk) is the user's to fix: one line
+        if e.filename is None:
+            raise
+        print(f"afford: error: {e.filename}: {e.strerror or e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -60,6 +60,11 @@ class Predictor:
             image = load_rgb(image, upright=True)
         elif isinstance(image, np.ndarray):
             image = array_image(image)
+        elif not isinstance(image, Image.Image):
+            raise AffordError(f"set_image: expected a path, a PIL image or an (H, W, 3) array, got "
+                              f"{type(image).__name__} (one image per call)")
+        if 0 in image.size:
+            raise AffordError(f"set_image: an empty image ({image.size[0]} x {image.size[1]} pixels)")
         self._image = as_rgb(image)
         self._tensor = eval_transform(self._image, size=self.size).unsqueeze(0)
 
@@ -84,11 +89,19 @@ class Predictor:
         in float64 took 4.9 GB)."""
         names = list(self.affordances) if affordance is None else (
             [affordance] if isinstance(affordance, str) else list(affordance))
+        if not names:
+            raise AffordError("predict: no affordance asked for (None predicts every class of the run)")
         cams = self.raw_cams(names).double()
         assert self._image is not None
         w, h = self._image.size
         for i, a in enumerate(names):
             yield a, minmax(resize_bilinear(cams[i : i + 1], (h, w)))[0].float().numpy()
+
+
+def prediction_paths(out: str | Path, stem: str, affordance: str) -> list[Path]:
+    """The ``.npy``, ``.png`` and overlay paths :func:`save_prediction` writes for one map."""
+    out = Path(out)
+    return [out / f"{stem}_{affordance}.npy", out / f"{stem}_{affordance}.png", out / f"{stem}_{affordance}_overlay.png"]
 
 
 def save_prediction(out: str | Path, stem: str, image: Image.Image, maps: dict[str, np.ndarray]) -> list[Path]:
@@ -100,7 +113,7 @@ def save_prediction(out: str | Path, stem: str, image: Image.Image, maps: dict[s
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for aff, m in maps.items():
-        written += [out / f"{stem}_{aff}.npy", out / f"{stem}_{aff}.png", out / f"{stem}_{aff}_overlay.png"]
+        written += prediction_paths(out, stem, aff)
         np.save(written[-3], m.astype(np.float32))
         Image.fromarray((m * 255).round().astype(np.uint8)).save(written[-2])
         overlay(image, m).save(written[-1])

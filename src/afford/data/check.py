@@ -45,7 +45,7 @@ ERROR_KINDS = frozenset({
     "corrupt_image", "corrupt_gt", "gt_size_mismatch", "no_train_samples", "no_test_items",
     "check_failed",
 })
-WARNING_KINDS = frozenset({"missing_gt", "all_zero_gt", "gt_without_image", "empty_folder", "no_egocentric",
+WARNING_KINDS = frozenset({"missing_gt", "all_zero_gt", "gt_without_image", "shared_stem", "empty_folder", "no_egocentric",
                            "gt_not_grayscale", "unseen_object_in_training"})
 KNOWN_ZERO_GT = ("hold", "bottle", "bottle_000341.png")
 PROGRESS_MIN_ITEMS = 200
@@ -231,7 +231,11 @@ def _check_split(report: CheckReport, root: Path, name: str, workers: int) -> No
     gts = scans["GT"].groups
     for (aff, obj), images in scans["test_egocentric"].groups.items():
         gt_by_stem = {p.stem: p for p in gts.get((aff, obj), []) if is_gt_mask(p)}
+        first_of_stem: dict[str, Path] = {}
         for img in images:
+            if (other := first_of_stem.setdefault(img.stem, img)) is not img:
+                report.add("shared_stem", img, f"same file stem as {other.name}: one GT scores both images (as the "
+                           "reference loader does), and a --pred folder holds one map for both; keep one")
             gt = gt_by_stem.get(img.stem)
             if gt is None:
                 report.add("missing_gt", img, f"no {scans['GT'].base / aff / obj / (img.stem + '.png')}; "

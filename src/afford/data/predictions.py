@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
-from afford.data.transforms import load_gray
+from afford.data.transforms import DECODE_ERRORS, load_gray
 from afford.errors import AffordError
 
 PRED_SUFFIXES: tuple[str, ...] = (".png", ".npy")
@@ -48,16 +49,40 @@ def index_prediction_dir(pred_dir: Path) -> dict[str, Path]:
 
 
 def load_prediction(path: Path) -> np.ndarray:
-    """A .png as 8-bit grayscale, or a 2-D float .npy; errors name the file."""
+    """A greyscale .png (8-bit, or 16/32-bit at its full precision: the map is min-maxed anyway), or a
+    2-D float .npy; errors name the file. A colour .png is refused: a colour-mapped picture (jet)
+    does not hold the map's values, and its luminance would be scored silently."""
     if path.suffix.lower() != ".npy":
-        return np.asarray(check_map(load_gray(path, "prediction"), str(path)))
+        return np.asarray(check_map(_png_map(path), str(path)))
     try:
         arr = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
+    except ValueError as e:
+        if "pickle" not in str(e):
+            raise AffordError(f"{path}: not a readable prediction ({type(e).__name__}: {e})") from None
+        raise AffordError(f"{path}: not a numeric .npy array (a text file, a picture, or an object array "
+                          "saved with pickling); save the map with numpy.save of a 2-D float array") from None
+    except (OSError, EOFError) as e:
         raise AffordError(f"{path}: not a readable prediction ({type(e).__name__}: {e})") from None
     if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
         raise AffordError(f"{path}: expected a real-valued heatmap array, got dtype {arr.dtype}")
     return np.asarray(check_map(arr.astype(np.float64), str(path)))
+
+
+def _png_map(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            if im.mode.startswith("I") or im.mode == "F":  # 16/32-bit greyscale: every level kept
+                return np.asarray(im, dtype=np.float64)
+            if im.mode not in ("1", "L", "LA", "La"):
+                rgb = np.asarray(im.convert("RGB"), dtype=np.int16)
+                if (rgb[..., 0] != rgb[..., 1]).any() or (rgb[..., 1] != rgb[..., 2]).any():
+                    raise AffordError(f"{path}: a colour image ({im.mode}); a prediction is a greyscale map (8/16-bit "
+                                      "PNG or .npy): a colour-mapped picture does not hold the map's values")
+    except FileNotFoundError:
+        raise AffordError(f"{path}: prediction file not found") from None
+    except (*DECODE_ERRORS, EOFError) as e:
+        raise AffordError(f"{path}: not a readable prediction ({type(e).__name__}: {e})") from None
+    return load_gray(path, "prediction")
 
 
 def all_files(pred_dir: Path) -> list[Path]:

@@ -25,15 +25,18 @@ DECODE_ERRORS: tuple[type[BaseException], ...] = (
 
 def as_8bit(im: Image.Image) -> Image.Image:
     """``im`` with 16-bit and 32-bit greyscale (modes ``I;16*``, ``I``, ``F``) scaled to 8-bit ``L`` by
-    their type's range (16-bit: / 257; float: [0, 1]; 32-bit integers: their own maximum); other modes
-    unchanged. PIL's ``convert("L")``/``convert("RGB")`` clip such images at 255 instead, which
-    turns most of a 16-bit heatmap white."""
+    their type's range (16-bit: / 257; float: [0, 1], or PIL's [0, 255] when a value exceeds 1, or its
+    own maximum above 255; 32-bit integers: their own maximum); other modes unchanged. PIL's
+    ``convert("L")``/``convert("RGB")`` clip such images at 255 instead, which turns most of a 16-bit
+    heatmap white (and reading a [0, 255] float image as [0, 1] would turn it white too)."""
     if im.mode.startswith("I;16") or im.mode in ("I", "F"):
         a = np.asarray(im, dtype=np.float64)
         if im.mode.startswith("I;16"):
             a = a / 257.0
         elif im.mode == "F":
-            a = np.nan_to_num(a, nan=0.0) * 255.0
+            a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+            top = a.max() if a.size else 0.0
+            a = a * 255.0 if top <= 1.0 else a if top <= 255.0 else a * (255.0 / top)
         else:
             top = a.max() if a.size else 0.0
             a = a / (257.0 if top <= 65535 else top / 255.0)
@@ -75,7 +78,8 @@ def load_rgb(path: str | Path, upright: bool = False) -> Image.Image:
     """
     path = Path(path)
     if not path.is_file():
-        raise AffordError(f"{path}: file not found (expected an image)")
+        raise AffordError(f"{path}: " + ("a folder; expected an image file" if path.is_dir() else
+                                         "file not found (expected an image)"))
     try:
         with Image.open(path) as im:
             return as_rgb(ImageOps.exif_transpose(im) if upright else im)

@@ -161,3 +161,27 @@ def test_the_published_presets_state_the_papers_recipes(method, split):
     assert step is None or t.step_size == step
     assert (t.optimizer, t.momentum, t.weight_decay) == ("sgd", 0.9, 5e-4)  # §0.3: SGD, Nesterov, 0.9, 5e-4
     assert (d.n_exo, d.resize, d.crop, d.square_resize, d.sampling) == (n_exo, resize, crop, square, sampling)
+
+
+def test_list_config_prints_every_key_its_default_where_changed_and_what_it_means(capsys) -> None:
+    """The shared keys are documented where a user looks (afford list --config), from the comments beside
+    their defaults: every one has a note, so a new key without one fails here."""
+    from dataclasses import fields
+
+    from afford.cli import main
+    from afford.config import DataConfig, EvalConfig, TrainConfig, field_notes
+
+    for cls in (DataConfig, TrainConfig, EvalConfig):
+        notes = field_notes(cls)
+        assert set(notes) == {f.name for f in fields(cls)}, cls.__name__
+    assert field_notes(TrainConfig)["max_steps_per_epoch"] == "0 = full epoch; >0 caps the epoch (demo, smoke tests)"
+    assert main(["list", "--config", "locate_synthagd_demo", "--set", "train.epochs=3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "method: locate"
+    assert "train.epochs: 3  (default 15)  # may grow on --resume, never shrink below the epochs done" in lines
+    assert "model.backbone: 'tiny_vit'  (default 'dino_vits16')" in lines
+    assert any(line.startswith("train.seed: 0  # ") for line in lines)  # unchanged: no default shown
+    n_keys = sum(len(fields(c)) for c in (DataConfig, TrainConfig, EvalConfig))
+    assert sum(line.split(".")[0] in ("data", "train", "eval") for line in lines) == n_keys
+    assert main(["list", "--set", "train.epochs=3"]) == 2
+    assert "--set applies to --config" in capsys.readouterr().err

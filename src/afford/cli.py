@@ -632,6 +632,13 @@ def cmd_list(a: argparse.Namespace) -> int:
     from afford.metrics.saliency import PROTOCOLS
     from afford.refine.defaults import REFINERS
 
+    if a.set and not a.config:
+        raise AffordError("list: --set applies to --config PRESET")
+    if a.config:
+        from afford.config import describe_config, load_config
+
+        print("\n".join(describe_config(load_config(a.config, a.set or []))))
+        return 0
     rows = {
         "methods": ", ".join(f"{m} (task {s.task}, recipe {s.recipe})" for m, s in sorted(METHODS.items())),
         "importable": ", ".join(official_methods()) + "  (afford import --method M --file OFFICIAL.pth)",
@@ -704,12 +711,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="SynthAGD and SynthHOI -> train every method -> evaluate beside the baselines -> report")
     d.add_argument("--out", default="demo_out",
-                   help="output folder: data/, runs/, overlays/, report.md, metrics.json (default: demo_out)")
+                   help="output folder: data/, runs/, hoi/, feature_cache/, overlays/, report.md, figure.png, "
+                        "metrics.json and the .afford-demo marker (default: demo_out)")
     d.add_argument("--quick", action="store_true",
-                   help="smoke test (< 60 s): tiny sizes, and only LOCATE, LoopTrans, SelectiveCL and a small HOI section")
-    d.add_argument("--seed", type=int, default=0, help="seed of the SynthAGD data and of training (default: 0)")
+                   help="smoke test (< 60 s): every row but WSMA, at tiny sizes and a few steps, and a small HOI section")
+    d.add_argument("--seed", type=int, default=0, help="seed of the SynthAGD and SynthHOI data and of training (default: 0)")
     d.add_argument("--overwrite", action="store_true",
-                   help="replace OUT/data and OUT/runs/<preset> even when OUT is not a previous demo output")
+                   help="run even when OUT is not a previous demo output (no .afford-demo marker): the demo then "
+                        "deletes and rewrites OUT/data, OUT/hoi, OUT/feature_cache, OUT/overlays, report.md, "
+                        "figure.png, metrics.json and its OUT/runs/<preset> folders")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.add_argument("--jobs", type=positive_int, default=None,
                    help="worker processes training the demo's independent rows side by side (default: one per "
@@ -793,7 +803,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Default: every image for every class; Known Object: only images with the class's object")
     he.add_argument("--rule", choices=("official", "pocket"), default="official",
                     help="official: MATLAB ho-rcnn (IoU >= 0.5, +1 pixel convention); pocket: the UPT/pocket "
-                    "variant (> 0.5, no +1) for cross-checks (default: %(default)s)")
+                    "variant (> 0.5, no +1) for cross-checks, Default mode only (default: %(default)s)")
     he.add_argument("--zero-shot", default=None, metavar="rf-uc|nf-uc|uo|uv|FILE",
                     help="report Full / Unseen / Seen for this unseen list (a name or a file of HOI ids; "
                     "default with --checkpoint: the run's training setting)")
@@ -955,6 +965,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.set_defaults(fn=cmd_app)
 
     ls = sub.add_parser("list", help="methods, importers, presets, backbones, text encoders, protocols, baselines, refiners")
+    ls.add_argument("--config", metavar="PRESET", default=None,
+                    help="instead, every config key of a preset (name or YAML path) with its value, the method's "
+                         "default where the preset changes it, and what the key means")
+    ls.add_argument("--set", action="append", metavar="KEY=VALUE", help="with --config: an override, as in afford train")
     ls.set_defaults(fn=cmd_list)
     _accept_log_flags_after_verbs(p)
     return p

@@ -24,20 +24,20 @@ from afford.errors import AffordError, did_you_mean
 class DataConfig:
     """Where the AGD20K-format data lives and how images are prepared."""
 
-    root: str = "data/AGD20K"
-    split: str = "Seen"
+    root: str = "data/AGD20K"  # the folder holding Seen/, Unseen/, HICO-IIF/ (AGD20K layout)
+    split: str = "Seen"  # Seen | Unseen | HICO-IIF, or any split folder under root
     resize: int = 256  # short side (or square side when square_resize) before the random crop
-    crop: int = 224
+    crop: int = 224  # training crop side
     square_resize: bool = False  # LoopTrans uses a square Resize((256, 256))
-    test_size: int = 224
-    n_exo: int = 3
+    test_size: int = 224  # square side of test images (maps are resized to each image after)
+    n_exo: int = 3  # exocentric images per training sample
     sampling: str = "anchor_plus_random"  # afford.data.sampling.SAMPLINGS: "anchor_plus_random" | "consecutive_window"
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader worker processes
     cache_images: bool = False  # keep decoded training images in memory (small datasets: SynthAGD)
     # Frozen-feature cache (afford.engine.feature_cache): frozen towers' outputs stored on disk per
     # distinct input; training crops then come from cache_views fixed views per image.
-    feature_cache: bool = False
-    cache_views: int = 4
+    feature_cache: bool = False  # store frozen towers' outputs on disk (exact for frozen towers)
+    cache_views: int = 4  # with feature_cache: each image's crop and flip is one of this many fixed views
     cache_dir: str = ""  # "" = $AFFORD_CACHE/features (default ~/.cache/afford/features)
 
 
@@ -45,24 +45,24 @@ class DataConfig:
 class TrainConfig:
     """Shared optimisation recipe (methods.md §0.3); method presets change what differs."""
 
-    epochs: int = 15
-    batch_size: int = 16
+    epochs: int = 15  # may grow on --resume, never shrink below the epochs done
+    batch_size: int = 16  # global batch (split over --nproc processes)
     optimizer: str = "sgd"  # "sgd" (every reference) | "adamw" (demo: tiny ViT from scratch)
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = True
+    lr: float = 1e-3  # base rate; each method's LR groups scale it (afford train logs them)
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 5e-4  # L2 (SGD) or decoupled (AdamW) weight decay
+    nesterov: bool = True  # SGD with Nesterov momentum
     scheduler: str = "step"  # "step" (every step_size epochs x gamma) | "poly" (per step, psa) | "none"
-    step_size: int = 5
-    gamma: float = 0.1
+    step_size: int = 5  # "step": epochs between rate drops
+    gamma: float = 0.1  # "step": factor of each drop
     poly_power: float = 0.9  # "poly": lr x (1 - step / total steps) ** poly_power
-    seed: int = 0
-    bf16: bool = False
-    device: str = "auto"
-    log_every: int = 10
+    seed: int = 0  # every random draw derives from (seed, epoch, step): exact resume
+    bf16: bool = False  # autocast bf16 (for GPUs; about 6x slower than fp32 on CPUs without AMX)
+    device: str = "auto"  # auto (CUDA when there is one) | cpu | cuda | cuda:N
+    log_every: int = 10  # steps between log.jsonl lines (0 or 1: every step)
     max_steps_per_epoch: int = 0  # 0 = full epoch; >0 caps the epoch (demo, smoke tests)
     select: str = "last"  # "last" | "best-on-test" (the literature's choice, protocol.md §5)
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # newest checkpoints/epoch_NNN kept (0: all)
     grad_clip: float = 0.0  # 0 = off (the references do not clip)
 
 
@@ -74,11 +74,11 @@ class EvalConfig:
     WSMA's refined map); ``exclude_empty_gt`` drops all-zero GT images (kept by the literature).
     """
 
-    protocol: str = "standard"
-    exact: bool = False
-    batch_size: int = 16
-    exclude_empty_gt: bool = False
-    output: str | None = None
+    protocol: str = "standard"  # afford.metrics.saliency.PROTOCOLS (afford list)
+    exact: bool = False  # the reference's NaN NSS on constant maps, bit for bit
+    batch_size: int = 16  # test images per forward
+    exclude_empty_gt: bool = False  # drop all-zero GT images (the literature keeps them)
+    output: str | None = None  # which of the method's outputs is scored (None: its default)
 
 
 @dataclass
@@ -271,3 +271,45 @@ def config_from_dict(d: dict[str, Any], source: str | Path | None = None) -> Run
         if source is None:
             raise
         raise AffordError(f"{source}: config: {e}") from None
+
+
+def field_notes(cls: type) -> dict[str, str]:
+    """The trailing ``# comment`` of each field of a config dataclass, read from its source: the
+    documentation of a key lives beside its default, and ``afford list --config`` prints it."""
+    import inspect
+    import io
+    import tokenize
+
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    notes: dict[str, str] = {}
+    names = {f.name for f in fields(cls)}
+    line_name: dict[int, str] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        row, col = tok.start
+        if tok.type == tokenize.NAME and row not in line_name and tok.string in names and col > 0:
+            line_name[row] = tok.string
+        elif tok.type == tokenize.COMMENT and row in line_name:
+            notes.setdefault(line_name[row], tok.string.lstrip("# ").strip())
+    return notes
+
+
+def describe_config(cfg: RunConfig) -> list[str]:
+    """``section.key: value`` for every key of ``cfg``, with the method's default where the preset
+    or an override changed it, and the key's note from the source."""
+    lines = [f"method: {cfg.method}"]
+    for section in SECTIONS:
+        obj = getattr(cfg, section)
+        default = type(obj)()
+        notes = field_notes(type(obj))
+        for f in fields(obj):
+            value, base = getattr(obj, f.name), getattr(default, f.name)
+            text = f"{section}.{f.name}: {value!r}"
+            if value != base:
+                text += f"  (default {base!r})"
+            if notes.get(f.name):
+                text += f"  # {notes[f.name]}"
+            lines.append(text)
+    return lines

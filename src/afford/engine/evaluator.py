@@ -166,6 +166,9 @@ def evaluate_prediction_dir(pred_dir: str | Path, split: Split, eval_cfg: EvalCo
     Every test image must have its prediction (else an error naming the expected path and how
     many are missing); files that match no test image are listed in ``extra_files``.
     """
+    if not hasattr(split, "test_items"):
+        raise AffordError(f"evaluate_prediction_dir: split must be a Split (afford.data.agd20k.open_split(root, "
+                          f"name)), got {type(split).__name__} {split!r}")
     pred_dir = Path(pred_dir).expanduser()
     if not pred_dir.is_dir():
         raise AffordError(f"{pred_dir}: prediction folder not found (expected <aff>/<obj>/<name>.png|.npy)")

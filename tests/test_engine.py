@@ -190,6 +190,12 @@ def test_resume_refuses_fewer_epochs_than_completed(synth_root, tmp_path):
     with pytest.raises(AffordError, match=r"epoch_001/state\.pt: cannot read the training state.*remove"):
         train(tiny_cfg(synth_root, "train.epochs=3", "train.max_steps_per_epoch=1", "train.keep_checkpoints=0"),
               run, resume=True, progress=False)
+    weights_file = ckpt.epoch_dir(run, 1) / ckpt.WEIGHTS
+    weights_file.write_bytes(weights_file.read_bytes()[:100])
+    with pytest.raises(AffordError, match=r"epoch_001/model\.safetensors: cannot read checkpoint weights .*; remove "
+                                          r".*epoch_001 to resume from the epoch before it"):
+        train(tiny_cfg(synth_root, "train.epochs=3", "train.max_steps_per_epoch=1", "train.keep_checkpoints=0"),
+              run, resume=True, progress=False)
 
 
 def test_non_finite_loss_stops_with_clear_message(synth_root, tmp_path, monkeypatch):
@@ -329,3 +335,75 @@ def test_a_run_that_fails_at_its_first_step_leaves_no_folder_to_block_the_rerun(
     assert not (tmp_path / "run").exists()
     train(cfg, tmp_path / "run", progress=False)  # the corrected rerun trains
     assert (tmp_path / "run" / ckpt.WEIGHTS).is_file()
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL at a chosen point (nothing after it runs in the training)."""
+
+
+@pytest.mark.parametrize("when", ["after", "before"])
+def test_a_kill_beside_the_checkpoint_write_keeps_each_epoch_row_once(synth_root, tmp_path, monkeypatch, when):
+    """Killed right after epoch 0's checkpoint landed, the epoch row (written after it) was lost for good:
+    resume starts at epoch 1 and never logs it. Killed right before it lands, the row is dropped and
+    logged again by the resumed epoch."""
+    extra = ("train.epochs=2", "train.max_steps_per_epoch=2")
+    ref = tmp_path / "ref"
+    train(tiny_cfg(synth_root, *extra), ref, progress=False)
+    real = ckpt.save_epoch_checkpoint
+
+    def kill_at_epoch_0(run_dir, epoch, *args, **kwargs):
+        if epoch == 0 and when == "before":
+            raise _Killed
+        out = real(run_dir, epoch, *args, **kwargs)
+        if epoch == 0:
+            raise _Killed
+        return out
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(ckpt, "save_epoch_checkpoint", kill_at_epoch_0)
+    with pytest.raises(_Killed):
+        train(tiny_cfg(synth_root, *extra), run, progress=False)
+    monkeypatch.setattr(ckpt, "save_epoch_checkpoint", real)
+    assert ckpt.completed_epochs(run) == ([0] if when == "after" else [])
+    train(tiny_cfg(synth_root, *extra), run, resume=True, progress=False)
+    assert train_rows(run) == train_rows(ref)
+    epochs = [r["epoch"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if r["kind"] == "epoch"]
+    assert epochs == [0, 1]
+
+
+def test_resume_records_the_settings_it_may_change_and_a_finished_run_logs_nothing(synth_root, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_cfg(synth_root, "train.epochs=1", "train.max_steps_per_epoch=1"), run, progress=False)
+    train(tiny_cfg(synth_root, "train.epochs=2", "train.max_steps_per_epoch=1", "train.log_every=3"), run,
+          resume=True, progress=False)
+    info = ckpt.read_run_info(run)
+    assert info["config"]["train"]["epochs"] == 2 and info["config"]["train"]["log_every"] == 3
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r for r in rows if r["kind"] == "resume"] == [
+        {"kind": "resume", "from_epoch": 1, "changed": {"train.epochs": [1, 2], "train.log_every": [1, 3]}}]
+    # the recorded config resumes (it was refused: "completed 2 epochs ... got 1"), and a finished run logs nothing
+    from afford.config import config_from_dict
+
+    before = (run / "log.jsonl").read_text()
+    train(config_from_dict(info["config"], run / "run.json"), run, resume=True, progress=False)
+    assert (run / "log.jsonl").read_text() == before
+
+
+def test_sigterm_stops_afford_train_as_ctrl_c_does(synth_root, tmp_path):
+    """kill (SIGTERM) left run.json, the log and the lock of a first-epoch run, so the plain rerun was
+    refused ("already holds a run"); now it unwinds like Ctrl-C: exit 130, a message, no folder."""
+    run = tmp_path / "run"
+    sets = [x for a in (f"data.root={synth_root}", *TINY, "train.epochs=3", "data.feature_cache=false")
+            for x in ("--set", a)]
+    proc = subprocess.Popen([sys.executable, "-m", "afford.cli", "train", "locate_synthagd_demo", "--out", str(run),
+                             "--quiet", *sets], stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    log = run / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and '"kind": "train"' in log.read_text():
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.005)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "afford: interrupted" in err, err
+    assert not run.exists()

@@ -175,3 +175,32 @@ def test_propagate_refuses_maps_off_the_affinity_grid():
     for solver in ("dense", "iterative"):  # dense scrambled a transposed (1, 8, 7) map silently
         with pytest.raises(AffordError, match=r"expected shape \(B, 7, 8\) on the affinity grid, got \(1, 8, 7\)"):
             propagate(torch.rand(1, 8, 7), aff, steps=2, solver=solver)
+
+
+def test_a_resumed_head_keeps_its_teacher_known_by_content(tiny_run, tmp_path):
+    """--resume accepted a teacher trained on since (the head learnt from two teachers, run.json naming
+    the first), and refused the same run moved to another folder (the teacher was known by its path)."""
+    from safetensors.torch import load_file, save_file
+
+    from afford import checkpoint as ckpt
+    from afford.engine.refinement import train_refiner_for_run
+    from afford.errors import AffordError
+
+    kw = {"batch_size": 4, "radius": 2, "progress": False, "overrides": ["train.max_steps_per_epoch=1"]}
+    changed, moved = tmp_path / "changed", tmp_path / "moved"
+    for r in (changed, moved):
+        shutil.copytree(tiny_run, r)
+        train_refiner_for_run(r, epochs=1, **kw)
+    sd = load_file(changed / ckpt.WEIGHTS)
+    first = next(iter(sd))
+    sd[first] = sd[first] + 1  # as if the run had been trained on
+    save_file(sd, changed / ckpt.WEIGHTS)
+    with pytest.raises(AffordError, match=r"changed/affinity: the affinity head was trained on .* sha256 .* now"):
+        train_refiner_for_run(changed, epochs=2, resume=True, **kw)
+    assert ckpt.completed_epochs(changed / REFINER_DIR) == [0]
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(moved, elsewhere)
+    train_refiner_for_run(elsewhere, epochs=2, resume=True, **kw)
+    info = ckpt.read_run_info(elsewhere / REFINER_DIR)
+    assert ckpt.completed_epochs(elsewhere / REFINER_DIR) == [0, 1]
+    assert info["config"]["model"]["teacher"] == info["teacher"]["path"] == str(elsewhere.resolve())

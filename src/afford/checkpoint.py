@@ -78,7 +78,9 @@ def load_weights(module: torch.nn.Module, path: Path, what: str = "checkpoint") 
     try:
         sd = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise AffordError(f"{path}: cannot read {what} weights ({e})") from None
+        hint = (f"; remove {path.parent} to resume from the epoch before it"
+                if path.parent.name.startswith("epoch_") and path.parent.parent.name == "checkpoints" else "")
+        raise AffordError(f"{path}: cannot read {what} weights ({e}){hint}") from None
     load_strict(module, sd, f"{path} ({what})")
 
 

@@ -371,7 +371,8 @@ def cmd_train(a: argparse.Namespace) -> int:
 
         check_batch(cfg.train.batch_size, DistContext(world=a.nproc))
         return launch_torchrun(a.nproc, a.argv, a.out)
-    result = train(cfg, a.out, resume=a.resume, progress=not a.quiet)
+    with sigterm_as_interrupt():  # `kill` stops it as Ctrl-C does (a message, a first-epoch folder removed)
+        result = train(cfg, a.out, resume=a.resume, progress=not a.quiet)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # rank 0 reports for the data-parallel run
     print(f"trained {cfg.method}: {result.epochs_done} epochs -> {result.run_dir} "
@@ -546,9 +547,10 @@ def cmd_import(a: argparse.Namespace) -> int:
 def cmd_refine_train(a: argparse.Namespace) -> int:
     from afford.engine.refinement import train_refiner_for_run
 
-    out = train_refiner_for_run(a.checkpoint, data_root=a.data, split=a.split, epochs=a.epochs, seed=a.seed,
-                                batch_size=a.batch_size, progress=not a.quiet, steps=a.steps, blend=a.blend,
-                                radius=a.radius, resume=a.resume, overrides=a.set or [], device=a.device)
+    with sigterm_as_interrupt():
+        out = train_refiner_for_run(a.checkpoint, data_root=a.data, split=a.split, epochs=a.epochs, seed=a.seed,
+                                    batch_size=a.batch_size, progress=not a.quiet, steps=a.steps, blend=a.blend,
+                                    radius=a.radius, resume=a.resume, overrides=a.set or [], device=a.device)
     print(f"affinity refiner trained -> {out}")
     return 0
 

@@ -148,6 +148,8 @@ def train_refiner_for_run(
             *(f"data.{k}={v}" for k, v in data.items()), *overrides]
     cfg = load_config("affinity_refiner", sets)
     _check_before_training(run, cfg, steps, blend)
+    if resume and ckpt.completed_epochs(out):
+        _check_same_teacher(out, run.path)
     train(cfg, out, resume=resume, progress=progress)
     info = ckpt.read_run_info(out)
     head = AffinityHead(info["head"]["in_dims"], info["head"]["widths"])
@@ -155,6 +157,24 @@ def train_refiner_for_run(
     m = cfg.model
     refiner = AffinityRefiner(head.eval(), steps=steps, blend=blend, radius=m.radius, labels=label_settings(m))
     return save_refiner(refiner, out, write_head=False)
+
+
+def _check_same_teacher(out: Path, teacher: Path) -> None:
+    """A resumed head goes on learning from the teacher it started with: its weights file must be the
+    one recorded (the run trained on since would have changed it). The teacher is known by content:
+    a run folder moved or copied elsewhere keeps its head, and the record takes the new path."""
+    info = ckpt.read_run_info(out)
+    recorded = info.get("teacher", {})
+    now = ckpt.file_sha256(teacher / ckpt.WEIGHTS)
+    if recorded.get("sha256") not in (None, now):
+        raise AffordError(f"{out}: the affinity head was trained on {teacher}'s weights with sha256 "
+                          f"{recorded['sha256'][:12]}..., which are now {now[:12]}... (the run was trained on since); "
+                          "remove the folder and train a new head")
+    path = str(teacher.resolve())
+    if info["config"]["model"].get("teacher") != path:  # the run moved: same weights, new place
+        info["config"]["model"]["teacher"] = path
+        info["teacher"] = {**recorded, "path": path}
+        ckpt.write_json(out / ckpt.RUN_FILE, info)
 
 
 def _check_before_training(run: LoadedRun, cfg: Any, steps: int, blend: float) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import math
 import os
 import random
@@ -49,6 +50,8 @@ from afford.factory import create_method
 from afford.methods.base import Trainable
 from afford.modules.param_groups import describe_groups
 from afford.seeding import derive_seed
+
+log = logging.getLogger("afford")
 
 
 def seed_everything(seed: int) -> None:
@@ -208,6 +211,20 @@ def config_differences(run_dir: Path, cfg: RunConfig) -> list[str]:
     ]
 
 
+def _record_resumed_config(run_dir: Path, cfg: RunConfig) -> dict[str, list]:
+    """The :data:`RESUME_NEUTRAL` settings a resume changes (``{"train.epochs": [3, 5]}``), written
+    into run.json: it holds the config the run goes on with, and a later ``--resume`` with that
+    config is accepted (the other settings are equal: ``config_differences`` refused any change)."""
+    info = ckpt.read_run_info(run_dir)
+    old, new = info["config"], cfg.to_dict()
+    changed = {f"{s}.{k}": [old.get(s, {}).get(k), new[s][k]] for s, k in sorted(RESUME_NEUTRAL)
+               if old.get(s, {}).get(k) != new[s][k]}
+    if changed:
+        info["config"] = new
+        ckpt.write_json(run_dir / ckpt.RUN_FILE, info)
+    return changed
+
+
 #: held (flock) by the process training into a run folder
 RUN_LOCK = ".training.lock"
 
@@ -326,9 +343,12 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, task: Ta
         ckpt.write_run_info(run_dir, cfg, task.labels, extra)
 
     logger = JsonlLogger(run_dir / "log.jsonl") if ctx.main else NullLogger()
-    if ctx.main and start_epoch > 0:
+    if ctx.main and start_epoch >= t.epochs:
+        log.info("%s: already trained for its %d epochs; nothing to resume", run_dir, t.epochs)
+    elif ctx.main and start_epoch > 0:
+        changed = _record_resumed_config(run_dir, cfg)
         logger.drop_from_epoch(start_epoch)
-        logger.log({"kind": "resume", "from_epoch": start_epoch})
+        logger.log({"kind": "resume", "from_epoch": start_epoch, **({"changed": changed} if changed else {})})
     elif ctx.main and resume:  # killed before its first epoch ended: that attempt's rows are superseded
         logger.drop_from_epoch(0, keep_start=False)
     if start_epoch == 0:
@@ -400,11 +420,13 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, task: Ta
                  "scheduler": scheduler.state_dict() if scheduler is not None else None,
                  "history": history}
         protect = (best["epoch"],) if best is not None else ()
+        # logged before the checkpoint lands: a kill in between resumes from the epoch before, which drops
+        # this row and logs it again; logged after, a kill in between lost the row for good
+        logger.log({"kind": "epoch", "step": (epoch + 1) * steps_per_epoch, **{k: v for k, v in record.items() if k != "test"},
+                    **({f"test_{k}": v for k, v in record["test"].items()} if "test" in record else {})})
         if ctx.main:
             ckpt.save_epoch_checkpoint(run_dir, epoch, method, state, keep=t.keep_checkpoints, protect=protect)
         ctx.barrier()  # every rank has finished the epoch once its checkpoint is on disk
-        logger.log({"kind": "epoch", "step": (epoch + 1) * steps_per_epoch, **{k: v for k, v in record.items() if k != "test"},
-                    **({f"test_{k}": v for k, v in record["test"].items()} if "test" in record else {})})
 
     logger.close()
     if ctx.main:

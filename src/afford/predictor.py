@@ -27,7 +27,10 @@ class Predictor:
 
     ``output`` names which of the method's outputs to return (None: its default); ``refine`` is
     a refiner from :func:`afford.engine.refinement.refiner_for_run`. The maps come from the same
-    map function the evaluator scores, so a saved ``.npy`` equals what ``afford eval`` scored.
+    map function the evaluator scores: a saved ``.npy`` equals what ``afford eval --batch-size 1``
+    scored, bit for bit. Against eval's batches of 16 they differ by float32 rounding (CPU kernels
+    round a batch of one otherwise): about 1e-6 in most maps, up to 7e-3 where a method thresholds
+    (WSMA's refinement) or min-maxes a nearly flat map (the CLIP affinity); no printed figure moves.
     """
 
     def __init__(self, run: LoadedRun | str | Path, device: str = "cpu", size: int | None = None,

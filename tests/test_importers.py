@@ -703,3 +703,73 @@ def test_the_import_verb_and_afford_list(tmp_path, capsys) -> None:
     listed = capsys.readouterr().out
     for name in [*METHODS, *list_presets(), *PROTOCOLS, *REFINERS, "dino_vits16", "clip_vitb16"]:
         assert name in listed, name
+
+
+def test_training_wrappers_pickled_objects_and_foreign_out_folders(tmp_path) -> None:
+    """A training script's checkpoint ({'model': sd, 'optimizer': ..., 'epoch': 3}) was refused as 'entries
+    that are not tensors'; a pickled module or a file that would run code got torch's advice to load it
+    unsafely; a non-empty --out lost its model.safetensors."""
+    import os
+
+    from safetensors.torch import load_file
+
+    loc = official_locate(c=10, dim=96, depth=4, patch=8)
+    TINY = {"backbone": "tiny_vit"}  # noqa: N806
+    torch.save(loc, tmp_path / "plain.pth")
+    plain = load_file(import_official("locate", tmp_path / "plain.pth", tmp_path / "plain", model_overrides=TINY) / "model.safetensors")
+    for key in ("model", "model_state_dict", "state_dict"):
+        torch.save({key: loc, "optimizer": {"lr": torch.tensor(0.1)}, "epoch": 3}, tmp_path / f"{key}.pth")
+        got = load_file(import_official("locate", tmp_path / f"{key}.pth", tmp_path / key, model_overrides=TINY) / "model.safetensors")
+        assert got.keys() == plain.keys() and all(torch.equal(got[k], plain[k]) for k in got)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'PWNED'}",))
+
+    torch.save({"w": Evil()}, tmp_path / "evil.pth")
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pth")
+    for name, obj in (("evil.pth", r"\(posix.system\)"), ("module.pth", r"\(torch.nn.modules.linear.Linear\)")):
+        with pytest.raises(AffordError, match=rf"{name}: holds a pickled Python object {obj}, not only tensors") as e:
+            import_official("locate", tmp_path / name, tmp_path / "r", model_overrides=TINY)
+        assert "weights_only" not in str(e.value) and "\x1b" not in str(e.value)
+    assert not (tmp_path / "PWNED").exists()
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "ckpt.zip", "w") as z:
+        z.write(tmp_path / "plain.pth", "plain.pth")
+    with pytest.raises(AffordError, match=r"ckpt\.zip: a zip archive, not a torch.save file: unzip it"):
+        import_official("locate", tmp_path / "ckpt.zip", tmp_path / "r", model_overrides=TINY)
+    torch.save({}, tmp_path / "empty.pth")
+    with pytest.raises(AffordError, match=r"empty\.pth: expected a state dict \(key -> tensor\), got an empty dict"):
+        import_official("locate", tmp_path / "empty.pth", tmp_path / "r", model_overrides=TINY)
+    with pytest.raises(AffordError, match=r": a folder; expected the checkpoint file"):
+        import_official("locate", tmp_path / "plain", tmp_path / "r", model_overrides=TINY)
+    hf = tmp_path / "hf_model"
+    hf.mkdir()
+    (hf / "config.json").write_text("{}")
+    (hf / "model.safetensors").write_bytes(b"theirs")
+    with pytest.raises(AffordError, match=r"hf_model: not empty \(config.json\); choose a new --out"):
+        import_official("locate", tmp_path / "plain.pth", hf, model_overrides=TINY)
+    assert (hf / "model.safetensors").read_bytes() == b"theirs"
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_vocabulary_that_is_not_the_towers_is_one_line(tmp_path) -> None:
+    """A corrupt bpe file was a gzip traceback; a truncated one (100 merges) was accepted and changed
+    WSMA's prompts and maps."""
+    import gzip
+
+    from afford.backbones import create_text_encoder
+
+    (tmp_path / "plain.txt.gz").write_text("not gzip")
+    with pytest.raises(AffordError, match=r"plain\.txt\.gz: not a gzipped CLIP BPE vocabulary"):
+        ClipBPETokenizer.from_openai_gz(tmp_path / "plain.txt.gz")
+    with gzip.open(tmp_path / "three.txt.gz", "wt") as f:
+        f.write("#version\na b c\n")
+    with pytest.raises(AffordError, match=r"three\.txt\.gz: merge rule 1 is 'a b c'; expected two symbols"):
+        ClipBPETokenizer.from_openai_gz(tmp_path / "three.txt.gz")
+    with gzip.open(tmp_path / "short.txt.gz", "wt") as f:
+        f.write("#version\nh e\nl l\n")  # 2 merges: 516 ids, where the tiny tower has 514
+    enc = create_text_encoder("tiny_clip", tokenizer=str(tmp_path / "short.txt.gz"))
+    with pytest.raises(AffordError, match=r"tokenizer's vocabulary has 516 ids, the text tower's 514"):
+        enc.tokenize("a photo of a cup")

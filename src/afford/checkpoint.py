@@ -280,10 +280,13 @@ def load_run(path: str | Path, device: str | torch.device = "cpu",
     labels = run_labels(info, run_dir / RUN_FILE)
     classes = labels.names
     if expect_classes is not None and classes != tuple(expect_classes):
-        raise AffordError(
-            f"{run_dir}: checkpoint has {len(classes)} classes, the dataset has {len(expect_classes)}"
-            + ("" if len(classes) != len(expect_classes) else " in a different order")
-        )
+        unknown = [c for c in expect_classes if c not in classes]
+        why = (" in a different order" if len(classes) == len(expect_classes) and not unknown else
+               f" ({len(unknown)} of them unknown to the run, e.g. {unknown[0]!r})" if unknown else
+               ", all among the run's")
+        raise AffordError(f"{run_dir}: checkpoint has {len(classes)} classes, the dataset has {len(expect_classes)}{why}; "
+                          f"a run scores a split with its own class list (it was made for "
+                          f"{info.get('split') or 'another split'})")
     if info["config"].get("method") != info["method"]:
         raise AffordError(f"{run_dir / RUN_FILE}: 'method' is {info['method']!r} but the config is for "
                           f"{info['config'].get('method')!r}")

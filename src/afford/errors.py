@@ -43,3 +43,21 @@ def first_line(exc: BaseException) -> str:
     for one-line user errors that wrap a library's multi-line message."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def unreadable_checkpoint(path: object, exc: BaseException, what: str = "checkpoint") -> AffordError:
+    """The one line for a weights file ``torch.load(weights_only=True)`` refused: a pickled Python
+    object is named (and its code is not run: torch's advice to load it with ``weights_only=False``
+    is not passed on), a zip archive is told to be unzipped, anything else is a damaged file."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch colours part of its message
+    if "Weights only load failed" in text:
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        obj = f" ({found.group(1)})" if found else ""
+        return AffordError(f"{path}: holds a pickled Python object{obj}, not only tensors; afford reads weights without "
+                           "running code from the file: re-save them with torch.save(model.state_dict(), FILE)")
+    if str(path).lower().endswith(".zip") or "inline_container" in text:
+        return AffordError(f"{path}: a zip archive, not a torch.save file: unzip it and give the .pth inside")
+    return AffordError(f"{path}: cannot read the {what} (truncated download or not a torch.save file: "
+                       f"{first_line(exc)})")

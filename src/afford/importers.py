@@ -23,7 +23,7 @@ from torch import Tensor
 from afford.backbones.convert import load_strict
 from afford.checkpoint import RUN_FILE, WEIGHTS, save_weights, write_run_info
 from afford.data.classes import HICO_IIF_AFFORDANCES, SEEN_AFFORDANCES, UNSEEN_AFFORDANCES
-from afford.errors import UNREADABLE_PICKLE, AffordError, first_line
+from afford.errors import UNREADABLE_PICKLE, AffordError, unreadable_checkpoint
 from afford.factory import (
     METHODS,
     create_method,
@@ -58,20 +58,27 @@ def to_afford_names(sd: Mapping[str, Tensor], method: str) -> dict[str, Tensor]:
 
 
 # ----------------------------------------------------------------------------- reading
+#: where a training script's checkpoint keeps the weights beside its optimizer and epoch
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
+
+
 def read_official_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """Load a released plain state dict on the CPU (it was saved from CUDA tensors)."""
     p = Path(path)
     if not p.is_file():
-        raise AffordError(f"{p}: checkpoint file not found")
+        raise AffordError(f"{p}: " + ("a folder; expected the checkpoint file (.pth) inside it" if p.is_dir() else
+                                     "checkpoint file not found"))
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except UNREADABLE_PICKLE as exc:
-        raise AffordError(f"{p}: cannot read the checkpoint (truncated download or not a torch.save file: "
-                          f"{first_line(exc)})") from None
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        obj = obj["state_dict"]  # tolerate a re-saved wrapper; the releases are plain
+        raise unreadable_checkpoint(p, exc) from None
+    if isinstance(obj, Mapping):  # tolerate a training checkpoint's wrapper; the releases are plain
+        wrapper = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if wrapper is not None:
+            obj = obj[wrapper]
     if not isinstance(obj, Mapping) or not obj:
-        raise AffordError(f"{p}: expected a state dict (key -> tensor), got {type(obj).__name__}")
+        got = "an empty dict" if isinstance(obj, Mapping) else type(obj).__name__
+        raise AffordError(f"{p}: expected a state dict (key -> tensor), got {got}")
     bad = [k for k, v in obj.items() if not isinstance(v, Tensor)]
     if bad:
         raise AffordError(f"{p}: entries that are not tensors: {_listing(sorted(map(str, bad)))}")
@@ -199,6 +206,9 @@ def import_official(
     out = Path(out_run_dir)
     if (out / RUN_FILE).exists():
         raise AffordError(f"{out}: already holds a run; choose a new --out directory")
+    if out.is_dir() and (other := sorted(p.name for p in out.iterdir() if p.name not in (WEIGHTS, WEIGHTS + ".tmp"))):
+        raise AffordError(f"{out}: not empty ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}); "
+                          "choose a new --out directory (an import writes its run into a folder of its own)")
     sd = read_official_file(file)
     source = str(file)
     found = detect_method(sd)
@@ -225,8 +235,9 @@ def import_official(
     elif n_classes in SPLITS_BY_CLASS_COUNT:
         split, classes = SPLITS_BY_CLASS_COUNT[n_classes]
     else:
-        raise AffordError(f"{source}: {what}; official checkpoints have 36 (Seen), "
-                          "25 (Unseen) or 10 (HICO-IIF); pass the class names for another split")
+        raise AffordError(f"{source}: {what}; official checkpoints have 36 (Seen), 25 (Unseen) or 10 (HICO-IIF); "
+                          "for another class list, import it from Python: afford.importers.import_official(..., "
+                          "classnames=[...])")
 
     labels = LabelSpace.affordances(classes)
     model = build_model(method, model_cfg, labels)

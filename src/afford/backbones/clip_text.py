@@ -136,8 +136,13 @@ class CLIPTextEncoder(nn.Module):
 
     def tokenize(self, texts: str | Sequence[str]) -> Tensor:
         """Texts -> ``(N, context_length)`` ids: SOT, tokens, EOT, zero padding."""
-        ids = self.require_tokenizer()(texts, context_length=self.context_length)
+        tokenizer = self.require_tokenizer()
         vocab = int(self.model.config.vocab_size)
+        n = getattr(tokenizer, "vocab_size", None)
+        if isinstance(n, int) and n != vocab:  # another or a truncated vocabulary: other ids, other prompts
+            raise AffordError(f"{self.name}: the tokenizer's vocabulary has {n} ids, the text tower's {vocab}: not "
+                              "this CLIP's vocabulary (a truncated or other bpe file?)")
+        ids = tokenizer(texts, context_length=self.context_length)
         if int(ids.max()) >= vocab:
             raise AffordError(f"{self.name}: tokenizer produced id {int(ids.max())} >= vocab size {vocab}")
         return ids

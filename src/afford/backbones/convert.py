@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from afford.errors import UNREADABLE_PICKLE, AffordError, first_line
+from afford.errors import UNREADABLE_PICKLE, AffordError, first_line, unreadable_checkpoint
 
 StateDict = dict[str, Tensor]
 
@@ -58,8 +58,9 @@ def load_checkpoint_file(path: str | os.PathLike[str]) -> StateDict:
         else:
             obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except UNREADABLE_PICKLE as exc:
-        msg = first_line(exc)
-        raise AffordError(f"{p}: not a readable torch/TorchScript/safetensors weight file ({msg})") from None
+        if "Weights only load failed" in str(exc):
+            raise unreadable_checkpoint(p, exc, "weight file") from None
+        raise AffordError(f"{p}: not a readable torch/TorchScript/safetensors weight file ({first_line(exc)})") from None
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
     if not isinstance(obj, Mapping):

@@ -26,6 +26,8 @@ from pathlib import Path
 import regex
 import torch
 
+from afford.errors import AffordError
+
 SOT = "<|startoftext|>"
 EOT = "<|endoftext|>"
 #: Number of merges the OpenAI file contributes (49152 - 256 - 2 lines after its header).
@@ -96,19 +98,26 @@ class ClipBPETokenizer:
     @classmethod
     def from_openai_gz(cls, path: str | os.PathLike[str], context_length: int = 77) -> ClipBPETokenizer:
         """Read OpenAI's ``bpe_simple_vocab_16e6.txt.gz`` (header line, then one merge per line)."""
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            lines = f.read().split("\n")
-        merges = [tuple(line.split()) for line in lines[1 : OPENAI_NUM_MERGES + 1] if line.strip()]
-        return cls([(a, b) for a, b in merges], context_length=context_length)
+        try:
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                lines = f.read().split("\n")
+        except (OSError, EOFError, UnicodeDecodeError) as e:  # gzip.BadGzipFile is an OSError
+            raise AffordError(f"{path}: not a gzipped CLIP BPE vocabulary ({type(e).__name__}: {e})") from None
+        return cls(_merges(lines[1 : OPENAI_NUM_MERGES + 1], path), context_length=context_length)
 
     @classmethod
     def from_vocab_merges(cls, directory: str | os.PathLike[str], context_length: int = 77) -> ClipBPETokenizer:
         """Read a transformers-style ``vocab.json`` + ``merges.txt`` directory."""
         d = Path(directory)
-        vocab = json.loads((d / "vocab.json").read_text(encoding="utf-8"))
-        lines = (d / "merges.txt").read_text(encoding="utf-8").split("\n")
-        merges = [tuple(line.split()) for line in lines if line.strip() and not line.startswith("#version")]
-        return cls([(a, b) for a, b in merges], vocab=vocab, context_length=context_length)
+        try:
+            vocab = json.loads((d / "vocab.json").read_text(encoding="utf-8"))
+            lines = (d / "merges.txt").read_text(encoding="utf-8").split("\n")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise AffordError(f"{d}: unreadable tokenizer files vocab.json / merges.txt ({type(e).__name__}: {e})") from None
+        if not isinstance(vocab, dict) or not all(isinstance(v, int) for v in vocab.values()):
+            raise AffordError(f"{d / 'vocab.json'}: expected a JSON object mapping tokens to integer ids")
+        lines = [line for line in lines if not line.startswith("#version")]
+        return cls(_merges(lines, d / "merges.txt"), vocab=vocab, context_length=context_length)
 
     @property
     def vocab_size(self) -> int:
@@ -176,4 +185,17 @@ def _zero_padded(rows: list[list[int]], n: int) -> torch.Tensor:
     out = torch.zeros(len(rows), n, dtype=torch.long)
     for i, ids in enumerate(rows):
         out[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return out
+
+
+def _merges(lines: list[str], source: object) -> list[tuple[str, str]]:
+    """Merge rules, one ``a b`` pair per non-empty line; a malformed line is an error naming the file."""
+    out = []
+    for i, line in enumerate(lines):
+        if line.strip():
+            pair = line.split()
+            if len(pair) != 2:
+                raise AffordError(f"{source}: merge rule {i + 1} is {line[:60]!r}; expected two symbols (not a CLIP "
+                                  "BPE vocabulary?)")
+            out.append((pair[0], pair[1]))
     return out

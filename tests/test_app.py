@@ -170,8 +170,9 @@ def test_compare_lines_up_models_and_measures_label_blindness(registry, tiny_run
     classes = registry.affordance[tiny_run.name].classes
     grid, table = compare_answer(registry, registry.examples[0], [tiny_run.name, tiny_run.name], classes[0],
                                  classes[1:3])
-    assert grid.size[0] > 3 * 150 and grid.size[1] > 2 * 150  # 2 lines x 3 maps of a 192 px thumbnail
-    assert table.count(f"| {tiny_run.name} |") == 2
+    # a model chosen twice is one line (it was computed and shown twice) of 3 maps of a 192 px thumbnail
+    assert grid.size[0] > 3 * 150 and 150 < grid.size[1] < 2 * 150
+    assert table.count(f"| {tiny_run.name} |") == 1
     # each tile is that class's overlay on the thumbnail, and the table the mean correlation of the chosen
     # map with the others' (the Predictor's maps, computed here independently)
     import torch
@@ -186,7 +187,7 @@ def test_compare_lines_up_models_and_measures_label_blindness(registry, tiny_run
     pred.set_image(full)
     maps = pred.predict(names)
     thumb = _thumbnail(full)
-    want = save_grid([(overlay(thumb, maps[a]), f"{tiny_run.name}: {a}"[:40]) for a in names] * 2, None, cols=3)
+    want = save_grid([(overlay(thumb, maps[a]), f"{tiny_run.name}: {a}"[:40]) for a in names], None, cols=3)
     assert np.array_equal(np.asarray(grid), np.asarray(want))
     cc = np.mean([map_correlation(torch.from_numpy(maps[names[0]]), torch.from_numpy(maps[a])) for a in names[1:]])
     assert f"| {tiny_run.name} | {cc:.3f} |" in table and not np.isclose(cc, 1.0)
@@ -204,8 +205,20 @@ def test_hoi_answer_draws_the_predictors_triplets(registry) -> None:
     assert [[r["verb"], r["object"], f"{r['score']:.4f}", [round(x, 1) for x in r["human_box"]],
              [round(x, 1) for x in r["object_box"]]] for r in want] == rows
     assert picture.size == Image.open(registry.hoi_examples[0]).size
-    with pytest.raises(AffordError, match="no cached detections"):
+    with pytest.raises(AffordError, match="has none for an image of this name; it answers for its dataset") as e:
         hoi_answer(registry, registry.examples[0], "clip4hoi")  # not in the run's detections file
+    assert "/" not in str(e.value)  # the page names no server path
+
+
+def test_cached_hoi_detections_refuse_a_rescaled_copy_of_their_image(registry, tmp_path: Path) -> None:
+    """An upscaled copy under the dataset image's name got that image's boxes, drawn in a corner."""
+    src = Path(registry.hoi_examples[0])
+    w, h = Image.open(src).size
+    big = tmp_path / src.name
+    Image.open(src).resize((2 * w, 2 * h)).save(big)
+    with pytest.raises(AffordError, match=rf"{src.name}: {2 * w} x {2 * h}, but the dataset's image of this name is "
+                                          rf"{w} x {h}"):
+        hoi_answer(registry, big, "clip4hoi")
 
 
 # ------------------------------------------------------------------------------- in a browser
@@ -387,3 +400,59 @@ def test_a_failing_handler_keeps_the_page_serving_with_a_message(caplog) -> None
     with caplog.at_level(logging.ERROR):
         assert bug(0) == (None, None, "**Error:** internal error (ZeroDivisionError); the server log has the details")
     assert "bug failed" in caplog.text and "ZeroDivisionError" in caplog.text
+
+
+def test_a_stopped_server_exits_130_and_leaves_nothing_even_when_signalled_twice(tiny_run: Path, tmp_path: Path) -> None:
+    """Gradio swallowed the interrupt (exit 0, where README says 130), and a second signal during its
+    cleanup left the uploads in the temp folder; the server now keeps them in a folder of its own."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from afford.app.browser import free_port
+
+    for signals in ((signal.SIGTERM,), (signal.SIGTERM, signal.SIGTERM)):
+        tmp = tmp_path / f"tmp{len(signals)}"
+        tmp.mkdir()
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if k != "GRADIO_TEMP_DIR"} | {"TMPDIR": str(tmp)}
+        proc = subprocess.Popen([sys.executable, "-m", "afford.cli", "app", "--run", str(tiny_run), "--port", str(port),
+                                 "--host", "0.0.0.0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None, proc.communicate()
+                time.sleep(0.3)
+        own = list(tmp.glob("afford_app_gradio_*"))
+        assert len(own) == 1 and any(own[0].rglob("*")), "gradio's example copies go to the server's own folder"
+        for s in signals:
+            proc.send_signal(s)
+            time.sleep(0.05)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130 and "afford: interrupted" in err, err
+        assert "--host 0.0.0.0 serves the page (no login)" in err
+        assert not [p for p in tmp.rglob("*") if p.is_file()], list(tmp.rglob("*"))
+
+
+def test_download_names_fit_and_compare_is_honest_about_constant_maps(registry, tiny_run: Path, tmp_path: Path) -> None:
+    """A 196-byte upload name cut by Gradio at 200 bytes gave two downloads one name; a 1x1 image gave
+    map correlation 1.000 (read: label-blind) for every run; a model chosen twice was computed twice."""
+    from afford.app.answers import MAX_NAME_BYTES, download_stem
+
+    name = next(iter(registry.affordance))
+    classes = registry.affordance[name].classes
+    photo = tmp_path / ("写真" * 32 + ".jpg")
+    Image.open(registry.examples[0]).save(photo)
+    ans = affordance_answer(registry, photo, name, classes[0], out_dir=tmp_path / "out")
+    names = [f.name for f in ans.files]
+    assert len(set(names)) == 3 and all(len(n.encode()) <= MAX_NAME_BYTES for n in names)
+    assert all(n.startswith(download_stem(photo.stem, len(classes[0]))) for n in names) and "写真" in names[0]
+    assert download_stem("é" * 150, 10).encode().decode() == "é" * 88  # cut at a character, not inside one
+    one = tmp_path / "one.png"
+    Image.new("RGB", (1, 1), (90, 30, 10)).save(one)
+    _, table = compare_answer(registry, one, [name, name], classes[0], [classes[1]])
+    assert table.count(f"| {name} |") == 1 and "n/a (a constant map)" in table

@@ -604,6 +604,23 @@ def cmd_sweep(a: argparse.Namespace) -> int:
 
 
 def cmd_app(a: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+
+    # Gradio's uploads and answer copies go to a folder of this server's own, removed however it stops
+    # (a second signal during Gradio's own cleanup left the user's photos behind); read at gradio's import
+    own_tmp = None
+    if not os.environ.get("GRADIO_TEMP_DIR"):
+        own_tmp = os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="afford_app_gradio_")
+    try:
+        return _serve_app(a)
+    finally:
+        if own_tmp is not None:
+            shutil.rmtree(own_tmp, ignore_errors=True)
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+
+
+def _serve_app(a: argparse.Namespace) -> int:
     from afford.app.registry import demo_runs, load_registry
     from afford.app.ui import serve
     from afford.device import resolve_device
@@ -616,14 +633,35 @@ def cmd_app(a: argparse.Namespace) -> int:
         raise AffordError("no run can be served: " + "; ".join(reg.failed.values()))
     for why in reg.failed.values():
         print(f"afford: warning: {why} (the app shows this and serves the other runs)", file=sys.stderr)
+    if a.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"afford: warning: --host {a.host} serves the page (no login) and its example images to every "
+              "machine that can reach this one", file=sys.stderr)
+    # A service manager (or the test) stops the server with SIGTERM: treat it as Ctrl-C, which
+    # gradio's wait answers by closing the server (it swallows the interrupt: the flag keeps the
+    # exit status 130); the answers' folder goes with the registry at exit.
+    # A signal while gradio starts is kept until it has (an interrupt inside its launch would leave the
+    # server's threads running); afterwards it interrupts the wait.
+    stopped: list[int] = []
+    waiting = [False]
+
+    def stop(signum: int, frame: object) -> None:
+        stopped.append(signum)
+        if waiting[0]:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     app = serve(reg, host=a.host, port=a.port)
     print(f"serving {len(reg.affordance)} affordance model(s) and {len(reg.hoi)} HOI model(s) from "
           f"{len(paths) - len(reg.failed)} run(s) on http://{a.host}:{a.port}", flush=True)
-    # A service manager (or the test) stops the server with SIGTERM: treat it as Ctrl-C, which
-    # gradio's wait answers by closing the server and its temporary files; the answers' folder
-    # goes with the registry at exit.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    app.block_thread()
+    waiting[0] = True
+    if stopped:
+        app.close()
+    else:
+        app.block_thread()
+    if stopped:
+        print("afford: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -95,7 +95,7 @@ def affordance_answer(reg: Registry, image_path: str | Path | None, model: str, 
         pred.set_image(image)
         maps = pred.predict(None if affordance == ALL else affordance)
     out = Path(out_dir) if out_dir is not None else reg.answer_dir()
-    stem = Path(image_path).stem  # type: ignore[arg-type]
+    stem = download_stem(Path(image_path).stem, max(len(a) for a in maps))  # type: ignore[arg-type]
     files = save_prediction(out, stem, image, maps)
     if affordance == ALL:
         small = _thumbnail(image)
@@ -103,6 +103,18 @@ def affordance_answer(reg: Registry, image_path: str | Path | None, model: str, 
     else:
         picture = overlay(image, maps[affordance])
     return AffordanceAnswer(picture, maps, files, stem)
+
+
+#: the longest download name, in UTF-8 bytes: Gradio cuts longer names at 200 (two files could then share
+#: one name), and file systems refuse names past 255
+MAX_NAME_BYTES = 200
+
+
+def download_stem(stem: str, longest_affordance: int) -> str:
+    """The upload's stem, cut (at a character) so that ``<stem>_<affordance>_overlay.png`` fits
+    :data:`MAX_NAME_BYTES`: each download keeps its own, whole name."""
+    room = MAX_NAME_BYTES - len("_") - longest_affordance - len("_overlay.png")
+    return stem.encode("utf-8")[: max(room, 1)].decode("utf-8", errors="ignore") or "image"
 
 
 def check_class_pixels(n_maps: int, size: tuple[int, int], what: str, instead: str) -> None:
@@ -136,6 +148,7 @@ def compare_answer(reg: Registry, image_path: str | Path | None, models: Sequenc
 
     if not models:
         raise AffordError("compare: choose at least one model")
+    models = list(dict.fromkeys(models))  # a model chosen twice is computed and shown once
     full = open_image(image_path)
     image = _thumbnail(full)  # the maps are computed on the full image, shown small
     names = list(dict.fromkeys([affordance, *others]))  # each class once, the chosen one first
@@ -153,6 +166,9 @@ def compare_answer(reg: Registry, image_path: str | Path | None, models: Sequenc
             maps = pred.predict(names)
         tiles += [(overlay(image, maps[a]), f"{name}: {a}"[:40]) for a in names]
         if len(names) > 1:
+            if any(float(np.ptp(maps[a])) == 0.0 for a in names):  # no spatial signal: 1.000 would read label-blind
+                rows.append(f"| {name} | n/a (a constant map) |")
+                continue
             t = {a: torch.from_numpy(maps[a]) for a in names}
             cc = np.mean([map_correlation(t[names[0]], t[a]) for a in names[1:]])
             rows.append(f"| {name} | {cc:.3f} |")
@@ -170,10 +186,26 @@ def hoi_answer(reg: Registry, image_path: str | Path | None, model: str, top: in
 
     if model not in reg.hoi:
         raise AffordError(f"model {model!r}: not loaded (choose one of: {', '.join(reg.hoi) or 'none'})")
+    from afford.hoi.predictor import NoCachedDetections
+
     image = open_image(image_path, upright=reg.hoi[model].detections is None)
+    name = Path(image_path).name  # type: ignore[arg-type]
+    if reg.hoi[model].detections is not None:  # cached boxes are in the frame of the dataset's own image
+        stored = Path(reg.hoi[model].run.config.data.root) / "images" / "test2015" / name
+        if stored.is_file():
+            with Image.open(stored) as im:
+                if im.size != image.size:
+                    raise AffordError(f"{name}: {image.size[0]} x {image.size[1]}, but the dataset's image of this name "
+                                      f"is {im.size[0]} x {im.size[1]}: this run's cached detections are for that image "
+                                      "(use a run with a DETR detector for other images)")
     with reg.lock:
         pred = reg.hoi[model].predictor()
-        pred.set_image(image, name=Path(image_path).name)  # type: ignore[arg-type]
+        try:
+            pred.set_image(image, name=name)
+        except NoCachedDetections:  # the message names the server's file: the page says what to do
+            raise AffordError(f"{name}: this run reads cached detections and has none for an image of this name; "
+                              "it answers for its dataset's test images (pick an example), or use a run with a DETR "
+                              "detector") from None
         rows = pred.predict(top_k=top)
     w, h = image.size
     if reg.hoi[model].detections is not None and any(

@@ -22,6 +22,10 @@ from afford.hoi.detections import read_image_mapping
 from afford.hoi.detector import Instances, cached_entry
 
 
+class NoCachedDetections(AffordError):
+    """The image's name is not in the run's cached-detections file."""
+
+
 class HOIPredictor:
     """Top HOI triplets of an image from a trained ``clip4hoi`` run.
 
@@ -71,7 +75,7 @@ class HOIPredictor:
             if self._cached is None:  # read once: a detections file covers many images
                 self._cached = read_image_mapping(self.detections, [], "cached detection", subset=True)
             if name not in self._cached:
-                raise AffordError(f"{self.detections}: no cached detections for image {name!r}")
+                raise NoCachedDetections(f"{self.detections}: no cached detections for image {name!r}")
             instances = cached_entry(self.detections, name, self._cached[name], self.model.cached_human_label)
             if not bool(instances.is_human.any()):
                 logging.getLogger("afford").warning(

@@ -298,6 +298,11 @@ def test_load_errors_are_one_line(tmp_path: Path) -> None:
     raw["annotation"][0]["boxes_o"][1] = [1.0, 2.0, 3.0]
     assert "image 0 (a.jpg): boxes_o: expected [x1, y1, x2, y2]" in one_line_error(raw, tmp_path)
 
+    for bad in (["1.0", 2.0, 3.0, 4.0], [None, 2.0, 3.0, 4.0]):  # the string was read as its number
+        raw = tiny_raw()
+        raw["annotation"][0]["boxes_h"][0] = bad
+        assert "image 0 (a.jpg): boxes_h: expected [x1, y1, x2, y2] finite numbers" in one_line_error(raw, tmp_path)
+
     raw = tiny_raw()
     raw["annotation"][3]["hoi"][1] = 4
     assert "image 3 (d.jpg): hoi[1] = 4 is out of range; expected 0..3" in one_line_error(raw, tmp_path)

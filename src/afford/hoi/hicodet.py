@@ -254,9 +254,12 @@ def _empty_gt() -> ImageGT:
 
 def _boxes(raw: Any, n: int) -> np.ndarray | None:
     try:
-        b = np.asarray(raw, dtype=np.float64)
+        b = np.asarray(raw)  # numbers only: float64 would turn the string "12.5" into 12.5 silently
     except (TypeError, ValueError):
         return None
+    if b.size and b.dtype.kind not in "iuf":  # strings, booleans, nested objects
+        return None
+    b = b.astype(np.float64)
     if n == 0 and b.size == 0:
         return np.zeros((0, 4), np.float64)
     return b if b.shape == (n, 4) and np.isfinite(b).all() else None

@@ -456,3 +456,14 @@ def test_download_names_fit_and_compare_is_honest_about_constant_maps(registry, 
     Image.new("RGB", (1, 1), (90, 30, 10)).save(one)
     _, table = compare_answer(registry, one, [name, name], classes[0], [classes[1]])
     assert table.count(f"| {name} |") == 1 and "n/a (a constant map)" in table
+
+
+def test_the_load_message_names_no_server_path() -> None:
+    from afford.app.registry import Registry
+    from afford.app.ui import _load_message
+
+    reg = Registry(failed={"/srv/afford/runs/hoi": "/srv/afford/runs/hoi: this run reads cached detections and its "
+                                                   "test detections file '/srv/data/dets.json' is not here"})
+    msg = _load_message(reg)
+    assert "`hoi`: hoi: this run reads cached detections and its test detections file 'dets.json' is not here" in msg
+    assert "/srv" not in msg

@@ -211,3 +211,16 @@ def test_test_images_sharing_a_stem_are_a_warning(tmp_path):
     [p] = kinds["shared_stem"]
     assert p["severity"] == "warning" and p["path"] in {str(twin), str(folder / "knife_000000.jpg")}
     assert "same file stem as knife_000000." in p["message"]
+
+
+def test_quiet_draws_no_progress_bars(tmp_path, capsys, monkeypatch):
+    import afford.data.check as data_check
+    from afford.cli import main
+
+    make_tree(tmp_path)
+    monkeypatch.setattr(data_check, "PROGRESS_MIN_ITEMS", 0)  # bars for a tree this small too
+    assert main(["data", "check", str(tmp_path)]) == 0
+    assert "decoding Seen" in capsys.readouterr().err
+    assert main(["data", "check", str(tmp_path), "--quiet"]) == 0
+    out = capsys.readouterr()
+    assert "decoding" not in out.err and "OK: usable" in out.out

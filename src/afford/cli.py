@@ -123,11 +123,11 @@ def cmd_data_check(a: argparse.Namespace) -> int:
     if a.hoi:
         from afford.hoi.check import check_hicodet
 
-        report = check_hicodet(a.root, split=a.split)
+        report = check_hicodet(a.root, split=a.split, progress=not a.quiet)
     else:
         from afford.data.check import check_tree
 
-        report = check_tree(a.root, split=a.split)
+        report = check_tree(a.root, split=a.split, progress=not a.quiet)
     if a.json:
         if a.json == "-":
             print(json.dumps(report.to_dict(), indent=2))
@@ -819,6 +819,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--split", default=None, help="check only this split (default: every split found; with --hoi: "
                    "test2015)")
     c.add_argument("--json", nargs="?", const="-", default=None, help="write JSON (to stdout without a path)")
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
     c.set_defaults(fn=cmd_data_check)
 
     hoi = sub.add_parser("hoi", help="human-object interaction detection tools").add_subparsers(

@@ -56,13 +56,19 @@ def _in_page(n_outputs: int) -> Callable:
     return wrap
 
 
+def _without_paths(text: str) -> str:
+    """``text`` with every absolute path cut to its last part (``/srv/data/dets.json`` -> ``dets.json``)."""
+    import re
+
+    return re.sub(r"(?<![\w.])/(?:[^\s'\"/]+/)+([^\s'\"/]+)", r"\1", text)
+
+
 def _load_message(reg: Registry) -> str:
     lines = []
     if reg.failed:
         lines.append("**Runs not served** (the others are):")
         # names, not the server's paths: the page may be served to other machines (--host 0.0.0.0)
-        lines += [f"- `{Path(path).name}`: {why.replace(str(Path(path).parent) + '/', '')}"
-                  for path, why in reg.failed.items()]
+        lines += [f"- `{Path(path).name}`: {_without_paths(why)}" for path, why in reg.failed.items()]
     if not reg.affordance and not reg.hoi:
         lines.append("**No model loaded.** Start the app with `afford app --run RUN_DIR ...`, or run "
                      "`afford demo` first so that `demo_out/runs` holds trained runs.")

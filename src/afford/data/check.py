@@ -158,12 +158,12 @@ def _decode(path: Path, gt: bool) -> tuple[tuple[int, int] | None, bool, str | N
         return None, False, f"{type(e).__name__}: {e}", ""
 
 
-def _decode_all(paths: list[tuple[Path, bool]], workers: int, desc: str) -> list[Any]:
+def _decode_all(paths: list[tuple[Path, bool]], workers: int, desc: str, progress: bool = True) -> list[Any]:
     # PIL releases the GIL while decoding, so threads give a real speed-up on 20k JPEGs.
     fn: Callable[[tuple[Path, bool]], Any] = lambda pg: _decode(*pg)  # noqa: E731
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         return list(tqdm(pool.map(fn, paths), total=len(paths), desc=desc, unit="img",
-                         disable=len(paths) < PROGRESS_MIN_ITEMS))
+                         disable=not progress or len(paths) < PROGRESS_MIN_ITEMS))
 
 
 def _zero_gt_message(aff: str, obj: str, name: str) -> str:
@@ -173,7 +173,7 @@ def _zero_gt_message(aff: str, obj: str, name: str) -> str:
     return base + "; real AGD20K has exactly one such file, Seen hold/bottle/bottle_000341.png (protocol.md §1.5)"
 
 
-def _check_split(report: CheckReport, root: Path, name: str, workers: int) -> None:
+def _check_split(report: CheckReport, root: Path, name: str, workers: int, progress: bool = True) -> None:
     summary = SplitSummary(name=name, root=root)
     report.splits.append(summary)
     scans: dict[str, Scan] = {s: scan_subtree(subtree_path(root, s)) for s in SUBTREES}
@@ -212,7 +212,7 @@ def _check_split(report: CheckReport, root: Path, name: str, workers: int) -> No
 
     # Decode everything once, then judge pairs from the results.
     todo = [(p, sub == "GT") for sub in SUBTREES for files in scans[sub].groups.values() for p in files]
-    results = dict(zip([p for p, _ in todo], _decode_all(todo, workers, f"decoding {name}"), strict=True))
+    results = dict(zip([p for p, _ in todo], _decode_all(todo, workers, f"decoding {name}", progress), strict=True))
     for path, gt in todo:
         size, zero, err, mode = results[path]
         if err is not None:
@@ -255,7 +255,8 @@ def _check_split(report: CheckReport, root: Path, name: str, workers: int) -> No
         report.add("no_test_items", root / "testset", "no egocentric test image has a GT png")
 
 
-def check_tree(data_root: str | Path, split: str | None = None, workers: int | None = None) -> CheckReport:
+def check_tree(data_root: str | Path, split: str | None = None, workers: int | None = None,
+               progress: bool = True) -> CheckReport:
     """Check ``data_root/<split>``, or every split folder found (Seen, Unseen, HICO-IIF, ...)."""
     root = Path(data_root).expanduser()
     report = CheckReport(root=root)
@@ -272,7 +273,7 @@ def check_tree(data_root: str | Path, split: str | None = None, workers: int | N
         targets = []
     for split_root, name in targets:
         try:
-            _check_split(report, split_root, name, workers)
+            _check_split(report, split_root, name, workers, progress)
         except Exception as e:  # noqa: BLE001 - the checker reports, it never crashes
             report.add("check_failed", split_root, f"checker stopped on this split ({type(e).__name__}: {e})")
     return report

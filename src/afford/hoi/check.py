@@ -122,12 +122,12 @@ def _decode(path: Path) -> tuple[tuple[int, int] | None, str | None]:
         return None, f"{type(e).__name__}: {e}"
 
 
-def _check_images(report: HoiCheckReport, ds: HicoDet, image_dir: Path, workers: int) -> None:
+def _check_images(report: HoiCheckReport, ds: HicoDet, image_dir: Path, workers: int, progress: bool = True) -> None:
     paths = [image_dir / name for name in ds.filenames]
     fn: Callable[[Path], Any] = lambda p: _decode(p) if p.is_file() else (None, "missing")  # noqa: E731
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # PIL decodes without the GIL
         results = list(tqdm(pool.map(fn, paths), total=len(paths), desc="decoding HICO-DET", unit="img",
-                            disable=len(paths) < PROGRESS_MIN_ITEMS))
+                            disable=not progress or len(paths) < PROGRESS_MIN_ITEMS))
     for i, (path, (size, err)) in enumerate(zip(paths, results, strict=True)):
         if err == "missing":
             report.add("missing_image", _where(ds, i), f"no file {path}")
@@ -139,7 +139,7 @@ def _check_images(report: HoiCheckReport, ds: HicoDet, image_dir: Path, workers:
 
 
 def check_hicodet(root_or_file: str | Path, split: str | None = None, image_dir: str | Path | None = None,
-                  workers: int | None = None) -> HoiCheckReport:
+                  workers: int | None = None, progress: bool = True) -> HoiCheckReport:
     """Check a HICO-DET JSON file, or ``instances_{split}.json`` (+ ``images/{split}/``) under a root."""
     report = HoiCheckReport(source=Path(root_or_file).expanduser())
     try:
@@ -157,7 +157,7 @@ def check_hicodet(root_or_file: str | Path, split: str | None = None, image_dir:
     _check_boxes(report, ds)
     if ds.image_dir is not None:
         if ds.image_dir.is_dir():
-            _check_images(report, ds, ds.image_dir, workers or min(8, usable_cores()))
+            _check_images(report, ds, ds.image_dir, workers or min(8, usable_cores()), progress)
         else:
             report.add("missing_image_dir", str(ds.image_dir), "image folder does not exist")
     return report

@@ -467,3 +467,20 @@ def test_the_load_message_names_no_server_path() -> None:
     msg = _load_message(reg)
     assert "`hoi`: hoi: this run reads cached detections and its test detections file 'dets.json' is not here" in msg
     assert "/srv" not in msg
+
+
+def test_concurrent_answers_keep_their_files(registry, tiny_run: Path) -> None:
+    """Eight threads answering at once: a folder was pruned (by modification time) while its answer was
+    still being written, and that caller got FileNotFoundError."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    aff = registry.affordance[tiny_run.name].classes[0]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: affordance_answer(registry, registry.examples[0], tiny_run.name, aff),
+                                range(8)))
+    assert all(len(a.files) == 3 for a in answers)
+    from afford.app.registry import KEEP_ANSWERS
+
+    alive = [a for a in answers if all(f.is_file() for f in a.files)]
+    gone = [a for a in answers if not any(f.exists() for f in a.files)]
+    assert len(alive) == KEEP_ANSWERS and len(gone) == 8 - KEEP_ANSWERS  # each folder kept or removed whole

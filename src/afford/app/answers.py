@@ -90,13 +90,13 @@ def affordance_answer(reg: Registry, image_path: str | Path | None, model: str, 
                           f"{len(m.classes)} or 'all')")
     if affordance == ALL:
         check_class_pixels(len(m.classes), image.size, "'all'", "choose one affordance")
-    with reg.lock:
+    with reg.lock:  # the files are written under the lock too: their folder is not pruned meanwhile
         pred = m.predictor()
         pred.set_image(image)
         maps = pred.predict(None if affordance == ALL else affordance)
-    out = Path(out_dir) if out_dir is not None else reg.answer_dir()
-    stem = download_stem(Path(image_path).stem, max(len(a) for a in maps))  # type: ignore[arg-type]
-    files = save_prediction(out, stem, image, maps)
+        out = Path(out_dir) if out_dir is not None else reg.new_answer_dir()
+        stem = download_stem(Path(image_path).stem, max(len(a) for a in maps))  # type: ignore[arg-type]
+        files = save_prediction(out, stem, image, maps)
     if affordance == ALL:
         small = _thumbnail(image)
         picture = save_grid([(overlay(small, m_), a) for a, m_ in maps.items()], None, cols=6)

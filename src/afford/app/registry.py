@@ -88,6 +88,7 @@ class Registry:
     lock: threading.Lock = field(default_factory=threading.Lock)
     #: where answers write their downloads: one folder per request, the oldest removed past KEEP_ANSWERS
     answers_root: Path | None = None
+    _answers: list[Path] = field(default_factory=list, repr=False)  # the kept answer folders, oldest first
 
     def answer_dir(self) -> Path:
         """A new folder for one request's files; keeps the last :data:`KEEP_ANSWERS` requests' only.
@@ -95,18 +96,26 @@ class Registry:
         The folder of all of them is removed with the registry or at exit (``afford app`` turns
         SIGTERM into a normal exit for this), so a stopped server leaves nothing in the temp dir.
         """
+        with self.lock:
+            return self.new_answer_dir()
+
+    def new_answer_dir(self) -> Path:
+        """:meth:`answer_dir` for a caller that holds :attr:`lock` and writes its files before it
+        lets go: a folder is never removed while its answer is being written (concurrent callers
+        each hold the lock in turn), and the oldest go by creation order, not modification time."""
         import shutil
         import tempfile
         import weakref
 
-        with self.lock:
-            if self.answers_root is None:
-                self.answers_root = Path(tempfile.mkdtemp(prefix="afford_app_"))
-                weakref.finalize(self, shutil.rmtree, self.answers_root, True)
-            old = sorted(self.answers_root.iterdir(), key=lambda p: p.stat().st_mtime)
-            for stale in old[: max(0, len(old) - KEEP_ANSWERS + 1)]:
-                shutil.rmtree(stale, ignore_errors=True)
-            return Path(tempfile.mkdtemp(dir=self.answers_root))
+        if self.answers_root is None:
+            self.answers_root = Path(tempfile.mkdtemp(prefix="afford_app_"))
+            weakref.finalize(self, shutil.rmtree, self.answers_root, True)
+        self._answers = [p for p in self._answers if p.exists()]
+        for stale in self._answers[: max(0, len(self._answers) - KEEP_ANSWERS + 1)]:
+            shutil.rmtree(stale, ignore_errors=True)
+        self._answers = self._answers[max(0, len(self._answers) - KEEP_ANSWERS + 1):]
+        self._answers.append(Path(tempfile.mkdtemp(dir=self.answers_root)))
+        return self._answers[-1]
 
 
 def demo_runs(demo_out: str | Path) -> list[Path]:

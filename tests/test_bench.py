@@ -95,7 +95,8 @@ def test_bench_eval_scores_every_image_through_the_evaluator(tmp_path: Path, cap
     out = tmp_path / "eval.json"
     assert main(["bench", "--eval", "6", "--quiet", "--json", str(out)]) == 0
     assert "scoring 6 test images" in capsys.readouterr().out
-    assert json.loads(out.read_text())["n_images"] == 6
+    r = json.loads(out.read_text())
+    assert r["n_images"] == 6 and (r["device"], r["bf16"]) == ("cpu", False) and r["threads"] >= 1 and r["torch"]
 
 
 def test_bad_bench_arguments_are_one_line(capsys) -> None:

@@ -185,3 +185,26 @@ def test_list_config_prints_every_key_its_default_where_changed_and_what_it_mean
     assert sum(line.split(".")[0] in ("data", "train", "eval") for line in lines) == n_keys
     assert main(["list", "--set", "train.epochs=3"]) == 2
     assert "--set applies to --config" in capsys.readouterr().err
+
+
+def test_seeds_and_devices_outside_what_runs_are_one_line() -> None:
+    """A seed past 64 bits failed inside torch after the run folder existed; a negative one trained while
+    the data generators refused it; mps/xpu/cpu:1 failed deep in torch."""
+    from afford.device import resolve_device
+
+    for seed in ("-1", str(2**63), "99999999999999999999"):
+        with pytest.raises(AffordError, match=r"train\.seed: expected an integer in \[0, 2\^63\)"):
+            build_config("locate", overrides=[f"train.seed={seed}"])
+    assert build_config("locate", overrides=[f"train.seed={2**63 - 1}"]).train.seed == 2**63 - 1
+    for name, message in (("mps", "device type 'mps' is not supported"), ("xpu", "device type 'xpu' is not supported"),
+                          ("cpu:1", "there is one CPU device")):
+        with pytest.raises(AffordError, match=message):
+            resolve_device(name)
+    assert str(resolve_device("cpu")) == "cpu"
+
+
+def test_large_integers_stay_exact() -> None:
+    """An integer went through a float: train.seed=2^63 - 1 became 2^63 (and was then refused)."""
+    for raw in (str(2**63 - 1), f"'{2**63 - 1}'"):
+        assert build_config("locate", overrides=[f"train.seed={raw}"]).train.seed == 2**63 - 1
+    assert build_config("locate", overrides=["train.epochs=2.0"]).train.epochs == 2  # a whole float still is

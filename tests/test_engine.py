@@ -407,3 +407,17 @@ def test_sigterm_stops_afford_train_as_ctrl_c_does(synth_root, tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "afford: interrupted" in err, err
     assert not run.exists()
+
+
+def test_one_data_folder_spelt_two_ways_is_one_setting(synth_root, tmp_path):
+    """--resume (and a sweep's rerun, eval --runs) refused data.root '/d/./data/' against '/d/data'."""
+    run = tmp_path / "run"
+    train(tiny_cfg(synth_root, "train.epochs=1", "train.max_steps_per_epoch=1"), run, progress=False)
+    spelt = f"{synth_root.parent}/./{synth_root.name}/"
+    cfg = build_config("locate", overrides=[f"data.root={spelt}", *TINY, "train.epochs=2", "train.max_steps_per_epoch=1"])
+    train(cfg, run, resume=True, progress=False)
+    assert ckpt.completed_epochs(run)[-1] == 1
+    other = build_config("locate", overrides=[f"data.root={tmp_path}", *TINY, "train.epochs=3",
+                                              "train.max_steps_per_epoch=1"])
+    with pytest.raises(AffordError, match="data.root: run has"):
+        train(other, run, resume=True, progress=False)

@@ -137,3 +137,18 @@ def test_object_tiles_have_no_distractor(monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(synth_mod, "render_ego", lambda *a, **kw: asked.append(kw.get("distractors")) or real(*a, **kw))
     generate_synthhoi(tmp_path / "s", seed=0, n_train=30, n_test=5, tile=48)
     assert asked and all(d == () for d in asked)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"seed": -1}, r"seed must be an integer in \[0, 2\^63\)"),
+    ({"difficulty": float("nan")}, r"difficulty must be in \[0, 1\]"),
+    ({"difficulty": -1.0}, r"difficulty must be in \[0, 1\]"),
+    ({"difficulty": 3.0}, r"difficulty must be in \[0, 1\]"),
+    ({"grid": 100}, r"tile x grid = 11200 px a side; at most 2048"),
+])
+def test_generator_settings_are_checked_before_anything_is_written(tmp_path, kwargs, message) -> None:
+    from afford.hoi.synth import generate_synthhoi
+
+    with pytest.raises(AffordError, match=message):
+        generate_synthhoi(tmp_path / "out", n_train=2, n_test=2, **kwargs)
+    assert not (tmp_path / "out").exists()

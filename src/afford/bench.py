@@ -341,5 +341,6 @@ def bench_eval(n_images: int = AGD20K_SEEN_TEST, method: str = "locate", device:
                 os.environ["AFFORD_CACHE"] = old
     assert base["n_images"] == summary["n_images"] == n_images
     return {"n_images": n_images, "write_s": write_s, "gt_cache_s": gt_s, "score_s": score_s,
-            "eval_s": eval_s, "method": method, "batch_size": batch_size,
+            "eval_s": eval_s, "method": method, "batch_size": batch_size, "device": str(dev), "bf16": bf16,
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
             "score_images_per_s": n_images / score_s, "eval_images_per_s": n_images / eval_s}

@@ -570,6 +570,9 @@ def cmd_bench(a: argparse.Namespace) -> int:
     from afford.device import resolve_device
 
     a.device = str(resolve_device(a.device))  # one line for an unknown device or a CUDA-less torch
+    if a.bf16 and a.device == "cpu":
+        logging.getLogger("afford").warning("--bf16 on the CPU: several times slower than fp32 on CPUs without "
+                                            "AMX/AVX-512 bf16 (about 6-8x here); bf16 is for GPUs")
     if a.eval is not None:
         import torch
 
@@ -577,7 +580,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
         r = bench_eval(a.eval, device=a.device, bf16=a.bf16, threads=a.threads, progress=not a.quiet)
         print(f"scoring {r['n_images']} test images ({r['method']} at its paper shape, random weights, batch "
-              f"{r['batch_size']}, {a.device}, {torch.get_num_threads()} threads):\n"
+              f"{r['batch_size']}, {a.device}, {'bf16' if a.bf16 else 'fp32'}, {torch.get_num_threads()} threads):\n"
               f"  GT cache build {r['gt_cache_s']:.1f} s (first run only)\n"
               f"  scoring alone (centre baseline maps) {r['score_s']:.1f} s = {r['score_images_per_s']:.0f} images/s\n"
               f"  afford eval of the model (decode, predict, score) {r['eval_s']:.1f} s = "

@@ -137,6 +137,10 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if tp is int:
         if isinstance(value, bool):
             raise AffordError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):  # exact: through a float, a seed past 2^53 changed
+            return value
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            return int(value)
         try:
             f = float(value)
         except (TypeError, ValueError):
@@ -224,6 +228,8 @@ def validate(cfg: RunConfig) -> None:
         if not math.isfinite(value) or value < low:
             kind = "an integer" if isinstance(value, int) else "a number"
             raise AffordError(f"{section}.{key}: expected {kind} >= {low}, got {value!r}")
+    if not 0 <= cfg.train.seed < 2**63:  # torch's generators take 64-bit seeds; the data generators refuse < 0
+        raise AffordError(f"train.seed: expected an integer in [0, 2^63), got {cfg.train.seed}")
     if not math.isfinite(cfg.train.lr) or cfg.train.lr <= 0:
         raise AffordError(f"train.lr: expected a finite number > 0, got {cfg.train.lr!r}")
     if cfg.train.scheduler == "step" and (cfg.train.step_size < 1 or not cfg.train.gamma > 0):

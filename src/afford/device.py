@@ -17,6 +17,10 @@ def resolve_device(name: str, field: str = "--device") -> torch.device:
         dev = torch.device(name)
     except RuntimeError:
         raise AffordError(f"{field}: unknown device '{name}' (use {DEVICE_HELP})") from None
+    if dev.type not in ("cpu", "cuda"):  # mps, xpu, ...: afford is built and tested on CPU and CUDA only
+        raise AffordError(f"{field}: device type '{dev.type}' is not supported (use {DEVICE_HELP})")
+    if dev.type == "cpu" and dev.index not in (None, 0):
+        raise AffordError(f"{field}: '{name}': there is one CPU device (use cpu)")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise AffordError(f"{field}: CUDA requested but not available on this machine")
     return dev

@@ -207,8 +207,18 @@ def config_differences(run_dir: Path, cfg: RunConfig) -> list[str]:
     return [
         f"{s}.{k}: run has {stored[s].get(k, '<unset>')!r}, now {now[s][k]!r}"
         for s in ("model", "data", "train", "eval") for k in now[s]
-        if stored[s].get(k) != now[s][k] and (s, k) not in RESUME_NEUTRAL
+        if not _same_setting(s, k, stored[s].get(k), now[s][k]) and (s, k) not in RESUME_NEUTRAL
     ]
+
+
+#: settings that name a folder: one folder spelt two ways (``/d/./data/``, ``/d/data``) is one setting
+PATH_SETTINGS = {("data", "root")}
+
+
+def _same_setting(section: str, key: str, a: Any, b: Any) -> bool:
+    if (section, key) in PATH_SETTINGS and isinstance(a, str) and isinstance(b, str):
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    return a == b
 
 
 def _record_resumed_config(run_dir: Path, cfg: RunConfig) -> dict[str, list]:

@@ -175,6 +175,10 @@ def _add(ann: dict, h: list[int], o_box: list[int], hoi: int, obj: int, verb: in
     ann["verb"].append(verb)
 
 
+#: the largest image side SynthHOI writes (tile x grid): HICO-DET's images are at most 640 px
+MAX_IMAGE_SIDE = 2048
+
+
 def generate_synthhoi(out: str | Path, seed: int = 0, n_train: int = 2000, n_test: int = 500, tile: int = 112,
                       grid: int = 2, n_unseen: int = 6, difficulty: float = 0.5, jpeg_quality: int = 90,
                       progress: bool = False, overwrite: bool = False) -> dict:
@@ -183,6 +187,13 @@ def generate_synthhoi(out: str | Path, seed: int = 0, n_train: int = 2000, n_tes
     for name, value, lo in (("n_train", n_train, 1), ("n_test", n_test, 1), ("tile", tile, 48), ("grid", grid, 1)):
         if int(value) < lo:
             raise AffordError(f"synth-hoi: {name} must be at least {lo}, got {value}")
+    if not 0 <= int(seed) < 2**63:
+        raise AffordError(f"synth-hoi: seed must be an integer in [0, 2^63), got {seed}")
+    if not 0.0 <= float(difficulty) <= 1.0:  # nan fails too
+        raise AffordError(f"synth-hoi: difficulty must be in [0, 1], got {difficulty}")
+    if tile * grid > MAX_IMAGE_SIDE:
+        raise AffordError(f"synth-hoi: tile x grid = {tile * grid} px a side; at most {MAX_IMAGE_SIDE} (the images are "
+                          "tile x grid pixels square)")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise AffordError(f"{out}: already exists and is not empty (pass --overwrite)")

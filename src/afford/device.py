@@ -17,8 +17,9 @@ def resolve_device(name: str, field: str = "--device") -> torch.device:
         dev = torch.device(name)
     except RuntimeError:
         raise AffordError(f"{field}: unknown device '{name}' (use {DEVICE_HELP})") from None
-    if dev.type not in ("cpu", "cuda"):  # mps, xpu, ...: afford is built and tested on CPU and CUDA only
-        raise AffordError(f"{field}: device type '{dev.type}' is not supported (use {DEVICE_HELP})")
+    if dev.type not in ("cpu", "cuda") and not _available(dev.type):  # mps, xpu, ...: only where torch has them
+        raise AffordError(f"{field}: '{dev.type}' is not available in this torch build on this machine "
+                          f"(use {DEVICE_HELP})")
     if dev.type == "cpu" and dev.index not in (None, 0):
         raise AffordError(f"{field}: '{name}': there is one CPU device (use cpu)")
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -49,3 +50,12 @@ def usable_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # not Linux
         return os.cpu_count() or 1
+
+
+def _available(kind: str) -> bool:
+    """Whether torch has a working ``kind`` backend here (``torch.backends.mps``, ``torch.xpu``, ...)."""
+    backend = getattr(torch.backends, kind, None) or getattr(torch, kind, None)
+    try:
+        return bool(backend is not None and backend.is_available())
+    except (AttributeError, RuntimeError, AssertionError):
+        return False

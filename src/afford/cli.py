@@ -639,11 +639,10 @@ def _serve_app(a: argparse.Namespace) -> int:
     if a.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"afford: warning: --host {a.host} serves the page (no login) and its example images to every "
               "machine that can reach this one", file=sys.stderr)
-    # A service manager (or the test) stops the server with SIGTERM: treat it as Ctrl-C, which
-    # gradio's wait answers by closing the server (it swallows the interrupt: the flag keeps the
-    # exit status 130); the answers' folder goes with the registry at exit.
-    # A signal while gradio starts is kept until it has (an interrupt inside its launch would leave the
-    # server's threads running); afterwards it interrupts the wait.
+    # SIGTERM (a service manager) and Ctrl-C stop the server alike. While gradio starts, a signal is only
+    # noted (an interrupt inside its launch would leave the server's threads running); once it waits,
+    # the interrupt ends the wait and gradio closes the server. Gradio swallows that interrupt: the
+    # note keeps the exit status 130. The answers' folder goes with the registry at exit.
     stopped: list[int] = []
     waiting = [False]
 

@@ -191,7 +191,7 @@ def hoi_answer(reg: Registry, image_path: str | Path | None, model: str, top: in
     image = open_image(image_path, upright=reg.hoi[model].detections is None)
     name = Path(image_path).name  # type: ignore[arg-type]
     if reg.hoi[model].detections is not None:  # cached boxes are in the frame of the dataset's own image
-        stored = Path(reg.hoi[model].run.config.data.root) / "images" / "test2015" / name
+        stored = reg.hoi[model].test_image_dir / name
         if stored.is_file():
             with Image.open(stored) as im:
                 if im.size != image.size:

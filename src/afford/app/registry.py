@@ -65,6 +65,11 @@ class HOIModel:
     detections: Path | None
     _predictor: Any = None
 
+    @property
+    def test_image_dir(self) -> Path:
+        """Where the run's dataset keeps the test images its cached detections name."""
+        return Path(self.run.config.data.root) / "images" / "test2015"
+
     def predictor(self) -> Any:
         if self._predictor is None:
             from afford.hoi.predictor import HOIPredictor
@@ -110,11 +115,9 @@ class Registry:
         if self.answers_root is None:
             self.answers_root = Path(tempfile.mkdtemp(prefix="afford_app_"))
             weakref.finalize(self, shutil.rmtree, self.answers_root, True)
-        self._answers = [p for p in self._answers if p.exists()]
-        for stale in self._answers[: max(0, len(self._answers) - KEEP_ANSWERS + 1)]:
-            shutil.rmtree(stale, ignore_errors=True)
-        self._answers = self._answers[max(0, len(self._answers) - KEEP_ANSWERS + 1):]
         self._answers.append(Path(tempfile.mkdtemp(dir=self.answers_root)))
+        while len(self._answers) > KEEP_ANSWERS:
+            shutil.rmtree(self._answers.pop(0), ignore_errors=True)
         return self._answers[-1]
 
 
@@ -213,12 +216,12 @@ def _add_hoi(reg: Registry, run: Any, detections: str | Path | None) -> None:
             raise AffordError(f"{run.path}: this run reads cached detections and its test detections file "
                               f"{str(dets)!r} is not here; pass one with --detections FILE")
     examples = []
+    model = HOIModel(_unique(reg, run.path.name), run, dets)
     if dets is not None:  # a cached-detector run answers only for images its file covers: offer those
         from afford.hoi.detections import read_image_mapping
 
         covered = read_image_mapping(dets, [], "cached detection", subset=True)  # checked before serving
-        image_dir = Path(cfg.data.root) / "images" / "test2015"
+        image_dir = model.test_image_dir
         examples = [image_dir / f for f in list(covered)[:MAX_EXAMPLES] if (image_dir / f).is_file()]
-    name = _unique(reg, run.path.name)
-    reg.hoi[name] = HOIModel(name, run, dets)
+    reg.hoi[model.name] = model
     reg.hoi_examples += [p for p in examples if p not in reg.hoi_examples]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from afford.data.transforms import DECODE_ERRORS, load_gray
+from afford.data.transforms import DECODE_ERRORS
 from afford.errors import AffordError
 
 PRED_SUFFIXES: tuple[str, ...] = (".png", ".npy")
@@ -78,11 +78,11 @@ def _png_map(path: Path) -> np.ndarray:
                 if (rgb[..., 0] != rgb[..., 1]).any() or (rgb[..., 1] != rgb[..., 2]).any():
                     raise AffordError(f"{path}: a colour image ({im.mode}); a prediction is a greyscale map (8/16-bit "
                                       "PNG or .npy): a colour-mapped picture does not hold the map's values")
+            return np.array(im.convert("L"), dtype=np.uint8)  # what load_gray reads, from this one decode
     except FileNotFoundError:
         raise AffordError(f"{path}: prediction file not found") from None
     except (*DECODE_ERRORS, EOFError) as e:
         raise AffordError(f"{path}: not a readable prediction ({type(e).__name__}: {e})") from None
-    return load_gray(path, "prediction")
 
 
 def all_files(pred_dir: Path) -> list[Path]:

@@ -83,7 +83,7 @@ def load_rgb(path: str | Path, upright: bool = False) -> Image.Image:
     try:
         with Image.open(path) as im:
             return as_rgb(ImageOps.exif_transpose(im) if upright else im)
-    except DECODE_ERRORS as e:
+    except (*DECODE_ERRORS, EOFError) as e:
         raise AffordError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
 
 

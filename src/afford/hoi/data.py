@@ -13,7 +13,6 @@ ground-truth pairs out of the frame.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,22 +20,11 @@ import torch
 from PIL import Image, ImageEnhance
 from torch.utils.data import Dataset
 
-from afford.data.transforms import DECODE_ERRORS, as_rgb, to_tensor
+from afford.data.transforms import load_rgb, to_tensor
 from afford.errors import AffordError
 from afford.hoi.detector import Instances
 from afford.hoi.hicodet import HicoDet
 from afford.hoi.types import ImageGT
-
-
-def read_rgb(path: Path) -> Image.Image:
-    """An image as RGB; one line naming the file when it is missing or does not decode."""
-    try:
-        with Image.open(path) as im:
-            return as_rgb(im)
-    except FileNotFoundError:
-        raise AffordError(f"{path}: image file not found") from None
-    except (*DECODE_ERRORS, EOFError) as e:
-        raise AffordError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
 
 
 def flip_gt(gt: ImageGT, width: int) -> ImageGT:
@@ -118,7 +106,7 @@ class HOIImageSet(Dataset):
         if self._images is not None and i in self._images:
             return self._images[i]
         assert self.data.image_dir is not None
-        img = read_rgb(self.data.image_dir / self.data.filenames[i])
+        img = load_rgb(self.data.image_dir / self.data.filenames[i])
         if self._images is not None:
             self._images[i] = img
         return img

@@ -74,6 +74,15 @@ def test_sweep_trains_each_seed_reports_both_rules_and_resumes(synth_root: Path,
     (tmp_path / "killed" / "run.json").write_text(json.dumps(info))
     assert main(["eval", "--runs", str(tmp_path / "killed"), "--quiet"]) == 2
     assert "an unfinished run" in capsys.readouterr().err
+    # a run without weights listed last is refused before the good runs are scored (they were, first)
+    shutil.copytree(tmp_path / "seed_4", tmp_path / "weightless")
+    (tmp_path / "weightless" / "model.safetensors").unlink()
+    shutil.rmtree(tmp_path / "weightless" / "checkpoints")
+    scored: list[Path] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sweep_module, "evaluate_run", lambda run_dir, progress=False: scored.append(run_dir))
+        assert main(["eval", "--runs", str(tmp_path / "seed_3"), str(tmp_path / "weightless"), "--quiet"]) == 2
+    assert "weightless: model.safetensors is missing" in capsys.readouterr().err and scored == []
     # two configurations are not two seeds (a LOCATE and a WSMA run were averaged), and eval flags that
     # --runs cannot apply are refused, not ignored
     shutil.copytree(tmp_path / "seed_4", tmp_path / "other_lr")

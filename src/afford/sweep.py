@@ -110,19 +110,27 @@ def train_seeds(config: str, overrides: Sequence[str], seeds: Sequence[int], out
     return done
 
 
+def check_finished(run_dir: Path) -> None:
+    """Refuse a run that has not finished training or lost its weights, before any scoring: a list of
+    runs is checked whole, so a bad last run does not cost the evaluation of the good ones first."""
+    info = ckpt.read_run_info(run_dir)
+    if "epochs_done" not in info:
+        raise AffordError(f"{run_dir}: an unfinished run (killed or still training); finish it first "
+                          f"(afford train CONFIG --out {run_dir} --resume, or rerun the sweep)")
+    ckpt.resolve_weights(run_dir, info)
+
+
 def evaluate_run(run_dir: Path, progress: bool = False) -> dict[str, dict[str, float]]:
     """``{rule: {metric: value}}`` of one run: its weights' scores (last epoch, or the selected
     epoch when the run selected on test) and, when every epoch was scored, the best epoch's."""
     from afford.checkpoint import load_run
     from afford.engine.tasks import task_for
 
+    check_finished(run_dir)
     run = load_run(run_dir)
     task = task_for(run.config)
     keys = [k for k in task.report_keys if not k.startswith("n_")]
     info = run.info
-    if "epochs_done" not in info:
-        raise AffordError(f"{run_dir}: an unfinished run (killed or still training); finish it first "
-                          f"(afford train CONFIG --out {run_dir} --resume, or rerun the sweep)")
     history = ckpt.load_epoch_state(run_dir, info["epochs_done"] - 1).get("history", []) \
         if ckpt.completed_epochs(run_dir) else []
     scored = [h for h in history if "test" in h]
@@ -208,6 +216,8 @@ def summarise_runs(run_dirs: Sequence[str | Path], progress: bool = False) -> tu
         if (key := Path(p).resolve()) in seen:
             raise AffordError(f"{p}: the same run as {seen[key]}; list each run once")
         seen[key] = str(p)
+    for p in run_dirs:
+        check_finished(Path(p))
     check_one_recipe(run_dirs)
     per_run = {str(p): evaluate_run(Path(p), progress) for p in run_dirs}
     metrics = {name: sorted(v[LAST]) for name, v in per_run.items()}

@@ -116,6 +116,20 @@ def test_unknown_method_and_file(tmp_path):
     bad.write_text("method: [locate\n")
     with pytest.raises(AffordError, match="bad.yaml: not valid YAML"):
         load_config(bad)
+    # where and what: a tab said only 'while scanning for the next token'; a key given twice kept the
+    # last value silently (PyYAML's default), so epochs 2 trained 30
+    bad.write_text("method: locate\nmodel:\n  backbone: dino_vits16\n\tgrid: 14\n")
+    with pytest.raises(AffordError, match=r"line 4, column 1: found character '\\t'"):
+        load_config(bad)
+    bad.write_text("method: locate\ntrain: {epochs: 2, epochs: 30}\n")
+    with pytest.raises(AffordError, match=r"key 'epochs' given twice \(lines 2 and 2\)"):
+        load_config(bad)
+    bad.write_text("method: locate\ntrain: {epochs: 2}\neval: {batch_size: 4}\ntrain:\n  lr: 0.1\n")
+    with pytest.raises(AffordError, match=r"key 'train' given twice \(lines 2 and 4\)"):
+        load_config(bad)
+    bad.write_text("method: locate\ntrain: {epochs: 2}\neval: {epochs: 2}\n")  # the same key in two mappings is fine
+    with pytest.raises(AffordError, match="eval: unknown key 'epochs'|unknown.*epochs"):
+        load_config(bad)
 
 
 def test_a_bad_value_in_a_run_record_names_the_file(tmp_path):

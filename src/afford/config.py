@@ -243,6 +243,30 @@ def validate(cfg: RunConfig) -> None:
                           f"{did_you_mean(cfg.eval.protocol, PROTOCOLS)}")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader refusing a key given twice in one mapping: PyYAML keeps the last one
+    silently, so ``train: {epochs: 2, epochs: 30}`` trained 30 epochs without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """``line L, column C: problem`` of a YAML error (its first line alone said only what the
+    parser was doing, e.g. 'while scanning for the next token')."""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    mark = getattr(e, "problem_mark", None)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem
+
+
 def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     """Load a YAML preset (``method:`` names the method) and apply ``key=value`` overrides."""
     p = Path(path)
@@ -257,9 +281,9 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
                               f"{did_you_mean(str(path), list_presets())} (afford list)")
         p = packaged
     try:
-        preset = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        preset = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}  # noqa: S506 (a safe loader)
     except yaml.YAMLError as e:
-        raise AffordError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise AffordError(f"{p}: not valid YAML ({_yaml_problem(e)})") from None
     except UnicodeDecodeError as e:
         raise AffordError(f"{p}: not a UTF-8 text file (byte {e.start}); a config is YAML text") from None
     except OSError as e:

@@ -32,8 +32,19 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 def test_train_writes_run_and_loads(synth_root, tmp_path):
+    import random
+
+    import numpy as np
+
     run = tmp_path / "run"
+    random.seed(999), np.random.seed(999), torch.manual_seed(999)
+    want = random.random(), float(np.random.rand()), float(torch.rand(()))
+    random.seed(999), np.random.seed(999), torch.manual_seed(999)
+    torch.backends.cudnn.deterministic = False
     res = train(tiny_cfg(synth_root, "train.epochs=2", "train.max_steps_per_epoch=2"), run, progress=False)
+    # the caller's generators are as they were (training seeded them for itself) and cuDNN's flags too
+    assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == want
+    assert torch.backends.cudnn.deterministic is False
     assert res.epochs_done == 2 and res.selection == {"rule": "last-epoch", "epoch": 2}
     info = json.loads((run / "run.json").read_text())
     assert info["method"] == "locate" and info["selection"]["rule"] == "last-epoch"

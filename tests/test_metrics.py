@@ -321,3 +321,28 @@ def test_breakdown_marks_classes_where_a_row_beats_the_reference_on_both_metrics
     assert "| pour | 2 | 2.000 | 0.200 | 1.500 | 0.100 |" in table
     with pytest.raises(KeyError, match="reference row"):
         format_breakdown(rows, "nope")
+
+
+def test_metric_functions_take_numpy_and_refuse_maps_of_two_shapes() -> None:
+    """From an audit of the library: kld(P, G[:1]) scored every map against the first GT by broadcasting,
+    a (B, 1, w) prediction gave a negative KLD, numpy arrays were an AttributeError, and a nan prediction
+    in score() made every metric nan without a word."""
+    from afford.metrics.saliency import kld, nss, plsp_kld, plsp_nss, score, sim
+
+    g = torch.Generator().manual_seed(0)
+    P, G = torch.rand(2, 8, 8, generator=g), torch.rand(2, 8, 8, generator=g)
+    for fn in (kld, sim, nss, plsp_kld, plsp_nss):
+        assert torch.equal(fn(P.numpy(), G.numpy()), fn(P, G))
+        for p, gt in ((P, G[:1]), (P[:, :1], G), (P[0, 0], G[0, 0])):
+            with pytest.raises(ValueError, match=f"{fn.__name__}: prediction and GT must have one shape"):
+                fn(p, gt)
+    bad = P.clone()
+    bad[0, 0, 0] = float("nan")
+    gt8 = (G * 255).to(torch.uint8)
+    with pytest.raises(ValueError, match="score: prediction 0 holds nan or inf"):
+        score(bad, gt8)
+    bad[0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match="score: prediction 0 holds nan or inf"):
+        score(bad, gt8)
+    with pytest.raises(ValueError, match="score: prediction 1 has dtype torch.bool"):
+        score([P[0], P[1] > 0.5], gt8)

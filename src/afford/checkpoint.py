@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from afford import strict_json
 from afford.backbones.convert import load_strict
 from afford.config import RunConfig, config_from_dict
+from afford.device import resolve_device
 from afford.errors import UNREADABLE_PICKLE, AffordError
 from afford.labels import LabelSpace
 from afford.methods.base import Method
@@ -273,9 +274,10 @@ def load_run(path: str | Path, device: str | torch.device = "cpu",
     """Build the run's method from run.json and load its weights strictly; eval mode."""
     from afford.factory import create_method
 
-    run_dir = Path(path)
+    run_dir = Path(path).expanduser()
     if run_dir.is_file():
         raise AffordError(f"{run_dir}: expected a run directory (made by 'afford train' or 'afford import')")
+    device = resolve_device(str(device), "device")  # 'gpu', or cuda on a machine without one: one line
     info = read_run_info(run_dir)
     labels = run_labels(info, run_dir / RUN_FILE)
     classes = labels.names
@@ -297,7 +299,8 @@ def load_run(path: str | Path, device: str | torch.device = "cpu",
     for f in dataclasses.fields(build_cfg):
         if f.name.endswith("_weights"):
             setattr(build_cfg, f.name, None)
-    method = create_method(cfg.method, build_cfg, labels)
+    with torch.random.fork_rng(devices=[]):  # the random init is overwritten: leave the caller's draws alone
+        method = create_method(cfg.method, build_cfg, labels)
     method.check_record(info, run_dir / RUN_FILE)
     load_weights(method, resolve_weights(run_dir, info))
     method.to(device).eval()

@@ -339,7 +339,6 @@ def cmd_hoi_predict(a: argparse.Namespace) -> int:
         rows = pred.predict(top_k=a.top)
         stem = Path(image_path).stem
         (out / f"{stem}_hoi.json").write_text(json.dumps({"image": str(image_path), "triplets": rows}, indent=1))
-        assert pred.image is not None
         draw_hoi(pred.image, rows[: a.draw]).save(out / f"{stem}_hoi.png")
         if not a.quiet:
             best = f"best: {rows[0]['name']} {rows[0]['score']:.3f}" if rows else "no pair found"

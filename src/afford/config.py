@@ -181,6 +181,9 @@ def build_config(method: str, preset: dict[str, Any] | None = None, overrides: l
     """Method defaults <- preset dict (parsed YAML) <- ``section.key=value`` overrides."""
     from afford.factory import method_entry
 
+    if isinstance(overrides, str):  # iterated, "train.epochs=2" was eleven one-character overrides
+        raise AffordError(f"overrides: a list of 'section.key=value' strings, got the string {overrides!r} "
+                          "(write [...] around it)")
     _, model_cls = method_entry(method)
     cfg = RunConfig(method=method, model=model_cls())
     preset = dict(preset or {})

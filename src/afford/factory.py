@@ -77,6 +77,7 @@ def _load(ref: str) -> Any:
 
 
 def list_methods() -> list[str]:
+    """The method names ``create_method`` and a config's ``method:`` accept, sorted."""
     return sorted(METHODS)
 
 

@@ -31,28 +31,42 @@ class Predictor:
     scored, bit for bit. Against eval's batches of 16 they differ by float32 rounding (CPU kernels
     round a batch of one otherwise): about 1e-6 in most maps, up to 7e-3 where a method thresholds
     (WSMA's refinement) or min-maxes a nearly flat map (the CLIP affinity); no printed figure moves.
+
+    A Predictor holds one current image, so ``set_image`` then ``predict`` from two threads may
+    answer for the other thread's image: give each thread its own Predictor (they may share one
+    ``LoadedRun``), or hold a lock around the pair, as the web app does. ``predict`` always answers
+    for one image at its size, whatever another thread sets meanwhile.
     """
 
     def __init__(self, run: LoadedRun | str | Path, device: str = "cpu", size: int | None = None,
                  refine: RefineFn | None = None, output: str | None = None) -> None:
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise AffordError(f"Predictor: size is the square side images are resized to, a positive integer "
+                              f"(None: the run's data.test_size), got {size!r}")
         self.run = run if isinstance(run, LoadedRun) else load_run(run, device=device)
-        self.device = torch.device(device)
+        if self.run.labels.task != "affordance":
+            raise AffordError(f"{self.run.path}: a {self.run.info.get('method')} run detects human-object "
+                              "interactions; use afford.hoi.predictor.HOIPredictor (or afford hoi predict)")
+        self.device = next(self.run.method.parameters()).device
         self.size = size or self.run.config.data.test_size
         self.output = self.run.method.resolve_output(output)
         self._map_fn = refined(method_map_fn(self.run.method, self.device, output=self.output), refine)
-        self._image: Image.Image | None = None
-        self._tensor: torch.Tensor | None = None
+        self._current: tuple[Image.Image, torch.Tensor] | None = None  # one object: replaced whole
 
     @property
     def affordances(self) -> tuple[str, ...]:
+        """The run's affordance classes, in index order (what :meth:`predict` accepts)."""
         return self.run.classes
 
     @property
     def image(self) -> Image.Image:
         """The current image (RGB), as given to :meth:`set_image`."""
-        if self._image is None:
+        return self._now()[0]
+
+    def _now(self) -> tuple[Image.Image, torch.Tensor]:
+        if self._current is None:
             raise AffordError("predict: call set_image first")
-        return self._image
+        return self._current
 
     def set_image(self, image: Image.Image | np.ndarray | str | Path) -> None:
         """Accept a PIL image, a path, or an ``(H, W, 3)`` array: uint8 in [0, 255] or float in [0, 1]
@@ -68,19 +82,24 @@ class Predictor:
                               f"{type(image).__name__} (one image per call)")
         if 0 in image.size:
             raise AffordError(f"set_image: an empty image ({image.size[0]} x {image.size[1]} pixels)")
-        self._image = as_rgb(image)
-        self._tensor = eval_transform(self._image, size=self.size).unsqueeze(0)
+        rgb = as_rgb(image)
+        self._current = (rgb, eval_transform(rgb, size=self.size).unsqueeze(0))
 
     def label_index(self, affordance: str) -> int:
+        """The class index of ``affordance``; an AffordError with a suggestion for an unknown name."""
+        if not isinstance(affordance, str):
+            raise AffordError(f"predict: an affordance is a name (one of {', '.join(self.affordances)}), "
+                              f"got {type(affordance).__name__} {affordance!r}")
         return self.run.labels.index(affordance)
 
-    @torch.no_grad()
     def raw_cams(self, affordances: Sequence[str]) -> torch.Tensor:
         """Maps ``(A, h, w)`` at feature resolution for the current image, one per affordance."""
-        if self._tensor is None:
-            raise AffordError("predict: call set_image first")
+        return self._cams(self._now()[1], affordances)
+
+    @torch.no_grad()
+    def _cams(self, tensor: torch.Tensor, affordances: Sequence[str]) -> torch.Tensor:
         labels = torch.tensor([self.label_index(a) for a in affordances])
-        return self._map_fn(self._tensor.expand(len(labels), -1, -1, -1), labels)
+        return self._map_fn(tensor.expand(len(labels), -1, -1, -1), labels)
 
     def predict(self, affordance: str | Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """``{affordance: (H, W) float32 in [0, 1]}`` at the image's own resolution."""
@@ -90,13 +109,17 @@ class Predictor:
         """:meth:`predict`'s maps one at a time (one model pass for all of them): a caller that writes
         each and drops it holds one full-resolution map, not all (12 classes of a 16 MP photo at once
         in float64 took 4.9 GB)."""
+        if affordance is not None and (isinstance(affordance, (bytes, bytearray))
+                                       or not isinstance(affordance, (str, Sequence))):
+            raise AffordError(f"predict: expected an affordance name, a list of them or None (every class), "
+                              f"got {type(affordance).__name__}")
         names = list(self.affordances) if affordance is None else (
             [affordance] if isinstance(affordance, str) else list(affordance))
         if not names:
             raise AffordError("predict: no affordance asked for (None predicts every class of the run)")
-        cams = self.raw_cams(names).double()
-        assert self._image is not None
-        w, h = self._image.size
+        image, tensor = self._now()  # one snapshot: a concurrent set_image cannot mix two images
+        cams = self._cams(tensor, names).double()
+        w, h = image.size
         for i, a in enumerate(names):
             yield a, minmax(resize_bilinear(cams[i : i + 1], (h, w)))[0].float().numpy()
 

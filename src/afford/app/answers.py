@@ -190,14 +190,6 @@ def hoi_answer(reg: Registry, image_path: str | Path | None, model: str, top: in
 
     image = open_image(image_path, upright=reg.hoi[model].detections is None)
     name = Path(image_path).name  # type: ignore[arg-type]
-    if reg.hoi[model].detections is not None:  # cached boxes are in the frame of the dataset's own image
-        stored = reg.hoi[model].test_image_dir / name
-        if stored.is_file():
-            with Image.open(stored) as im:
-                if im.size != image.size:
-                    raise AffordError(f"{name}: {image.size[0]} x {image.size[1]}, but the dataset's image of this name "
-                                      f"is {im.size[0]} x {im.size[1]}: this run's cached detections are for that image "
-                                      "(use a run with a DETR detector for other images)")
     with reg.lock:
         pred = reg.hoi[model].predictor()
         try:
@@ -207,12 +199,6 @@ def hoi_answer(reg: Registry, image_path: str | Path | None, model: str, top: in
                               "it answers for its dataset's test images (pick an example), or use a run with a DETR "
                               "detector") from None
         rows = pred.predict(top_k=top)
-    w, h = image.size
-    if reg.hoi[model].detections is not None and any(
-            b[2] > w + 1 or b[3] > h + 1 for r in rows for b in (r["human_box"], r["object_box"])):
-        raise AffordError(f"{Path(image_path).name}: the run's cached detections under this name do not fit a "
-                          f"{w} x {h} image; this run answers for its dataset's images as they are (or use a run "
-                          "with a DETR detector)")
     # scores as fixed 4-decimal text: a rounded float drops trailing zeros (0.002) or turns to 1e-05
     table = [[r["verb"], r["object"], f"{r['score']:.4f}", [round(x, 1) for x in r["human_box"]],
               [round(x, 1) for x in r["object_box"]]] for r in rows]

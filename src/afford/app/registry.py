@@ -66,9 +66,11 @@ class HOIModel:
     _predictor: Any = None
 
     @property
-    def test_image_dir(self) -> Path:
-        """Where the run's dataset keeps the test images its cached detections name."""
-        return Path(self.run.config.data.root) / "images" / "test2015"
+    def test_image_dir(self) -> Path | None:
+        """Where the run's dataset keeps the test images its cached detections name (None: not here)."""
+        from afford.hoi.hicodet import split_image_dir
+
+        return split_image_dir(self.run.config.data.root)
 
     def predictor(self) -> Any:
         if self._predictor is None:
@@ -222,6 +224,6 @@ def _add_hoi(reg: Registry, run: Any, detections: str | Path | None) -> None:
 
         covered = read_image_mapping(dets, [], "cached detection", subset=True)  # checked before serving
         image_dir = model.test_image_dir
-        examples = [image_dir / f for f in list(covered)[:MAX_EXAMPLES] if (image_dir / f).is_file()]
+        examples = [image_dir / f for f in list(covered)[:MAX_EXAMPLES] if image_dir and (image_dir / f).is_file()]
     reg.hoi[model.name] = model
     reg.hoi_examples += [p for p in examples if p not in reg.hoi_examples]

@@ -26,7 +26,9 @@ DECODE_ERRORS: tuple[type[BaseException], ...] = (
 def as_8bit(im: Image.Image) -> Image.Image:
     """``im`` with 16-bit and 32-bit greyscale (modes ``I;16*``, ``I``, ``F``) scaled to 8-bit ``L`` by
     their type's range (16-bit: / 257; float: [0, 1], or PIL's [0, 255] when a value exceeds 1, or its
-    own maximum above 255; 32-bit integers: their own maximum); other modes unchanged. PIL's
+    own maximum above 255; 32-bit integers (``I``, also how PIL opens some 16-bit PNGs): 8-bit values
+    when none exceeds 255, as ``convert("I")`` of an 8-bit image makes them, 16-bit up to 65535, their
+    own maximum beyond); other modes unchanged. PIL's
     ``convert("L")``/``convert("RGB")`` clip such images at 255 instead, which turns most of a 16-bit
     heatmap white (and reading a [0, 255] float image as [0, 1] would turn it white too)."""
     if im.mode.startswith("I;16") or im.mode in ("I", "F"):
@@ -39,7 +41,7 @@ def as_8bit(im: Image.Image) -> Image.Image:
             a = a * 255.0 if top <= 1.0 else a if top <= 255.0 else a * (255.0 / top)
         else:
             top = a.max() if a.size else 0.0
-            a = a / (257.0 if top <= 65535 else top / 255.0)
+            a = a if top <= 255 else a / (257.0 if top <= 65535 else top / 255.0)
         im = Image.fromarray(np.clip(a, 0, 255).round().astype(np.uint8), "L")
     return im
 

@@ -49,7 +49,7 @@ from afford.errors import AffordError
 from afford.factory import create_method
 from afford.methods.base import Trainable
 from afford.modules.param_groups import describe_groups
-from afford.seeding import derive_seed
+from afford.seeding import derive_seed, preserved_global_random_state
 
 log = logging.getLogger("afford")
 
@@ -280,10 +280,11 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: b
     split for the WSAG methods); pass one to reuse an opened split or to train another kind of
     model. ``build_method(name, model_cfg, labels)`` builds the module (after seeding);
     experiments pass a subclass here, e.g. LOCATE with oracle prototypes in ``benchmarks/``.
-    One process at a time trains into a folder (:func:`exclusive_run`).
+    One process at a time trains into a folder (:func:`exclusive_run`). The caller's global random
+    generators and cuDNN flags are as they were when it returns (training seeds them for itself).
     """
     run_dir = Path(run_dir)
-    with exclusive_run(run_dir):
+    with exclusive_run(run_dir), preserved_global_random_state():
         return _train(cfg, run_dir, resume, progress, task, build_method)
 
 

@@ -171,8 +171,13 @@ def resolve_hicodet(path: str | Path, split: str | None = None) -> tuple[Path, P
         found = sorted(x.name for x in p.glob("instances_*.json"))
         hint = f" (found: {', '.join(found)})" if found else ""
         raise AffordError(f"{p}: no instances_{split}.json in this folder{hint}")
-    image_dir = next((p / d.format(split=split) for d in IMAGE_DIRS if (p / d.format(split=split)).is_dir()), None)
-    return file, image_dir
+    return file, split_image_dir(p, split)
+
+
+def split_image_dir(root: str | Path, split: str = "test2015") -> Path | None:
+    """The folder of a split's images under a HICO-DET root (:data:`IMAGE_DIRS`, first found), or None."""
+    root = Path(root)
+    return next((root / d.format(split=split) for d in IMAGE_DIRS if (root / d.format(split=split)).is_dir()), None)
 
 
 class _Reader:

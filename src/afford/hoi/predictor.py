@@ -20,6 +20,7 @@ from afford.errors import AffordError
 from afford.hoi.data import detector_size
 from afford.hoi.detections import read_image_mapping
 from afford.hoi.detector import Instances, cached_entry
+from afford.hoi.hicodet import split_image_dir
 
 
 class NoCachedDetections(AffordError):
@@ -49,15 +50,48 @@ class HOIPredictor:
             raise AffordError(f"{self.run.path}: this run reads cached detections (model.detector=cached){tried}; "
                               "pass the detections of your images (--detections FILE)")
         self._cached: dict | None = None
-        self.image: Image.Image | None = None
+        self._image: Image.Image | None = None
         self._batch: dict[str, Any] | None = None
+
+    @property
+    def image(self) -> Image.Image:
+        """The current image (RGB), as given to :meth:`set_image`."""
+        if self._image is None:
+            raise AffordError("predict: call set_image first")
+        return self._image
+
+    @property
+    def test_image_dir(self) -> Path | None:
+        """Where the run's dataset keeps the test images its cached detections name (None: not here)."""
+        return split_image_dir(self.run.config.data.root)
+
+    def _check_frame(self, name: str, img: Image.Image, instances: Instances) -> None:
+        """Cached boxes are in the pixel frame of the dataset's own image of that name: a rescaled
+        copy, or another picture under that name, would get them drawn and scored out of place."""
+        w, h = img.size
+        folder = self.test_image_dir
+        if folder is not None and (folder / name).is_file():
+            with Image.open(folder / name) as im:
+                if im.size != img.size:
+                    raise AffordError(f"{name}: {w} x {h}, but the dataset's image of this name is {im.size[0]} x "
+                                      f"{im.size[1]}: this run's cached detections are for that image (use a run "
+                                      "with a DETR detector for other images)")
+        if len(instances) and (float(instances.boxes[:, 2].max()) > w + 1 or float(instances.boxes[:, 3].max()) > h + 1):
+            raise AffordError(f"{self.detections}: the cached detections of {name!r} do not fit a {w} x {h} image "
+                              "(boxes reach beyond it): this run answers for its dataset's images as they are (or "
+                              "use a run with a DETR detector)")
 
     def set_image(self, image: str | Path | Image.Image | np.ndarray, name: str | None = None,
                   instances: Instances | None = None) -> None:
         """Prepare one image; ``name`` looks it up in the detections file (default: the file name).
 
         A path is read upright (its EXIF orientation applied, as a viewer shows it) when DETR
-        detects on it; with cached detections it is read as stored, the frame their boxes are in."""
+        detects on it; with cached detections it is read as stored, the frame their boxes are in,
+        and must be that image's size. ``instances`` gives the detections yourself
+        (:class:`afford.hoi.detector.Instances`, boxes 0-based pixel xyxy in this image)."""
+        if instances is not None and not isinstance(instances, Instances):
+            raise AffordError(f"set_image: instances must be an afford.hoi.detector.Instances (boxes, scores, "
+                              f"labels, is_human), got {type(instances).__name__}")
         if isinstance(image, (str, Path)):
             name = name or Path(image).name
             img = load_rgb(image, upright=self.cfg.detector != "cached")
@@ -81,20 +115,25 @@ class HOIPredictor:
                 logging.getLogger("afford").warning(
                     "%s: image %r: no box carries the person label %d (the dataset's 'person' object index, not "
                     "DETR's COCO id 1), so no pair can be formed", self.detections, name, self.model.cached_human_label)
+            self._check_frame(name, img, instances)
         s = self.cfg.image_size
         batch: dict[str, Any] = {"image": to_tensor(img.resize((s, s), Image.BICUBIC))[None].to(self.device),
                                  "size": [(h, w)], "gt": [None], "instances": [instances], "unseen": ()}
         if self.cfg.detector != "cached":
             batch["detr"] = [to_tensor(img.resize(detector_size(w, h, self.cfg.detector_short,
                                                                 self.cfg.detector_max), Image.BILINEAR))]
-        self.image, self._batch = img, batch
+        self._image, self._batch = img, batch
 
     def predict(self, top_k: int = 10) -> list[dict[str, Any]]:
-        """The ``top_k`` highest-scoring (human, verb, object) triplets, best first."""
+        """The ``top_k`` highest-scoring (human, verb, object) triplets, best first: dicts of ``hoi``
+        (class index), ``name``, ``verb``, ``object``, ``score`` and ``human_box`` / ``object_box`` as
+        ``[x1, y1, x2, y2]`` in 0-based pixels of the image given to :meth:`set_image`."""
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
+            raise AffordError(f"predict: top_k is how many triplets to return, an integer >= 0, got {top_k!r}")
         if self._batch is None:
             raise AffordError("predict: call set_image first")
         det = self.model.detect(self._batch)[0]
-        order = np.argsort(-det.scores, kind="stable")[: max(int(top_k), 0)]
+        order = np.argsort(-det.scores, kind="stable")[: int(top_k)]
         labels = self.run.labels
         rows = []
         for i in order:

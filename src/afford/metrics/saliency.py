@@ -101,6 +101,18 @@ def check_gts(gts: list[torch.Tensor]) -> None:
             raise ValueError(f"score: GT {i} holds nan, inf or negative values; expected a non-negative heatmap")
 
 
+def check_predictions(cams: list[torch.Tensor]) -> None:
+    """Predictions are real-valued, non-empty and finite: a nan or inf in a map made every metric
+    nan without a word (the evaluator refuses such maps; direct calls of score() did not)."""
+    for i, c in enumerate(cams):
+        if c.dtype == torch.bool or c.is_complex():
+            raise ValueError(f"score: prediction {i} has dtype {c.dtype}; expected a real-valued map")
+        if c.numel() == 0:
+            raise ValueError(f"score: prediction {i} is empty (shape {tuple(c.shape)})")
+        if c.is_floating_point() and not bool(torch.isfinite(c).all()):
+            raise ValueError(f"score: prediction {i} holds nan or inf; expected a finite map")
+
+
 def _grouped(maps: list[torch.Tensor], fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """Apply ``fn`` ((b, h, w) -> (b, H, W)) to same-shaped groups and restore input order."""
     groups: dict[tuple[int, int], list[int]] = {}
@@ -209,19 +221,32 @@ def prepare_gt(
 
 
 # ----------------------------------------------------------------------------- metrics (§3.3)
+def _pair(P: torch.Tensor | np.ndarray, G: torch.Tensor | np.ndarray, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``P`` and ``G`` as float64 tensors of one shape ``(..., h, w)``: broadcasting a (1, h, w) GT
+    over a batch scored every map against the first GT, and a (B, 1, w) prediction gave a negative KLD."""
+    P, G = (torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x for x in (P, G))
+    if P.shape != G.shape or P.dim() < 2:
+        raise ValueError(f"{what}: prediction and GT must have one shape (h, w) or (B, h, w), got "
+                         f"{tuple(P.shape)} and {tuple(G.shape)}; resize with prepare_prediction/prepare_gt, "
+                         "or call score() on maps of any size")
+    return P.to(torch.float64), G.to(torch.float64)
+
+
 def _sum_norm(x: torch.Tensor) -> torch.Tensor:
     return x / (x.sum(dim=(-2, -1), keepdim=True) + EPS)
 
 
 def kld(P: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
     """``(B,)`` Σ G' ln(G'/(P'+ε) + ε); ε inside the log as in the reference, lower is better."""
-    Pn, Gn = _sum_norm(P.to(torch.float64)), _sum_norm(G.to(torch.float64))
+    P, G = _pair(P, G, "kld")
+    Pn, Gn = _sum_norm(P), _sum_norm(G)
     return (Gn * torch.log(Gn / (Pn + EPS) + EPS)).sum(dim=(-2, -1))
 
 
 def sim(P: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
     """``(B,)`` histogram intersection Σ min(P', G') of the sum-normalised maps."""
-    Pn, Gn = _sum_norm(P.to(torch.float64)), _sum_norm(G.to(torch.float64))
+    P, G = _pair(P, G, "sim")
+    Pn, Gn = _sum_norm(P), _sum_norm(G)
     return torch.minimum(Pn, Gn).sum(dim=(-2, -1))
 
 
@@ -233,7 +258,8 @@ def nss(P: torch.Tensor, G: torch.Tensor, std_eps: float = EPS, single_eps: bool
     255x less: NSS off by ~1e-9 relative). The denominator is Σ(F + 1e-12) per pixel, or ΣF + 1e-12
     with ``single_eps`` (cvag_plus).
     """
-    P, G = P.to(torch.float64) / 255.0, G.to(torch.float64)
+    P, G = _pair(P, G, "nss")
+    P = P / 255.0
     mean = P.mean(dim=(-2, -1), keepdim=True)
     std = P.std(dim=(-2, -1), correction=0, keepdim=True)
     s = (P - mean) / (std + std_eps)
@@ -249,13 +275,13 @@ _nss_metric = nss  # score() has an ``nss`` mode argument that shadows the funct
 # ----------------------------------------------------------------------------- PLSP (§4)
 def plsp_kld(P: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
     """``(B,)`` KL(G ‖ P + 1e-10) with 0·ln 0 = 0; P softmax probabilities, G sum-normalised."""
-    P, G = P.to(torch.float64), G.to(torch.float64)
+    P, G = _pair(P, G, "plsp_kld")
     return (torch.xlogy(G, G) - G * torch.log(P + PLSP_EPS)).sum(dim=(-2, -1))
 
 
 def plsp_nss(P: torch.Tensor, G: torch.Tensor, std_eps: float = EPS) -> torch.Tensor:
     """``(B,)`` PLSP NSS: max-normalised maps, unbiased std (ddof 1), threshold ``g >= 0.1``."""
-    P, G = P.to(torch.float64), G.to(torch.float64)
+    P, G = _pair(P, G, "plsp_nss")
     p = P / P.amax(dim=(-2, -1), keepdim=True)
     g = G / G.amax(dim=(-2, -1), keepdim=True)
     s = (p - p.mean(dim=(-2, -1), keepdim=True)) / (p.std(dim=(-2, -1), correction=1, keepdim=True) + std_eps)
@@ -288,6 +314,7 @@ def score(
     if not gt_list:
         raise ValueError("score: no maps to score (empty batch)")
     check_gts(gt_list)
+    check_predictions(cam_list)
     std_eps = 0.0 if exact else EPS
     flags = {
         "constant_pred": is_constant(cam_list),

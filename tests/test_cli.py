@@ -253,6 +253,7 @@ def test_version_and_global_verbosity_flags(capsys):
     assert a.quiet is True and a.log_level == logging.WARNING
     assert p.parse_args(["predict", "x.jpg", "--checkpoint", "r", "--out", "o"]).device == "auto"
     assert p.parse_args(["eval", "--data", "d", "--baseline", "center"]).device == "auto"
+    assert p.parse_args(["eval", "--data", "d", "--baseline", "centre"]).baseline == "center"  # the report's spelling
 
 
 def test_info_messages_reach_stderr_by_default_and_quiet_hides_them(synth_root):

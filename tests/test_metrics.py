@@ -146,6 +146,27 @@ def test_constant_prediction_after_minmax(gt):
     assert vals(score(np.ones((14, 14)), gt, "cvag_test")) == pytest.approx([19.2715, 0.0, 0.0], abs=TOL)
 
 
+@pytest.mark.parametrize("protocol", ["standard", "cvag_plus", "cvag_test", "cvag_epoch_eval"])
+def test_any_constant_map_is_all_zero_after_minmax_whatever_the_sizes(protocol: str) -> None:
+    """§3.6: a constant raw prediction min-maxes to P = 0. The resize left about 1e-16 of rounding on some
+    constants and sizes (a 0.25 map at 14 x 14 onto a 50 x 70 GT, a 1 x 1 map onto 480 x 640), which
+    min-max and the sum-normalisation blew up into a full map: cvag_plus KLD 0.52 instead of 19.87."""
+    rng = np.random.default_rng(0)
+    for (h, w), (gh, gw), value in (((14, 14), (50, 70), 0.25), ((1, 1), (480, 640), 3.7), ((7, 9), (33, 128), 0.1)):
+        gt = (rng.random((gh, gw)) * 255).astype(np.uint8)
+        size = (gh, gw) if protocol == "cvag_plus" else 224
+        G = prepare_gt(gt[None], size if protocol != "cvag_plus" else None)
+        Gn = G / (G.sum() + 1e-12)
+        want_kld = float((Gn * torch.log(Gn / 1e-12 + 1e-12)).sum())
+        for exact in (False, True):
+            r = score(np.full((h, w), value), gt, protocol, exact=exact)
+            if protocol == "cvag_test" and exact:  # no epsilon: 0/0 everywhere
+                assert all(math.isnan(v) for v in vals(r))
+                continue
+            k, s, n = vals(r)
+            assert k == pytest.approx(want_kld, rel=1e-12) and s == 0.0 and (math.isnan(n) if exact else n == 0.0)
+
+
 def test_prediction_equals_gt(gt):
     G = prepare_gt(gt)
     assert float(kld(G, G)[0]) == pytest.approx(-9.19e-9, abs=2e-10)

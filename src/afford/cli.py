@@ -884,7 +884,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="split folder under --data, e.g. Seen, Unseen (default: the run's split, else Seen)")
     e.add_argument("--pred", help="folder <aff>/<obj>/<name>.png|.npy of saved maps to score (greyscale 8/16-bit PNG, "
                    "read at full depth, or a 2-D array; colour pictures are refused)")
-    e.add_argument("--baseline", choices=BASELINES, help="score a training-free baseline map")
+    e.add_argument("--baseline", choices=BASELINES, type=lambda s: "center" if s == "centre" else s,
+                   help="score a training-free baseline map (centre: the same as center)")
     e.add_argument("--checkpoint", help="run folder of a trained or imported model to score")
     e.add_argument("--runs", nargs="+", metavar="RUN", default=None,
                    help="instead: score several runs of one config (e.g. seeds; affordance or HOI) on their own "

@@ -19,7 +19,7 @@ from afford.data.transforms import array_image, as_rgb, eval_transform, load_rgb
 from afford.engine.evaluator import method_map_fn
 from afford.engine.refinement import RefineFn, refined
 from afford.errors import AffordError
-from afford.metrics.saliency import minmax, resize_bilinear
+from afford.metrics.saliency import prepare_prediction
 
 
 class Predictor:
@@ -121,7 +121,7 @@ class Predictor:
         cams = self._cams(tensor, names).double()
         w, h = image.size
         for i, a in enumerate(names):
-            yield a, minmax(resize_bilinear(cams[i : i + 1], (h, w)))[0].float().numpy()
+            yield a, prepare_prediction(cams[i : i + 1], (h, w))[0].float().numpy()  # a constant CAM: all 0
 
 
 def prediction_paths(out: str | Path, stem: str, affordance: str) -> list[Path]:

@@ -184,7 +184,7 @@ def evaluate_prediction_dir(pred_dir: str | Path, split: Split, eval_cfg: EvalCo
     if (eval_cfg or EvalConfig()).protocol == "plsp":
         png = next((f for f in sorted(used) if f.suffix.lower() == ".png"), None)
         if png is not None:
-            raise AffordError(f"{png}: --protocol plsp softmaxes logits, but a PNG holds an 8-bit map, not logits; "
+            raise AffordError(f"{png}: --protocol plsp softmaxes logits, but a PNG holds a picture of a map, not logits; "
                               "save the logits as .npy, or score the maps with another protocol")
     extra = [p.relative_to(pred_dir).as_posix() for p in all_files(pred_dir) if p not in used]
     if extra:

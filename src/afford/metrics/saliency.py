@@ -178,17 +178,17 @@ def prepare_prediction(
             return torch.softmax(y.flatten(1), dim=1).view_as(y)
         if not minmax_pred:
             return resize_bilinear(x, size)
-        if protocol == "standard":
-            return minmax(resize_bilinear(x, size), MINMAX_EPS)
-        if protocol == "cvag_epoch_eval":
+        if protocol == "cvag_epoch_eval":  # min-max first: a constant map is exactly 0 already
             return resize_bilinear(minmax(x, MINMAX_EPS), size)
-        if protocol == "cvag_plus":
-            return minmax(resize_bilinear(x, size), EPS)
-        y = resize_bilinear(x, size)  # cvag_test
-        if exact:
-            return minmax(y, 0.0)
-        rng = y.amax(dim=(-2, -1), keepdim=True) - y.amin(dim=(-2, -1), keepdim=True)
-        return minmax(y, 0.0).where(rng > 0, torch.zeros_like(y))
+        y = resize_bilinear(x, size)
+        y = minmax(y, {"standard": MINMAX_EPS, "cvag_plus": EPS}.get(protocol, 0.0))
+        # A constant raw map is P = 0 after min-max (§3.6), 0/0 = nan in cvag_test's exact mode. The
+        # resize does not keep it exactly constant (about 1e-16 of rounding), and min-max and the
+        # sum-normalisation of KLD/SIM blew that up into a full map: KLD 0.52 instead of 19.87.
+        flat = x.amax(dim=(-2, -1), keepdim=True) == x.amin(dim=(-2, -1), keepdim=True)
+        if protocol == "cvag_test" and exact:
+            return y.masked_fill(flat, torch.nan)
+        return y.masked_fill(flat | y.isnan(), 0.0)  # (a resize of a varying map that came out flat: 0/0)
 
     return _grouped(maps, run)
 

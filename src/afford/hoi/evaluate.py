@@ -22,9 +22,10 @@ Conventions (hoi.md §12):
   fourth threshold is ``0.30000000000000004`` and a recall of exactly ``3/10`` does not reach it,
   while ``7/10`` does reach ``0.7``. ``torch.linspace(0, 1, 11, dtype=float64)`` (pocket's 11P)
   gives the same values. ``np.linspace`` does not: it gives ``0.6000000000000001`` and
-  ``0.7000000000000001``. GNU Octave builds ranges as ``base + k*inc``, which should give the same
-  as ``np.linspace`` (not checked here). So an Octave run can differ from MATLAB for a class whose
-  final recall is exactly 0.6 or 0.7.
+  ``0.7000000000000001``. GNU Octave 7.3.0 (Debian 12's) builds ``0:0.1:1`` as ``k*0.1`` for every
+  k, measured: ``0.30000000000000004``, ``0.60000000000000009``, ``0.70000000000000007``, like
+  ``np.linspace``. So a run of the official function in Octave differs from a MATLAB run (and from
+  afford) for a class whose final recall is exactly 0.6 or 0.7 (at most 1/11 of that class's AP).
 * Known-Object mode: for class c, only the images whose GT has a pair of c's object are kept. The set
   is derived from the box annotations (``ImageGT.obj``), not from image-level labels. Detections
   elsewhere are discarded.

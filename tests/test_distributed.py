@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from afford import checkpoint as ckpt
 from afford.cli import main
 from afford.engine.launch import without_nproc
+from afford.errors import AffordError
 from afford.modules.kmeans import init_centroids
 
 #: float32 sums split over two processes round differently from one sum (BatchNorm statistics,
@@ -66,6 +67,7 @@ def test_two_gloo_processes_train_the_weights_of_one(locate_runs) -> None:
     assert 0 < _max_diff(locate_runs["one"], locate_runs["two"]) <= ATOL  # not bitwise: two sums, not one
     logs = [(p / "log.jsonl").read_text() for p in (locate_runs["one"], locate_runs["two"])]
     assert '"processes": 2' in logs[1] and '"processes": 1' in logs[0]  # rank 0 alone wrote the log
+    assert [ckpt.read_run_info(locate_runs[n])["processes"] for n in ("one", "two")] == [1, 2]
     # the logged figures are the global batch's (averaged over the processes), as one process logs them
     rows = [[json.loads(x) for x in log.splitlines() if '"kind": "train"' in x] for log in logs]
     assert [r["step"] for r in rows[0]] == [r["step"] for r in rows[1]] and len(rows[0]) >= 4
@@ -88,6 +90,8 @@ def test_a_killed_rank_stops_the_run_and_resume_reaches_the_uninterrupted_weight
     assert _max_diff(killed, locate_runs["two"]) == 0.0  # the same processes: bit for bit
     r = _train("locate_synthagd_demo", on_one, *args, "--resume", nproc=1)  # resumed on one process
     assert r.returncode == 0, r.stderr[-3000:]
+    resumed = [json.loads(x) for x in (on_one / "log.jsonl").read_text().splitlines() if '"kind": "resume"' in x]
+    assert [row["processes"] for row in resumed] == [1]  # the log said only the first session's 2
     assert _max_diff(on_one, locate_runs["one"]) <= ATOL
 
 
@@ -96,11 +100,17 @@ def test_rank_zero_evaluates_alone_without_waiting_for_the_others(synth_root: Pa
     reference's) sums over processes in training but must not at inference, or rank 0 waits forever."""
     r = _train("wsma_synthagd_demo", tmp_path / "run", "--set", f"data.root={synth_root}", "--set", "data.resize=64",
                "--set", "data.crop=56", "--set", "data.test_size=56", "--set", "model.grid=7",
-               "--set", "model.normalize_gate=batch", "--set", "data.feature_cache=false",
+               "--set", "model.normalize_gate=batch", "--set", "data.feature_cache=true",
+               "--set", f"data.cache_dir={tmp_path / 'cache'}",
                "--set", "train.batch_size=4", "--set", "train.max_steps_per_epoch=1", "--set", "train.epochs=1",
                "--select", "best-on-test", "--quiet", nproc=2, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert ckpt.read_run_info(tmp_path / "run")["selection"]["rule"] == "best-epoch-on-test"
+    # the cache's counts are the run's, not rank 0's half: one step of 4 samples x (1 + 3 exocentric) images
+    (epoch,) = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines() if '"epoch"' in x
+                and '"kind": "epoch"' in x]
+    assert {t: c["hits"] + c["misses"] for t, c in epoch["feature_cache"].items()} == \
+        dict.fromkeys(epoch["feature_cache"], 16)
 
 
 def test_clip4hoi_in_two_processes_equals_one_without_dropout(tmp_path: Path) -> None:
@@ -142,43 +152,44 @@ def test_nproc_is_taken_out_of_the_relaunched_command() -> None:
     assert without_nproc(["train", "c", "--nproc=4", "--quiet"]) == ["train", "c", "--quiet"]
 
 
+class _FakeAgent:
+    """Stands for the torchrun agent's process: records its command and exits with ``code``."""
+
+    calls: list[tuple[list[str], dict]] = []
+    code = 0
+
+    def __init__(self, cmd, env, start_new_session=False) -> None:
+        assert start_new_session  # a terminal's Ctrl-C reaches the launcher, which stops the agent
+        type(self).calls.append((cmd, env))
+        self.pid = -1
+
+    def wait(self, timeout=None) -> int:
+        return type(self).code
+
+
 def test_torchrun_logs_folder_does_not_outlive_the_run(tmp_path: Path, monkeypatch) -> None:
     # without --log-dir torchrun's agent leaves a /tmp/torchelastic_* folder behind on every launch
-    import subprocess
-
     from afford.engine import launch
 
-    seen: list[str] = []
-
-    def fake_run(cmd, env):
-        (log_dir,) = [a.split("=", 1)[1] for a in cmd if a.startswith("--log-dir=")]
-        assert Path(log_dir).is_dir()
-        seen.append(log_dir)
-        return subprocess.CompletedProcess(cmd, 0)
-
-    monkeypatch.setattr(launch.subprocess, "run", fake_run)
+    monkeypatch.setattr(_FakeAgent, "calls", [])
+    monkeypatch.setattr(_FakeAgent, "code", 0)
+    monkeypatch.setattr(launch.subprocess, "Popen", _FakeAgent)
     assert launch.launch_torchrun(2, ["train", "c", "--out", str(tmp_path / "r")], str(tmp_path / "r")) == 0
-    assert len(seen) == 1 and not Path(seen[0]).exists()
+    (log_dir,) = [a.split("=", 1)[1] for a in _FakeAgent.calls[0][0] if a.startswith("--log-dir=")]
+    assert not Path(log_dir).exists()
 
 
 def test_a_failed_torchrun_names_the_newest_complete_epoch_and_the_command_is_torchruns(tmp_path: Path,
                                                                                        monkeypatch) -> None:
-    """The relaunch: torchrun standalone with --nproc_per_node and afford's arguments minus --nproc, the
-    cores shared out unless the user set OMP_NUM_THREADS; a failure names the newest complete epoch (or
-    none) and removes the log folder too."""
-    import subprocess
-
+    """The relaunch: torchrun standalone (through afford's quiet agent) with --nproc_per_node and afford's
+    arguments minus --nproc, the cores shared out unless the user set OMP_NUM_THREADS; a failure names the
+    newest complete epoch (or none) and removes the log folder too."""
     from afford.engine import launch
-    from afford.errors import AffordError
 
     run = tmp_path / "r"
-    calls: list[tuple[list[str], dict]] = []
-
-    def failing(cmd, env):
-        calls.append((cmd, env))
-        return subprocess.CompletedProcess(cmd, 1)
-
-    monkeypatch.setattr(launch.subprocess, "run", failing)
+    monkeypatch.setattr(_FakeAgent, "calls", [])
+    monkeypatch.setattr(_FakeAgent, "code", 137)
+    monkeypatch.setattr(launch.subprocess, "Popen", _FakeAgent)
     monkeypatch.setattr(launch, "usable_cores", lambda: 8)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     for epochs, message in (([], "no epoch had completed"), ([0], "last good checkpoint is epoch 1"),
@@ -186,16 +197,87 @@ def test_a_failed_torchrun_names_the_newest_complete_epoch_and_the_command_is_to
         for e in epochs:
             ckpt.epoch_dir(run, e).mkdir(parents=True, exist_ok=True)
         monkeypatch.setattr(launch.ckpt, "completed_epochs", lambda _run, done=epochs: list(done))
-        with pytest.raises(AffordError, match=f"torchrun exit code 1.*{message}.*--resume"):
+        with pytest.raises(AffordError, match=f"exit code 137.*{message}" + (".*--resume" if epochs else "")):
             launch.launch_torchrun(2, ["train", "c", "--nproc", "2", "--out", str(run)], str(run))
+    calls = _FakeAgent.calls
     cmd, env = calls[0]
-    assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    assert cmd[1:5] == ["-m", "afford.engine.launch", "--standalone", "--nproc_per_node=2"]
     assert cmd[-5:] == ["afford.cli", "train", "c", "--out", str(run)] and env["OMP_NUM_THREADS"] == "4"
     assert not any(Path(a.split("=", 1)[1]).exists() for c, _ in calls for a in c if a.startswith("--log-dir="))
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice stands
     with pytest.raises(AffordError):
         launch.launch_torchrun(2, ["train", "c", "--out", str(run)], str(run))
     assert calls[-1][1]["OMP_NUM_THREADS"] == "3"
+
+
+def test_workers_errors_are_said_once_and_a_refusal_gives_no_resume_advice(tmp_path: Path, monkeypatch) -> None:
+    """Every rank refusing one config printed the same line N times, then torchrun's 45-line traceback,
+    then 'continue with --resume' (also for 'another process is training into this folder')."""
+    from afford.engine import launch
+
+    run = tmp_path / "r"
+    ckpt.epoch_dir(run, 0).mkdir(parents=True)
+    said = {"0": "data.feature_cache: no frozen tower", "1": "data.feature_cache: no frozen tower"}
+
+    class Refusing(_FakeAgent):
+        code = 2
+
+        def __init__(self, cmd, env, start_new_session=False) -> None:
+            super().__init__(cmd, env, start_new_session)
+            for rank, text in said.items():
+                (Path(env[launch.ERRORS_ENV]) / f"rank_{rank}").write_text(text)
+
+    monkeypatch.setattr(Refusing, "calls", [])
+    monkeypatch.setattr(launch.subprocess, "Popen", Refusing)
+    monkeypatch.setattr(launch.ckpt, "completed_epochs", lambda _run: [0])
+    with pytest.raises(AffordError) as e:
+        launch.launch_torchrun(2, ["train", "c", "--out", str(run)], str(run))
+    assert str(e.value) == "data.feature_cache: no frozen tower"  # once, and no --resume advice
+    said["1"] = "tests/x.jpg: not a readable image"  # ranks that disagree are each named
+    with pytest.raises(AffordError, match=r"no frozen tower \(rank 0\); tests/x.jpg: not a readable image \(rank 1\)$"):
+        launch.launch_torchrun(2, ["train", "c", "--out", str(run)], str(run))
+
+
+def test_stopping_the_launcher_stops_every_training_process(synth_root: Path, tmp_path: Path) -> None:
+    """SIGTERM to `afford train --nproc 2` killed the launcher alone: torchrun and its workers trained on
+    and finished the 'stopped' run. Now nothing is left running, and the message names the checkpoint."""
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "AFFORD_FAULT_AT")}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.Popen([sys.executable, "-m", "afford.cli", "train", "locate_synthagd_demo", "--out", str(run),
+                             "--set", f"data.root={synth_root}", *LOCATE, "--set", "train.epochs=50",
+                             "--set", "train.max_steps_per_epoch=2", "--nproc", "2"],
+                            env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not ckpt.completed_epochs(run) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "stopped the 2 training processes; the last good checkpoint is epoch" in err and "Traceback" not in err
+    assert err.count("afford: interrupted") == 1
+    time.sleep(1)
+    assert not (run / ckpt.WEIGHTS).exists()  # nothing went on training to the end
+    left = subprocess.run(["pgrep", "-f", str(run)], capture_output=True, text=True).stdout.split()
+    assert left == [], f"processes still running: {left}"
+
+
+def test_a_stale_world_size_is_not_a_launch(tmp_path: Path, monkeypatch, capsys) -> None:
+    """WORLD_SIZE=2 alone in a shell was a KeyError 'RANK' traceback; WORLD_SIZE=1 with --nproc 2 silently
+    trained on one process."""
+    from afford.engine.distributed import from_env, in_worker
+
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert not in_worker()
+    with pytest.raises(AffordError, match="WORLD_SIZE=2 is set but RANK is not"):
+        from_env("cpu")
+    monkeypatch.setenv("RANK", "x")
+    with pytest.raises(AffordError, match="must be integers"):
+        from_env("cpu")
 
 
 def test_per_sample_kmeans_draws_ignore_padding_and_position() -> None:

@@ -364,12 +364,21 @@ def cmd_train(a: argparse.Namespace) -> int:
         if (task := method_spec(cfg.method).task) != a.task:
             raise AffordError(f"{a.config}: a {cfg.method} config (task {task!r}); 'afford hoi train' trains HOI "
                               "detectors: train it with 'afford train'")
-    if a.nproc > 1 and "WORLD_SIZE" not in os.environ:
+    from afford.engine.distributed import in_worker
+
+    if a.nproc > 1 and not in_worker():
+        from afford.device import resolve_device
         from afford.engine.distributed import DistContext, check_batch
         from afford.engine.launch import launch_torchrun
+        from afford.engine.trainer import check_not_training, check_run_folder
 
+        # what every process would refuse alike, refused once before any starts
         check_batch(cfg.train.batch_size, DistContext(world=a.nproc))
-        return launch_torchrun(a.nproc, a.argv, a.out)
+        resolve_device(cfg.train.device, "train.device")
+        check_not_training(Path(a.out))
+        check_run_folder(Path(a.out), cfg, a.resume)
+        with sigterm_as_interrupt():
+            return launch_torchrun(a.nproc, a.argv, a.out)
     with sigterm_as_interrupt():  # `kill` stops it as Ctrl-C does (a message, a first-epoch folder removed)
         result = train(cfg, a.out, resume=a.resume, progress=not a.quiet)
     if int(os.environ.get("RANK", "0")) != 0:
@@ -1036,7 +1045,20 @@ def _configure_logging(level: int) -> None:
     only. Other libraries stay at WARNING. An already configured root logger (an embedding
     application, pytest) is left as it is: only the ``afford`` logger's level is set."""
     logging.basicConfig(format="afford: %(message)s", stream=sys.stderr, level=logging.WARNING)
+    if os.environ.get("RANK", "0") != "0" and "WORLD_SIZE" in os.environ:
+        level = max(level, logging.ERROR)  # a data-parallel run's other processes: rank 0 says it once
     logging.getLogger("afford").setLevel(level)
+
+
+def _error(message: str) -> None:
+    """``afford: error: message`` on stderr, or, in a worker of ``--nproc``, into the file the launcher
+    reads: it prints each distinct error once (every rank refusing one config printed it N times)."""
+    from afford.engine.launch import worker_error_file
+
+    if (file := worker_error_file()) is not None:
+        file.write_text(message, encoding="utf-8")
+    else:
+        print(f"afford: error: {message}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1047,10 +1069,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_output_paths(args)
         return int(args.fn(args) or 0)
     except AffordError as e:
-        print(f"afford: error: {e}", file=sys.stderr)
+        _error(str(e))
         return 2
     except KeyboardInterrupt:
-        print("afford: interrupted", file=sys.stderr)
+        from afford.engine.launch import worker_error_file
+
+        if worker_error_file() is None:  # a worker of --nproc: its launcher says it once
+            print("afford: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `afford list | head -1`: the reader left; quietly, as a Unix tool does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -1058,7 +1083,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:  # a folder that cannot be written (read-only, full disk) is the user's to fix: one line
         if e.filename is None:
             raise
-        print(f"afford: error: {e.filename}: {e.strerror or e}", file=sys.stderr)
+        _error(f"{e.filename}: {e.strerror or e}")
         return 2
 
 

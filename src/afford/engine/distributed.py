@@ -66,13 +66,27 @@ class DistContext:
             dist.barrier(group=self.wait_group)
 
 
+def in_worker() -> bool:
+    """This process is one of a data-parallel run's (torchrun set RANK and WORLD_SIZE): a stale
+    WORLD_SIZE alone in a shell is not a launch."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
 def from_env(device_type: str) -> DistContext:
     """The context torchrun describes in the environment (RANK, WORLD_SIZE, LOCAL_RANK); joins
     the process group on first call. Without torchrun: a single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError:
+        raise AffordError("WORLD_SIZE, RANK and LOCAL_RANK must be integers (torchrun sets them); "
+                          f"got {os.environ.get('WORLD_SIZE')!r}, {os.environ.get('RANK')!r}, "
+                          f"{os.environ.get('LOCAL_RANK')!r}") from None
     if world <= 1:
         return DistContext()
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if "RANK" not in os.environ:
+        raise AffordError(f"WORLD_SIZE={world} is set but RANK is not, so this is no torchrun worker: unset "
+                          "WORLD_SIZE, and train on N processes with --nproc N (or under torchrun)")
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
         timeout = datetime.timedelta(seconds=float(os.environ.get("AFFORD_DIST_TIMEOUT", "1800")))
@@ -108,6 +122,20 @@ def average_gradients(params: Iterable[nn.Parameter], ctx: DistContext) -> None:
         if n_ranks > 0:
             p.grad = flat[offset : offset + n].view_as(p).to(p.dtype).clone()
         offset += n
+
+
+def sum_over_ranks(counts: dict[str, dict[str, int]], ctx: DistContext) -> dict[str, dict[str, int]]:
+    """``{group: {name: count}}`` summed over ranks (every rank holds the same keys), e.g. the
+    feature cache's hits and misses: rank 0's alone were half the run's lookups on 2 processes."""
+    if not ctx.active or not counts:
+        return counts
+    keys = [(g, k) for g in sorted(counts) for k in sorted(counts[g])]
+    t = torch.tensor([counts[g][k] for g, k in keys], dtype=torch.float64, device=collective_device())
+    dist.all_reduce(t)
+    out: dict[str, dict[str, int]] = {}
+    for (g, k), v in zip(keys, t.cpu().tolist(), strict=True):
+        out.setdefault(g, {})[k] = int(v)
+    return out
 
 
 def mean_over_ranks(values: dict[str, float], ctx: DistContext) -> dict[str, float]:

@@ -41,6 +41,7 @@ from afford.engine.distributed import (
     check_batch,
     from_env,
     mean_over_ranks,
+    sum_over_ranks,
     use_global_batchnorm,
 )
 from afford.engine.feature_cache import attach_feature_cache, cache_paused, cache_stats
@@ -239,6 +240,33 @@ def _record_resumed_config(run_dir: Path, cfg: RunConfig) -> dict[str, list]:
 RUN_LOCK = ".training.lock"
 
 
+def check_run_folder(run_dir: Path, cfg: RunConfig, resume: bool) -> None:
+    """May ``cfg`` train into ``run_dir``? Not when it holds a run and ``resume`` is off, nor a run
+    of another config; the checks ``--nproc`` makes before starting any process, and each start."""
+    if (run_dir / ckpt.RUN_FILE).exists():
+        if not resume:
+            raise AffordError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out")
+        check_resume_config(run_dir, cfg)
+
+
+def check_not_training(run_dir: Path) -> None:
+    """A one-line error when another process holds ``run_dir``'s training lock (checked, not taken)."""
+    lock = run_dir / RUN_LOCK
+    if not lock.is_file():
+        return
+    with open(lock, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AffordError(_busy(run_dir)) from None
+        fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _busy(run_dir: Path) -> str:
+    return (f"{run_dir}: another afford process is training into this folder (it holds {run_dir / RUN_LOCK}); "
+            "wait for it to finish, or choose another --out")
+
+
 @contextlib.contextmanager
 def exclusive_run(run_dir: Path) -> Iterator[None]:
     """One training per run folder: a second process (two sweeps or two ``--resume`` into one
@@ -257,8 +285,7 @@ def exclusive_run(run_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise AffordError(f"{run_dir}: another afford process is training into this folder (it holds {lock}); "
-                              "wait for it to finish, or choose another --out") from None
+            raise AffordError(_busy(run_dir)) from None
         failed = False
         try:
             yield
@@ -299,11 +326,8 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, task: Ta
         device = torch.device("cuda", ctx.local_rank)
     check_batch(t.batch_size, ctx)
     done = ckpt.completed_epochs(run_dir)
-    if (run_dir / ckpt.RUN_FILE).exists():
-        if not resume:
-            raise AffordError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out")
-        check_resume_config(run_dir, cfg)
-    elif resume and not done:
+    check_run_folder(run_dir, cfg, resume)
+    if resume and not done and not (run_dir / ckpt.RUN_FILE).exists():
         resume = False  # nothing to resume: start fresh
     ctx.barrier()  # every rank has looked before rank 0 writes run.json
     task = task or task_for(cfg)
@@ -348,7 +372,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, task: Ta
         history = state.get("history", [])
         start_epoch = last + 1
     elif ctx.main:
-        extra = {"task": task.name, **task.run_info(), **method.provenance()}
+        extra = {"task": task.name, **task.run_info(), **method.provenance(), "processes": ctx.world}
         if cache_info is not None:
             extra["feature_cache"] = cache_info
         ckpt.write_run_info(run_dir, cfg, task.labels, extra)
@@ -359,7 +383,8 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, task: Ta
     elif ctx.main and start_epoch > 0:
         changed = _record_resumed_config(run_dir, cfg)
         logger.drop_from_epoch(start_epoch)
-        logger.log({"kind": "resume", "from_epoch": start_epoch, **({"changed": changed} if changed else {})})
+        logger.log({"kind": "resume", "from_epoch": start_epoch, "processes": ctx.world,
+                    **({"changed": changed} if changed else {})})
     elif ctx.main and resume:  # killed before its first epoch ended: that attempt's rows are superseded
         logger.drop_from_epoch(0, keep_start=False)
     if start_epoch == 0:
@@ -419,7 +444,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, task: Ta
         record: dict[str, Any] = {"epoch": epoch, "seconds": time.perf_counter() - t0,
                                   **{k: v / max(steps_per_epoch, 1) for k, v in sums.items()}}
         if cache_info is not None:
-            record["feature_cache"] = cache_stats(method)
+            record["feature_cache"] = sum_over_ranks(cache_stats(method), ctx)
         if t.select == "best-on-test" and ctx.main:
             with cache_paused(method):  # the figures `afford eval` gives these weights
                 summary = task.evaluate(method, cfg, device, progress)

@@ -391,7 +391,7 @@ def test_resume_records_the_settings_it_may_change_and_a_finished_run_logs_nothi
     assert info["config"]["train"]["epochs"] == 2 and info["config"]["train"]["log_every"] == 3
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r for r in rows if r["kind"] == "resume"] == [
-        {"kind": "resume", "from_epoch": 1, "changed": {"train.epochs": [1, 2], "train.log_every": [1, 3]}}]
+        {"kind": "resume", "from_epoch": 1, "processes": 1, "changed": {"train.epochs": [1, 2], "train.log_every": [1, 3]}}]
     # the recorded config resumes (it was refused: "completed 2 epochs ... got 1"), and a finished run logs nothing
     from afford.config import config_from_dict
 

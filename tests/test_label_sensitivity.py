@@ -12,7 +12,7 @@ from afford.cli import main
 from afford.config import EvalConfig
 from afford.data.agd20k import AffordanceTestSet, GTCache, open_split
 from afford.engine.evaluator import label_sensitivity
-from afford.metrics.report import format_label_sensitivity, map_correlation
+from afford.metrics.report import format_label_sensitivity, label_verdict, map_correlation
 
 
 def test_map_correlation_edge_cases():
@@ -64,6 +64,7 @@ def test_label_reading_map_scores_worse_with_a_wrong_label(gt_by_image):
     assert out["map_cc"] < 0
     table_md = format_label_sensitivity({"oracle": {"label_sensitivity": out}, "baseline": {}})
     assert f"| oracle | {out['n_images']} | {out['right']['KLD']:.3f} | {out['wrong']['KLD']:.3f} |" in table_md
+    assert table_md.endswith("| yes |")  # the right label scores better on both: said in the last column
     assert "baseline" not in table_md  # rows without the diagnostic are left out
 
 
@@ -153,4 +154,6 @@ def test_wrong_label_scores_average_every_other_affordance_of_the_object(gt_by_i
         [float(np.mean([r[k] for r in rows[obj]])) for k in (0, 1, 3, 4)], rel=1e-9)
     line = format_label_sensitivity({"fake": {"label_sensitivity": out}}).splitlines()[-1]
     assert line == (f"| fake | {len(every)} | {mean[0]:.3f} | {mean[1]:.3f} | {mean[2]:.3f} | {mean[3]:.3f} | "
-                    f"{mean[4]:.3f} |")
+                    f"{mean[4]:.3f} | {label_verdict(out)} |")
+    assert label_verdict({"right": {"KLD": 2, "SIM": 0.1}, "wrong": {"KLD": 1, "SIM": 0.2}}) == "no (wrong better)"
+    assert label_verdict({"right": {"KLD": 1, "SIM": 0.1}, "wrong": {"KLD": 2, "SIM": 0.2}}) == "mixed"

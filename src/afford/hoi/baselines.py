@@ -1,4 +1,4 @@
-"""The two reference scorers every HOI report shows, on ground-truth boxes.
+"""Reference scorers on ground-truth boxes.
 
 Both take the test set's annotated (human, object) pairs as if a perfect detector had found them
 with confidence 1, so they isolate the interaction part of the problem:
@@ -6,9 +6,12 @@ with confidence 1, so they isolate the interaction part of the problem:
 - ``object-prior``: the detector's object confidence only; every HOI valid for the pair's object
   gets the same score (uniform over verbs). What localisation alone is worth.
 - ``frequency-prior``: each valid HOI scored by its training frequency given the object,
-  ``P(hoi | object)``. What the label distribution alone is worth.
+  ``P(hoi | object)``.
 
-A method's mAP means something only above both.
+Both give every detection of a class one score, and the official AP ranks a class's detections
+only against each other (ties in image order), so both have the same mAP by construction: what
+predicting every valid HOI on every annotated pair is worth. Their written detections (scores)
+differ, which a pooled or cross-class metric would see. A method's mAP means something only above it.
 """
 
 from __future__ import annotations

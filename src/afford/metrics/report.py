@@ -179,12 +179,24 @@ def format_label_sensitivity(rows: Mapping[str, Mapping], legend: bool = True) -
     head = ["Label sensitivity: each image scored with its own affordance's map (right) and with its object's other "
             "affordances' maps (wrong); a label-blind map scores the same and its maps correlate near 1.",
             ""] if legend else []
-    lines = [*head, "| row | n | right-label KLD ↓ | wrong-label KLD | right-label SIM ↑ | wrong-label SIM | map correlation |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [*head, "| row | n | right-label KLD ↓ | wrong-label KLD | right-label SIM ↑ | wrong-label SIM | map correlation "
+                    "| right label better |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
     for name, row in rows.items():
         ls = row.get("label_sensitivity")
         if ls:
             r, w = ls["right"], ls["wrong"]
             lines.append(f"| {name} | {ls['n_images']} | {r['KLD']:.3f} | {w['KLD']:.3f} | {r['SIM']:.3f} | "
-                         f"{w['SIM']:.3f} | {ls['map_cc']:.3f} |")
+                         f"{w['SIM']:.3f} | {ls['map_cc']:.3f} | {label_verdict(ls)} |")
     return "\n".join(lines)
+
+
+def label_verdict(ls: Mapping) -> str:
+    """``yes`` when the right label scores better on KLD and SIM, ``no (wrong better)`` when the
+    wrong one does on both, else ``mixed``: the table's reading, said in its own column."""
+    r, w = ls["right"], ls["wrong"]
+    if r["KLD"] < w["KLD"] and r["SIM"] > w["SIM"]:
+        return "yes"
+    if r["KLD"] > w["KLD"] and r["SIM"] < w["SIM"]:
+        return "no (wrong better)"
+    return "mixed"

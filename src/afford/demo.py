@@ -296,17 +296,18 @@ class _MethodJob:
     def refine(self, run_dir: Path, title: str, size: int, selection: dict) -> None:
         """The AffinityNet-refined row of a trained run (its affinity head trained on the run's CAMs)."""
         from afford.checkpoint import load_run
-        from afford.engine.evaluator import evaluate_fn, method_map_fn
+        from afford.engine.evaluator import check_output_protocol, evaluate_fn, method_map_fn
         from afford.engine.refinement import refined, refiner_for_run, train_refiner_for_run
 
         self._timed("train affinity head", train_refiner_for_run, run_dir, epochs=self.plan.refine_epochs,
                     seed=self.seed, progress=self.progress, radius=self.plan.refine_radius)
         run = load_run(run_dir)
         refine = refiner_for_run(run, "affinity")
-        refined_fn = refined(method_map_fn(run.method, self.device), refine)
+        which = check_output_protocol(run.method, self.ecfg, refined=True)  # recorded as `afford eval` does
+        refined_fn = refined(method_map_fn(run.method, self.device, output=which["output"]), refine)
         t0 = time.perf_counter()
         summary = evaluate_fn(refined_fn, self.split, self.ecfg, size=size, progress=self.progress, keep_maps=True)
-        summary["refine"] = refine.params
+        summary.update(which, refine=refine.params)
         self._record(f"{title} + AffinityNet refinement (trained affinity head)", summary, refined_fn, size, selection)
         self.res.timings[f"eval {run_dir.name}+affinity"] = time.perf_counter() - t0
 

@@ -325,3 +325,15 @@ def test_the_report_applies_the_non_oracle_criterion() -> None:
     text = "\n".join(_criterion_text(rows))
     assert "KLD 3.500, SIM 0.080" in text  # the best of each, the ego-only CAM's SIM included, the oracle's not
     assert "- beat them on both: A\n" in text and "- do not: B, C" in text
+
+
+def test_demo_workers_hold_no_multiprocessing_lock_a_kill_would_leak() -> None:
+    """tqdm's default lock is a multiprocessing semaphore; a demo stopped by Ctrl-C terminated its workers
+    holding it, and the resource tracker then warned of 'leaked semaphore objects' after the one-line message."""
+    import subprocess
+    import sys
+
+    code = ("import threading; from afford.demo import _init_worker; _init_worker(1, 30); from tqdm import tqdm; "
+            "print(isinstance(tqdm.get_lock(), type(threading.RLock())))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip() == "True", out.stderr[-2000:]

@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -333,8 +334,15 @@ def _init_worker(threads: int, level: int) -> None:
     # Only the demo's own lines (a job done); the jobs' info lines, interleaved from two workers, are noise.
     logging.getLogger("afford").setLevel(max(level, logging.WARNING))
     log.setLevel(level)
+    from tqdm import tqdm
+
     import afford.engine.trainer  # noqa: F401  the heavy imports (transformers), done while data generates
     import afford.factory  # noqa: F401
+
+    # tqdm's default lock is a multiprocessing one: a worker stopped by Ctrl-C left it behind, and the
+    # resource tracker warned of "leaked semaphore objects" after the one-line message; a worker's bars
+    # are its own, so a thread lock does
+    tqdm.set_lock(threading.RLock())
 
 
 def _ready() -> None:
